@@ -1,0 +1,8 @@
+from twisted.application.service import ServiceMaker
+
+wsmux = ServiceMaker(
+    "wsmux",
+    "wsmux.tap",
+    "A WebSocket server: many endpoints by URL path on one port.",
+    "wsmux",
+)

@@ -1,0 +1,270 @@
+"""
+Settings: a TOML file and command-line values merged into one validated
+L{Settings} object.
+
+The file (all keys optional)::
+
+    port = [8080, "tcp:8443:interface=127.0.0.1"]
+    log_level = "info"            # debug, info, warn, error
+    unhandled = "mypkg.hooks.unhandled"
+    index = true                  # the demo page at /
+
+    [defaults]                    # protocol options every route inherits
+    max_message_size = 1048576
+    deflate = "on"
+
+    [[routes]]
+    path = "/chat/{room}"
+    handler = "broadcast"         # or a list: tried in order
+    allowed_origins = ["https://example.com"]   # per-route option overrides
+
+Command-line values override the file.  Every error names the file and the
+key.
+"""
+
+from __future__ import annotations
+
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from wsmux.factory import OPTION_NAMES, ProtocolOptions
+from wsmux.routing import RouteError, check_clashes, parse_path
+
+LOG_LEVELS = ("debug", "info", "warn", "error")
+DEFAULT_PORT = "8080"
+DEFAULT_ROUTES: tuple[tuple[str, tuple[str, ...]], ...] = (("/echo", ("echo",)),)
+
+_TOP_KEYS = {"port", "log_level", "unhandled", "index", "defaults", "routes"}
+_ROUTE_KEYS = {"path", "handler"} | OPTION_NAMES
+
+
+class ConfigError(ValueError):
+    """
+    A setting is unknown, malformed or clashes with another.
+    """
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    """
+    A route as configured: names, not yet imported classes.
+
+    @ivar path: the path pattern.
+    @ivar handlers: handler names (built-in or dotted paths), tried in order.
+    @ivar options: per-route option overrides.
+    @ivar origin: where it was configured, for error messages.
+    """
+
+    path: str
+    handlers: tuple[str, ...]
+    options: dict[str, Any] = field(default_factory=dict)
+    origin: str = "command line"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """
+    Everything wsmux needs to run, validated.
+
+    @ivar ports: Twisted endpoint descriptions to listen on.
+    @ivar routes: the routes; the defaults when none were configured.
+    @ivar defaults: protocol options every route inherits.
+    @ivar unhandled: dotted path of the unhandled hook, if any.
+    @ivar log_level: the lowest level logged.
+    @ivar index: whether the demo page answers C{GET /}.
+    """
+
+    ports: tuple[str, ...] = (DEFAULT_PORT,)
+    routes: tuple[RouteSpec, ...] = ()
+    defaults: ProtocolOptions = field(default_factory=ProtocolOptions)
+    unhandled: Optional[str] = None
+    log_level: str = "info"
+    index: bool = True
+
+
+def port_description(port: str) -> str:
+    """
+    Turn a C{--port} value into a Twisted endpoint description.
+
+    A bare number means TCP on every interface: IPv6 and IPv4 on one
+    dual-stack socket where the host has IPv6, IPv4 otherwise.  Anything else
+    is taken as an endpoint description as it is.
+    """
+    port = str(port).strip()
+    if port.isdigit():
+        if _has_ipv6():
+            return f"tcp6:{port}:interface=\\:\\:"
+        return f"tcp:{port}"
+    return port
+
+
+def _has_ipv6() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            s.bind(("::", 0))
+    except OSError:
+        return False
+    return True
+
+
+def load_file(path: str) -> dict[str, Any]:
+    """
+    Read and check the shape of a TOML settings file.
+
+    @return: the file's values, checked but not yet merged.
+    @raise ConfigError: naming the file and the key.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+
+    def bad(key: str, why: str) -> ConfigError:
+        return ConfigError(f"{path}: {key}: {why}")
+
+    unknown = set(data) - _TOP_KEYS
+    if unknown:
+        raise bad(sorted(unknown)[0], "unknown key (known: " + ", ".join(sorted(_TOP_KEYS)) + ")")
+
+    out: dict[str, Any] = {}
+    if "port" in data:
+        ports = data["port"] if isinstance(data["port"], list) else [data["port"]]
+        if not ports or not all(isinstance(p, (int, str)) and not isinstance(p, bool) for p in ports):
+            raise bad("port", "must be a port number, an endpoint description, or a list of them")
+        out["ports"] = tuple(str(p) for p in ports)
+    if "log_level" in data:
+        out["log_level"] = _log_level(data["log_level"], lambda why: bad("log_level", why))
+    if "unhandled" in data:
+        if not isinstance(data["unhandled"], str):
+            raise bad("unhandled", "must be the dotted path of a callable")
+        out["unhandled"] = data["unhandled"]
+    if "index" in data:
+        if not isinstance(data["index"], bool):
+            raise bad("index", "must be true or false")
+        out["index"] = data["index"]
+    if "defaults" in data:
+        defaults = data["defaults"]
+        if not isinstance(defaults, dict):
+            raise bad("defaults", "must be a table of protocol options")
+        out["defaults"] = _options(defaults, "defaults", bad)
+    if "routes" in data:
+        routes = data["routes"]
+        if not isinstance(routes, list) or not all(isinstance(r, dict) for r in routes):
+            raise bad("routes", "must be an array of tables ([[routes]])")
+        out["routes"] = tuple(
+            _route(r, f"routes[{i}]", path, bad) for i, r in enumerate(routes)
+        )
+    return out
+
+
+def _log_level(value: Any, bad: Any) -> str:
+    if value not in LOG_LEVELS:
+        raise bad(f"must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
+    return str(value)
+
+
+def _options(table: dict[str, Any], where: str, bad: Any) -> dict[str, Any]:
+    for key, value in table.items():
+        if key not in OPTION_NAMES:
+            raise bad(f"{where}.{key}", "unknown option (known: " + ", ".join(sorted(OPTION_NAMES)) + ")")
+        try:
+            ProtocolOptions().merged({key: value})
+        except (ValueError, TypeError) as e:
+            raise bad(f"{where}.{key}", str(e)) from None
+    return dict(table)
+
+
+def _route(table: dict[str, Any], where: str, path: str, bad: Any) -> RouteSpec:
+    unknown = set(table) - _ROUTE_KEYS
+    if unknown:
+        raise bad(f"{where}.{sorted(unknown)[0]}", "unknown key (a route has path, handler and protocol options)")
+    if not isinstance(table.get("path"), str):
+        raise bad(f"{where}.path", "is required and must be a string such as \"/chat\"")
+    handler = table.get("handler")
+    handlers = handler if isinstance(handler, list) else [handler]
+    if not handlers or not all(isinstance(h, str) and h for h in handlers):
+        raise bad(f"{where}.handler", "is required: a handler name or a list of them")
+    try:
+        parse_path(table["path"])
+    except RouteError as e:
+        raise bad(f"{where}.path", str(e)) from None
+    options = {k: v for k, v in table.items() if k not in ("path", "handler")}
+    return RouteSpec(table["path"], tuple(handlers), _options(options, where, bad), f"{path} {where}")
+
+
+def parse_route_arg(value: str) -> RouteSpec:
+    """
+    Parse a C{--route PATH=HANDLER} value (C{HANDLER} may be a
+    comma-separated chain).
+
+    @raise ConfigError: if it is malformed.
+    """
+    path, sep, handler = value.partition("=")
+    if not sep or not path or not handler:
+        raise ConfigError(f"--route {value!r}: expected PATH=HANDLER, such as /echo=echo")
+    try:
+        parse_path(path)
+    except RouteError as e:
+        raise ConfigError(f"--route {value!r}: {e}") from None
+    return RouteSpec(path, tuple(h.strip() for h in handler.split(",")), {}, f"--route {value}")
+
+
+def build_settings(
+    file_values: Optional[dict[str, Any]] = None,
+    ports: tuple[str, ...] = (),
+    routes: tuple[RouteSpec, ...] = (),
+    defaults: Optional[dict[str, Any]] = None,
+    unhandled: Optional[str] = None,
+    log_level: Optional[str] = None,
+    index: Optional[bool] = None,
+    source: str = "settings",
+) -> Settings:
+    """
+    Merge file values with command-line values (which win) into L{Settings}.
+
+    A command-line route replaces a file route with the same path.  When no
+    route is configured at all, the default routes apply.
+
+    @raise ConfigError: on a bad value or a route clash.
+    """
+    file_values = file_values or {}
+    merged_defaults = dict(file_values.get("defaults", {}))
+    merged_defaults.update(defaults or {})
+    try:
+        options = ProtocolOptions().merged(merged_defaults)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+    cli_paths = {r.path for r in routes}
+    file_routes = tuple(r for r in file_values.get("routes", ()) if r.path not in cli_paths)
+    all_routes = file_routes + tuple(routes)
+    index_default = True
+    if not all_routes:
+        all_routes = tuple(RouteSpec(p, h, {}, "default routes") for p, h in DEFAULT_ROUTES)
+    else:
+        index_default = False
+    _check_clashes(all_routes)
+
+    return Settings(
+        ports=tuple(ports) or file_values.get("ports", ()) or (DEFAULT_PORT,),
+        routes=all_routes,
+        defaults=options,
+        unhandled=unhandled or file_values.get("unhandled"),
+        log_level=log_level or file_values.get("log_level", "info"),
+        index=index if index is not None else file_values.get("index", index_default),
+    )
+
+
+def _check_clashes(routes: tuple[RouteSpec, ...]) -> None:
+    try:
+        check_clashes([r.path for r in routes])
+    except RouteError as e:
+        raise ConfigError(str(e)) from None

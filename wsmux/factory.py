@@ -1,0 +1,254 @@
+"""
+Per-route WebSocket protocol options and the Autobahn factory built from them.
+
+Every route gets its own L{RouteFactory}, an Autobahn
+C{WebSocketServerFactory} configured from one L{ProtocolOptions} value.  The
+options are defined here, once: the TOML loader, the command line and the
+configuration reference in the docs all read the field list below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+from autobahn.twisted.websocket import WebSocketServerFactory
+from autobahn.websocket.compress import (
+    PerMessageDeflateOffer,
+    PerMessageDeflateOfferAccept,
+)
+
+DeflateMode = Literal["off", "on", "inflate-only"]
+DEFLATE_MODES: tuple[str, ...] = ("off", "on", "inflate-only")
+
+MiB = 1024 * 1024
+
+
+def _option(default: Any, help: str, **kw: Any) -> Any:
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass(frozen=True)
+class ProtocolOptions:
+    """
+    The protocol options of one route.
+
+    Each field can be set globally (C{[defaults]} in the TOML file, or a
+    command-line flag) and per route; per-route values inherit the global
+    defaults through L{ProtocolOptions.merged}.
+    """
+
+    max_message_size: int = _option(
+        MiB,
+        "Largest message (after decompression) a client may send, in bytes; "
+        "larger ones are closed with 1009. 0 means no limit.",
+    )
+    max_frame_size: int = _option(
+        MiB,
+        "Largest single frame payload a client may send, in bytes; larger "
+        "ones are closed with 1009. 0 means no limit.",
+    )
+    deflate: str = _option(
+        "off",
+        "permessage-deflate: 'off', 'on' (accept a client's offer and "
+        "compress what we send) or 'inflate-only' (accept compressed "
+        "messages, never compress ours).",
+    )
+    allowed_origins: tuple[str, ...] = _option(
+        (),
+        "Origin header values allowed to connect (shell-style patterns such "
+        "as 'https://*.example.com'; 'null' allows the null origin). Empty "
+        "allows any origin. A foreign origin gets 403.",
+    )
+    subprotocols: tuple[str, ...] = _option(
+        (),
+        "Subprotocols this route speaks, in order of preference. The first "
+        "one the client offers is selected unless the handler's onConnect "
+        "chooses one itself.",
+    )
+    require_subprotocol: bool = _option(
+        False,
+        "Reject (400) a client that offers none of the route's subprotocols.",
+    )
+    open_handshake_timeout: float = _option(
+        10.0,
+        "Seconds a client has to complete the opening handshake once the "
+        "request reached the route. 0 disables.",
+    )
+    close_handshake_timeout: float = _option(
+        5.0,
+        "Seconds to wait for the peer's close frame before dropping the "
+        "connection. 0 disables.",
+    )
+    ping_interval: float = _option(
+        20.0, "Seconds between keepalive pings. 0 disables keepalive."
+    )
+    ping_timeout: float = _option(
+        20.0,
+        "Seconds to wait for the pong before the connection is dropped.",
+    )
+    auto_fragment_size: int = _option(
+        0,
+        "Split outgoing messages into frames of at most this many bytes. 0 "
+        "sends every message as one frame.",
+    )
+    tcp_nodelay: bool = _option(
+        True, "Disable Nagle's algorithm on the connection."
+    )
+    max_connections: int = _option(
+        0,
+        "Most simultaneous connections on this route; more get 503. 0 means "
+        "no limit.",
+    )
+    trusted_proxies: int = _option(
+        0,
+        "How many X-Forwarded-For hops to trust for the peer address. 0 "
+        "ignores the header.",
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("allowed_origins", "subprotocols"):
+            value = getattr(self, name)
+            if not isinstance(value, tuple):
+                object.__setattr__(self, name, tuple(value))
+        self.validate()
+
+    def validate(self) -> None:
+        """
+        Check every value.
+
+        @raise ValueError: naming the first bad field and what it must be.
+        """
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            expected = _FIELD_TYPES[f.name]
+            if expected is tuple:
+                if not all(isinstance(v, str) for v in value):
+                    raise ValueError(f"{f.name} must be a list of strings")
+                continue
+            ok = isinstance(value, expected) and not (
+                expected in (int, float) and isinstance(value, bool)
+            )
+            if expected is float and isinstance(value, int) and not isinstance(
+                value, bool
+            ):
+                ok = True
+            if not ok:
+                raise ValueError(
+                    f"{f.name} must be {_TYPE_WORDS[expected]}, got {value!r}"
+                )
+            if expected in (int, float) and value < 0:
+                raise ValueError(f"{f.name} must not be negative, got {value!r}")
+        if self.deflate not in DEFLATE_MODES:
+            raise ValueError(
+                f"deflate must be one of {', '.join(DEFLATE_MODES)}, "
+                f"got {self.deflate!r}"
+            )
+
+    def merged(self, overrides: dict[str, Any]) -> ProtocolOptions:
+        """
+        Return a copy with C{overrides} applied.
+
+        @param overrides: field name to value.
+        @raise ValueError: for an unknown field name or a bad value.
+        """
+        unknown = set(overrides) - OPTION_NAMES
+        if unknown:
+            raise ValueError(f"unknown option {sorted(unknown)[0]!r}")
+        return dataclasses.replace(self, **overrides)
+
+
+_FIELD_TYPES: dict[str, type] = {
+    "max_message_size": int,
+    "max_frame_size": int,
+    "deflate": str,
+    "allowed_origins": tuple,
+    "subprotocols": tuple,
+    "require_subprotocol": bool,
+    "open_handshake_timeout": float,
+    "close_handshake_timeout": float,
+    "ping_interval": float,
+    "ping_timeout": float,
+    "auto_fragment_size": int,
+    "tcp_nodelay": bool,
+    "max_connections": int,
+    "trusted_proxies": int,
+}
+_TYPE_WORDS = {
+    int: "a whole number",
+    float: "a number",
+    bool: "true or false",
+    str: "a string",
+}
+OPTION_NAMES = frozenset(_FIELD_TYPES)
+
+
+def option_reference() -> list[tuple[str, str, Any, str]]:
+    """
+    Describe every protocol option, for the configuration reference.
+
+    @return: C{(name, type word, default, help)} per option, in field order.
+    """
+    rows = []
+    for f in dataclasses.fields(ProtocolOptions):
+        kind = _FIELD_TYPES[f.name]
+        word = "list of strings" if kind is tuple else _TYPE_WORDS[kind]
+        rows.append((f.name, word, f.default, f.metadata["help"]))
+    return rows
+
+
+class RouteFactory(WebSocketServerFactory):
+    """
+    The Autobahn server factory of one route.
+
+    @ivar options: the L{ProtocolOptions} it was configured from.
+    @ivar route_path: the route's path pattern, for logs.
+    @ivar groups: connections grouped by a key (see
+        L{wsmux.handlers.BroadcastHandler}); handlers that fan out messages
+        keep their groups here so each route has its own.
+    """
+
+    def __init__(
+        self,
+        handler: type,
+        options: ProtocolOptions,
+        route_path: str = "",
+        reactor: Optional[Any] = None,
+    ) -> None:
+        super().__init__(reactor=reactor)
+        self.protocol = handler
+        self.options = options
+        self.route_path = route_path
+        self.groups: dict[Any, set[Any]] = {}
+        # Never advertise a version and never serve Autobahn's status page
+        # (its redirect feature has a history of CVEs): wsmux answers
+        # non-upgrade requests itself.
+        self.server = None
+        self.setProtocolOptions(
+            webStatus=False,
+            maxFramePayloadSize=options.max_frame_size,
+            maxMessagePayloadSize=options.max_message_size,
+            autoFragmentSize=options.auto_fragment_size,
+            openHandshakeTimeout=options.open_handshake_timeout,
+            closeHandshakeTimeout=options.close_handshake_timeout,
+            tcpNoDelay=options.tcp_nodelay,
+            autoPingInterval=options.ping_interval,
+            autoPingTimeout=options.ping_timeout,
+            maxConnections=options.max_connections,
+            trustXForwardedFor=options.trusted_proxies,
+            perMessageCompressionAccept=self._accept_deflate,
+            # wsmux checks origins itself, to answer 403 with a reason.
+            allowedOrigins=["*"],
+        )
+
+    def _accept_deflate(
+        self, offers: list[Any]
+    ) -> Optional[PerMessageDeflateOfferAccept]:
+        if self.options.deflate == "off":
+            return None
+        for offer in offers:
+            if isinstance(offer, PerMessageDeflateOffer):
+                max_size = self.options.max_message_size or None
+                return PerMessageDeflateOfferAccept(offer, max_message_size=max_size)
+        return None

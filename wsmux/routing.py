@@ -1,0 +1,674 @@
+"""
+The route tree: a C{twisted.web} resource tree that multiplexes WebSocket
+endpoints by path.
+
+Literal path segments are ordinary children (C{putChild}); a C{{name}}
+segment is a parameter child found through C{getChild}.  Each route ends in
+a L{WebSocketEndpoint} leaf that takes the connection over from
+C{twisted.web} and hands it to the route's Autobahn protocol.  An upgrade
+request that no route serves goes to the I{unhandled hook}.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+
+from autobahn.twisted.websocket import WebSocketServerProtocol
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET
+
+from wsmux.factory import ProtocolOptions, RouteFactory
+from wsmux.protocol import route_protocol
+
+log = Logger(namespace="wsmux")
+
+_PARAMS_ATTR = "wsmux_path_params"
+_PARAM_RE = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+
+
+class RouteError(ValueError):
+    """
+    A route path is malformed or clashes with another route.
+    """
+
+
+@dataclass(frozen=True)
+class Reject:
+    """
+    The unhandled hook's answer that refuses an upgrade.
+
+    @ivar code: the HTTP status to answer with (4xx or 5xx).
+    @ivar reason: a short reason, sent as the status phrase and logged.
+    """
+
+    code: int = 404
+    reason: str = "Not Found"
+
+
+@dataclass(frozen=True)
+class Adopt:
+    """
+    The unhandled hook's answer that serves an upgrade with a handler.
+
+    @ivar handler: a C{WebSocketServerProtocol} subclass.
+    @ivar path_params: values the handler finds in C{self.path_params}.
+    """
+
+    handler: type
+    path_params: Mapping[str, str] = field(default_factory=dict)
+
+
+HookResult = Union[None, Reject, Adopt, type]
+UnhandledHook = Callable[[IRequest], Union[HookResult, "Deferred[HookResult]"]]
+
+
+@dataclass(frozen=True)
+class Route:
+    """
+    One WebSocket endpoint.
+
+    @ivar path: the path pattern: C{/chat}, C{/a/b}, C{/rooms/{room}}.
+    @ivar handlers: handler classes tried in order; the first whose optional
+        C{accepts(request)} class method returns true (or that has none)
+        serves the connection.
+    @ivar options: per-route option overrides (field name to value); they
+        are merged over the tree's defaults.
+    """
+
+    path: str
+    handlers: tuple[type, ...]
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.handlers, type):
+            object.__setattr__(self, "handlers", (self.handlers,))
+        else:
+            object.__setattr__(self, "handlers", tuple(self.handlers))
+        if not self.handlers:
+            raise RouteError(f"route {self.path}: at least one handler is needed")
+        for handler in self.handlers:
+            if not (
+                isinstance(handler, type) and issubclass(handler, WebSocketServerProtocol)
+            ):
+                raise RouteError(
+                    f"route {self.path}: {handler!r} is not a "
+                    "WebSocketServerProtocol subclass"
+                )
+        parse_path(self.path)
+
+
+def parse_path(path: str) -> list[Union[bytes, str]]:
+    """
+    Split a route path into segments.
+
+    @param path: a pattern such as C{/rooms/{room}/log}.
+    @return: one entry per segment: C{bytes} for a literal segment, C{str}
+        (the parameter name) for a C{{name}} segment.
+    @raise RouteError: if the path is malformed.
+    """
+    if not path.startswith("/"):
+        raise RouteError(f"route path {path!r} must start with '/'")
+    if path == "/":
+        return []
+    parts = path[1:].split("/")
+    segments: list[Union[bytes, str]] = []
+    names: set[str] = set()
+    for part in parts:
+        if not part:
+            raise RouteError(f"route path {path!r} has an empty segment")
+        match = _PARAM_RE.match(part)
+        if match:
+            name = match.group(1)
+            if name in names:
+                raise RouteError(f"route path {path!r} repeats parameter {name!r}")
+            names.add(name)
+            segments.append(name)
+        elif "{" in part or "}" in part:
+            raise RouteError(
+                f"route path {path!r}: a parameter must be a whole segment, "
+                "like /rooms/{room}"
+            )
+        else:
+            segments.append(part.encode("utf-8"))
+    return segments
+
+
+def canonical_path(path: str) -> str:
+    """
+    The key two route paths share when they serve the same URLs:
+    parameters become C{{}}, so C{/rooms/{a}} and C{/rooms/{b}} clash.
+    """
+    segments = parse_path(path)
+    return "/" + "/".join(
+        s.decode("utf-8") if isinstance(s, bytes) else "{}" for s in segments
+    )
+
+
+def check_clashes(paths: Iterable[str]) -> None:
+    """
+    Check that route paths can live in one tree.
+
+    @raise RouteError: naming the two paths, when two serve the same URLs or
+        name a parameter at the same position differently.
+    """
+    seen: dict[str, str] = {}
+    names: dict[str, tuple[str, str]] = {}
+    for path in paths:
+        prefix = ""
+        for segment in parse_path(path):
+            if isinstance(segment, str):
+                name, other = names.setdefault(prefix, (segment, path))
+                if name != segment:
+                    raise RouteError(
+                        f"route {path} names parameter {{{segment}}} where "
+                        f"route {other} names {{{name}}}"
+                    )
+                prefix += "/{}"
+            else:
+                prefix += "/" + segment.decode("utf-8")
+        key = prefix or "/"
+        if key in seen:
+            raise RouteError(f"route {path} clashes with route {seen[key]}")
+        seen[key] = path
+
+
+def is_upgrade(request: IRequest) -> bool:
+    """
+    Whether C{request} asks to switch to WebSocket.
+    """
+    upgrade = request.getHeader(b"upgrade")
+    return upgrade is not None and b"websocket" in upgrade.lower()
+
+
+def path_params(request: IRequest) -> dict[str, str]:
+    """
+    The path parameters matched so far for C{request}.
+    """
+    return dict(getattr(request, _PARAMS_ATTR, {}))
+
+
+def _plain(
+    request: IRequest,
+    code: int,
+    reason: str,
+    headers: Sequence[tuple[bytes, bytes]] = (),
+    close: bool = False,
+) -> bytes:
+    """
+    Set a plain-text error response on C{request} and return its body.
+
+    @param close: close the connection after the response (a refused
+        upgrade keeps nothing).
+    """
+    request.setResponseCode(code, reason.encode("ascii", "replace"))
+    if close:
+        request.setHeader(b"connection", b"close")
+        if request.channel is not None:
+            request.channel.persistent = False
+    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    for name, value in headers:
+        request.setHeader(name, value)
+    return (reason + "\n").encode("utf-8")
+
+
+def _peer(request: IRequest) -> str:
+    address = request.getClientAddress()
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    return f"{host}:{port}" if host is not None else str(address)
+
+
+class _UpgradeResource(Resource):
+    """
+    Common ground of the resources that answer upgrade requests.
+    """
+
+    isLeaf = True
+
+    def __init__(self, tree: RouteTree) -> None:
+        super().__init__()
+        self.tree = tree
+
+    def respond(self, request: IRequest, code: int, reason: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+        """
+        Finish a deferred request with an error status, unless the client
+        went away meanwhile.
+        """
+        if getattr(request, "_disconnected", False) or request.finished:
+            return
+        body = _plain(request, code, reason, headers, close=True)
+        request.write(body)
+        request.finish()
+
+    def reject(self, request: IRequest, code: int, reason: str, route: str = "-") -> bytes:
+        """
+        Log a refused upgrade and return the body of its error response.
+        """
+        log_rejection(request, code, reason, route)
+        return _plain(request, code, reason, close=True)
+
+
+def log_rejection(request: IRequest, code: int, reason: str, route: str = "-") -> None:
+    """
+    The info line for a refused upgrade: which path, route and peer, why.
+    """
+    log.info(
+        "rejected upgrade path={path} route={route} peer={peer} "
+        "status={code} reason={reason!r}",
+        path=request.path.decode("utf-8", "replace"),
+        route=route,
+        peer=_peer(request),
+        code=code,
+        reason=reason,
+    )
+
+
+class WebSocketEndpoint(_UpgradeResource):
+    """
+    The leaf resource of one route.
+
+    A non-upgrade request gets 426 Upgrade Required; an upgrade request
+    passes the route's origin and subprotocol checks, picks the first
+    handler that accepts it and continues as a WebSocket connection.
+
+    @ivar factory: the route's L{RouteFactory}.
+    """
+
+    def __init__(self, tree: RouteTree, route: Route, options: ProtocolOptions) -> None:
+        super().__init__(tree)
+        self.route = route
+        self.options = options
+        self.factory = RouteFactory(
+            route.handlers[0], options, route.path, reactor=tree.reactor
+        )
+        self._classes = {
+            h: route_protocol(h, options, route.path) for h in route.handlers
+        }
+        self._choosy = any(hasattr(h, "accepts") for h in route.handlers)
+        self._origins = tuple(options.allowed_origins)
+        self.mounted = True
+
+    def render(self, request: IRequest) -> Any:
+        if not self.mounted:
+            return self.tree.render_unhandled(request)
+        if not is_upgrade(request):
+            return _plain(
+                request,
+                426,
+                "Upgrade Required",
+                [(b"upgrade", b"websocket"), (b"connection", b"Upgrade")],
+            )
+        if request.method != b"GET":
+            return self.reject(request, 400, "WebSocket upgrade requires GET", self.route.path)
+        if self._origins:
+            origin = (request.getHeader(b"origin") or b"").decode("latin-1")
+            if not any(fnmatch.fnmatchcase(origin, p) for p in self._origins):
+                return self.reject(
+                    request, 403, f"Origin {origin or '(none)'} not allowed", self.route.path
+                )
+        subprotocol = None
+        if self.options.subprotocols:
+            offered = [
+                p.strip()
+                for p in (request.getHeader(b"sec-websocket-protocol") or b"")
+                .decode("latin-1")
+                .split(",")
+                if p.strip()
+            ]
+            subprotocol = next((p for p in self.options.subprotocols if p in offered), None)
+            if subprotocol is None and self.options.require_subprotocol:
+                return self.reject(
+                    request,
+                    400,
+                    "No supported subprotocol (server speaks "
+                    + ", ".join(self.options.subprotocols)
+                    + ")",
+                    self.route.path,
+                )
+        params = getattr(request, _PARAMS_ATTR, {})
+        if not self._choosy:
+            cls = self._classes[self.route.handlers[0]]
+            upgrade(request, self.factory, cls, params, subprotocol)
+            return NOT_DONE_YET
+        self._choose(request, list(self.route.handlers), params, subprotocol)
+        return NOT_DONE_YET
+
+    def _choose(self, request: IRequest, candidates: list[type], params: Mapping[str, str], subprotocol: Optional[str]) -> None:
+        """
+        Ask each handler in turn whether it takes the request.
+        """
+        if not candidates:
+            self.tree.run_unhandled(request, self)
+            return
+        handler = candidates.pop(0)
+        accepts = getattr(handler, "accepts", None)
+        if accepts is None:
+            upgrade(request, self.factory, self._classes[handler], params, subprotocol)
+            return
+
+        def decided(ok: object) -> None:
+            if ok:
+                upgrade(request, self.factory, self._classes[handler], params, subprotocol)
+            else:
+                self._choose(request, candidates, params, subprotocol)
+
+        def failed(failure: Failure) -> None:
+            log.failure(
+                "handler {handler}.accepts failed on {path}",
+                failure,
+                handler=handler.__qualname__,
+                path=request.path.decode("utf-8", "replace"),
+            )
+            self.respond(request, 500, "Internal Server Error")
+
+        maybeDeferred(accepts, request).addCallbacks(decided, failed)
+
+
+class UnhandledUpgrade(_UpgradeResource):
+    """
+    The leaf for an upgrade request that no route serves: it consults the
+    tree's unhandled hook.
+    """
+
+    def render(self, request: IRequest) -> Any:
+        self.tree.run_unhandled(request, self)
+        return NOT_DONE_YET
+
+
+def upgrade(
+    request: IRequest,
+    factory: RouteFactory,
+    cls: type,
+    params: Mapping[str, str],
+    subprotocol: Optional[str] = None,
+) -> Optional[WebSocketServerProtocol]:
+    """
+    Take the connection of C{request} away from C{twisted.web} and continue
+    it as a WebSocket connection served by an instance of C{cls}.
+
+    Autobahn validates the opening handshake: the request head is replayed
+    into the new protocol, followed by any bytes the client sent after it
+    (a first frame that arrived in the same packet as the handshake).
+
+    @return: the new protocol, or L{None} if the client is already gone.
+    """
+    channel = request.channel
+    transport = channel.transport if channel is not None else None
+    if transport is None:
+        return None
+    protocol = cls()
+    protocol.factory = factory
+    if params:
+        protocol.path_params = dict(params)
+    protocol.selected_subprotocol = subprotocol
+
+    channel.transport = None
+    # The channel registered itself as the transport's producer; the
+    # WebSocket protocol owns the connection from now on.
+    try:
+        transport.unregisterProducer()
+    except Exception:  # pragma: no cover - transports without producers
+        pass
+    if isinstance(transport, ProtocolWrapper):
+        transport.wrappedProtocol = protocol
+    elif isinstance(getattr(transport, "protocol", None), ProtocolWrapper):
+        transport.protocol.wrappedProtocol = protocol
+    else:
+        transport.protocol = protocol
+    protocol.makeConnection(transport)
+    transport.resumeProducing()
+
+    head = [request.method, b" ", request.uri, b" ", request.clientproto, b"\r\n"]
+    for name, values in request.requestHeaders.getAllRawHeaders():
+        for value in values:
+            head += [name, b": ", value, b"\r\n"]
+    head.append(b"\r\n")
+    content = request.content.read() if request.content is not None else b""
+    protocol.dataReceived(b"".join(head) + content)
+
+    # Bytes twisted.web read past the request head: already buffered ones,
+    # and those still in the line parser, which it hands to rawDataReceived.
+    buffered = b"".join(channel._dataBuffer)
+    channel._dataBuffer = []
+    channel.rawDataReceived = protocol.dataReceived
+    if buffered:
+        protocol.dataReceived(buffered)
+    return protocol
+
+
+class _Node(Resource):
+    """
+    One path segment of the route tree.
+    """
+
+    def __init__(self, tree: RouteTree, depth: int) -> None:
+        super().__init__()
+        self.tree = tree
+        self.depth = depth
+        self.param: Optional[tuple[str, _Node]] = None
+        self.endpoint: Optional[WebSocketEndpoint] = None
+        self.http: Optional[IResource] = None
+
+    def getChild(self, path: bytes, request: IRequest) -> IResource:
+        if path == b"" and self.depth == 0:
+            return self.terminal(request)
+        if path and self.param is not None:
+            name, node = self.param
+            try:
+                value = path.decode("utf-8")
+            except UnicodeDecodeError:
+                return self.tree.no_route(request, self.depth)
+            params = getattr(request, _PARAMS_ATTR, None)
+            if params is None:
+                params = {}
+                setattr(request, _PARAMS_ATTR, params)
+            params[name] = value
+            return node
+        return self.tree.no_route(request, self.depth)
+
+    def render(self, request: IRequest) -> Any:
+        return self.terminal(request).render(request)
+
+    def terminal(self, request: IRequest) -> IResource:
+        """
+        The resource for a request whose path ends at this node.
+        """
+        if self.endpoint is not None and self.endpoint.mounted:
+            return self.endpoint
+        if is_upgrade(request):
+            return self.tree.unhandled_resource
+        if self.http is not None:
+            return self.http
+        return self.tree.no_route(request, self.depth, consumed=False)
+
+
+class RouteTree(_Node):
+    """
+    The root of wsmux's resource tree.
+
+    Serve it with C{twisted.web.server.Site(tree)} or mount it inside an
+    existing tree with C{putChild}.  Ordinary resources can be added next to
+    the routes with C{putChild} as on any resource.
+
+    @param routes: the initial L{Route}s.
+    @param defaults: the protocol options every route inherits.
+    @param unhandled: called with the request for an upgrade that no route
+        serves; returns (or fires a Deferred with) L{None} for the default 404,
+        a L{Reject}, an L{Adopt}, or a handler class to adopt with.
+    @param index: the resource answering a plain C{GET /}, if any.
+    @param fallback: the resource for non-upgrade requests to paths nothing
+        else serves (a 404 page by default); it sees the whole remaining
+        path, so a C{twisted.web.static.File} works.
+    @param reactor: the reactor the factories use (for timeouts).
+    """
+
+    def __init__(
+        self,
+        routes: Iterable[Route] = (),
+        defaults: Optional[ProtocolOptions] = None,
+        unhandled: Optional[UnhandledHook] = None,
+        index: Optional[IResource] = None,
+        fallback: Optional[IResource] = None,
+        reactor: Any = None,
+    ) -> None:
+        super().__init__(self, 0)
+        self.defaults = defaults or ProtocolOptions()
+        self.unhandled = unhandled
+        self.http = index
+        self.fallback = fallback
+        self.reactor = reactor
+        self.unhandled_resource = UnhandledUpgrade(self)
+        self._adopt_factory: Optional[RouteFactory] = None
+        self._adopt_classes: dict[type, type] = {}
+        self.endpoints: dict[str, WebSocketEndpoint] = {}
+        for route in routes:
+            self.mount(route)
+
+    def mount(self, route: Route) -> WebSocketEndpoint:
+        """
+        Add a route.
+
+        @raise RouteError: if another route already serves the same path, or
+            a parameter at the same position has another name.
+        @raise ValueError: if the route's options are bad.
+        """
+        options = self.defaults.merged(dict(route.options))
+        canonical = canonical_path(route.path)
+        existing = self.endpoints.get(canonical)
+        if existing is not None:
+            raise RouteError(
+                f"route {route.path} clashes with route {existing.route.path}"
+            )
+        node: _Node = self
+        for segment in parse_path(route.path):
+            if isinstance(segment, bytes):
+                child = node.children.get(segment)
+                if child is None:
+                    child = _Node(self, node.depth + 1)
+                    node.putChild(segment, child)
+                elif not isinstance(child, _Node):
+                    raise RouteError(
+                        f"route {route.path} clashes with a resource put at "
+                        f"{segment.decode('utf-8')!r}"
+                    )
+                node = child
+            else:
+                if node.param is None:
+                    node.param = (segment, _Node(self, node.depth + 1))
+                elif node.param[0] != segment:
+                    raise RouteError(
+                        f"route {route.path} names parameter {{{segment}}} "
+                        f"where another route names {{{node.param[0]}}}"
+                    )
+                node = node.param[1]
+        endpoint = WebSocketEndpoint(self, route, options)
+        node.endpoint = endpoint
+        self.endpoints[canonical] = endpoint
+        return endpoint
+
+    def unmount(self, path: str) -> None:
+        """
+        Stop serving the route at C{path}: new upgrades to it are treated
+        as unhandled (404 by default); open connections are left alone.
+
+        @raise KeyError: if no route is mounted at C{path}.
+        """
+        endpoint = self.endpoints.pop(canonical_path(path))
+        endpoint.mounted = False
+
+    def route_for(self, path: str) -> WebSocketEndpoint:
+        """
+        The endpoint mounted for a route path pattern.
+        """
+        return self.endpoints[canonical_path(path)]
+
+    def no_route(self, request: IRequest, depth: int, consumed: bool = True) -> IResource:
+        """
+        The resource for a path that no route or child serves.
+        """
+        if is_upgrade(request):
+            return self.unhandled_resource
+        if self.fallback is None:
+            from twisted.web.pages import notFound
+
+            return notFound()
+        # Give the fallback the whole path below the tree.
+        rewind = depth + 1 if consumed else depth
+        if rewind:
+            request.postpath[:0] = request.prepath[-rewind:]
+            del request.prepath[-rewind:]
+        return self.fallback
+
+    def render_unhandled(self, request: IRequest) -> Any:
+        return self.unhandled_resource.render(request)
+
+    def run_unhandled(self, request: IRequest, via: _UpgradeResource) -> None:
+        """
+        Consult the unhandled hook about C{request} and act on its answer.
+        """
+        path = request.path.decode("utf-8", "replace")
+        if self.unhandled is None:
+            self._finish_reject(request, via, 404, "No WebSocket route at this path")
+            return
+
+        def act(result: object) -> None:
+            if result is None:
+                self._finish_reject(request, via, 404, "No WebSocket route at this path")
+            elif isinstance(result, Reject):
+                self._finish_reject(request, via, result.code, result.reason)
+            elif isinstance(result, Adopt) or (
+                isinstance(result, type) and issubclass(result, WebSocketServerProtocol)
+            ):
+                adopt = result if isinstance(result, Adopt) else Adopt(result)
+                log.info(
+                    "unhandled hook adopted path={path} handler={handler}",
+                    path=path,
+                    handler=adopt.handler.__qualname__,
+                )
+                upgrade(
+                    request,
+                    self._adoption_factory(),
+                    self._adopt_class(adopt.handler),
+                    adopt.path_params,
+                )
+            else:
+                log.error(
+                    "unhandled hook returned {result!r} for {path}; expected None, "
+                    "Reject, Adopt or a WebSocketServerProtocol subclass",
+                    result=result,
+                    path=path,
+                )
+                via.respond(request, 500, "Internal Server Error")
+
+        def failed(failure: Failure) -> None:
+            log.failure("unhandled hook failed for {path}", failure, path=path)
+            via.respond(request, 500, "Internal Server Error")
+
+        maybeDeferred(self.unhandled, request).addCallbacks(act, failed)
+
+    def _finish_reject(self, request: IRequest, via: _UpgradeResource, code: int, reason: str) -> None:
+        log_rejection(request, code, reason)
+        via.respond(request, code, reason)
+
+    def _adoption_factory(self) -> RouteFactory:
+        if self._adopt_factory is None:
+            self._adopt_factory = RouteFactory(
+                WebSocketServerProtocol, self.defaults, "(unhandled)", reactor=self.reactor
+            )
+        return self._adopt_factory
+
+    def _adopt_class(self, handler: type) -> type:
+        cls = self._adopt_classes.get(handler)
+        if cls is None:
+            cls = self._adopt_classes[handler] = route_protocol(
+                handler, self.defaults, "(unhandled)"
+            )
+        return cls

@@ -1,0 +1,151 @@
+"""
+The C{twistd wsmux} command line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from wsmux.config import (
+    LOG_LEVELS,
+    ConfigError,
+    RouteSpec,
+    build_settings,
+    load_file,
+    parse_route_arg,
+)
+from wsmux.logs import LogLevelService
+from wsmux.service import make_service
+
+
+def _size(value: str) -> int:
+    try:
+        size = int(value)
+    except ValueError:
+        raise usage.UsageError(f"{value!r} is not a number of bytes") from None
+    if size < 0:
+        raise usage.UsageError(f"{value!r}: a size cannot be negative")
+    return size
+
+
+class Options(usage.Options):
+    """
+    Options for C{twistd wsmux}.
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "Serve WebSocket endpoints chosen by URL path. With no routes "
+        "configured, an echo route at /echo and a demo page at / are served."
+    )
+
+    optParameters = [
+        ["config", "c", None, "TOML settings file; command-line flags override it."],
+        ["max-message-size", None, None, "Default largest incoming message, in bytes.", _size],
+        ["max-frame-size", None, None, "Default largest incoming frame, in bytes.", _size],
+        ["log-level", None, None, "Lowest level logged: " + ", ".join(LOG_LEVELS) + " [default: info]"],
+        ["unhandled", None, None, "Dotted path of the hook for upgrades no route serves."],
+    ]
+
+    compData = usage.Completions(
+        optActions={"log-level": usage.CompleteList(list(LOG_LEVELS))}
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["ports"] = []
+        self["routes"] = []
+        self["deflate"] = None
+
+    def opt_port(self, port: str) -> None:
+        """
+        Listen here: a port number (TCP on all interfaces) or a Twisted endpoint description. Repeatable. [default: 8080]
+        """
+        self["ports"].append(port)
+
+    opt_p = opt_port
+
+    def opt_route(self, value: str) -> None:
+        """
+        Serve HANDLER at PATH (PATH=HANDLER). HANDLER is echo, broadcast or the dotted path of a WebSocketServerProtocol subclass; a comma-separated list is tried in order. PATH may hold parameters: /rooms/{room}. Repeatable.
+        """
+        try:
+            self["routes"].append(parse_route_arg(value))
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+    opt_r = opt_route
+
+    def opt_deflate(self) -> None:
+        """
+        Accept permessage-deflate by default.
+        """
+        self["deflate"] = "on"
+
+    def opt_no_deflate(self) -> None:
+        """
+        Refuse permessage-deflate by default (the default).
+        """
+        self["deflate"] = "off"
+
+    def opt_inflate_only(self) -> None:
+        """
+        Accept compressed messages but never compress ours, by default.
+        """
+        self["deflate"] = "inflate-only"
+
+    def postOptions(self) -> None:
+        if self["log-level"] is not None and self["log-level"] not in LOG_LEVELS:
+            raise usage.UsageError(
+                f"--log-level must be one of {', '.join(LOG_LEVELS)}, "
+                f"not {self['log-level']!r}"
+            )
+        defaults: dict[str, Any] = {}
+        for flag, option in (
+            ("max-message-size", "max_message_size"),
+            ("max-frame-size", "max_frame_size"),
+            ("deflate", "deflate"),
+        ):
+            if self[flag] is not None:
+                defaults[option] = self[flag]
+        try:
+            file_values = load_file(self["config"]) if self["config"] else {}
+            routes: tuple[RouteSpec, ...] = tuple(self["routes"])
+            self.settings = build_settings(
+                file_values,
+                ports=tuple(self["ports"]),
+                routes=routes,
+                defaults=defaults,
+                unhandled=self["unhandled"],
+                log_level=self["log-level"],
+                source=self["config"] or "command line",
+            )
+            # Import handlers and the hook now, so a typo is a usage error.
+            self._check_imports()
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+    def _check_imports(self) -> None:
+        from wsmux.handlers import resolve_callable, resolve_handler
+
+        where = self["config"] or "command line"
+        try:
+            for spec in self.settings.routes:
+                for handler in spec.handlers:
+                    resolve_handler(handler)
+            if self.settings.unhandled:
+                resolve_callable(self.settings.unhandled, "unhandled hook")
+        except ValueError as e:
+            raise ConfigError(f"{where}: {e}") from None
+
+
+def makeService(options: Options) -> IService:
+    """
+    Build the wsmux service from parsed options.
+    """
+    service = make_service(options.settings)
+    LogLevelService(options.settings.log_level).setServiceParent(service)
+    return service
