@@ -227,6 +227,9 @@ class RouteFactory(WebSocketServerFactory):
         self.server = None
         self.setProtocolOptions(
             webStatus=False,
+            # Fail a connection with a close frame that says why (1009,
+            # 1007, ...) rather than by dropping TCP without a word.
+            failByDrop=False,
             maxFramePayloadSize=options.max_frame_size,
             maxMessagePayloadSize=options.max_message_size,
             autoFragmentSize=options.auto_fragment_size,

@@ -1,0 +1,97 @@
+"""
+Handlers and hooks the tests name by dotted path, as users' code would be.
+"""
+
+from autobahn.twisted.websocket import WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny
+from twisted.internet import defer
+
+from wsmux import Adopt, Reject
+
+
+class ParamsHandler(WebSocketServerProtocol):
+    """
+    Answers every message with what it can see of its request.
+    """
+
+    def onConnect(self, request):
+        self.seen = {
+            "path": request.path,
+            "params": dict(self.path_params),
+            "query": {k: v for k, v in request.params.items()},
+            "cookie": request.headers.get("cookie", ""),
+            "peer": request.peer,
+        }
+
+    def onMessage(self, payload, isBinary):
+        import json
+
+        seen = dict(self.seen, subprotocol=self.websocket_protocol_in_use)
+        self.sendMessage(json.dumps(seen).encode("utf-8"))
+
+
+class ShoutHandler(WebSocketServerProtocol):
+    """
+    Echoes upper-cased text; takes only requests with ?loud in the query.
+    """
+
+    @classmethod
+    def accepts(cls, request):
+        return b"loud" in request.args
+
+    def onMessage(self, payload, isBinary):
+        self.sendMessage(payload.upper(), isBinary)
+
+
+class WhisperHandler(WebSocketServerProtocol):
+    """
+    Echoes lower-cased text; takes any request, after a Deferred decision.
+    """
+
+    @classmethod
+    def accepts(cls, request):
+        return defer.succeed(request.getHeader(b"x-refuse") is None)
+
+    def onMessage(self, payload, isBinary):
+        self.sendMessage(payload.lower(), isBinary)
+
+
+class DenyingHandler(WebSocketServerProtocol):
+    """
+    Refuses every connection in onConnect, asynchronously.
+    """
+
+    def onConnect(self, request):
+        d = defer.Deferred()
+        d.errback(ConnectionDeny(403, "members only"))
+        return d
+
+
+class TokenHandler(WebSocketServerProtocol):
+    """
+    Accepts with a chosen subprotocol and an extra header.
+    """
+
+    def onConnect(self, request):
+        return ("token.v2", {"X-Token-Checked": "yes"})
+
+    def onMessage(self, payload, isBinary):
+        self.sendMessage(payload, isBinary)
+
+
+def hook(request):
+    """
+    An unhandled hook: adopts /legacy/*, rejects /private/*, else default.
+    """
+    from wsmux.handlers import EchoHandler
+
+    path = request.path.decode()
+    if path.startswith("/legacy/"):
+        return Adopt(EchoHandler)
+    if path.startswith("/private/"):
+        return Reject(403, "Private area")
+    if path.startswith("/deferred/"):
+        return defer.succeed(ParamsHandler)
+    if path.startswith("/broken/"):
+        raise RuntimeError("hook bug")
+    return None

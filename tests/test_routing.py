@@ -1,0 +1,113 @@
+"""
+Route lookup through the resource tree, without sockets.
+"""
+
+import pytest
+from twisted.web.resource import getChildForRequest
+from twisted.web.test.requesthelper import DummyRequest
+
+from wsmux import EchoHandler, Route, RouteError, RouteTree
+from wsmux.routing import UnhandledUpgrade, WebSocketEndpoint, check_clashes, parse_path
+
+
+def lookup(tree, path, upgrade=True):
+    request = DummyRequest(path.lstrip("/").split("/") if path != "/" else [b""])
+    request.postpath = [s.encode() for s in path[1:].split("/")]
+    request.prepath = []
+    if upgrade:
+        request.requestHeaders.setRawHeaders(b"upgrade", [b"websocket"])
+    return getChildForRequest(tree, request), request
+
+
+def tree_of(*paths):
+    return RouteTree([Route(p, (EchoHandler,)) for p in paths])
+
+
+def resolved(tree, path, upgrade=True):
+    resource, request = lookup(tree, path, upgrade)
+    if not isinstance(resource, (WebSocketEndpoint, UnhandledUpgrade)) and hasattr(resource, "terminal"):
+        resource = resource.terminal(request)
+    return resource, request
+
+
+def test_exact_nested_and_param_paths():
+    tree = tree_of("/chat", "/a/b", "/rooms/{room}", "/rooms/{room}/log")
+    for path, route in [
+        ("/chat", "/chat"),
+        ("/a/b", "/a/b"),
+        ("/rooms/lobby", "/rooms/{room}"),
+        ("/rooms/lobby/log", "/rooms/{room}/log"),
+    ]:
+        resource, request = resolved(tree, path)
+        assert isinstance(resource, WebSocketEndpoint), path
+        assert resource.route.path == route
+
+
+def test_path_parameters_are_recorded_on_the_request():
+    tree = tree_of("/rooms/{room}/users/{user}")
+    resource, request = resolved(tree, "/rooms/lobby/users/ann")
+    assert isinstance(resource, WebSocketEndpoint)
+    assert request.wsmux_path_params == {"room": "lobby", "user": "ann"}
+
+
+def test_literal_beats_parameter():
+    tree = tree_of("/rooms/{room}", "/rooms/lobby")
+    resource, _ = resolved(tree, "/rooms/lobby")
+    assert resource.route.path == "/rooms/lobby"
+    resource, request = resolved(tree, "/rooms/other")
+    assert resource.route.path == "/rooms/{room}"
+    assert request.wsmux_path_params == {"room": "other"}
+
+
+@pytest.mark.parametrize("path", ["/nope", "/chat/extra", "/a", "/chat/", "/rooms/", "/"])
+def test_unknown_upgrade_paths_go_to_the_unhandled_hook(path):
+    tree = tree_of("/chat", "/a/b", "/rooms/{room}")
+    resource, _ = resolved(tree, path)
+    assert isinstance(resource, UnhandledUpgrade)
+
+
+def test_non_upgrade_unknown_path_is_not_found():
+    tree = tree_of("/chat")
+    resource, _ = resolved(tree, "/nope", upgrade=False)
+    assert resource.__class__.__name__ != "UnhandledUpgrade"
+    request = DummyRequest([b"nope"])
+    resource.render(request)
+    assert request.responseCode == 404
+
+
+def test_unmount_stops_new_upgrades_only():
+    tree = tree_of("/chat")
+    endpoint = tree.route_for("/chat")
+    tree.unmount("/chat")
+    assert endpoint.mounted is False
+    resource, _ = resolved(tree, "/chat")
+    assert isinstance(resource, UnhandledUpgrade)
+    tree.mount(Route("/chat", (EchoHandler,)))
+    resource, _ = resolved(tree, "/chat")
+    assert isinstance(resource, WebSocketEndpoint) and resource is not endpoint
+
+
+@pytest.mark.parametrize(
+    "paths, message",
+    [
+        (["/chat", "/chat"], "clashes with route /chat"),
+        (["/rooms/{a}", "/rooms/{b}"], "names parameter {b} where"),
+        (["/rooms/{a}/x", "/rooms/{a}/x"], "clashes"),
+    ],
+)
+def test_clashes_are_refused(paths, message):
+    with pytest.raises(RouteError, match=message.replace("{", r"\{").replace("}", r"\}")):
+        check_clashes(paths)
+    with pytest.raises(RouteError):
+        tree_of(*paths)
+
+
+@pytest.mark.parametrize("bad", ["chat", "/a//b", "/rooms/{room", "/x{y}", "/{a}/{a}", "/{1x}"])
+def test_malformed_paths_are_refused(bad):
+    with pytest.raises(RouteError):
+        parse_path(bad)
+
+
+def test_route_needs_protocol_subclass():
+    with pytest.raises(RouteError, match="not a WebSocketServerProtocol subclass"):
+        Route("/x", (object,))
