@@ -264,7 +264,9 @@ def build_settings(
 
 
 def _check_clashes(routes: tuple[RouteSpec, ...]) -> None:
-    try:
-        check_clashes([r.path for r in routes])
-    except RouteError as e:
-        raise ConfigError(str(e)) from None
+    # Add routes one by one so the error names the one that clashes.
+    for n, spec in enumerate(routes, 1):
+        try:
+            check_clashes([r.path for r in routes[:n]])
+        except RouteError as e:
+            raise ConfigError(f"{spec.origin}: {e}") from None

@@ -1,0 +1,102 @@
+"""
+A real C{twistd wsmux} process on a free loopback port.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TWISTD = str(Path(sys.executable).with_name("twistd"))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """
+    A running twistd process and where to reach it.
+    """
+
+    def __init__(self, args, port, log_path, cwd=ROOT):
+        self.port = port
+        self.log_path = log_path
+        env = dict(os.environ, PYTHONPATH=str(ROOT), WSMUX_PORT=str(port))
+        self.log_file = open(log_path, "wb")
+        self.process = subprocess.Popen(
+            [TWISTD, "-n", "--pidfile=", *args],
+            cwd=cwd,
+            env=env,
+            stdout=self.log_file,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"twistd exited early:\n{self.log()}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"twistd did not listen on {port}:\n{self.log()}")
+
+    def url(self, path, scheme="ws"):
+        return f"{scheme}://127.0.0.1:{self.port}{path}"
+
+    def log(self):
+        return Path(self.log_path).read_text(errors="replace")
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log_file.close()
+
+
+@pytest.fixture
+def start_server(tmp_path):
+    """
+    Start C{twistd -n wsmux} with extra arguments; stopped at teardown.
+    """
+    servers = []
+
+    def start(*args, cwd=ROOT, plugin="wsmux"):
+        port = free_port()
+        n = len(servers)
+        head = [plugin, "--port", f"tcp:{port}:interface=127.0.0.1"] if plugin else []
+        server = Server([*head, *args], port, tmp_path / f"twistd{n}.log", cwd=cwd)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def run_twistd(*args, timeout=30):
+    """
+    Run twistd to completion (for usage errors); returns the finished process.
+    """
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [TWISTD, "-n", "--pidfile=", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -1,0 +1,177 @@
+"""
+A real twistd wsmux process, real clients (the websockets library, urllib).
+"""
+
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
+
+from tests.integration.conftest import ROOT, free_port, run_twistd
+
+
+def test_default_configuration_serves_echo_and_page(start_server):
+    server = start_server()
+    with connect(server.url("/echo")) as ws:
+        ws.send("hello")
+        assert ws.recv(timeout=5) == "hello"
+        ws.send(b"\x00\x01\x02")
+        assert ws.recv(timeout=5) == b"\x00\x01\x02"
+    with urllib.request.urlopen(server.url("/", "http"), timeout=5) as page:
+        body = page.read().decode()
+    assert page.status == 200 and "<title>wsmux</title>" in body and "WebSocket(" in body
+    assert "open route=/echo" in server.log() or _wait_for(server, "open route=/echo")
+
+
+def _wait_for(server, text, timeout=5):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in server.log():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_two_routes_with_different_options(start_server, tmp_path):
+    config = tmp_path / "two.toml"
+    config.write_text("""
+[[routes]]
+path = "/small"
+handler = "echo"
+max_message_size = 100
+
+[[routes]]
+path = "/big"
+handler = "echo"
+max_message_size = 100000
+""")
+    server = start_server("--config", str(config))
+    with connect(server.url("/big"), max_size=None) as ws:
+        ws.send("x" * 5000)
+        assert ws.recv(timeout=5) == "x" * 5000
+    with connect(server.url("/small")) as ws:
+        ws.send("y" * 50)
+        assert ws.recv(timeout=5) == "y" * 50
+        ws.send("y" * 5000)
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=10)
+        assert closed.value.rcvd.code == 1009
+    assert _wait_for(server, "close route=/small")
+    assert "code=1009" in server.log()
+
+
+def test_broadcast_rooms(start_server):
+    server = start_server("--route", "/rooms/{room}=broadcast")
+    a = [connect(server.url("/rooms/a")) for _ in range(3)]
+    b = [connect(server.url("/rooms/b")) for _ in range(2)]
+    try:
+        a[0].send("to a")
+        for ws in a:
+            assert ws.recv(timeout=5) == "to a"
+        b[1].send(b"\x01to b")
+        for ws in b:
+            assert ws.recv(timeout=5) == b"\x01to b"
+        for ws in a:
+            with pytest.raises(TimeoutError):
+                ws.recv(timeout=0.3)
+    finally:
+        for ws in a + b:
+            ws.close()
+
+
+def test_unknown_path_404_and_plain_get_426(start_server):
+    server = start_server()
+    with pytest.raises(InvalidStatus) as e:
+        connect(server.url("/nope"))
+    assert e.value.response.status_code == 404
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(server.url("/echo", "http"), timeout=5)
+    assert e.value.code == 426
+    assert e.value.headers["Upgrade"].lower() == "websocket"
+    assert "Server: wsmux" in str(e.value.headers) and "Autobahn" not in str(e.value.headers)
+    assert _wait_for(server, "rejected upgrade path=/nope")
+
+
+def test_unhandled_hook_adopts_and_rejects(start_server):
+    server = start_server("--route", "/echo=echo", "--unhandled", "tests.handlers_for_tests.hook")
+    with connect(server.url("/legacy/feed")) as ws:
+        ws.send("still here")
+        assert ws.recv(timeout=5) == "still here"
+    with connect(server.url("/deferred/x?q=1")) as ws:
+        ws.send("?")
+        assert json.loads(ws.recv(timeout=5))["query"] == {"q": ["1"]}
+    with pytest.raises(InvalidStatus) as e:
+        connect(server.url("/private/x"))
+    assert e.value.response.status_code == 403
+    with pytest.raises(InvalidStatus) as e:
+        connect(server.url("/elsewhere"))
+    assert e.value.response.status_code == 404
+    with pytest.raises(InvalidStatus) as e:
+        connect(server.url("/broken/x"))
+    assert e.value.response.status_code == 500
+    assert b"hook bug" not in e.value.response.body
+    assert _wait_for(server, "unhandled hook failed for /broken/x")
+
+
+def test_user_handler_sees_path_params_and_cookies(start_server):
+    server = start_server("--route", "/t/{tenant}/feed=tests.handlers_for_tests.ParamsHandler")
+    with connect(server.url("/t/acme/feed?since=5"), additional_headers={"Cookie": "sid=42"}) as ws:
+        ws.send("?")
+        seen = json.loads(ws.recv(timeout=5))
+    assert seen["params"] == {"tenant": "acme"}
+    assert seen["query"] == {"since": ["5"]}
+    assert seen["cookie"] == "sid=42"
+
+
+def test_deflate_negotiated_when_on(start_server):
+    on = start_server("--deflate")
+    off = start_server()
+    with connect(on.url("/echo")) as ws:
+        assert "permessage-deflate" in (ws.response.headers.get("Sec-WebSocket-Extensions") or "")
+        ws.send("z" * 10000)
+        assert ws.recv(timeout=5) == "z" * 10000
+    with connect(off.url("/echo")) as ws:
+        assert ws.response.headers.get("Sec-WebSocket-Extensions") is None
+
+
+def test_log_level_filters(start_server):
+    server = start_server("--log-level", "warn")
+    with connect(server.url("/echo")) as ws:
+        ws.send("x")
+        ws.recv(timeout=5)
+    with pytest.raises(InvalidStatus):
+        connect(server.url("/nope"))
+    assert not _wait_for(server, "open route=/echo", timeout=1)
+    assert "rejected upgrade" not in server.log()
+
+
+@pytest.mark.parametrize(
+    "toml, expected",
+    [
+        ("[defaults]\nmax_mesage_size = 5\n", "defaults.max_mesage_size"),
+        ("[[routes]]\npath = '/a'\nhandler = 'echo'\n[[routes]]\npath = '/a'\nhandler = 'echo'\n", "clashes"),
+        ("[[routes]]\npath = '/a'\nhandler = 'nosuch'\n", "unknown handler 'nosuch'"),
+    ],
+)
+def test_config_errors_are_usage_errors(tmp_path, toml, expected):
+    config = tmp_path / "bad.toml"
+    config.write_text(toml)
+    result = run_twistd("wsmux", "--config", str(config), "--port", f"tcp:{free_port()}:interface=127.0.0.1")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert str(config) in output and expected in output
+    assert "Traceback" not in output
+
+
+def test_tac_example_from_the_docs(start_server):
+    server = start_server("-y", str(ROOT / "docs" / "examples" / "wsmux.tac"), plugin=None)
+    with connect(server.url("/ws/echo")) as ws:
+        ws.send("from a tac")
+        assert ws.recv(timeout=5) == "from a tac"
+    with urllib.request.urlopen(server.url("/health", "http"), timeout=5) as r:
+        assert r.read() == b"ok"

@@ -1,0 +1,155 @@
+"""
+Settings from TOML files and the twistd command line.
+"""
+
+import pytest
+from twisted.python import usage
+
+from wsmux.config import ConfigError, load_file, port_description
+from wsmux.tap import Options
+
+
+def options(*argv):
+    o = Options()
+    o.parseOptions(list(argv))
+    return o.settings
+
+
+def write(tmp_path, text):
+    path = tmp_path / "wsmux.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_defaults_serve_echo_and_the_page():
+    s = options()
+    assert s.ports == ("8080",)
+    assert [(r.path, r.handlers) for r in s.routes] == [("/echo", ("echo",))]
+    assert s.index is True
+    assert s.defaults.max_message_size == 1024 * 1024
+    assert s.defaults.deflate == "off"
+
+
+def test_default_routes_apply_whatever_other_flags():
+    s = options("--port", "9000", "--deflate", "--max-message-size", "10", "--log-level", "debug")
+    assert [r.path for r in s.routes] == ["/echo"]
+    assert s.defaults.deflate == "on" and s.defaults.max_message_size == 10
+    assert s.log_level == "debug" and s.ports == ("9000",)
+
+
+def test_routes_ports_and_chains_from_the_command_line():
+    s = options(
+        "--port", "8081", "--port", "unix:/tmp/x.sock",
+        "--route", "/chat=broadcast", "--route", "/rooms/{room}=tests.handlers_for_tests.ShoutHandler,echo",
+    )
+    assert s.ports == ("8081", "unix:/tmp/x.sock")
+    assert [(r.path, r.handlers) for r in s.routes] == [
+        ("/chat", ("broadcast",)),
+        ("/rooms/{room}", ("tests.handlers_for_tests.ShoutHandler", "echo")),
+    ]
+    assert s.index is False
+
+
+def test_file_settings_and_cli_overrides(tmp_path):
+    path = write(tmp_path, """
+port = [9001, "tcp:9002:interface=127.0.0.1"]
+log_level = "warn"
+unhandled = "tests.handlers_for_tests.hook"
+index = true
+
+[defaults]
+max_message_size = 2048
+deflate = "inflate-only"
+
+[[routes]]
+path = "/a"
+handler = "echo"
+max_message_size = 16
+
+[[routes]]
+path = "/b"
+handler = ["tests.handlers_for_tests.ShoutHandler", "echo"]
+""")
+    s = options("--config", path)
+    assert s.ports == ("9001", "tcp:9002:interface=127.0.0.1")
+    assert s.log_level == "warn" and s.index is True
+    assert s.unhandled == "tests.handlers_for_tests.hook"
+    assert s.defaults.max_message_size == 2048 and s.defaults.deflate == "inflate-only"
+    assert [(r.path, r.options) for r in s.routes] == [("/a", {"max_message_size": 16}), ("/b", {})]
+
+    s = options("--config", path, "--port", "7000", "--max-message-size", "99",
+                "--no-deflate", "--log-level", "error", "--route", "/a=broadcast")
+    assert s.ports == ("7000",)
+    assert s.defaults.max_message_size == 99 and s.defaults.deflate == "off"
+    assert s.log_level == "error"
+    assert {r.path: r.handlers for r in s.routes} == {"/a": ("broadcast",), "/b": (
+        "tests.handlers_for_tests.ShoutHandler", "echo")}
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("bogus = 1", "bogus"),
+        ("[defaults]\nmax_mesage_size = 1", "defaults.max_mesage_size"),
+        ("[defaults]\nmax_message_size = -1", "defaults.max_message_size"),
+        ("[defaults]\nmax_message_size = 'big'", "defaults.max_message_size"),
+        ("[defaults]\ndeflate = 'maybe'", "defaults.deflate"),
+        ("log_level = 'loud'", "log_level"),
+        ("port = true", "port"),
+        ("[[routes]]\nhandler = 'echo'", "routes[0].path"),
+        ("[[routes]]\npath = '/x'", "routes[0].handler"),
+        ("[[routes]]\npath = 'x'\nhandler = 'echo'", "routes[0].path"),
+        ("[[routes]]\npath = '/x'\nhandler = 'echo'\ncolour = 1", "routes[0].colour"),
+        ("[[routes]]\npath = '/x'\nhandler = 'echo'\nping_interval = 'soon'", "routes[0].ping_interval"),
+        ("this is not toml", "not valid TOML"),
+    ],
+)
+def test_file_errors_name_the_file_and_key(tmp_path, text, key):
+    path = write(tmp_path, text)
+    with pytest.raises(usage.UsageError) as e:
+        options("--config", path)
+    assert path in str(e.value) and key in str(e.value)
+
+
+def test_route_clash_in_file_is_a_usage_error(tmp_path):
+    path = write(tmp_path, """
+[[routes]]
+path = "/rooms/{a}"
+handler = "echo"
+[[routes]]
+path = "/rooms/{b}"
+handler = "echo"
+""")
+    with pytest.raises(usage.UsageError, match=r"names parameter \{b\}"):
+        options("--config", path)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--route", "/chat"], "expected PATH=HANDLER"),
+        (["--route", "chat=echo"], "must start with '/'"),
+        (["--route", "/x=nosuch"], "unknown handler 'nosuch'"),
+        (["--route", "/x=no.such.Module"], "cannot import handler"),
+        (["--route", "/x=tests.handlers_for_tests.hook"], "not a subclass"),
+        (["--unhandled", "no.such.hook"], "cannot import unhandled hook"),
+        (["--max-message-size", "lots"], "not a number of bytes"),
+        (["--log-level", "chatty"], "--log-level must be one of"),
+        (["--route", "/x=echo", "--route", "/x=echo"], "clashes"),
+        (["--config", "/nonexistent/wsmux.toml"], "cannot read"),
+    ],
+)
+def test_command_line_errors(argv, message):
+    with pytest.raises(usage.UsageError, match=message):
+        options(*argv)
+
+
+def test_bare_port_means_all_interfaces():
+    description = port_description("8080")
+    assert description in ("tcp6:8080:interface=\\:\\:", "tcp:8080")
+    assert port_description("tcp:1:interface=127.0.0.1") == "tcp:1:interface=127.0.0.1"
+
+
+def test_load_file_missing(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_file(str(tmp_path / "missing.toml"))
