@@ -1,0 +1,50 @@
+"""
+The Autobahn TestSuite (fuzzing client cases, run by kosoku) against a real
+twistd wsmux echo route configured as docs/examples/conformance.toml says.
+
+Required: every case OK, NON-STRICT or INFORMATIONAL.
+"""
+
+import collections
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import ROOT
+
+ACCEPTED = {"OK", "NON-STRICT", "INFORMATIONAL"}
+
+
+def kosoku_binary():
+    found = shutil.which("kosoku") or str(Path(sys.executable).with_name("kosoku"))
+    if not Path(found).exists():
+        pytest.fail("kosoku is not installed: pip install -e '.[test]'")
+    return found
+
+
+@pytest.mark.conformance
+def test_autobahn_testsuite_is_clean(start_server, tmp_path):
+    server = start_server("--config", str(ROOT / "docs" / "examples" / "conformance.toml"))
+    out = tmp_path / "reports"
+    result = subprocess.run(
+        [kosoku_binary(), server.url("/echo"), "-o", str(out), "-p", "2"],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    index = json.loads((out / "index.json").read_text())
+    cases = [case for agent in index.values() for case in agent.items()]
+    counts = collections.Counter(c["behavior"] for _, c in cases)
+    close_counts = collections.Counter(c["behaviorClose"] for _, c in cases)
+    print(f"\nAutobahn TestSuite: {len(cases)} cases; behavior {dict(counts)}; close {dict(close_counts)}")
+    bad = {
+        case_id: (c["behavior"], c["behaviorClose"])
+        for case_id, c in cases
+        if c["behavior"] not in ACCEPTED or c["behaviorClose"] not in ACCEPTED
+    }
+    assert len(cases) >= 500, result.stdout[-2000:] + result.stderr[-2000:]
+    assert not bad, f"cases not clean: {bad}\n{result.stdout[-3000:]}"

@@ -1,0 +1,76 @@
+"""
+The built wheel, installed into a fresh virtualenv, is a twistd plugin.
+"""
+
+import shutil
+import subprocess
+import sys
+import venv
+import zipfile
+from pathlib import Path
+
+import autobahn
+import OpenSSL
+import twisted
+import txaio
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_wheel_installs_a_twistd_plugin(tmp_path):
+    # Build from a clean copy: a stale build/ folder would leak old files.
+    source = tmp_path / "source"
+    shutil.copytree(
+        ROOT,
+        source,
+        ignore=shutil.ignore_patterns(
+            "build", "dist", "*.egg-info", ".git", ".tox", "__pycache__", "node_modules", "dropin.cache"
+        ),
+    )
+    dist = tmp_path / "dist"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(dist), str(source)],
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
+    )
+    (wheel,) = dist.glob("wsmux-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "twisted/plugins/wsmux_plugin.py" in names
+    assert "twisted/plugins/__init__.py" not in names
+    assert not any(n.startswith("tests/") for n in names)
+
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    python = env_dir / "bin" / "python"
+    # The fresh venv borrows the dependencies (twisted, autobahn) from this
+    # environment, so the test needs no network.  A path in a .pth file is
+    # appended to sys.path without reading that directory's own .pth files,
+    # so an editable wsmux here stays invisible there.
+    site_dir = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()
+    deps = {str(Path(m.__file__).resolve().parents[1]) for m in (twisted, autobahn, txaio, OpenSSL)}
+    Path(site_dir, "wsmux-test-deps.pth").write_text("\n".join(sorted(deps)) + "\n")
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "--no-deps", "--no-index", str(wheel)],
+        check=True,
+        capture_output=True,
+    )
+    help_text = subprocess.run(
+        [str(python), "-c", "from twisted.scripts.twistd import run; run()", "--help"],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    ).stdout
+    assert "wsmux" in help_text
+    where = subprocess.run(
+        [str(python), "-c", "import wsmux; print(wsmux.__file__)"],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    ).stdout
+    assert str(env_dir) in where
