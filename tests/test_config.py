@@ -39,8 +39,14 @@ def test_default_routes_apply_whatever_other_flags():
 
 def test_routes_ports_and_chains_from_the_command_line():
     s = options(
-        "--port", "8081", "--port", "unix:/tmp/x.sock",
-        "--route", "/chat=broadcast", "--route", "/rooms/{room}=tests.handlers_for_tests.ShoutHandler,echo",
+        "--port",
+        "8081",
+        "--port",
+        "unix:/tmp/x.sock",
+        "--route",
+        "/chat=broadcast",
+        "--route",
+        "/rooms/{room}=tests.handlers_for_tests.ShoutHandler,echo",
     )
     assert s.ports == ("8081", "unix:/tmp/x.sock")
     assert [(r.path, r.handlers) for r in s.routes] == [
@@ -51,7 +57,9 @@ def test_routes_ports_and_chains_from_the_command_line():
 
 
 def test_file_settings_and_cli_overrides(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 port = [9001, "tcp:9002:interface=127.0.0.1"]
 log_level = "warn"
 unhandled = "tests.handlers_for_tests.hook"
@@ -69,7 +77,8 @@ max_message_size = 16
 [[routes]]
 path = "/b"
 handler = ["tests.handlers_for_tests.ShoutHandler", "echo"]
-""")
+""",
+    )
     s = options("--config", path)
     assert s.ports == ("9001", "tcp:9002:interface=127.0.0.1")
     assert s.log_level == "warn" and s.index is True
@@ -77,13 +86,26 @@ handler = ["tests.handlers_for_tests.ShoutHandler", "echo"]
     assert s.defaults.max_message_size == 2048 and s.defaults.deflate == "inflate-only"
     assert [(r.path, r.options) for r in s.routes] == [("/a", {"max_message_size": 16}), ("/b", {})]
 
-    s = options("--config", path, "--port", "7000", "--max-message-size", "99",
-                "--no-deflate", "--log-level", "error", "--route", "/a=broadcast")
+    s = options(
+        "--config",
+        path,
+        "--port",
+        "7000",
+        "--max-message-size",
+        "99",
+        "--no-deflate",
+        "--log-level",
+        "error",
+        "--route",
+        "/a=broadcast",
+    )
     assert s.ports == ("7000",)
     assert s.defaults.max_message_size == 99 and s.defaults.deflate == "off"
     assert s.log_level == "error"
-    assert {r.path: r.handlers for r in s.routes} == {"/a": ("broadcast",), "/b": (
-        "tests.handlers_for_tests.ShoutHandler", "echo")}
+    assert {r.path: r.handlers for r in s.routes} == {
+        "/a": ("broadcast",),
+        "/b": ("tests.handlers_for_tests.ShoutHandler", "echo"),
+    }
 
 
 @pytest.mark.parametrize(
@@ -100,7 +122,10 @@ handler = ["tests.handlers_for_tests.ShoutHandler", "echo"]
         ("[[routes]]\npath = '/x'", "routes[0].handler"),
         ("[[routes]]\npath = 'x'\nhandler = 'echo'", "routes[0].path"),
         ("[[routes]]\npath = '/x'\nhandler = 'echo'\ncolour = 1", "routes[0].colour"),
-        ("[[routes]]\npath = '/x'\nhandler = 'echo'\nping_interval = 'soon'", "routes[0].ping_interval"),
+        (
+            "[[routes]]\npath = '/x'\nhandler = 'echo'\nping_interval = 'soon'",
+            "routes[0].ping_interval",
+        ),
         ("this is not toml", "not valid TOML"),
     ],
 )
@@ -112,14 +137,17 @@ def test_file_errors_name_the_file_and_key(tmp_path, text, key):
 
 
 def test_route_clash_in_file_is_a_usage_error(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 [[routes]]
 path = "/rooms/{a}"
 handler = "echo"
 [[routes]]
 path = "/rooms/{b}"
 handler = "echo"
-""")
+""",
+    )
     with pytest.raises(usage.UsageError, match=r"names parameter \{b\}"):
         options("--config", path)
 

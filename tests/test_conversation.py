@@ -72,7 +72,10 @@ def test_bad_key_is_refused_by_autobahn():
 def test_handlers_see_params_query_cookies_and_subprotocol():
     tree = RouteTree([Route("/rooms/{room}", (h.ParamsHandler,), {"subprotocols": ["chat.v1"]})])
     conn = connect(
-        tree, "/rooms/l%C3%B6bby?x=1", headers={"Cookie": "session=abc"}, protocols=["other", "chat.v1"]
+        tree,
+        "/rooms/l%C3%B6bby?x=1",
+        headers={"Cookie": "session=abc"},
+        protocols=["other", "chat.v1"],
     )
     assert conn.client.opened
     conn.client.sendMessage(b"?")
@@ -87,7 +90,9 @@ def test_handlers_see_params_query_cookies_and_subprotocol():
 
 
 def test_required_subprotocol_missing_is_400():
-    tree = RouteTree([Route("/s", (EchoHandler,), {"subprotocols": ["a"], "require_subprotocol": True})])
+    tree = RouteTree(
+        [Route("/s", (EchoHandler,), {"subprotocols": ["a"], "require_subprotocol": True})]
+    )
     conn = connect(tree, "/s", protocols=["b"])
     assert not conn.client.opened
     raw = raw_connect(tree)
@@ -177,7 +182,11 @@ def test_unhandled_hook_adopts_rejects_and_defaults():
     deferred = connect(tree, "/deferred/x")
     assert deferred.client.opened
 
-    for path, status in [("/private/x", b"403 Private area"), ("/other", b"404"), ("/broken/x", b"500")]:
+    for path, status in [
+        ("/private/x", b"403 Private area"),
+        ("/other", b"404"),
+        ("/broken/x", b"500"),
+    ]:
         raw = raw_connect(tree)
         raw.send(upgrade_request(path))
         assert raw.received.startswith(b"HTTP/1.1 " + status), path

@@ -24,12 +24,29 @@ def test_wheel_installs_a_twistd_plugin(tmp_path):
         ROOT,
         source,
         ignore=shutil.ignore_patterns(
-            "build", "dist", "*.egg-info", ".git", ".tox", "__pycache__", "node_modules", "dropin.cache"
+            "build",
+            "dist",
+            "*.egg-info",
+            ".git",
+            ".tox",
+            "__pycache__",
+            "node_modules",
+            "dropin.cache",
         ),
     )
     dist = tmp_path / "dist"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(dist), str(source)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(dist),
+            str(source),
+        ],
         check=True,
         capture_output=True,
         cwd=tmp_path,
@@ -49,7 +66,9 @@ def test_wheel_installs_a_twistd_plugin(tmp_path):
     # so an editable wsmux here stays invisible there.
     site_dir = subprocess.run(
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     deps = {str(Path(m.__file__).resolve().parents[1]) for m in (twisted, autobahn, txaio, OpenSSL)}
     Path(site_dir, "wsmux-test-deps.pth").write_text("\n".join(sorted(deps)) + "\n")

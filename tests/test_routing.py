@@ -25,7 +25,9 @@ def tree_of(*paths):
 
 def resolved(tree, path, upgrade=True):
     resource, request = lookup(tree, path, upgrade)
-    if not isinstance(resource, (WebSocketEndpoint, UnhandledUpgrade)) and hasattr(resource, "terminal"):
+    if not isinstance(resource, (WebSocketEndpoint, UnhandledUpgrade)) and hasattr(
+        resource, "terminal"
+    ):
         resource = resource.terminal(request)
     return resource, request
 

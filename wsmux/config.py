@@ -137,7 +137,9 @@ def load_file(path: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if "port" in data:
         ports = data["port"] if isinstance(data["port"], list) else [data["port"]]
-        if not ports or not all(isinstance(p, (int, str)) and not isinstance(p, bool) for p in ports):
+        if not ports or not all(
+            isinstance(p, (int, str)) and not isinstance(p, bool) for p in ports
+        ):
             raise bad("port", "must be a port number, an endpoint description, or a list of them")
         out["ports"] = tuple(str(p) for p in ports)
     if "log_level" in data:
@@ -159,9 +161,7 @@ def load_file(path: str) -> dict[str, Any]:
         routes = data["routes"]
         if not isinstance(routes, list) or not all(isinstance(r, dict) for r in routes):
             raise bad("routes", "must be an array of tables ([[routes]])")
-        out["routes"] = tuple(
-            _route(r, f"routes[{i}]", path, bad) for i, r in enumerate(routes)
-        )
+        out["routes"] = tuple(_route(r, f"routes[{i}]", path, bad) for i, r in enumerate(routes))
     return out
 
 
@@ -174,7 +174,9 @@ def _log_level(value: Any, bad: Any) -> str:
 def _options(table: dict[str, Any], where: str, bad: Any) -> dict[str, Any]:
     for key, value in table.items():
         if key not in OPTION_NAMES:
-            raise bad(f"{where}.{key}", "unknown option (known: " + ", ".join(sorted(OPTION_NAMES)) + ")")
+            raise bad(
+                f"{where}.{key}", "unknown option (known: " + ", ".join(sorted(OPTION_NAMES)) + ")"
+            )
         try:
             ProtocolOptions().merged({key: value})
         except (ValueError, TypeError) as e:
@@ -185,9 +187,12 @@ def _options(table: dict[str, Any], where: str, bad: Any) -> dict[str, Any]:
 def _route(table: dict[str, Any], where: str, path: str, bad: Any) -> RouteSpec:
     unknown = set(table) - _ROUTE_KEYS
     if unknown:
-        raise bad(f"{where}.{sorted(unknown)[0]}", "unknown key (a route has path, handler and protocol options)")
+        raise bad(
+            f"{where}.{sorted(unknown)[0]}",
+            "unknown key (a route has path, handler and protocol options)",
+        )
     if not isinstance(table.get("path"), str):
-        raise bad(f"{where}.path", "is required and must be a string such as \"/chat\"")
+        raise bad(f"{where}.path", 'is required and must be a string such as "/chat"')
     handler = table.get("handler")
     handlers = handler if isinstance(handler, list) else [handler]
     if not handlers or not all(isinstance(h, str) and h for h in handlers):
@@ -197,7 +202,12 @@ def _route(table: dict[str, Any], where: str, path: str, bad: Any) -> RouteSpec:
     except RouteError as e:
         raise bad(f"{where}.path", str(e)) from None
     options = {k: v for k, v in table.items() if k not in ("path", "handler")}
-    return RouteSpec(table["path"], tuple(handlers), _options(options, where, bad), f"{path} {where}")
+    return RouteSpec(
+        table["path"],
+        tuple(str(h) for h in handlers),
+        _options(options, where, bad),
+        f"{path} {where}",
+    )
 
 
 def parse_route_arg(value: str) -> RouteSpec:

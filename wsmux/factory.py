@@ -78,12 +78,9 @@ class ProtocolOptions:
     )
     close_handshake_timeout: float = _option(
         5.0,
-        "Seconds to wait for the peer's close frame before dropping the "
-        "connection. 0 disables.",
+        "Seconds to wait for the peer's close frame before dropping the connection. 0 disables.",
     )
-    ping_interval: float = _option(
-        20.0, "Seconds between keepalive pings. 0 disables keepalive."
-    )
+    ping_interval: float = _option(20.0, "Seconds between keepalive pings. 0 disables keepalive.")
     ping_timeout: float = _option(
         20.0,
         "Seconds to wait for the pong before the connection is dropped.",
@@ -93,18 +90,14 @@ class ProtocolOptions:
         "Split outgoing messages into frames of at most this many bytes. 0 "
         "sends every message as one frame.",
     )
-    tcp_nodelay: bool = _option(
-        True, "Disable Nagle's algorithm on the connection."
-    )
+    tcp_nodelay: bool = _option(True, "Disable Nagle's algorithm on the connection.")
     max_connections: int = _option(
         0,
-        "Most simultaneous connections on this route; more get 503. 0 means "
-        "no limit.",
+        "Most simultaneous connections on this route; more get 503. 0 means no limit.",
     )
     trusted_proxies: int = _option(
         0,
-        "How many X-Forwarded-For hops to trust for the peer address. 0 "
-        "ignores the header.",
+        "How many X-Forwarded-For hops to trust for the peer address. 0 ignores the header.",
     )
 
     def __post_init__(self) -> None:
@@ -130,20 +123,15 @@ class ProtocolOptions:
             ok = isinstance(value, expected) and not (
                 expected in (int, float) and isinstance(value, bool)
             )
-            if expected is float and isinstance(value, int) and not isinstance(
-                value, bool
-            ):
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
                 ok = True
             if not ok:
-                raise ValueError(
-                    f"{f.name} must be {_TYPE_WORDS[expected]}, got {value!r}"
-                )
+                raise ValueError(f"{f.name} must be {_TYPE_WORDS[expected]}, got {value!r}")
             if expected in (int, float) and value < 0:
                 raise ValueError(f"{f.name} must not be negative, got {value!r}")
         if self.deflate not in DEFLATE_MODES:
             raise ValueError(
-                f"deflate must be one of {', '.join(DEFLATE_MODES)}, "
-                f"got {self.deflate!r}"
+                f"deflate must be one of {', '.join(DEFLATE_MODES)}, got {self.deflate!r}"
             )
 
     def merged(self, overrides: dict[str, Any]) -> ProtocolOptions:
@@ -217,7 +205,7 @@ class RouteFactory(WebSocketServerFactory):
         reactor: Optional[Any] = None,
     ) -> None:
         super().__init__(reactor=reactor)
-        self.protocol = handler
+        self.protocol = handler  # type: ignore[assignment]
         self.options = options
         self.route_path = route_path
         self.groups: dict[Any, set[Any]] = {}
@@ -245,9 +233,7 @@ class RouteFactory(WebSocketServerFactory):
             allowedOrigins=["*"],
         )
 
-    def _accept_deflate(
-        self, offers: list[Any]
-    ) -> Optional[PerMessageDeflateOfferAccept]:
+    def _accept_deflate(self, offers: list[Any]) -> Optional[PerMessageDeflateOfferAccept]:
         if self.options.deflate == "off":
             return None
         for offer in offers:

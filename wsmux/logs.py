@@ -52,7 +52,7 @@ def filter_log_level(level: str, publisher: LogPublisher = globalLogPublisher) -
 
     @param level: C{debug}, C{info}, C{warn} or C{error}.
     """
-    txaio.set_global_log_level(level)
+    txaio.set_global_log_level(level)  # type: ignore[attr-defined]
     predicate = level_predicate(level)
     # LogPublisher has no public way to list its observers; twistd has
     # added its own by the time services start, so wrap each of them.

@@ -118,6 +118,9 @@ def route_protocol(handler: type, options: ProtocolOptions, route_path: str) -> 
     return type(
         handler.__name__,
         bases + (handler,),
-        {"route_path": route_path, "__module__": handler.__module__,
-         "__qualname__": handler.__qualname__},
+        {
+            "route_path": route_path,
+            "__module__": handler.__module__,
+            "__qualname__": handler.__qualname__,
+        },
     )

@@ -95,12 +95,9 @@ class Route:
         if not self.handlers:
             raise RouteError(f"route {self.path}: at least one handler is needed")
         for handler in self.handlers:
-            if not (
-                isinstance(handler, type) and issubclass(handler, WebSocketServerProtocol)
-            ):
+            if not (isinstance(handler, type) and issubclass(handler, WebSocketServerProtocol)):
                 raise RouteError(
-                    f"route {self.path}: {handler!r} is not a "
-                    "WebSocketServerProtocol subclass"
+                    f"route {self.path}: {handler!r} is not a WebSocketServerProtocol subclass"
                 )
         parse_path(self.path)
 
@@ -133,8 +130,7 @@ def parse_path(path: str) -> list[Union[bytes, str]]:
             segments.append(name)
         elif "{" in part or "}" in part:
             raise RouteError(
-                f"route path {path!r}: a parameter must be a whole segment, "
-                "like /rooms/{room}"
+                f"route path {path!r}: a parameter must be a whole segment, like /rooms/{{room}}"
             )
         else:
             segments.append(part.encode("utf-8"))
@@ -147,9 +143,7 @@ def canonical_path(path: str) -> str:
     parameters become C{{}}, so C{/rooms/{a}} and C{/rooms/{b}} clash.
     """
     segments = parse_path(path)
-    return "/" + "/".join(
-        s.decode("utf-8") if isinstance(s, bytes) else "{}" for s in segments
-    )
+    return "/" + "/".join(s.decode("utf-8") if isinstance(s, bytes) else "{}" for s in segments)
 
 
 def check_clashes(paths: Iterable[str]) -> None:
@@ -211,8 +205,9 @@ def _plain(
     request.setResponseCode(code, reason.encode("ascii", "replace"))
     if close:
         request.setHeader(b"connection", b"close")
-        if request.channel is not None:
-            request.channel.persistent = False
+        channel = getattr(request, "channel", None)
+        if channel is not None:
+            channel.persistent = False
     request.setHeader(b"content-type", b"text/plain; charset=utf-8")
     for name, value in headers:
         request.setHeader(name, value)
@@ -237,12 +232,14 @@ class _UpgradeResource(Resource):
         super().__init__()
         self.tree = tree
 
-    def respond(self, request: IRequest, code: int, reason: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+    def respond(
+        self, request: IRequest, code: int, reason: str, headers: Sequence[tuple[bytes, bytes]] = ()
+    ) -> None:
         """
         Finish a deferred request with an error status, unless the client
         went away meanwhile.
         """
-        if getattr(request, "_disconnected", False) or request.finished:
+        if getattr(request, "_disconnected", False) or getattr(request, "finished", False):
             return
         body = _plain(request, code, reason, headers, close=True)
         request.write(body)
@@ -261,8 +258,7 @@ def log_rejection(request: IRequest, code: int, reason: str, route: str = "-") -
     The info line for a refused upgrade: which path, route and peer, why.
     """
     log.info(
-        "rejected upgrade path={path} route={route} peer={peer} "
-        "status={code} reason={reason!r}",
+        "rejected upgrade path={path} route={route} peer={peer} status={code} reason={reason!r}",
         path=request.path.decode("utf-8", "replace"),
         route=route,
         peer=_peer(request),
@@ -286,12 +282,8 @@ class WebSocketEndpoint(_UpgradeResource):
         super().__init__(tree)
         self.route = route
         self.options = options
-        self.factory = RouteFactory(
-            route.handlers[0], options, route.path, reactor=tree.reactor
-        )
-        self._classes = {
-            h: route_protocol(h, options, route.path) for h in route.handlers
-        }
+        self.factory = RouteFactory(route.handlers[0], options, route.path, reactor=tree.reactor)
+        self._classes = {h: route_protocol(h, options, route.path) for h in route.handlers}
         self._choosy = any(hasattr(h, "accepts") for h in route.handlers)
         self._origins = tuple(options.allowed_origins)
         self.mounted = True
@@ -341,7 +333,13 @@ class WebSocketEndpoint(_UpgradeResource):
         self._choose(request, list(self.route.handlers), params, subprotocol)
         return NOT_DONE_YET
 
-    def _choose(self, request: IRequest, candidates: list[type], params: Mapping[str, str], subprotocol: Optional[str]) -> None:
+    def _choose(
+        self,
+        request: IRequest,
+        candidates: list[type],
+        params: Mapping[str, str],
+        subprotocol: Optional[str],
+    ) -> None:
         """
         Ask each handler in turn whether it takes the request.
         """
@@ -400,7 +398,7 @@ def upgrade(
 
     @return: the new protocol, or L{None} if the client is already gone.
     """
-    channel = request.channel
+    channel: Any = getattr(request, "channel", None)
     transport = channel.transport if channel is not None else None
     if transport is None:
         return None
@@ -426,7 +424,14 @@ def upgrade(
     protocol.makeConnection(transport)
     transport.resumeProducing()
 
-    head = [request.method, b" ", request.uri, b" ", request.clientproto, b"\r\n"]
+    head = [
+        request.method,
+        b" ",
+        request.uri,
+        b" ",
+        getattr(request, "clientproto", b"HTTP/1.1"),
+        b"\r\n",
+    ]
     for name, values in request.requestHeaders.getAllRawHeaders():
         for value in values:
             head += [name, b": ", value, b"\r\n"]
@@ -544,9 +549,7 @@ class RouteTree(_Node):
         canonical = canonical_path(route.path)
         existing = self.endpoints.get(canonical)
         if existing is not None:
-            raise RouteError(
-                f"route {route.path} clashes with route {existing.route.path}"
-            )
+            raise RouteError(f"route {route.path} clashes with route {existing.route.path}")
         node: _Node = self
         for segment in parse_path(route.path):
             if isinstance(segment, bytes):
@@ -654,7 +657,9 @@ class RouteTree(_Node):
 
         maybeDeferred(self.unhandled, request).addCallbacks(act, failed)
 
-    def _finish_reject(self, request: IRequest, via: _UpgradeResource, code: int, reason: str) -> None:
+    def _finish_reject(
+        self, request: IRequest, via: _UpgradeResource, code: int, reason: str
+    ) -> None:
         log_rejection(request, code, reason)
         via.respond(request, code, reason)
 

@@ -38,9 +38,7 @@ def build_tree(settings: Settings, reactor: Any = None) -> RouteTree:
         imported, or a route is bad.
     """
     unhandled = (
-        resolve_callable(settings.unhandled, "unhandled hook")
-        if settings.unhandled
-        else None
+        resolve_callable(settings.unhandled, "unhandled hook") if settings.unhandled else None
     )
     routes = [
         Route(

@@ -46,13 +46,16 @@ class Options(usage.Options):
         ["config", "c", None, "TOML settings file; command-line flags override it."],
         ["max-message-size", None, None, "Default largest incoming message, in bytes.", _size],
         ["max-frame-size", None, None, "Default largest incoming frame, in bytes.", _size],
-        ["log-level", None, None, "Lowest level logged: " + ", ".join(LOG_LEVELS) + " [default: info]"],
+        [
+            "log-level",
+            None,
+            None,
+            "Lowest level logged: " + ", ".join(LOG_LEVELS) + " [default: info]",
+        ],
         ["unhandled", None, None, "Dotted path of the hook for upgrades no route serves."],
     ]
 
-    compData = usage.Completions(
-        optActions={"log-level": usage.CompleteList(list(LOG_LEVELS))}
-    )
+    compData = usage.Completions(optActions={"log-level": usage.CompleteList(list(LOG_LEVELS))})
 
     def __init__(self) -> None:
         super().__init__()
@@ -100,8 +103,7 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if self["log-level"] is not None and self["log-level"] not in LOG_LEVELS:
             raise usage.UsageError(
-                f"--log-level must be one of {', '.join(LOG_LEVELS)}, "
-                f"not {self['log-level']!r}"
+                f"--log-level must be one of {', '.join(LOG_LEVELS)}, not {self['log-level']!r}"
             )
         defaults: dict[str, Any] = {}
         for flag, option in (

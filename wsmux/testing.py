@@ -120,7 +120,7 @@ def connect(
     @return: the connection, already flushed once.
     """
     clock = clock or MemoryReactorClock()
-    txaio.config.loop = clock
+    txaio.config.loop = clock  # type: ignore[attr-defined]
     factory = WebSocketClientFactory(
         f"ws://127.0.0.1:8080{path}",
         protocols=list(protocols) or None,
@@ -128,7 +128,7 @@ def connect(
         origin=origin,
         reactor=clock,
     )
-    factory.protocol = client_class
+    factory.protocol = client_class  # type: ignore[assignment]
     if deflate:
         factory.setProtocolOptions(
             perMessageCompressionOffers=[PerMessageDeflateOffer()],
@@ -136,9 +136,11 @@ def connect(
         )
     site = _site(resource, clock)
     server = site.buildProtocol(_CLIENT_ADDRESS)
-    client = factory.buildProtocol(_SERVER_ADDRESS)
+    client: Any = factory.buildProtocol(_SERVER_ADDRESS)
     server_transport, client_transport = _transports(server, client)
-    pump = iosim.connect(server, server_transport, client, client_transport, greet=True, clock=clock)
+    pump = iosim.connect(
+        server, server_transport, client, client_transport, greet=True, clock=clock
+    )
     return MemoryConnection(client, pump, clock, server_transport)
 
 
@@ -148,8 +150,12 @@ _CLIENT_ADDRESS = IPv4Address("TCP", "127.0.0.1", 40000)
 
 def _transports(server: Any, client: Any) -> tuple[iosim.FakeTransport, iosim.FakeTransport]:
     return (
-        iosim.FakeTransport(server, isServer=True, hostAddress=_SERVER_ADDRESS, peerAddress=_CLIENT_ADDRESS),
-        iosim.FakeTransport(client, isServer=False, hostAddress=_CLIENT_ADDRESS, peerAddress=_SERVER_ADDRESS),
+        iosim.FakeTransport(
+            server, isServer=True, hostAddress=_SERVER_ADDRESS, peerAddress=_CLIENT_ADDRESS
+        ),
+        iosim.FakeTransport(
+            client, isServer=False, hostAddress=_CLIENT_ADDRESS, peerAddress=_SERVER_ADDRESS
+        ),
     )
 
 
@@ -188,6 +194,7 @@ class RawConnection:
         """
         Send C{data} and move bytes until both sides are quiet.
         """
+        assert self._client.transport is not None
         self._client.transport.write(data)
         self.pump.flush()
 
@@ -205,12 +212,14 @@ def raw_connect(resource: IResource, clock: Optional[MemoryReactorClock] = None)
     Connect a client that sends raw bytes to C{resource} in memory.
     """
     clock = clock or MemoryReactorClock()
-    txaio.config.loop = clock
+    txaio.config.loop = clock  # type: ignore[attr-defined]
     site = _site(resource, clock)
     server = site.buildProtocol(_CLIENT_ADDRESS)
     client = _RawClient()
     server_transport, client_transport = _transports(server, client)
-    pump = iosim.connect(server, server_transport, client, client_transport, greet=True, clock=clock)
+    pump = iosim.connect(
+        server, server_transport, client, client_transport, greet=True, clock=clock
+    )
     return RawConnection(client, pump, clock)
 
 
@@ -231,7 +240,9 @@ def upgrade_request(path: str, extra: str = "", key: str = "dGhlIHNhbXBsZSBub25j
     ).encode("latin-1")
 
 
-def masked_frame(payload: bytes, opcode: int = 1, fin: bool = True, mask: bytes = b"\x01\x02\x03\x04") -> bytes:
+def masked_frame(
+    payload: bytes, opcode: int = 1, fin: bool = True, mask: bytes = b"\x01\x02\x03\x04"
+) -> bytes:
     """
     One client frame (masked, as clients must send), for raw tests.
     """

@@ -40,7 +40,9 @@ def test_autobahn_testsuite_is_clean(start_server, tmp_path):
     cases = [case for agent in index.values() for case in agent.items()]
     counts = collections.Counter(c["behavior"] for _, c in cases)
     close_counts = collections.Counter(c["behaviorClose"] for _, c in cases)
-    print(f"\nAutobahn TestSuite: {len(cases)} cases; behavior {dict(counts)}; close {dict(close_counts)}")
+    print(
+        f"\nAutobahn TestSuite: {len(cases)} cases; behavior {dict(counts)}; close {dict(close_counts)}"
+    )
     bad = {
         case_id: (c["behavior"], c["behaviorClose"])
         for case_id, c in cases

@@ -154,14 +154,19 @@ def test_log_level_filters(start_server):
     "toml, expected",
     [
         ("[defaults]\nmax_mesage_size = 5\n", "defaults.max_mesage_size"),
-        ("[[routes]]\npath = '/a'\nhandler = 'echo'\n[[routes]]\npath = '/a'\nhandler = 'echo'\n", "clashes"),
+        (
+            "[[routes]]\npath = '/a'\nhandler = 'echo'\n[[routes]]\npath = '/a'\nhandler = 'echo'\n",
+            "clashes",
+        ),
         ("[[routes]]\npath = '/a'\nhandler = 'nosuch'\n", "unknown handler 'nosuch'"),
     ],
 )
 def test_config_errors_are_usage_errors(tmp_path, toml, expected):
     config = tmp_path / "bad.toml"
     config.write_text(toml)
-    result = run_twistd("wsmux", "--config", str(config), "--port", f"tcp:{free_port()}:interface=127.0.0.1")
+    result = run_twistd(
+        "wsmux", "--config", str(config), "--port", f"tcp:{free_port()}:interface=127.0.0.1"
+    )
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert str(config) in output and expected in output
