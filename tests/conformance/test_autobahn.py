@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import ROOT
+from tests.conftest import SUMMARY_LINES
+from tests.twistd_process import ROOT
 
 ACCEPTED = {"OK", "NON-STRICT", "INFORMATIONAL"}
 
@@ -40,8 +41,9 @@ def test_autobahn_testsuite_is_clean(start_server, tmp_path):
     cases = [case for agent in index.values() for case in agent.items()]
     counts = collections.Counter(c["behavior"] for _, c in cases)
     close_counts = collections.Counter(c["behaviorClose"] for _, c in cases)
-    print(
-        f"\nAutobahn TestSuite: {len(cases)} cases; behavior {dict(counts)}; close {dict(close_counts)}"
+    SUMMARY_LINES.append(
+        f"Autobahn TestSuite (kosoku): {len(cases)} cases; "
+        f"behavior {dict(sorted(counts.items()))}; close {dict(sorted(close_counts.items()))}"
     )
     bad = {
         case_id: (c["behavior"], c["behaviorClose"])

@@ -10,7 +10,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from tests.integration.conftest import ROOT, free_port, run_twistd
+from tests.twistd_process import ROOT, free_port, run_twistd
 
 
 def test_default_configuration_serves_echo_and_page(start_server):

@@ -1,5 +1,5 @@
 """
-A real C{twistd wsmux} process on a free loopback port.
+A real twistd wsmux process on a free loopback port.
 """
 
 import os
@@ -9,9 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 
 
@@ -65,26 +63,6 @@ class Server:
                 self.process.kill()
                 self.process.wait()
         self.log_file.close()
-
-
-@pytest.fixture
-def start_server(tmp_path):
-    """
-    Start C{twistd -n wsmux} with extra arguments; stopped at teardown.
-    """
-    servers = []
-
-    def start(*args, cwd=ROOT, plugin="wsmux"):
-        port = free_port()
-        n = len(servers)
-        head = [plugin, "--port", f"tcp:{port}:interface=127.0.0.1"] if plugin else []
-        server = Server([*head, *args], port, tmp_path / f"twistd{n}.log", cwd=cwd)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
 
 
 def run_twistd(*args, timeout=30):

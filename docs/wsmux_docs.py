@@ -1,0 +1,68 @@
+"""
+A Sphinx extension that writes the configuration reference from the one
+place the settings are defined (wsmux.factory and wsmux.tap), so the docs
+cannot drift from the code.
+"""
+
+from docutils import nodes
+from docutils.parsers.rst import Directive
+from docutils.statemachine import StringList
+
+
+def _table(header, rows):
+    lines = [".. list-table::", "   :header-rows: 1", ""]
+    for row in [header, *rows]:
+        lines.append("   * - " + row[0])
+        lines.extend("     - " + cell for cell in row[1:])
+    return lines
+
+
+class ProtocolOptionsDirective(Directive):
+    """
+    ``.. wsmux-protocol-options::`` renders every protocol option.
+    """
+
+    def run(self):
+        from wsmux.factory import option_reference
+
+        rows = [
+            (f"``{name}``", kind, f"``{default!r}``" if default != () else "``[]``", help_text.replace("*", r"\*"))
+            for name, kind, default, help_text in option_reference()
+        ]
+        return self._parse(_table(("option", "type", "default", "meaning"), rows))
+
+    def _parse(self, lines):
+        node = nodes.section()
+        node.document = self.state.document
+        self.state.nested_parse(StringList(lines), self.content_offset, node)
+        return node.children
+
+
+class CommandLineDirective(ProtocolOptionsDirective):
+    """
+    ``.. wsmux-command-line::`` renders ``twistd wsmux --help``'s options.
+    """
+
+    def run(self):
+        from wsmux.tap import Options
+
+        options = Options()
+        rows = []
+        for long, short, default, doc, *_ in options.optParameters:
+            flag = f"``--{long}=VALUE``" + (f", ``-{short}``" if short else "")
+            rows.append((flag, " ".join(doc.split())))
+        for name in sorted(n for n in dir(options) if n.startswith("opt_") and len(n) > 5):
+            method = getattr(options, name)
+            flag = name[4:].replace("_", "-")
+            if flag in ("help", "version"):
+                continue
+            takes_value = method.__code__.co_argcount > 1
+            doc = " ".join((method.__doc__ or "").split())
+            rows.append((f"``--{flag}{'=VALUE' if takes_value else ''}``", doc))
+        return self._parse(_table(("flag", "meaning"), rows))
+
+
+def setup(app):
+    app.add_directive("wsmux-protocol-options", ProtocolOptionsDirective)
+    app.add_directive("wsmux-command-line", CommandLineDirective)
+    return {"parallel_read_safe": True}
