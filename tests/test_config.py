@@ -181,3 +181,11 @@ def test_bare_port_means_all_interfaces():
 def test_load_file_missing(tmp_path):
     with pytest.raises(ConfigError, match="cannot read"):
         load_file(str(tmp_path / "missing.toml"))
+
+
+def test_documented_example_files_load():
+    from pathlib import Path
+
+    for example in sorted((Path(__file__).resolve().parents[1] / "docs" / "examples").glob("*.toml")):
+        settings = options("--config", str(example))
+        assert settings.routes, example

@@ -180,3 +180,28 @@ def test_tac_example_from_the_docs(start_server):
         assert ws.recv(timeout=5) == "from a tac"
     with urllib.request.urlopen(server.url("/health", "http"), timeout=5) as r:
         assert r.read() == b"ok"
+
+
+def test_bare_port_number_listens_on_every_interface(tmp_path):
+    import socket
+
+    from tests.twistd_process import Server
+
+    port = free_port()
+    server = Server(["wsmux", "--port", str(port)], port, tmp_path / "bare.log")
+    try:
+        with connect(f"ws://127.0.0.1:{port}/echo") as ws:
+            ws.send("v4")
+            assert ws.recv(timeout=5) == "v4"
+        try:
+            socket.create_connection(("::1", port), timeout=2).close()
+        except OSError:
+            ipv6 = False
+        else:
+            ipv6 = True
+        if ipv6:
+            with connect(f"ws://[::1]:{port}/echo") as ws:
+                ws.send("v6")
+                assert ws.recv(timeout=5) == "v6"
+    finally:
+        server.stop()
