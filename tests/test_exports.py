@@ -19,6 +19,7 @@ def test_public_names():
         "RouteProtocolMixin",
         "RouteSpec",
         "RouteTree",
+        "ServerLimits",
         "Settings",
         "WebSocketEndpoint",
         "WebSocketSite",

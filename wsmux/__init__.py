@@ -12,6 +12,7 @@ framing.  Run it with C{twistd -n wsmux}, or build the pieces yourself::
 from wsmux.config import ConfigError, RouteSpec, Settings, build_settings, load_file
 from wsmux.factory import ProtocolOptions, RouteFactory
 from wsmux.handlers import BroadcastHandler, EchoHandler
+from wsmux.limits import ServerLimits
 from wsmux.protocol import RouteProtocolMixin
 from wsmux.routing import (
     Adopt,
@@ -22,7 +23,8 @@ from wsmux.routing import (
     WebSocketEndpoint,
     path_params,
 )
-from wsmux.service import WebSocketSite, build_tree, make_service
+from wsmux.service import build_tree, make_service
+from wsmux.site import WebSocketSite
 
 __all__ = [
     "Adopt",
@@ -37,6 +39,7 @@ __all__ = [
     "RouteProtocolMixin",
     "RouteSpec",
     "RouteTree",
+    "ServerLimits",
     "Settings",
     "WebSocketEndpoint",
     "WebSocketSite",

@@ -9,6 +9,9 @@ The file (all keys optional)::
     unhandled = "mypkg.hooks.unhandled"
     index = true                  # the demo page at /
 
+    [limits]                      # server-wide limits
+    max_connections = 10000
+
     [defaults]                    # protocol options every route inherits
     max_message_size = 1048576
     deflate = "on"
@@ -30,13 +33,14 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from wsmux.factory import OPTION_NAMES, ProtocolOptions
+from wsmux.limits import LIMIT_NAMES, ServerLimits
 from wsmux.routing import RouteError, check_clashes, parse_path
 
 LOG_LEVELS = ("debug", "info", "warn", "error")
 DEFAULT_PORT = "8080"
 DEFAULT_ROUTES: tuple[tuple[str, tuple[str, ...]], ...] = (("/echo", ("echo",)),)
 
-_TOP_KEYS = {"port", "log_level", "unhandled", "index", "defaults", "routes"}
+_TOP_KEYS = {"port", "log_level", "unhandled", "index", "limits", "defaults", "routes"}
 _ROUTE_KEYS = {"path", "handler"} | OPTION_NAMES
 
 
@@ -74,6 +78,7 @@ class Settings:
     @ivar unhandled: dotted path of the unhandled hook, if any.
     @ivar log_level: the lowest level logged.
     @ivar index: whether the demo page answers C{GET /}.
+    @ivar limits: server-wide limits.
     """
 
     ports: tuple[str, ...] = (DEFAULT_PORT,)
@@ -82,6 +87,7 @@ class Settings:
     unhandled: Optional[str] = None
     log_level: str = "info"
     index: bool = True
+    limits: ServerLimits = field(default_factory=ServerLimits)
 
 
 def port_description(port: str) -> str:
@@ -152,6 +158,18 @@ def load_file(path: str) -> dict[str, Any]:
         if not isinstance(data["index"], bool):
             raise bad("index", "must be true or false")
         out["index"] = data["index"]
+    if "limits" in data:
+        limits = data["limits"]
+        if not isinstance(limits, dict):
+            raise bad("limits", "must be a table of server limits")
+        for key, value in limits.items():
+            if key not in LIMIT_NAMES:
+                raise bad(f"limits.{key}", "unknown limit (known: " + ", ".join(sorted(LIMIT_NAMES)) + ")")
+            try:
+                ServerLimits().merged({key: value})
+            except ValueError as e:
+                raise bad(f"limits.{key}", str(e)) from None
+        out["limits"] = dict(limits)
     if "defaults" in data:
         defaults = data["defaults"]
         if not isinstance(defaults, dict):
@@ -235,6 +253,7 @@ def build_settings(
     unhandled: Optional[str] = None,
     log_level: Optional[str] = None,
     index: Optional[bool] = None,
+    limits: Optional[dict[str, Any]] = None,
     source: str = "settings",
 ) -> Settings:
     """
@@ -248,8 +267,11 @@ def build_settings(
     file_values = file_values or {}
     merged_defaults = dict(file_values.get("defaults", {}))
     merged_defaults.update(defaults or {})
+    merged_limits = dict(file_values.get("limits", {}))
+    merged_limits.update(limits or {})
     try:
         options = ProtocolOptions().merged(merged_defaults)
+        server_limits = ServerLimits().merged(merged_limits)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{source}: {e}") from None
 
@@ -270,6 +292,7 @@ def build_settings(
         unhandled=unhandled or file_values.get("unhandled"),
         log_level=log_level or file_values.get("log_level", "info"),
         index=index if index is not None else file_values.get("index", index_default),
+        limits=server_limits,
     )
 
 

@@ -21,6 +21,7 @@ from autobahn.websocket.compress import (
 
 DeflateMode = Literal["off", "on", "inflate-only"]
 DEFLATE_MODES: tuple[str, ...] = ("off", "on", "inflate-only")
+SLOW_CONSUMER_POLICIES: tuple[str, ...] = ("close", "drop")
 
 MiB = 1024 * 1024
 
@@ -95,9 +96,25 @@ class ProtocolOptions:
         0,
         "Most simultaneous connections on this route; more get 503. 0 means no limit.",
     )
-    trusted_proxies: int = _option(
-        0,
-        "How many X-Forwarded-For hops to trust for the peer address. 0 ignores the header.",
+    max_fragments: int = _option(
+        1024,
+        "Most frames one incoming message may be split into; more are closed "
+        "with 1009. 0 means no limit.",
+    )
+    idle_timeout: float = _option(
+        0.0,
+        "Close (1000, 'idle timeout') a connection that received nothing for "
+        "this many seconds. 0 disables.",
+    )
+    max_send_queue: int = _option(
+        MiB,
+        "Bytes that may wait to be sent to a client that does not read; past "
+        "this the slow_consumer policy applies. 0 means no limit.",
+    )
+    slow_consumer: str = _option(
+        "close",
+        "What happens to a client past max_send_queue: 'close' it (1008) or "
+        "'drop' the messages it cannot take (counted).",
     )
 
     def __post_init__(self) -> None:
@@ -129,6 +146,11 @@ class ProtocolOptions:
                 raise ValueError(f"{f.name} must be {_TYPE_WORDS[expected]}, got {value!r}")
             if expected in (int, float) and value < 0:
                 raise ValueError(f"{f.name} must not be negative, got {value!r}")
+        if self.slow_consumer not in SLOW_CONSUMER_POLICIES:
+            raise ValueError(
+                f"slow_consumer must be one of {', '.join(SLOW_CONSUMER_POLICIES)}, "
+                f"got {self.slow_consumer!r}"
+            )
         if self.deflate not in DEFLATE_MODES:
             raise ValueError(
                 f"deflate must be one of {', '.join(DEFLATE_MODES)}, got {self.deflate!r}"
@@ -161,7 +183,10 @@ _FIELD_TYPES: dict[str, type] = {
     "auto_fragment_size": int,
     "tcp_nodelay": bool,
     "max_connections": int,
-    "trusted_proxies": int,
+    "max_fragments": int,
+    "idle_timeout": float,
+    "max_send_queue": int,
+    "slow_consumer": str,
 }
 _TYPE_WORDS = {
     int: "a whole number",
@@ -227,7 +252,8 @@ class RouteFactory(WebSocketServerFactory):
             autoPingInterval=options.ping_interval,
             autoPingTimeout=options.ping_timeout,
             maxConnections=options.max_connections,
-            trustXForwardedFor=options.trusted_proxies,
+            # wsmux works out the client address itself (see wsmux.limits).
+            trustXForwardedFor=0,
             perMessageCompressionAccept=self._accept_deflate,
             # wsmux checks origins itself, to answer 403 with a reason.
             allowedOrigins=["*"],

@@ -2,10 +2,9 @@
 What wsmux adds to a user's handler class on a route.
 
 A handler stays a plain Autobahn C{WebSocketServerProtocol} subclass.  For
-each route wsmux derives one subclass with L{RouteProtocolMixin} in front of
-it, built once at start-up, so the per-route behaviour (default
-subprotocol, inflate-only sending, connection log lines) costs nothing per
-message unless the route asks for it.
+each route wsmux derives one subclass with L{RouteProtocolMixin} (and the
+optional mixins the route's options ask for) in front of it, built once at
+start-up, so a feature a route does not use costs nothing per message.
 """
 
 from __future__ import annotations
@@ -15,7 +14,9 @@ from typing import Any, Mapping, Optional
 from autobahn.websocket.protocol import PreparedMessage
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from wsmux.factory import ProtocolOptions
 
@@ -23,21 +24,59 @@ log = Logger(namespace="wsmux")
 
 _EMPTY: Mapping[str, str] = {}
 
+# Bytes past max_send_queue that control frames (pongs, the close frame) may
+# still add before a client that does not read is dropped outright.
+_CONTROL_SLACK = 64 * 1024
 
+
+@implementer(IPushProducer)
 class RouteProtocolMixin:
     """
     Per-route behaviour placed in front of a handler class.
 
+    It registers the connection, logs its open and close, selects the
+    default subprotocol, and applies backpressure: when the client stops
+    reading, wsmux stops reading from it (and pauses producers registered
+    through C{registerProducer}); messages sent meanwhile count against
+    C{max_send_queue}, past which the route's C{slow_consumer} policy
+    applies.
+
     @ivar path_params: the values of the route's named path parameters, for
         example C{{"room": "lobby"}} for C{/rooms/{room}} and C{/rooms/lobby}.
     @ivar route_path: the route's path pattern, such as C{/rooms/{room}}.
-    @ivar selected_subprotocol: the subprotocol wsmux selected from the
-        route's list, used when the handler's C{onConnect} returns none.
+    @ivar client_address: the client's address (behind trusted proxies).
+    @ivar dropped_messages: messages not sent because the client was too
+        slow (with the C{drop} policy).
     """
 
     path_params: Mapping[str, str] = _EMPTY
     route_path: str = ""
     selected_subprotocol: Optional[str] = None
+    client_address: str = ""
+    registry: Any = None
+    dropped_messages: int = 0
+    _paused: bool = False
+    _backlog: int = 0
+    _producers: tuple[Any, ...] = ()
+    _send_cap: int = 0
+    _drop_slow: bool = False
+
+    def connectionMade(self) -> None:
+        super().connectionMade()  # type: ignore[misc]
+        if self.registry is not None:
+            self.registry.add(self, self.client_address)
+        options = self.factory.options  # type: ignore[attr-defined]
+        self._send_cap = options.max_send_queue
+        self._drop_slow = options.slow_consumer == "drop"
+        self.transport.registerProducer(self, True)  # type: ignore[attr-defined]
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self.registry is not None:
+            self.registry.remove(self, self.client_address)
+        for producer in self._producers:
+            producer.stopProducing()
+        self._producers = ()
+        super().connectionLost(reason)  # type: ignore[misc]
 
     def onConnect(self, request: ConnectionRequest) -> Any:
         result = super().onConnect(request)  # type: ignore[misc]
@@ -64,7 +103,7 @@ class RouteProtocolMixin:
         super().onOpen()  # type: ignore[misc]
 
     def onClose(self, wasClean: bool, code: Optional[int], reason: Optional[str]) -> None:
-        if self.state_was_open():
+        if getattr(self, "http_response_data", None) is not None:  # it was open
             log.info(
                 "close route={route} peer={peer} code={code} reason={reason!r}",
                 route=self.route_path,
@@ -74,9 +113,172 @@ class RouteProtocolMixin:
             )
         super().onClose(wasClean, code, reason)  # type: ignore[misc]
 
-    def state_was_open(self) -> bool:
-        # Autobahn sets http_response_data once it sent the 101 response.
-        return getattr(self, "http_response_data", None) is not None
+    # Backpressure.  The transport calls these when its send buffer fills
+    # up and when it has drained.
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+        self._backlog = 0
+        self.transport.pauseProducing()  # type: ignore[attr-defined]
+        for producer in self._producers:
+            producer.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._backlog = 0
+        self.transport.resumeProducing()  # type: ignore[attr-defined]
+        for producer in self._producers:
+            producer.resumeProducing()
+
+    def stopProducing(self) -> None:
+        for producer in self._producers:
+            producer.stopProducing()
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        """
+        Register a push producer that writes to this connection; wsmux
+        pauses it while the client is not reading.
+
+        @raise ValueError: for a pull producer (C{streaming} false).
+        """
+        if not streaming:
+            raise ValueError("wsmux handlers take push producers (streaming=True) only")
+        self._producers = self._producers + (producer,)
+        if self._paused:
+            producer.pauseProducing()
+
+    def unregisterProducer(self, producer: Any = None) -> None:
+        """
+        Forget a producer (the last registered one when none is named).
+        """
+        if not self._producers:
+            return
+        if producer is None:
+            producer = self._producers[-1]
+        self._producers = tuple(p for p in self._producers if p is not producer)
+
+    def sendMessage(
+        self,
+        payload: bytes,
+        isBinary: bool = False,
+        fragmentSize: Optional[int] = None,
+        sync: bool = False,
+        doNotCompress: bool = False,
+    ) -> None:
+        if self._paused and not self._room_for(len(payload)):
+            return
+        super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress)  # type: ignore[misc]
+
+    def sendPreparedMessage(self, preparedMsg: PreparedMessage) -> None:
+        if self._paused and not self._room_for(len(preparedMsg.payloadHybi)):
+            return
+        super().sendPreparedMessage(preparedMsg)  # type: ignore[misc]
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: Optional[int] = None) -> None:
+        if self._paused:
+            self._backlog += len(data)
+            if self._send_cap and self._backlog > self._send_cap + _CONTROL_SLACK:
+                self._drop_slow_consumer()
+                return
+        super().sendData(data, sync, chopsize)  # type: ignore[misc]
+
+    def _room_for(self, size: int) -> bool:
+        if not self._send_cap or self._backlog + size <= self._send_cap:
+            return True
+        if self._drop_slow:
+            self.dropped_messages += 1
+            if self.dropped_messages == 1 or self.dropped_messages % 1000 == 0:
+                log.info(
+                    "slow consumer route={route} peer={peer}: dropped {n} message(s) "
+                    "(more than {cap} bytes waiting)",
+                    route=self.route_path,
+                    peer=self.peer,  # type: ignore[attr-defined]
+                    n=self.dropped_messages,
+                    cap=self._send_cap,
+                )
+            return False
+        if self.state == self.STATE_OPEN:  # type: ignore[attr-defined]
+            log.info(
+                "slow consumer route={route} peer={peer}: closing with 1008 "
+                "(more than {cap} bytes waiting)",
+                route=self.route_path,
+                peer=self.peer,  # type: ignore[attr-defined]
+                cap=self._send_cap,
+            )
+            # Not counted against the backlog: the close frame must go out.
+            self._send_cap = 0
+            self.sendClose(1008, "slow consumer: too much data waiting")  # type: ignore[attr-defined]
+        return False
+
+    def _drop_slow_consumer(self) -> None:
+        log.info(
+            "slow consumer route={route} peer={peer}: dropped the connection "
+            "(not reading, {n} bytes waiting)",
+            route=self.route_path,
+            peer=self.peer,  # type: ignore[attr-defined]
+            n=self._backlog,
+        )
+        self._send_cap = 0
+        self.dropConnection(abort=True)  # type: ignore[attr-defined]
+
+
+class FragmentCapMixin:
+    """
+    Fail a message that arrives in more frames than the route allows.
+    """
+
+    _max_fragments: int = 0
+    _fragments: int = 0
+
+    def onMessageBegin(self, isBinary: bool) -> None:
+        self._fragments = 0
+        super().onMessageBegin(isBinary)  # type: ignore[misc]
+
+    def onMessageFrameBegin(self, length: int) -> None:
+        self._fragments += 1
+        if self._fragments > self._max_fragments:
+            if not self.failedByMe:  # type: ignore[attr-defined]
+                self._fail_connection(  # type: ignore[attr-defined]
+                    1009, f"message split into more than {self._max_fragments} frames"
+                )
+            return
+        super().onMessageFrameBegin(length)  # type: ignore[misc]
+
+
+class IdleTimeoutMixin:
+    """
+    Close a connection that has received nothing for C{idle_timeout}.
+    """
+
+    _idle_timeout: float = 0.0
+    _idle_call: Any = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()  # type: ignore[misc]
+        clock = self.factory.reactor  # type: ignore[attr-defined]
+        self._idle_call = clock.callLater(self._idle_timeout, self._idle_expired)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.reset(self._idle_timeout)
+        super().dataReceived(data)  # type: ignore[misc]
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.cancel()
+        super().connectionLost(reason)  # type: ignore[misc]
+
+    def _idle_expired(self) -> None:
+        log.info(
+            "idle timeout route={route} peer={peer} after {t}s",
+            route=getattr(self, "route_path", ""),
+            peer=getattr(self, "peer", ""),
+            t=self._idle_timeout,
+        )
+        if self.state == self.STATE_OPEN:  # type: ignore[attr-defined]
+            self.sendClose(1000, "idle timeout")  # type: ignore[attr-defined]
+        else:
+            self.dropConnection(abort=True)  # type: ignore[attr-defined]
 
 
 class InflateOnlyMixin:
@@ -113,14 +315,17 @@ def route_protocol(handler: type, options: ProtocolOptions, route_path: str) -> 
     @return: a subclass of C{handler}.
     """
     bases: tuple[type, ...] = (RouteProtocolMixin,)
+    namespace: dict[str, Any] = {
+        "route_path": route_path,
+        "__module__": handler.__module__,
+        "__qualname__": handler.__qualname__,
+    }
+    if options.max_fragments:
+        bases += (FragmentCapMixin,)
+        namespace["_max_fragments"] = options.max_fragments
+    if options.idle_timeout:
+        bases += (IdleTimeoutMixin,)
+        namespace["_idle_timeout"] = options.idle_timeout
     if options.deflate == "inflate-only":
         bases += (InflateOnlyMixin,)
-    return type(
-        handler.__name__,
-        bases + (handler,),
-        {
-            "route_path": route_path,
-            "__module__": handler.__module__,
-            "__qualname__": handler.__qualname__,
-        },
-    )
+    return type(handler.__name__, bases + (handler,), namespace)

@@ -26,6 +26,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 
 from wsmux.factory import ProtocolOptions, RouteFactory
+from wsmux.limits import ConnectionRegistry, ServerLimits, client_address
 from wsmux.protocol import route_protocol
 
 log = Logger(namespace="wsmux")
@@ -325,10 +326,13 @@ class WebSocketEndpoint(_UpgradeResource):
                     + ")",
                     self.route.path,
                 )
+        refusal = self.tree.admit(request)
+        if refusal is not None:
+            return self.reject(request, *refusal, route=self.route.path)
         params = getattr(request, _PARAMS_ATTR, {})
         if not self._choosy:
             cls = self._classes[self.route.handlers[0]]
-            upgrade(request, self.factory, cls, params, subprotocol)
+            self.tree.upgrade(request, self.factory, cls, params, subprotocol)
             return NOT_DONE_YET
         self._choose(request, list(self.route.handlers), params, subprotocol)
         return NOT_DONE_YET
@@ -349,12 +353,14 @@ class WebSocketEndpoint(_UpgradeResource):
         handler = candidates.pop(0)
         accepts = getattr(handler, "accepts", None)
         if accepts is None:
-            upgrade(request, self.factory, self._classes[handler], params, subprotocol)
+            self.tree.upgrade(request, self.factory, self._classes[handler], params, subprotocol)
             return
 
         def decided(ok: object) -> None:
             if ok:
-                upgrade(request, self.factory, self._classes[handler], params, subprotocol)
+                self.tree.upgrade(
+                    request, self.factory, self._classes[handler], params, subprotocol
+                )
             else:
                 self._choose(request, candidates, params, subprotocol)
 
@@ -387,6 +393,8 @@ def upgrade(
     cls: type,
     params: Mapping[str, str],
     subprotocol: Optional[str] = None,
+    registry: Optional[ConnectionRegistry] = None,
+    address: Optional[str] = None,
 ) -> Optional[WebSocketServerProtocol]:
     """
     Take the connection of C{request} away from C{twisted.web} and continue
@@ -396,6 +404,9 @@ def upgrade(
     into the new protocol, followed by any bytes the client sent after it
     (a first frame that arrived in the same packet as the handshake).
 
+    @param registry: where the connection is counted while open.
+    @param address: the client's address (behind trusted proxies), when it
+        differs from the address that connected.
     @return: the new protocol, or L{None} if the client is already gone.
     """
     channel: Any = getattr(request, "channel", None)
@@ -407,6 +418,9 @@ def upgrade(
     if params:
         protocol.path_params = dict(params)
     protocol.selected_subprotocol = subprotocol
+    protocol.registry = registry
+    direct = getattr(request.getClientAddress(), "host", None)
+    protocol.client_address = address or str(direct)
 
     channel.transport = None
     # The channel registered itself as the transport's producer; the
@@ -422,6 +436,8 @@ def upgrade(
     else:
         transport.protocol = protocol
     protocol.makeConnection(transport)
+    if address is not None and address != direct:
+        protocol.peer = address
     transport.resumeProducing()
 
     head = [
@@ -513,6 +529,8 @@ class RouteTree(_Node):
         else serves (a 404 page by default); it sees the whole remaining
         path, so a C{twisted.web.static.File} works.
     @param reactor: the reactor the factories use (for timeouts).
+    @param limits: server-wide limits (connection caps, trusted proxies).
+    @ivar registry: the L{ConnectionRegistry} of open connections.
     """
 
     def __init__(
@@ -523,8 +541,11 @@ class RouteTree(_Node):
         index: Optional[IResource] = None,
         fallback: Optional[IResource] = None,
         reactor: Any = None,
+        limits: Optional[ServerLimits] = None,
     ) -> None:
         super().__init__(self, 0)
+        self.limits = limits or ServerLimits()
+        self.registry = ConnectionRegistry(self.limits)
         self.defaults = defaults or ProtocolOptions()
         self.unhandled = unhandled
         self.http = index
@@ -610,6 +631,28 @@ class RouteTree(_Node):
             del request.prepath[-rewind:]
         return self.fallback
 
+    def admit(self, request: IRequest) -> Optional[tuple[int, str]]:
+        """
+        Check the server-wide connection caps for one more upgrade.
+
+        @return: L{None}, or the status and reason to refuse it with.
+        """
+        return self.registry.admit(client_address(request, self.limits.trusted_proxies))
+
+    def upgrade(
+        self,
+        request: IRequest,
+        factory: RouteFactory,
+        cls: type,
+        params: Mapping[str, str],
+        subprotocol: Optional[str] = None,
+    ) -> Optional[WebSocketServerProtocol]:
+        """
+        L{upgrade} C{request}, counting the connection in this tree's registry.
+        """
+        address = client_address(request, self.limits.trusted_proxies)
+        return upgrade(request, factory, cls, params, subprotocol, self.registry, address)
+
     def render_unhandled(self, request: IRequest) -> Any:
         return self.unhandled_resource.render(request)
 
@@ -631,12 +674,16 @@ class RouteTree(_Node):
                 isinstance(result, type) and issubclass(result, WebSocketServerProtocol)
             ):
                 adopt = result if isinstance(result, Adopt) else Adopt(result)
+                refusal = self.admit(request)
+                if refusal is not None:
+                    self._finish_reject(request, via, *refusal)
+                    return
                 log.info(
                     "unhandled hook adopted path={path} handler={handler}",
                     path=path,
                     handler=adopt.handler.__qualname__,
                 )
-                upgrade(
+                self.upgrade(
                     request,
                     self._adoption_factory(),
                     self._adopt_class(adopt.handler),

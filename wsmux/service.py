@@ -7,27 +7,17 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from twisted.application import strports
-from twisted.application.service import MultiService
-from twisted.web.server import Site
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.logger import Logger
 
 from wsmux.config import Settings, port_description
 from wsmux.handlers import resolve_callable, resolve_handler
 from wsmux.page import demo_page
 from wsmux.routing import Route, RouteTree
+from wsmux.site import WebSocketSite
 
-
-class WebSocketSite(Site):
-    """
-    A C{Site} for a route tree, with no server-version banner.
-    """
-
-    def __init__(self, resource: Any, **kwargs: Any) -> None:
-        super().__init__(resource, **kwargs)
-        self.displayTracebacks = False
-
-    def getResourceFor(self, request: Any) -> Any:
-        request.setHeader(b"server", b"wsmux")
-        return super().getResourceFor(request)
+log = Logger(namespace="wsmux")
 
 
 def build_tree(settings: Settings, reactor: Any = None) -> RouteTree:
@@ -54,6 +44,7 @@ def build_tree(settings: Settings, reactor: Any = None) -> RouteTree:
         unhandled=unhandled,
         index=demo_page() if settings.index else None,
         reactor=reactor,
+        limits=settings.limits,
     )
 
 
@@ -71,10 +62,66 @@ def make_service(
     """
     if tree is None:
         tree = build_tree(settings, reactor=reactor)
-    site = WebSocketSite(tree)
+    site = WebSocketSite(
+        tree,
+        limits=settings.limits,
+        head_timeout=settings.defaults.open_handshake_timeout,
+        **({"reactor": reactor} if reactor is not None else {}),
+    )
     top = MultiService()
     top.tree = tree  # type: ignore[attr-defined]
     top.site = site  # type: ignore[attr-defined]
+    DrainService(tree, settings.limits.drain_timeout, reactor).setServiceParent(top)
     for port in settings.ports:
         strports.service(port_description(port), site, reactor=reactor).setServiceParent(top)
     return top
+
+
+class DrainService(Service):
+    """
+    Closes every WebSocket connection of a tree when the service stops.
+
+    On C{stopService} (SIGTERM for twistd) new upgrades are refused with
+    503, every open connection is sent a 1001 close, and the service waits
+    up to C{timeout} seconds for the close handshakes before it drops the
+    connections that remain.
+    """
+
+    def __init__(self, tree: RouteTree, timeout: float, reactor: Any = None) -> None:
+        self.tree = tree
+        self.timeout = timeout
+        self.reactor = reactor
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        registry = self.tree.registry
+        registry.draining = True
+        connections = list(registry.connections)
+        if not connections:
+            return succeed(None)
+        log.info(
+            "shutting down: closing {n} WebSocket connection(s) with 1001, "
+            "waiting up to {t}s",
+            n=len(connections),
+            t=self.timeout,
+        )
+        for protocol in connections:
+            if protocol.state == protocol.STATE_OPEN:
+                protocol.sendClose(1001, "server shutting down")
+            else:
+                protocol.dropConnection(abort=True)
+        done = DeferredList([protocol.is_closed for protocol in connections], consumeErrors=True)
+        reactor = self.reactor
+        if reactor is None:
+            from twisted.internet import reactor  # type: ignore[no-redef]
+
+        def give_up() -> None:
+            left = list(registry.connections)
+            if left:
+                log.info("shutting down: dropping {n} connection(s) that did not close", n=len(left))
+            for protocol in left:
+                protocol.dropConnection(abort=True)
+
+        timer = reactor.callLater(self.timeout, give_up)
+        done.addBoth(lambda _: timer.cancel() if timer.active() else None)
+        return done

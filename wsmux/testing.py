@@ -93,8 +93,9 @@ class MemoryConnection:
 
 
 def _site(resource: IResource, clock: MemoryReactorClock) -> Site:
-    site = Site(resource, reactor=clock)
-    return site
+    from wsmux.site import WebSocketSite
+
+    return WebSocketSite(resource, reactor=clock)
 
 
 def connect(
