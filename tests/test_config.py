@@ -189,3 +189,32 @@ def test_documented_example_files_load():
     for example in sorted((Path(__file__).resolve().parents[1] / "docs" / "examples").glob("*.toml")):
         settings = options("--config", str(example))
         assert settings.routes, example
+
+
+def test_limit_and_liveness_flags():
+    s = options(
+        "--ping-interval", "5", "--ping-timeout", "2.5", "--idle-timeout", "30",
+        "--handshake-timeout", "3", "--max-send-queue", "4096", "--slow-consumer", "drop",
+        "--max-connections", "7", "--max-connections-per-ip", "3", "--trusted-proxies", "1",
+        "--drain-timeout", "4",
+    )  # fmt: skip
+    d, lim = s.defaults, s.limits
+    assert (d.ping_interval, d.ping_timeout, d.idle_timeout, d.open_handshake_timeout) == (5, 2.5, 30, 3)
+    assert (d.max_send_queue, d.slow_consumer) == (4096, "drop")
+    assert (lim.max_connections, lim.max_connections_per_ip, lim.trusted_proxies, lim.drain_timeout) == (
+        7, 3, 1, 4,
+    )  # fmt: skip
+
+
+def test_limits_table_in_file(tmp_path):
+    path = write(tmp_path, "[limits]\nmax_headers = 50\nmax_request_line = 1000\n")
+    s = options("--config", path)
+    assert (s.limits.max_headers, s.limits.max_request_line) == (50, 1000)
+    bad = write(tmp_path, "[limits]\nmax_headerz = 50\n")
+    with pytest.raises(usage.UsageError, match="limits.max_headerz"):
+        options("--config", bad)
+
+
+def test_bad_policy_is_a_usage_error():
+    with pytest.raises(usage.UsageError, match="slow_consumer must be one of close, drop"):
+        options("--slow-consumer", "panic")

@@ -240,6 +240,8 @@ class RouteFactory(WebSocketServerFactory):
         self.server = None
         self.setProtocolOptions(
             webStatus=False,
+            # RFC 6455 only; the hybi drafts' version 8 is long gone.
+            versions=[13],
             # Fail a connection with a close frame that says why (1009,
             # 1007, ...) rather than by dropping TCP without a word.
             failByDrop=False,

@@ -117,6 +117,9 @@ class RouteProtocolMixin:
     # up and when it has drained.
 
     def pauseProducing(self) -> None:
+        # Twisted calls this after every write while its buffer is full.
+        if self._paused:
+            return
         self._paused = True
         self._backlog = 0
         self.transport.pauseProducing()  # type: ignore[attr-defined]
@@ -183,6 +186,8 @@ class RouteProtocolMixin:
         super().sendData(data, sync, chopsize)  # type: ignore[misc]
 
     def _room_for(self, size: int) -> bool:
+        if self.state != self.STATE_OPEN:  # type: ignore[attr-defined]
+            return False  # closing: nothing more is worth queueing
         if not self._send_cap or self._backlog + size <= self._send_cap:
             return True
         if self._drop_slow:
@@ -197,17 +202,14 @@ class RouteProtocolMixin:
                     cap=self._send_cap,
                 )
             return False
-        if self.state == self.STATE_OPEN:  # type: ignore[attr-defined]
-            log.info(
-                "slow consumer route={route} peer={peer}: closing with 1008 "
-                "(more than {cap} bytes waiting)",
-                route=self.route_path,
-                peer=self.peer,  # type: ignore[attr-defined]
-                cap=self._send_cap,
-            )
-            # Not counted against the backlog: the close frame must go out.
-            self._send_cap = 0
-            self.sendClose(1008, "slow consumer: too much data waiting")  # type: ignore[attr-defined]
+        log.info(
+            "slow consumer route={route} peer={peer}: closing with 1008 "
+            "(more than {cap} bytes waiting)",
+            route=self.route_path,
+            peer=self.peer,  # type: ignore[attr-defined]
+            cap=self._send_cap,
+        )
+        close_with(self, 1008, "slow consumer: too much data waiting")
         return False
 
     def _drop_slow_consumer(self) -> None:
@@ -220,6 +222,18 @@ class RouteProtocolMixin:
         )
         self._send_cap = 0
         self.dropConnection(abort=True)  # type: ignore[attr-defined]
+
+
+def close_with(protocol: Any, code: int, reason: str) -> None:
+    """
+    Start the closing handshake with any valid close code.
+
+    Autobahn's C{sendClose} accepts only 1000 and 3000-4999 from
+    applications; the server itself may send 1001 (going away) or 1008
+    (policy violation) too.
+    """
+    if protocol.state == protocol.STATE_OPEN:
+        protocol.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:123], isReply=False)
 
 
 class FragmentCapMixin:
@@ -276,7 +290,7 @@ class IdleTimeoutMixin:
             t=self._idle_timeout,
         )
         if self.state == self.STATE_OPEN:  # type: ignore[attr-defined]
-            self.sendClose(1000, "idle timeout")  # type: ignore[attr-defined]
+            close_with(self, 1000, "idle timeout")
         else:
             self.dropConnection(abort=True)  # type: ignore[attr-defined]
 

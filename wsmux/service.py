@@ -4,6 +4,7 @@ Settings to services: the API a C{.tac} file or another application uses.
 
 from __future__ import annotations
 
+import signal
 from typing import Any, Optional
 
 from twisted.application import strports
@@ -14,6 +15,7 @@ from twisted.logger import Logger
 from wsmux.config import Settings, port_description
 from wsmux.handlers import resolve_callable, resolve_handler
 from wsmux.page import demo_page
+from wsmux.protocol import close_with
 from wsmux.routing import Route, RouteTree
 from wsmux.site import WebSocketSite
 
@@ -94,10 +96,14 @@ class DrainService(Service):
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
+        reactor = self.reactor
+        if reactor is None:
+            from twisted.internet import reactor  # type: ignore[no-redef]
         registry = self.tree.registry
         registry.draining = True
         connections = list(registry.connections)
         if not connections:
+            _clean_exit(reactor)
             return succeed(None)
         log.info(
             "shutting down: closing {n} WebSocket connection(s) with 1001, "
@@ -107,13 +113,10 @@ class DrainService(Service):
         )
         for protocol in connections:
             if protocol.state == protocol.STATE_OPEN:
-                protocol.sendClose(1001, "server shutting down")
+                close_with(protocol, 1001, "server shutting down")
             else:
                 protocol.dropConnection(abort=True)
         done = DeferredList([protocol.is_closed for protocol in connections], consumeErrors=True)
-        reactor = self.reactor
-        if reactor is None:
-            from twisted.internet import reactor  # type: ignore[no-redef]
 
         def give_up() -> None:
             left = list(registry.connections)
@@ -124,4 +127,13 @@ class DrainService(Service):
 
         timer = reactor.callLater(self.timeout, give_up)
         done.addBoth(lambda _: timer.cancel() if timer.active() else None)
+        done.addBoth(lambda _: _clean_exit(reactor))
         return done
+
+
+def _clean_exit(reactor: Any) -> None:
+    # twistd re-raises the signal that stopped it, so a SIGTERM stop exits
+    # with status 143.  A drain that ran to its end is a clean stop: exit 0.
+    # (_exitSignal is how twistd learns the signal; there is no public API.)
+    if getattr(reactor, "_exitSignal", None) == signal.SIGTERM:
+        reactor._exitSignal = None

@@ -21,6 +21,16 @@ from wsmux.logs import LogLevelService
 from wsmux.service import make_service
 
 
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise usage.UsageError(f"{value!r} is not a number of seconds") from None
+    if seconds < 0:
+        raise usage.UsageError(f"{value!r}: a duration cannot be negative")
+    return seconds
+
+
 def _size(value: str) -> int:
     try:
         size = int(value)
@@ -29,6 +39,21 @@ def _size(value: str) -> int:
     if size < 0:
         raise usage.UsageError(f"{value!r}: a size cannot be negative")
     return size
+
+
+# Flags that set a protocol option default, and flags that set a server
+# limit; the flag is the option's name with dashes.
+_DEFAULT_FLAGS = (
+    "max-message-size",
+    "max-frame-size",
+    "deflate",
+    "ping-interval",
+    "ping-timeout",
+    "idle-timeout",
+    "max-send-queue",
+    "slow-consumer",
+)
+_LIMIT_FLAGS = ("max-connections", "max-connections-per-ip", "trusted-proxies", "drain-timeout")
 
 
 class Options(usage.Options):
@@ -53,6 +78,16 @@ class Options(usage.Options):
             "Lowest level logged: " + ", ".join(LOG_LEVELS) + " [default: info]",
         ],
         ["unhandled", None, None, "Dotted path of the hook for upgrades no route serves."],
+        ["ping-interval", None, None, "Default seconds between keepalive pings (0: off).", _seconds],
+        ["ping-timeout", None, None, "Default seconds to wait for a pong.", _seconds],
+        ["idle-timeout", None, None, "Default seconds of silence before a close (0: off).", _seconds],
+        ["handshake-timeout", None, None, "Seconds a client has for the opening handshake.", _seconds],
+        ["max-send-queue", None, None, "Default bytes waiting for a slow client before its policy applies.", _size],
+        ["slow-consumer", None, None, "Default policy past max-send-queue: close or drop."],
+        ["max-connections", None, None, "Most WebSocket connections on the server.", _size],
+        ["max-connections-per-ip", None, None, "Most WebSocket connections from one address.", _size],
+        ["trusted-proxies", None, None, "Proxies to trust in X-Forwarded-For / Forwarded.", _size],
+        ["drain-timeout", None, None, "Seconds to wait for clients to close on shutdown.", _seconds],
     ]
 
     compData = usage.Completions(optActions={"log-level": usage.CompleteList(list(LOG_LEVELS))})
@@ -105,14 +140,10 @@ class Options(usage.Options):
             raise usage.UsageError(
                 f"--log-level must be one of {', '.join(LOG_LEVELS)}, not {self['log-level']!r}"
             )
-        defaults: dict[str, Any] = {}
-        for flag, option in (
-            ("max-message-size", "max_message_size"),
-            ("max-frame-size", "max_frame_size"),
-            ("deflate", "deflate"),
-        ):
-            if self[flag] is not None:
-                defaults[option] = self[flag]
+        defaults = self._given(_DEFAULT_FLAGS)
+        if self["handshake-timeout"] is not None:
+            defaults["open_handshake_timeout"] = self["handshake-timeout"]
+        limits = self._given(_LIMIT_FLAGS)
         try:
             file_values = load_file(self["config"]) if self["config"] else {}
             routes: tuple[RouteSpec, ...] = tuple(self["routes"])
@@ -123,12 +154,16 @@ class Options(usage.Options):
                 defaults=defaults,
                 unhandled=self["unhandled"],
                 log_level=self["log-level"],
+                limits=limits,
                 source=self["config"] or "command line",
             )
             # Import handlers and the hook now, so a typo is a usage error.
             self._check_imports()
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+
+    def _given(self, flags: tuple[str, ...]) -> dict[str, Any]:
+        return {flag.replace("-", "_"): self[flag] for flag in flags if self[flag] is not None}
 
     def _check_imports(self) -> None:
         from wsmux.handlers import resolve_callable, resolve_handler
