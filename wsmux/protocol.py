@@ -113,6 +113,19 @@ class RouteProtocolMixin:
             )
         super().onClose(wasClean, code, reason)  # type: ignore[misc]
 
+    def _fail_connection(self, code: int = 1001, reason: str = "going away") -> None:
+        # Autobahn fails a connection for every protocol violation and limit
+        # (1002, 1007, 1009, ping timeout...); say which, where and for whom.
+        if self.state != self.STATE_CLOSED and not self.failedByMe:  # type: ignore[attr-defined]
+            log.info(
+                "failing connection route={route} peer={peer} code={code} reason={reason!r}",
+                route=self.route_path,
+                peer=self.peer,  # type: ignore[attr-defined]
+                code=code,
+                reason=reason,
+            )
+        super()._fail_connection(code, reason)  # type: ignore[misc]
+
     # Backpressure.  The transport calls these when its send buffer fills
     # up and when it has drained.
 

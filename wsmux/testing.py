@@ -190,6 +190,7 @@ class RawConnection:
     _client: _RawClient
     pump: iosim.IOPump
     clock: MemoryReactorClock
+    server_transport: Any = None
 
     def send(self, data: bytes) -> None:
         """
@@ -198,6 +199,13 @@ class RawConnection:
         assert self._client.transport is not None
         self._client.transport.write(data)
         self.pump.flush()
+
+    @property
+    def server(self) -> Any:
+        """
+        The server-side protocol now attached to the connection.
+        """
+        return self.server_transport.protocol
 
     @property
     def received(self) -> bytes:
@@ -221,7 +229,7 @@ def raw_connect(resource: IResource, clock: Optional[MemoryReactorClock] = None)
     pump = iosim.connect(
         server, server_transport, client, client_transport, greet=True, clock=clock
     )
-    return RawConnection(client, pump, clock)
+    return RawConnection(client, pump, clock, server_transport)
 
 
 def upgrade_request(path: str, extra: str = "", key: str = "dGhlIHNhbXBsZSBub25jZQ==") -> bytes:
