@@ -38,6 +38,21 @@ class ProtocolOptionsDirective(Directive):
         return node.children
 
 
+class ServerLimitsDirective(ProtocolOptionsDirective):
+    """
+    ``.. wsmux-server-limits::`` renders every server-wide limit.
+    """
+
+    def run(self):
+        from wsmux.limits import limit_reference
+
+        rows = [
+            (f"``{name}``", kind, f"``{default!r}``", help_text.replace("*", r"\*"))
+            for name, kind, default, help_text in limit_reference()
+        ]
+        return self._parse(_table(("limit", "type", "default", "meaning"), rows))
+
+
 class CommandLineDirective(ProtocolOptionsDirective):
     """
     ``.. wsmux-command-line::`` renders ``twistd wsmux --help``'s options.
@@ -65,4 +80,5 @@ class CommandLineDirective(ProtocolOptionsDirective):
 def setup(app):
     app.add_directive("wsmux-protocol-options", ProtocolOptionsDirective)
     app.add_directive("wsmux-command-line", CommandLineDirective)
+    app.add_directive("wsmux-server-limits", ServerLimitsDirective)
     return {"parallel_read_safe": True}
