@@ -186,7 +186,9 @@ def test_load_file_missing(tmp_path):
 def test_documented_example_files_load():
     from pathlib import Path
 
-    for example in sorted((Path(__file__).resolve().parents[1] / "docs" / "examples").glob("*.toml")):
+    for example in sorted(
+        (Path(__file__).resolve().parents[1] / "docs" / "examples").glob("*.toml")
+    ):
         settings = options("--config", str(example))
         assert settings.routes, example
 
@@ -199,7 +201,12 @@ def test_limit_and_liveness_flags():
         "--drain-timeout", "4",
     )  # fmt: skip
     d, lim = s.defaults, s.limits
-    assert (d.ping_interval, d.ping_timeout, d.idle_timeout, d.open_handshake_timeout) == (5, 2.5, 30, 3)
+    assert (d.ping_interval, d.ping_timeout, d.idle_timeout, d.open_handshake_timeout) == (
+        5,
+        2.5,
+        30,
+        3,
+    )
     assert (d.max_send_queue, d.slow_consumer) == (4096, "drop")
     assert (lim.max_connections, lim.max_connections_per_ip, lim.trusted_proxies, lim.drain_timeout) == (
         7, 3, 1, 4,

@@ -22,7 +22,13 @@ MAX = 4096
 
 def tree():
     return RouteTree(
-        [Route("/echo", (EchoHandler,), {"max_message_size": MAX, "max_frame_size": MAX, "max_fragments": 16})]
+        [
+            Route(
+                "/echo",
+                (EchoHandler,),
+                {"max_message_size": MAX, "max_frame_size": MAX, "max_fragments": 16},
+            )
+        ]
     )
 
 
@@ -66,7 +72,9 @@ def mutated_handshakes(draw):
     return bytes(data)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(data=st.one_of(mutated_handshakes(), st.binary(max_size=300)))
 def test_random_handshakes_have_documented_outcomes(failures, data):
     conn = raw_connect(tree())
@@ -92,7 +100,9 @@ def frames(draw):
     return bytes(frame)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(sequence=st.lists(st.one_of(frames(), st.binary(max_size=50)), max_size=12))
 def test_random_frames_have_documented_outcomes(failures, sequence):
     conn = raw_connect(tree())

@@ -164,7 +164,9 @@ def load_file(path: str) -> dict[str, Any]:
             raise bad("limits", "must be a table of server limits")
         for key, value in limits.items():
             if key not in LIMIT_NAMES:
-                raise bad(f"limits.{key}", "unknown limit (known: " + ", ".join(sorted(LIMIT_NAMES)) + ")")
+                raise bad(
+                    f"limits.{key}", "unknown limit (known: " + ", ".join(sorted(LIMIT_NAMES)) + ")"
+                )
             try:
                 ServerLimits().merged({key: value})
             except ValueError as e:

@@ -103,8 +103,8 @@ class ProtocolOptions:
     )
     idle_timeout: float = _option(
         0.0,
-        "Close (1000, 'idle timeout') a connection that received nothing for "
-        "this many seconds. 0 disables.",
+        "Close (1000, 'idle timeout') a connection that received no message for "
+        "this many seconds (pings and pongs do not count). 0 disables.",
     )
     max_send_queue: int = _option(
         MiB,

@@ -30,9 +30,7 @@ class ServerLimits:
         1000,
         "Most WebSocket connections from one client address; more get 429. 0: no limit.",
     )
-    max_request_line: int = _limit(
-        8192, "Longest HTTP request line, in bytes; longer gets 414."
-    )
+    max_request_line: int = _limit(8192, "Longest HTTP request line, in bytes; longer gets 414.")
     max_headers: int = _limit(128, "Most HTTP request header lines; more get 431.")
     max_header_bytes: int = _limit(
         32768, "Most bytes of HTTP request headers in all; more get 431."

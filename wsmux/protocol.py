@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional
 
+import txaio
 from autobahn.websocket.protocol import PreparedMessage
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.defer import Deferred
@@ -274,7 +275,7 @@ class FragmentCapMixin:
 
 class IdleTimeoutMixin:
     """
-    Close a connection that has received nothing for C{idle_timeout}.
+    Close a connection that has received no message for C{idle_timeout}.
     """
 
     _idle_timeout: float = 0.0
@@ -282,13 +283,16 @@ class IdleTimeoutMixin:
 
     def connectionMade(self) -> None:
         super().connectionMade()  # type: ignore[misc]
-        clock = self.factory.reactor  # type: ignore[attr-defined]
-        self._idle_call = clock.callLater(self._idle_timeout, self._idle_expired)
+        # txaio's loop, as Autobahn's own timers use.
+        self._idle_call = txaio.call_later(  # type: ignore[attr-defined]
+            self._idle_timeout, self._idle_expired
+        )
 
-    def dataReceived(self, data: bytes) -> None:
+    def onMessageBegin(self, isBinary: bool) -> None:
+        # Messages count as activity; keepalive pings and pongs do not.
         if self._idle_call is not None and self._idle_call.active():
             self._idle_call.reset(self._idle_timeout)
-        super().dataReceived(data)  # type: ignore[misc]
+        super().onMessageBegin(isBinary)  # type: ignore[misc]
 
     def connectionLost(self, reason: Any = None) -> None:
         if self._idle_call is not None and self._idle_call.active():

@@ -106,8 +106,7 @@ class DrainService(Service):
             _clean_exit(reactor)
             return succeed(None)
         log.info(
-            "shutting down: closing {n} WebSocket connection(s) with 1001, "
-            "waiting up to {t}s",
+            "shutting down: closing {n} WebSocket connection(s) with 1001, waiting up to {t}s",
             n=len(connections),
             t=self.timeout,
         )
@@ -121,7 +120,9 @@ class DrainService(Service):
         def give_up() -> None:
             left = list(registry.connections)
             if left:
-                log.info("shutting down: dropping {n} connection(s) that did not close", n=len(left))
+                log.info(
+                    "shutting down: dropping {n} connection(s) that did not close", n=len(left)
+                )
             for protocol in left:
                 protocol.dropConnection(abort=True)
 

@@ -64,13 +64,19 @@ class GuardedHTTPChannel(HTTPChannel):
                 self._head_lines = 0
                 self._head_bytes = 0
                 if len(line) > limits.max_request_line:
-                    self._refuse(414, b"URI Too Long", f"request line over {limits.max_request_line} bytes")
+                    self._refuse(
+                        414, b"URI Too Long", f"request line over {limits.max_request_line} bytes"
+                    )
                     return
         elif line:
             self._head_lines += 1
             self._head_bytes += len(line) + 2
             if self._head_lines > limits.max_headers:
-                self._refuse(431, b"Request Header Fields Too Large", f"more than {limits.max_headers} headers")
+                self._refuse(
+                    431,
+                    b"Request Header Fields Too Large",
+                    f"more than {limits.max_headers} headers",
+                )
                 return
             if self._head_bytes > limits.max_header_bytes:
                 self._refuse(
@@ -104,7 +110,9 @@ class GuardedHTTPChannel(HTTPChannel):
         self._deadline = None
         if self.transport is None:
             return
-        self._refuse(408, b"Request Timeout", f"request head not complete within {self.site.head_timeout}s")
+        self._refuse(
+            408, b"Request Timeout", f"request head not complete within {self.site.head_timeout}s"
+        )
 
     def _refuse(self, code: int, phrase: bytes, why: str) -> None:
         peer = self.transport.getPeer() if self.transport is not None else None
