@@ -27,20 +27,27 @@ key.
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import tomllib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from wsmux.factory import OPTION_NAMES, ProtocolOptions
 from wsmux.limits import LIMIT_NAMES, ServerLimits
 from wsmux.routing import RouteError, check_clashes, parse_path
+from wsmux.tls import TLS_VERSIONS, HostCertificate, TlsSettings
 
 LOG_LEVELS = ("debug", "info", "warn", "error")
 DEFAULT_PORT = "8080"
 DEFAULT_ROUTES: tuple[tuple[str, tuple[str, ...]], ...] = (("/echo", ("echo",)),)
 
-_TOP_KEYS = {"port", "log_level", "unhandled", "index", "limits", "defaults", "routes"}
+_TOP_KEYS = {"port", "log_level", "unhandled", "index", "limits", "tls", "defaults", "routes"}
+_TLS_KEYS = {
+    "cert", "key", "passphrase", "directory", "strict", "min_version", "ports", "shared_ports", "hosts",
+}  # fmt: skip
+_HOST_KEYS = {"name", "cert", "key", "passphrase"}
 _ROUTE_KEYS = {"path", "handler"} | OPTION_NAMES
 
 
@@ -79,6 +86,9 @@ class Settings:
     @ivar log_level: the lowest level logged.
     @ivar index: whether the demo page answers C{GET /}.
     @ivar limits: server-wide limits.
+    @ivar tls: certificates, by host name.
+    @ivar tls_ports: ports that speak TLS only.
+    @ivar shared_ports: ports that take TLS and plain connections alike.
     """
 
     ports: tuple[str, ...] = (DEFAULT_PORT,)
@@ -88,6 +98,9 @@ class Settings:
     log_level: str = "info"
     index: bool = True
     limits: ServerLimits = field(default_factory=ServerLimits)
+    tls: TlsSettings = field(default_factory=TlsSettings)
+    tls_ports: tuple[str, ...] = ()
+    shared_ports: tuple[str, ...] = ()
 
 
 def port_description(port: str) -> str:
@@ -172,6 +185,8 @@ def load_file(path: str) -> dict[str, Any]:
             except ValueError as e:
                 raise bad(f"limits.{key}", str(e)) from None
         out["limits"] = dict(limits)
+    if "tls" in data:
+        out.update(_tls_table(data["tls"], path, bad))
     if "defaults" in data:
         defaults = data["defaults"]
         if not isinstance(defaults, dict):
@@ -182,6 +197,87 @@ def load_file(path: str) -> dict[str, Any]:
         if not isinstance(routes, list) or not all(isinstance(r, dict) for r in routes):
             raise bad("routes", "must be an array of tables ([[routes]])")
         out["routes"] = tuple(_route(r, f"routes[{i}]", path, bad) for i, r in enumerate(routes))
+    return out
+
+
+def _ports(value: Any) -> Optional[tuple[str, ...]]:
+    ports = value if isinstance(value, list) else [value]
+    if not ports or not all(isinstance(p, (int, str)) and not isinstance(p, bool) for p in ports):
+        return None
+    return tuple(str(p) for p in ports)
+
+
+def _tls_table(table: Any, path: str, bad: Any) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise bad("tls", "must be a table")
+    unknown = set(table) - _TLS_KEYS
+    if unknown:
+        raise bad(
+            f"tls.{sorted(unknown)[0]}", "unknown key (known: " + ", ".join(sorted(_TLS_KEYS)) + ")"
+        )
+    base = Path(path).parent
+
+    def file(key: str, value: Any) -> str:
+        if not isinstance(value, str) or not value:
+            raise bad(key, "must be a file name")
+        return str(base / value)
+
+    out: dict[str, Any] = {}
+    for key in ("ports", "shared_ports"):
+        if key in table:
+            ports = _ports(table[key])
+            if ports is None:
+                raise bad(
+                    f"tls.{key}",
+                    "must be a port number, an endpoint description, or a list of them",
+                )
+            out["tls_ports" if key == "ports" else "shared_ports"] = ports
+    for key in ("strict",):
+        if key in table and not isinstance(table[key], bool):
+            raise bad(f"tls.{key}", "must be true or false")
+    if "min_version" in table and table["min_version"] not in TLS_VERSIONS:
+        raise bad("tls.min_version", f"must be one of {', '.join(TLS_VERSIONS)}")
+    if "passphrase" in table and not isinstance(table["passphrase"], str):
+        raise bad("tls.passphrase", "must be a string")
+    default = None
+    if "cert" in table:
+        default = HostCertificate(
+            "", file("tls.cert", table["cert"]),
+            file("tls.key", table["key"]) if "key" in table else "", table.get("passphrase"),
+        )  # fmt: skip
+    elif "key" in table:
+        raise bad("tls.key", "needs tls.cert next to it")
+    hosts = []
+    entries = table.get("hosts", [])
+    if not isinstance(entries, list) or not all(isinstance(h, dict) for h in entries):
+        raise bad("tls.hosts", "must be an array of tables ([[tls.hosts]])")
+    for i, host in enumerate(entries):
+        where = f"tls.hosts[{i}]"
+        unknown = set(host) - _HOST_KEYS
+        if unknown:
+            raise bad(
+                f"{where}.{sorted(unknown)[0]}",
+                "unknown key (a host has name, cert, key, passphrase)",
+            )
+        name = host.get("name")
+        if not isinstance(name, str) or not name or "/" in name:
+            raise bad(f"{where}.name", "must be a host name such as example.com or *.example.com")
+        if "cert" not in host:
+            raise bad(f"{where}.cert", "is required")
+        hosts.append(
+            HostCertificate(
+                name, file(f"{where}.cert", host["cert"]),
+                file(f"{where}.key", host["key"]) if "key" in host else "", host.get("passphrase"),
+            )
+        )  # fmt: skip
+    directory = file("tls.directory", table["directory"]) if "directory" in table else None
+    out["tls"] = TlsSettings(
+        default=default,
+        hosts=tuple(hosts),
+        directory=directory,
+        strict=table.get("strict", False),
+        min_version=table.get("min_version", "1.2"),
+    )
     return out
 
 
@@ -256,6 +352,9 @@ def build_settings(
     log_level: Optional[str] = None,
     index: Optional[bool] = None,
     limits: Optional[dict[str, Any]] = None,
+    tls: Optional[dict[str, Any]] = None,
+    tls_ports: tuple[str, ...] = (),
+    shared_ports: tuple[str, ...] = (),
     source: str = "settings",
 ) -> Settings:
     """
@@ -287,14 +386,30 @@ def build_settings(
         index_default = False
     _check_clashes(all_routes)
 
+    tls_settings = file_values.get("tls", TlsSettings())
+    if tls:
+        tls_settings = dataclasses.replace(tls_settings, **tls)
+    tls_ports = tuple(tls_ports) or file_values.get("tls_ports", ())
+    shared_ports = tuple(shared_ports) or file_values.get("shared_ports", ())
+    if (tls_ports or shared_ports) and not tls_settings.configured:
+        raise ConfigError(
+            f"{source}: a TLS port needs certificates: --certs DIR, --cert FILE, or the [tls] table"
+        )
+    plain_ports = tuple(ports) or file_values.get("ports", ())
+    if not plain_ports and not (tls_ports or shared_ports):
+        plain_ports = (DEFAULT_PORT,)
+
     return Settings(
-        ports=tuple(ports) or file_values.get("ports", ()) or (DEFAULT_PORT,),
+        ports=plain_ports,
         routes=all_routes,
         defaults=options,
         unhandled=unhandled or file_values.get("unhandled"),
         log_level=log_level or file_values.get("log_level", "info"),
         index=index if index is not None else file_values.get("index", index_default),
         limits=server_limits,
+        tls=tls_settings,
+        tls_ports=tls_ports,
+        shared_ports=shared_ports,
     )
 
 

@@ -96,6 +96,10 @@ class ProtocolOptions:
         0,
         "Most simultaneous connections on this route; more get 503. 0 means no limit.",
     )
+    require_tls: bool = _option(
+        False,
+        "Refuse (403) upgrades to this route that did not come over TLS.",
+    )
     max_fragments: int = _option(
         1024,
         "Most frames one incoming message may be split into; more are closed "
@@ -183,6 +187,7 @@ _FIELD_TYPES: dict[str, type] = {
     "auto_fragment_size": int,
     "tcp_nodelay": bool,
     "max_connections": int,
+    "require_tls": bool,
     "max_fragments": int,
     "idle_timeout": float,
     "max_send_queue": int,

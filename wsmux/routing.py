@@ -301,6 +301,8 @@ class WebSocketEndpoint(_UpgradeResource):
             )
         if request.method != b"GET":
             return self.reject(request, 400, "WebSocket upgrade requires GET", self.route.path)
+        if self.options.require_tls and not request.isSecure():
+            return self.reject(request, 403, "This route requires TLS (wss://)", self.route.path)
         if self._origins:
             origin = (request.getHeader(b"origin") or b"").decode("latin-1")
             if not any(fnmatch.fnmatchcase(origin, p) for p in self._origins):

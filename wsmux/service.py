@@ -18,6 +18,7 @@ from wsmux.page import demo_page
 from wsmux.protocol import close_with
 from wsmux.routing import Route, RouteTree
 from wsmux.site import WebSocketSite
+from wsmux.tls import SniContextMap, SniffingFactory, tls_factory
 
 log = Logger(namespace="wsmux")
 
@@ -54,13 +55,19 @@ def make_service(
     settings: Settings,
     tree: Optional[RouteTree] = None,
     reactor: Any = None,
+    contexts: Optional[SniContextMap] = None,
 ) -> MultiService:
     """
     A C{MultiService} with one listening child per port in C{settings},
-    all serving the same route tree.
+    all serving the same route tree: plain ports, TLS ports and ports that
+    take both.
 
     @param tree: the tree to serve; built from C{settings} when not given.
-    @return: the service; its C{tree} attribute is the route tree.
+    @param contexts: the TLS contexts; loaded from C{settings.tls} when TLS
+        ports are configured and none are given.
+    @return: the service; its C{tree} attribute is the route tree and its
+        C{contexts} attribute the L{SniContextMap} (or L{None}).
+    @raise wsmux.tls.CertificateError: if a certificate cannot be used.
     """
     if tree is None:
         tree = build_tree(settings, reactor=reactor)
@@ -76,7 +83,53 @@ def make_service(
     DrainService(tree, settings.limits.drain_timeout, reactor).setServiceParent(top)
     for port in settings.ports:
         strports.service(port_description(port), site, reactor=reactor).setServiceParent(top)
+    top.contexts = None  # type: ignore[attr-defined]
+    if settings.tls_ports or settings.shared_ports:
+        if contexts is None:
+            contexts = SniContextMap(settings.tls)
+        top.contexts = contexts  # type: ignore[attr-defined]
+        secure = tls_factory(contexts, site)
+        for port in settings.tls_ports:
+            strports.service(port_description(port), secure, reactor=reactor).setServiceParent(top)
+        either = SniffingFactory(
+            secure, site, timeout=settings.defaults.open_handshake_timeout, clock=reactor
+        )
+        for port in settings.shared_ports:
+            strports.service(port_description(port), either, reactor=reactor).setServiceParent(top)
+        ReloadOnHangup(contexts.reload, reactor).setServiceParent(top)
     return top
+
+
+class ReloadOnHangup(Service):
+    """
+    Calls C{reload} (the TLS certificates' reload) on SIGHUP.
+    """
+
+    def __init__(self, reload: Any, reactor: Any = None) -> None:
+        self.reload = reload
+        self.reactor = reactor
+        self._previous: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        reactor = self.reactor
+        if reactor is None:
+            from twisted.internet import reactor  # type: ignore[no-redef]
+        try:
+            self._previous = signal.signal(
+                signal.SIGHUP, lambda *_: reactor.callFromThread(self._hangup)
+            )
+        except ValueError:  # not the main thread (a test): no signals
+            self._previous = None
+
+    def _hangup(self) -> None:
+        log.info("SIGHUP: reloading TLS certificates")
+        self.reload()
+
+    def stopService(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGHUP, self._previous)
+        super().stopService()
 
 
 class DrainService(Service):

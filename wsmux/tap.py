@@ -19,6 +19,7 @@ from wsmux.config import (
 )
 from wsmux.logs import LogLevelService
 from wsmux.service import make_service
+from wsmux.tls import TLS_VERSIONS, CertificateError, HostCertificate, SniContextMap
 
 
 def _seconds(value: str) -> float:
@@ -124,6 +125,18 @@ class Options(usage.Options):
             "Seconds to wait for clients to close on shutdown.",
             _seconds,
         ],
+        [
+            "certs",
+            None,
+            None,
+            "Directory of <hostname>.pem files and DEFAULT.pem (chain, then key).",
+        ],
+        ["cert", None, None, "Default certificate chain (PEM)."],
+        ["key", None, None, "Private key of --cert (PEM); --cert's file when not given."],
+        ["tls-min-version", None, None, "Lowest TLS version: 1.2 or 1.3 [default: 1.2]"],
+    ]
+    optFlags = [
+        ["tls-strict", None, "Refuse unknown server names with an unrecognized_name alert."],
     ]
 
     compData = usage.Completions(optActions={"log-level": usage.CompleteList(list(LOG_LEVELS))})
@@ -131,6 +144,8 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["ports"] = []
+        self["tls-ports"] = []
+        self["shared-ports"] = []
         self["routes"] = []
         self["deflate"] = None
 
@@ -141,6 +156,18 @@ class Options(usage.Options):
         self["ports"].append(port)
 
     opt_p = opt_port
+
+    def opt_tls_port(self, port: str) -> None:
+        """
+        Listen for TLS (wss://) here: a port number or an endpoint description. Repeatable.
+        """
+        self["tls-ports"].append(port)
+
+    def opt_shared_port(self, port: str) -> None:
+        """
+        Listen here for TLS and plain connections alike (the first byte decides). Repeatable.
+        """
+        self["shared-ports"].append(port)
 
     def opt_route(self, value: str) -> None:
         """
@@ -180,6 +207,7 @@ class Options(usage.Options):
         if self["handshake-timeout"] is not None:
             defaults["open_handshake_timeout"] = self["handshake-timeout"]
         limits = self._given(_LIMIT_FLAGS)
+        tls = self._tls_overrides()
         try:
             file_values = load_file(self["config"]) if self["config"] else {}
             routes: tuple[RouteSpec, ...] = tuple(self["routes"])
@@ -191,12 +219,40 @@ class Options(usage.Options):
                 unhandled=self["unhandled"],
                 log_level=self["log-level"],
                 limits=limits,
+                tls=tls,
+                tls_ports=tuple(self["tls-ports"]),
+                shared_ports=tuple(self["shared-ports"]),
                 source=self["config"] or "command line",
             )
-            # Import handlers and the hook now, so a typo is a usage error.
+            # Import handlers and the hook, and read the certificates, now:
+            # a typo or a bad file is a usage error, not a traceback later.
             self._check_imports()
+            self.contexts = None
+            if self.settings.tls_ports or self.settings.shared_ports:
+                try:
+                    self.contexts = SniContextMap(self.settings.tls)
+                except CertificateError as e:
+                    raise ConfigError(str(e)) from None
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+
+    def _tls_overrides(self) -> dict[str, Any]:
+        tls: dict[str, Any] = {}
+        if self["certs"]:
+            tls["directory"] = self["certs"]
+        if self["cert"]:
+            tls["default"] = HostCertificate("", self["cert"], self["key"] or "")
+        elif self["key"]:
+            raise usage.UsageError("--key needs --cert")
+        if self["tls-strict"]:
+            tls["strict"] = True
+        if self["tls-min-version"]:
+            if self["tls-min-version"] not in TLS_VERSIONS:
+                raise usage.UsageError(
+                    f"--tls-min-version must be one of {', '.join(TLS_VERSIONS)}"
+                )
+            tls["min_version"] = self["tls-min-version"]
+        return tls
 
     def _given(self, flags: tuple[str, ...]) -> dict[str, Any]:
         return {flag.replace("-", "_"): self[flag] for flag in flags if self[flag] is not None}
@@ -219,6 +275,6 @@ def makeService(options: Options) -> IService:
     """
     Build the wsmux service from parsed options.
     """
-    service = make_service(options.settings)
+    service = make_service(options.settings, contexts=options.contexts)
     LogLevelService(options.settings.log_level).setServiceParent(service)
     return service

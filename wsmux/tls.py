@@ -1,0 +1,406 @@
+"""
+TLS: certificates per host chosen by SNI, hardened contexts, reload, and
+TLS and plain HTTP on one port.
+
+L{SniContextMap} holds one hardened context per configured host name (exact
+names and C{*.example.com} wildcards) plus a default.  Every certificate is
+read and parsed when the map is loaded, never during a handshake, so an odd
+server name (too long, C{../x}, non-ASCII) is only ever a failed dictionary
+lookup.  L{SniContextMap.reload} re-reads every file: new handshakes get the
+new certificates, open connections keep theirs, and a broken file keeps the
+old certificates in service and logs which file is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from OpenSSL import SSL, crypto
+from twisted.internet import interfaces
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.ssl import (
+    AcceptableCiphers,
+    CertificateOptions,
+    TLSVersion,
+)
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from zope.interface import implementer
+
+log = Logger(namespace="wsmux")
+
+# Forward-secret suites only (TLS 1.3 suites always are).
+FORWARD_SECRET_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20"
+TLS_VERSIONS = {"1.2": TLSVersion.TLSv1_2, "1.3": TLSVersion.TLSv1_3}
+MAX_SERVER_NAME = 255
+
+
+class CertificateError(ValueError):
+    """
+    A certificate or key file cannot be used; the message names the file.
+    """
+
+
+@dataclass(frozen=True)
+class HostCertificate:
+    """
+    Where one host's certificate lives.
+
+    @ivar name: an exact host name or a wildcard such as C{*.example.com};
+        empty for the default certificate.
+    @ivar cert: the PEM file with the certificate chain (leaf first).
+    @ivar key: the PEM file with the private key; the chain file when empty
+        (a file holding the chain followed by the key).
+    @ivar passphrase: the key's passphrase, if it is encrypted.
+    """
+
+    name: str
+    cert: str
+    key: str = ""
+    passphrase: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """
+    The TLS part of the settings.
+
+    @ivar default: the certificate for clients that send no server name or
+        one no host entry matches.
+    @ivar hosts: certificates by host name.
+    @ivar directory: a directory of C{<hostname>.pem} files and a
+        C{DEFAULT.pem}, each the chain followed by the key.
+    @ivar strict: refuse unknown server names with an C{unrecognized_name}
+        alert instead of serving the default certificate.
+    @ivar min_version: C{"1.2"} or C{"1.3"}.
+    """
+
+    default: Optional[HostCertificate] = None
+    hosts: tuple[HostCertificate, ...] = ()
+    directory: Optional[str] = None
+    strict: bool = False
+    min_version: str = "1.2"
+
+    def __post_init__(self) -> None:
+        if self.min_version not in TLS_VERSIONS:
+            raise ValueError(f"min_version must be one of {', '.join(TLS_VERSIONS)}")
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.default or self.hosts or self.directory)
+
+
+def _read(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise CertificateError(f"{path}: cannot read: {e.strerror}") from None
+
+
+def load_certificate_options(
+    entry: HostCertificate, min_version: str = "1.2"
+) -> CertificateOptions:
+    """
+    Parse one host's chain and key into hardened Twisted certificate options.
+
+    @raise CertificateError: naming the file that is missing or wrong.
+    """
+    chain_pem = _read(entry.cert)
+    key_pem = _read(entry.key) if entry.key else chain_pem
+    key_file = entry.key or entry.cert
+    try:
+        chain = x509.load_pem_x509_certificates(chain_pem)
+    except ValueError as e:
+        raise CertificateError(f"{entry.cert}: no usable PEM certificate ({e})") from None
+    passphrase = entry.passphrase.encode() if entry.passphrase else None
+    try:
+        key = serialization.load_pem_private_key(_only_key(key_pem), passphrase)
+    except (ValueError, TypeError) as e:
+        raise CertificateError(f"{key_file}: no usable PEM private key ({e})") from None
+    leaf = crypto.X509.from_cryptography(chain[0])
+    pkey = crypto.PKey.from_cryptography_key(key)  # type: ignore[arg-type]
+    options = CertificateOptions(
+        privateKey=pkey,
+        certificate=leaf,
+        extraCertChain=[crypto.X509.from_cryptography(c) for c in chain[1:]],
+        raiseMinimumTo=TLS_VERSIONS[min_version],
+        acceptableCiphers=AcceptableCiphers.fromOpenSSLCipherString(FORWARD_SECRET_CIPHERS),
+        acceptableProtocols=[b"http/1.1"],
+    )
+    try:
+        context = options.getContext()
+        context.check_privatekey()
+    except SSL.Error as e:
+        raise CertificateError(f"{key_file}: the key does not match {entry.cert} ({e})") from None
+    return options
+
+
+def _only_key(pem: bytes) -> bytes:
+    marker = pem.find(b"-----BEGIN ")
+    while marker != -1:
+        end = pem.find(b"-----", marker + 11)
+        label = pem[marker + 11 : end]
+        if label.endswith(b"PRIVATE KEY"):
+            return pem[marker:]
+        marker = pem.find(b"-----BEGIN ", end)
+    return pem
+
+
+def directory_entries(directory: str) -> list[HostCertificate]:
+    """
+    The certificates of a directory: C{DEFAULT.pem} and C{<hostname>.pem}.
+    """
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError as e:
+        raise CertificateError(f"{directory}: cannot list: {e.strerror}") from None
+    entries = []
+    for filename in names:
+        if not filename.endswith(".pem"):
+            continue
+        host = filename[: -len(".pem")]
+        path = os.path.join(directory, filename)
+        entries.append(HostCertificate("" if host == "DEFAULT" else host.lower(), path))
+    return entries
+
+
+class _UnrecognizedName(Exception):
+    """
+    Raised in the server-name callback to abort with unrecognized_name.
+    """
+
+
+def _quiet_unrecognized_name() -> None:
+    # pyOpenSSL reports an exception from the server-name callback through
+    # sys.excepthook and then fails the handshake with OpenSSL's default
+    # alert for that callback, unrecognized_name: exactly the strict-mode
+    # answer.  Keep that expected exception out of stderr.
+    previous = sys.excepthook
+    if getattr(previous, "_wsmux_quiet", False):
+        return
+
+    def hook(kind: Any, value: Any, tb: Any) -> None:
+        if kind is _UnrecognizedName:
+            return
+        previous(kind, value, tb)
+
+    hook._wsmux_quiet = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
+
+
+def normalize_server_name(raw: Optional[bytes]) -> Optional[str]:
+    """
+    A server name as sent in SNI, lower-cased, or L{None} if it is absent
+    or not a plausible DNS name.
+    """
+    if not raw or len(raw) > MAX_SERVER_NAME:
+        return None
+    try:
+        name = raw.decode("ascii").lower().rstrip(".")
+    except UnicodeDecodeError:
+        return None
+    if not name or any(not (c.isalnum() or c in "-.") for c in name):
+        return None
+    return name
+
+
+@implementer(interfaces.IOpenSSLServerConnectionCreator)
+class SniContextMap:
+    """
+    Server TLS contexts by host name, chosen by the SNI callback.
+
+    Use it where Twisted wants a server context factory:
+    C{TLSMemoryBIOFactory(contexts, False, site)}.
+
+    @ivar handshakes: TLS handshakes started, by the host name served
+        (C{"(default)"} for the default certificate).
+    """
+
+    def __init__(self, settings: TlsSettings) -> None:
+        self.settings = settings
+        self._default: Optional[CertificateOptions] = None
+        self._exact: dict[str, CertificateOptions] = {}
+        self._wildcard: dict[str, CertificateOptions] = {}
+        self.handshakes: dict[str, int] = {}
+        _quiet_unrecognized_name()
+        self._install(self._load())
+
+    def _entries(self) -> list[HostCertificate]:
+        entries = []
+        if self.settings.directory:
+            entries += directory_entries(self.settings.directory)
+        if self.settings.default:
+            entries.append(self.settings.default)
+        entries += list(self.settings.hosts)
+        return entries
+
+    def _load(
+        self,
+    ) -> tuple[
+        Optional[CertificateOptions], dict[str, CertificateOptions], dict[str, CertificateOptions]
+    ]:
+        default: Optional[CertificateOptions] = None
+        exact: dict[str, CertificateOptions] = {}
+        wildcard: dict[str, CertificateOptions] = {}
+        for entry in self._entries():
+            options = load_certificate_options(entry, self.settings.min_version)
+            options.getContext().set_tlsext_servername_callback(self._server_name)
+            name = entry.name.lower().rstrip(".")
+            if not name:
+                default = options
+            elif name.startswith("*."):
+                wildcard[name[2:]] = options
+            else:
+                exact[name] = options
+        if default is None:
+            if not (exact or wildcard):
+                raise CertificateError("no certificate configured")
+            # Without a default, the first host's certificate answers
+            # clients that send no (or an unknown) server name.
+            default = next(iter(exact.values()), None) or next(iter(wildcard.values()))
+        return default, exact, wildcard
+
+    def _install(self, loaded: Any) -> None:
+        self._default, self._exact, self._wildcard = loaded
+
+    def reload(self) -> bool:
+        """
+        Re-read every certificate.  New handshakes use the new ones; open
+        connections keep theirs.
+
+        @return: whether the new certificates are in service; on an error
+            the old ones stay and the error is logged, naming the file.
+        """
+        try:
+            loaded = self._load()
+        except CertificateError as e:
+            log.error("TLS reload failed, keeping the current certificates: {error}", error=str(e))
+            return False
+        self._install(loaded)
+        log.info(
+            "TLS certificates reloaded ({n} host name(s))", n=len(self._exact) + len(self._wildcard)
+        )
+        return True
+
+    def options_for(self, server_name: Optional[str]) -> tuple[str, Optional[CertificateOptions]]:
+        """
+        The certificate options for a (normalized) server name.
+
+        @return: the host label for metrics and the options, or L{None} as
+            the options when the name is unknown.
+        """
+        if server_name is None:
+            return "(default)", None
+        options = self._exact.get(server_name)
+        if options is not None:
+            return server_name, options
+        parent = server_name.partition(".")[2]
+        options = self._wildcard.get(parent)
+        if options is not None:
+            return "*." + parent, options
+        return "(default)", None
+
+    def _server_name(self, connection: SSL.Connection) -> None:
+        raw = connection.get_servername()
+        name = normalize_server_name(raw)
+        label, options = self.options_for(name)
+        # Strict: a name we do not serve is refused; a client that sends no
+        # name at all still gets the default certificate.
+        if options is None and raw and self.settings.strict:
+            log.info(
+                "TLS handshake refused: unrecognized server name {name!r}",
+                name=raw[:64].decode("ascii", "replace"),
+            )
+            raise _UnrecognizedName()
+        self.handshakes[label] = self.handshakes.get(label, 0) + 1
+        if options is not None:
+            connection.set_context(options.getContext())
+
+    def serverConnectionForTLS(self, protocol: Any) -> SSL.Connection:
+        """
+        A new server-side TLS connection, starting on the default context.
+        """
+        assert self._default is not None
+        return SSL.Connection(self._default.getContext(), None)
+
+
+def tls_factory(contexts: SniContextMap, wrapped: Any) -> TLSMemoryBIOFactory:
+    """
+    Wrap C{wrapped} (the Site) in TLS using C{contexts}.
+    """
+    return TLSMemoryBIOFactory(contexts, False, wrapped)
+
+
+class _Sniffer(Protocol):
+    """
+    Looks at the first byte of a connection and continues it as TLS (a
+    handshake record starts with 0x16) or as plain HTTP.
+    """
+
+    def __init__(self, factory: SniffingFactory, addr: Any) -> None:
+        self.sniffing = factory
+        self.addr = addr
+        self._timeout: Any = None
+
+    def connectionMade(self) -> None:
+        clock = self.sniffing.clock
+        if self.sniffing.timeout:
+            self._timeout = clock.callLater(self.sniffing.timeout, self._too_slow)
+
+    def _too_slow(self) -> None:
+        self._timeout = None
+        log.info("dropped a connection that sent nothing within {t}s", t=self.sniffing.timeout)
+        assert self.transport is not None
+        self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._timeout is not None and self._timeout.active():
+            self._timeout.cancel()
+        factory = self.sniffing.tls if data[:1] == b"\x16" else self.sniffing.plain
+        protocol = factory.buildProtocol(self.addr)
+        transport = self.transport
+        assert transport is not None and protocol is not None
+        transport.protocol = protocol  # type: ignore[attr-defined]
+        protocol.makeConnection(transport)
+        protocol.dataReceived(data)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self._timeout is not None and self._timeout.active():
+            self._timeout.cancel()
+
+
+class SniffingFactory(Factory):
+    """
+    TLS and plain connections on one port: the first byte decides.
+
+    @ivar timeout: seconds a client has to send its first byte.
+    """
+
+    def __init__(
+        self, tls: Any, plain: Any, timeout: float = 10.0, clock: Any = None
+    ) -> None:
+        self.tls = tls
+        self.plain = plain
+        self.timeout = timeout
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.clock = clock
+
+    def doStart(self) -> None:
+        self.tls.doStart()
+        self.plain.doStart()
+        super().doStart()
+
+    def doStop(self) -> None:
+        self.tls.doStop()
+        self.plain.doStop()
+        super().doStop()
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        return _Sniffer(self, addr)
