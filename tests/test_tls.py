@@ -1,0 +1,209 @@
+"""
+SNI host selection, strict mode, odd names and reload, in memory: TLS on
+both sides through TLSMemoryBIOFactory and iosim.
+"""
+
+import pytest
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.ssl import Certificate, optionsForClientTLS
+from twisted.internet.task import Clock
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.test import iosim
+
+from tests.pki import make_pki
+from wsmux.tls import (
+    CertificateError,
+    HostCertificate,
+    SniContextMap,
+    TlsSettings,
+    normalize_server_name,
+)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def settings(pki, **kw):
+    hosts = tuple(
+        HostCertificate(host, *pki.files[host]) for host in ("a.test", "b.test", "*.wild.test")
+    )
+    return TlsSettings(default=HostCertificate("", *pki.files["default.test"]), hosts=hosts, **kw)
+
+
+class Greeter(Protocol):
+    def connectionMade(self):
+        self.transport.write(b"hello")
+
+
+class Recorder(Protocol):
+    data = b""
+    lost = None
+
+    def dataReceived(self, data):
+        self.data += data
+
+    def connectionLost(self, reason):
+        self.lost = reason
+
+
+def handshake(contexts, pki, server_name):
+    """
+    Connect in memory; return the common name the client saw (or None) and
+    the client protocol.
+    """
+    clock = Clock()
+    server_factory = TLSMemoryBIOFactory(contexts, False, Factory.forProtocol(Greeter), clock=clock)
+    trust = Certificate.loadPEM(open(pki.ca_file, "rb").read())
+    client_options = optionsForClientTLS(server_name or "default.test", trustRoot=trust)
+    if server_name is None:
+        client_options._sendServerName = False  # send no server name at all
+    client_factory = TLSMemoryBIOFactory(
+        client_options, True, Factory.forProtocol(Recorder), clock=clock
+    )
+    server = server_factory.buildProtocol(None)
+    client = client_factory.buildProtocol(None)
+    pump = iosim.connect(
+        server, iosim.makeFakeServer(server), client, iosim.makeFakeClient(client), clock=clock
+    )
+    pump.flush()
+    cert = client.getPeerCertificate()
+    name = cert.get_subject().CN if cert is not None else None
+    return name, client.wrappedProtocol
+
+
+@pytest.mark.parametrize(
+    "server_name, common_name",
+    [
+        ("a.test", "a.test"),
+        ("b.test", "b.test"),
+        ("x.wild.test", "*.wild.test"),
+        ("default.test", "default.test"),
+    ],
+)
+def test_sni_picks_the_hosts_certificate(pki, server_name, common_name):
+    contexts = SniContextMap(settings(pki))
+    name, client = handshake(contexts, pki, server_name)
+    assert name == common_name
+    assert client.data == b"hello"
+
+
+def test_no_sni_and_unknown_names_get_the_default(pki):
+    contexts = SniContextMap(settings(pki))
+    assert contexts.options_for(normalize_server_name(b"unknown.test"))[1] is None
+    assert handshake(contexts, pki, None)[0] == "default.test"
+    assert contexts.handshakes["(default)"] >= 1
+    assert contexts.options_for("deep.x.wild.test")[1] is None  # one label only
+    assert contexts.options_for("wild.test")[1] is None
+
+
+def test_strict_mode_refuses_unknown_names(pki):
+    contexts = SniContextMap(settings(pki, strict=True))
+    clock = Clock()
+    server_factory = TLSMemoryBIOFactory(contexts, False, Factory.forProtocol(Greeter), clock=clock)
+    trust = Certificate.loadPEM(open(pki.ca_file, "rb").read())
+    client_factory = TLSMemoryBIOFactory(
+        optionsForClientTLS("unknown.test", trustRoot=trust),
+        True,
+        Factory.forProtocol(Recorder),
+        clock=clock,
+    )
+    server = server_factory.buildProtocol(None)
+    client = client_factory.buildProtocol(None)
+    recorder = client.wrappedProtocol
+    pump = iosim.connect(
+        server, iosim.makeFakeServer(server), client, iosim.makeFakeClient(client), clock=clock
+    )
+    pump.flush()
+    assert recorder.data == b""
+    assert "unrecognized name" in str(recorder.lost.value).lower()
+    # Known names still work in strict mode.
+    assert handshake(contexts, pki, "a.test")[0] == "a.test"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"a" * 300,
+        b"../x",
+        b"..",
+        "b\xfccher.test".encode("latin-1"),
+        "é.test".encode(),
+        b"a/b",
+        b"\x00",
+    ],
+)
+def test_odd_names_are_unknown_names(raw):
+    assert normalize_server_name(raw) is None
+
+
+def test_odd_names_in_a_directory_never_touch_the_filesystem(pki, monkeypatch):
+    contexts = SniContextMap(TlsSettings(directory=str(pki.directory)))
+    import builtins
+    import os
+
+    opened = []
+    monkeypatch.setattr(
+        builtins, "open", lambda *a, **k: opened.append(a) or (_ for _ in ()).throw(OSError)
+    )
+    monkeypatch.setattr(os, "listdir", lambda *a: opened.append(a) or [])
+    for raw in (b"../certs/DEFAULT", b"../../etc/passwd", b"a" * 300, b"a.test"):
+        label, _ = contexts.options_for(normalize_server_name(raw))
+        assert label in ("(default)", "a.test")
+    assert opened == []
+
+
+def test_directory_mode_serves_each_file(pki):
+    contexts = SniContextMap(TlsSettings(directory=str(pki.directory)))
+    assert handshake(contexts, pki, "b.test")[0] == "b.test"
+    assert handshake(contexts, pki, "q.wild.test")[0] == "*.wild.test"
+    assert handshake(contexts, pki, None)[0] == "default.test"
+
+
+def test_reload_swaps_certificates_and_keeps_them_on_error(pki, tmp_path):
+    chain, key = pki.issue("a.test")
+    chain_file, key_file = tmp_path / "a.crt", tmp_path / "a.key"
+    chain_file.write_bytes(chain)
+    key_file.write_bytes(key)
+    tls = TlsSettings(
+        default=HostCertificate("", *pki.files["default.test"]),
+        hosts=(HostCertificate("a.test", str(chain_file), str(key_file)),),
+    )
+    contexts = SniContextMap(tls)
+    assert handshake(contexts, pki, "a.test")[0] == "a.test"
+    new_chain, new_key = pki.issue("a.test", common_name="a.test v2")
+    chain_file.write_bytes(new_chain)
+    key_file.write_bytes(new_key)
+    assert contexts.reload() is True
+    assert handshake(contexts, pki, "a.test")[0] == "a.test v2"
+    chain_file.write_bytes(b"not a certificate")
+    assert contexts.reload() is False
+    assert handshake(contexts, pki, "a.test")[0] == "a.test v2"
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        (lambda p, t: HostCertificate("", str(t / "missing.pem")), "missing.pem: cannot read"),
+        (lambda p, t: HostCertificate("", p.files["a.test"][1]), "no usable PEM certificate"),
+        (
+            lambda p, t: HostCertificate("", p.files["a.test"][0], p.files["b.test"][1]),
+            "does not match",
+        ),
+    ],
+)
+def test_bad_certificates_name_the_file(pki, tmp_path, entry, message):
+    with pytest.raises(CertificateError, match=message):
+        SniContextMap(TlsSettings(default=entry(pki, tmp_path)))
+
+
+def test_contexts_are_hardened(pki):
+    from OpenSSL import SSL
+
+    contexts = SniContextMap(settings(pki))
+    for options in [contexts._default, *contexts._exact.values(), *contexts._wildcard.values()]:
+        context = options.getContext()
+        current = context.set_options(0)  # returns the options in force
+        assert current & SSL.OP_NO_COMPRESSION
+        assert current & SSL.OP_NO_TLSv1 and current & SSL.OP_NO_TLSv1_1
