@@ -127,10 +127,12 @@ class GuardedHTTPChannel(HTTPChannel):
             self.transport.write(
                 b"HTTP/1.1 %d %s\r\nConnection: close\r\nContent-Length: 0\r\n\r\n" % (code, phrase)
             )
-        # Ignore whatever else the client sends.
+        # Ignore whatever else the client sends, and do not wait long for a
+        # peer that does not take the answer (or never finished TLS).
         self.dataReceived = lambda data: None  # type: ignore[method-assign]
         self.lineReceived = lambda line: None  # type: ignore[method-assign]
         self.loseConnection()
+        self._abortingCall = self.callLater(1, self.forceAbortClient)
 
 
 class WebSocketSite(Site):

@@ -1,0 +1,244 @@
+"""
+TLS against a real twistd wsmux: openssl s_client, the websockets client
+over wss://, old protocol versions, a shared TLS+plain port, SIGHUP reload.
+"""
+
+import signal
+import socket
+import ssl
+import subprocess
+import time
+
+import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+
+from tests.pki import make_pki
+from tests.twistd_process import free_port
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def tls_server(start_server, pki, tmp_path):
+    config = tmp_path / "tls.toml"
+    a_chain, a_key = pki.files["a.test"]
+    # a.test's files are copied so the reload test can replace them.
+    (tmp_path / "a.crt").write_bytes(open(a_chain, "rb").read())
+    (tmp_path / "a.key").write_bytes(open(a_key, "rb").read())
+    tls_port, shared_port = free_port(), free_port()
+    config.write_text(f"""
+[tls]
+cert = "{pki.files["default.test"][0]}"
+key = "{pki.files["default.test"][1]}"
+ports = ["tcp:{tls_port}:interface=127.0.0.1"]
+shared_ports = ["tcp:{shared_port}:interface=127.0.0.1"]
+
+[[tls.hosts]]
+name = "a.test"
+cert = "a.crt"
+key = "a.key"
+
+[[tls.hosts]]
+name = "b.test"
+cert = "{pki.files["b.test"][0]}"
+key = "{pki.files["b.test"][1]}"
+
+[[tls.hosts]]
+name = "*.wild.test"
+cert = "{pki.files["*.wild.test"][0]}"
+key = "{pki.files["*.wild.test"][1]}"
+
+[defaults]
+open_handshake_timeout = 2.0
+
+[[routes]]
+path = "/echo"
+handler = "echo"
+
+[[routes]]
+path = "/secure"
+handler = "echo"
+require_tls = true
+""")
+    server = start_server("--config", str(config))
+    server.tls_port, server.shared_port, server.dir = tls_port, shared_port, tmp_path
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", tls_port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    return server
+
+
+def s_client(port, *args):
+    result = subprocess.run(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", *args],
+        input=b"",
+        capture_output=True,
+        timeout=20,
+    )
+    return result.returncode, (result.stdout + result.stderr).decode(errors="replace")
+
+
+def subject(output):
+    for line in output.splitlines():
+        if line.startswith("subject="):
+            return line
+    return None
+
+
+@pytest.mark.parametrize(
+    "name, common_name",
+    [
+        ("a.test", "a.test"),
+        ("b.test", "b.test"),
+        ("x.wild.test", "*.wild.test"),
+        ("nobody.test", "default.test"),
+    ],
+)
+def test_s_client_sees_each_hosts_certificate(tls_server, name, common_name):
+    _, output = s_client(tls_server.tls_port, "-servername", name)
+    assert subject(output) is not None and f"CN = {common_name}" in subject(output), output[-2000:]
+
+
+def test_s_client_without_sni_gets_the_default(tls_server):
+    _, output = s_client(tls_server.tls_port, "-noservername")
+    assert "CN = default.test" in subject(output)
+
+
+def test_alpn_and_versions(tls_server):
+    _, output = s_client(tls_server.tls_port, "-servername", "a.test", "-alpn", "h2,http/1.1")
+    assert "ALPN protocol: http/1.1" in output
+    assert "Compression: NONE" in output
+    for old in ("-tls1", "-tls1_1"):
+        code, output = s_client(
+            tls_server.tls_port, "-servername", "a.test", old, "-cipher", "DEFAULT:@SECLEVEL=0"
+        )
+        assert code != 0
+        assert (
+            "protocol version" in output or "no protocols available" in output or "alert" in output
+        ), output[-1500:]
+    assert subject(output) is None
+
+
+def test_old_versions_refused_by_the_server(tls_server):
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    context.minimum_version = ssl.TLSVersion.TLSv1
+    context.maximum_version = ssl.TLSVersion.TLSv1_1
+    with socket.create_connection(("127.0.0.1", tls_server.tls_port), timeout=5) as raw:
+        with pytest.raises(ssl.SSLError):
+            with context.wrap_socket(raw, server_hostname="a.test"):
+                pass
+
+
+def wss_context(pki):
+    context = ssl.create_default_context(cafile=pki.ca_file)
+    return context
+
+
+@pytest.mark.parametrize("host", ["a.test", "b.test", "q.wild.test"])
+def test_wss_echo_per_host(tls_server, pki, host):
+    with connect(
+        f"wss://127.0.0.1:{tls_server.tls_port}/echo", ssl=wss_context(pki), server_hostname=host
+    ) as ws:
+        ws.send(f"hello {host}")
+        assert ws.recv(timeout=5) == f"hello {host}"
+
+
+def test_shared_port_takes_ws_and_wss(tls_server, pki):
+    port = tls_server.shared_port
+    with connect(
+        f"wss://127.0.0.1:{port}/secure", ssl=wss_context(pki), server_hostname="a.test"
+    ) as ws:
+        ws.send("secure")
+        assert ws.recv(timeout=5) == "secure"
+    with connect(f"ws://127.0.0.1:{port}/echo") as ws:
+        ws.send("plain")
+        assert ws.recv(timeout=5) == "plain"
+    # A route that requires TLS refuses the plain upgrade, and says why.
+    with pytest.raises(InvalidStatus) as e:
+        connect(f"ws://127.0.0.1:{port}/secure")
+    assert e.value.response.status_code == 403
+    deadline = time.monotonic() + 5
+    while "requires TLS" not in tls_server.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "This route requires TLS" in tls_server.log()
+
+
+def test_tls_handshake_timeout(tls_server):
+    for port in (tls_server.tls_port, tls_server.shared_port):
+        started = time.monotonic()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            if port == tls_server.tls_port:
+                raw.sendall(b"\x16\x03\x01")  # a ClientHello that never finishes
+            try:
+                assert raw.recv(100) == b""
+            except ConnectionResetError:
+                pass  # dropped: that is the point
+        # open_handshake_timeout is 2 s here
+        assert time.monotonic() - started < 2 + 3
+
+
+def test_sighup_reload(tls_server, pki):
+    context = wss_context(pki)
+    before = connect(
+        f"wss://127.0.0.1:{tls_server.tls_port}/echo", ssl=context, server_hostname="a.test"
+    )
+    chain, key = pki.issue("a.test", common_name="a.test renewed")
+    (tls_server.dir / "a.crt").write_bytes(chain)
+    (tls_server.dir / "a.key").write_bytes(key)
+    tls_server.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        _, output = s_client(tls_server.tls_port, "-servername", "a.test")
+        if "CN = a.test renewed" in (subject(output) or ""):
+            break
+        time.sleep(0.2)
+    assert "CN = a.test renewed" in subject(output)
+    before.send("opened before the reload")
+    assert before.recv(timeout=5) == "opened before the reload"
+    before.close()
+    # A broken certificate keeps the current one and names the file.
+    (tls_server.dir / "a.crt").write_bytes(b"garbage")
+    tls_server.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "TLS reload failed" not in tls_server.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "a.crt" in tls_server.log().split("TLS reload failed")[-1].splitlines()[0]
+    _, output = s_client(tls_server.tls_port, "-servername", "a.test")
+    assert "CN = a.test renewed" in subject(output)
+
+
+def test_strict_mode_alert(start_server, pki):
+    port = free_port()
+    start_server(
+        "--tls-port", f"tcp:{port}:interface=127.0.0.1", "--certs", str(pki.directory), "--tls-strict"
+    )  # fmt: skip
+    time.sleep(0.5)
+    code, output = s_client(port, "-servername", "unknown.test")
+    assert code != 0 and "unrecognized name" in output
+    _, output = s_client(port, "-servername", "a.test")
+    assert "CN = a.test" in subject(output)
+
+
+def test_missing_certificates_are_a_usage_error(tmp_path):
+    from tests.twistd_process import run_twistd
+
+    result = run_twistd(
+        "wsmux", "--tls-port", str(free_port()), "--cert", str(tmp_path / "nope.pem")
+    )
+    output = result.stdout + result.stderr
+    assert (
+        result.returncode != 0 and "nope.pem: cannot read" in output and "Traceback" not in output
+    )
+    result = run_twistd("wsmux", "--tls-port", str(free_port()))
+    assert result.returncode != 0 and "needs certificates" in result.stdout + result.stderr
