@@ -38,19 +38,22 @@ class ProtocolOptionsDirective(Directive):
         return node.children
 
 
-class ServerLimitsDirective(ProtocolOptionsDirective):
+class DefaultsDirective(ProtocolOptionsDirective):
     """
-    ``.. wsmux-server-limits::`` renders every server-wide limit.
+    ``.. wsmux-defaults::`` renders every limit and protocol option with its
+    default, in one table.
     """
 
     def run(self):
+        from wsmux.factory import option_reference
         from wsmux.limits import limit_reference
 
         rows = [
-            (f"``{name}``", kind, f"``{default!r}``", help_text.replace("*", r"\*"))
-            for name, kind, default, help_text in limit_reference()
+            (f"``{name}``", where, f"``{default!r}``" if default != () else "``[]``", text.replace("*", r"\*"))
+            for where, reference in (("``[limits]``", limit_reference()), ("``[defaults]``, route", option_reference()))
+            for name, _kind, default, text in reference
         ]
-        return self._parse(_table(("limit", "type", "default", "meaning"), rows))
+        return self._parse(_table(("setting", "where", "default", "meaning"), rows))
 
 
 class CommandLineDirective(ProtocolOptionsDirective):
@@ -66,6 +69,8 @@ class CommandLineDirective(ProtocolOptionsDirective):
         for long, short, default, doc, *_ in options.optParameters:
             flag = f"``--{long}=VALUE``" + (f", ``-{short}``" if short else "")
             rows.append((flag, " ".join(doc.split())))
+        for long, short, doc in options.optFlags:
+            rows.append((f"``--{long}``", " ".join(doc.split())))
         for name in sorted(n for n in dir(options) if n.startswith("opt_") and len(n) > 5):
             method = getattr(options, name)
             flag = name[4:].replace("_", "-")
@@ -80,5 +85,5 @@ class CommandLineDirective(ProtocolOptionsDirective):
 def setup(app):
     app.add_directive("wsmux-protocol-options", ProtocolOptionsDirective)
     app.add_directive("wsmux-command-line", CommandLineDirective)
-    app.add_directive("wsmux-server-limits", ServerLimitsDirective)
+    app.add_directive("wsmux-defaults", DefaultsDirective)
     return {"parallel_read_safe": True}

@@ -207,3 +207,22 @@ def test_contexts_are_hardened(pki):
         current = context.set_options(0)  # returns the options in force
         assert current & SSL.OP_NO_COMPRESSION
         assert current & SSL.OP_NO_TLSv1 and current & SSL.OP_NO_TLSv1_1
+
+
+def test_encrypted_key_with_passphrase(pki, tmp_path):
+    from cryptography.hazmat.primitives import serialization
+
+    chain, key_pem = pki.issue("a.test")
+    key = serialization.load_pem_private_key(key_pem, None)
+    encrypted = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"s3cret"),
+    )
+    (tmp_path / "a.crt").write_bytes(chain)
+    (tmp_path / "a.key").write_bytes(encrypted)
+    entry = HostCertificate("", str(tmp_path / "a.crt"), str(tmp_path / "a.key"), "s3cret")
+    assert handshake(SniContextMap(TlsSettings(default=entry)), pki, "a.test")[0] == "a.test"
+    wrong = HostCertificate("", str(tmp_path / "a.crt"), str(tmp_path / "a.key"), "wrong")
+    with pytest.raises(CertificateError, match="a.key: no usable PEM private key"):
+        SniContextMap(TlsSettings(default=wrong))
