@@ -26,7 +26,12 @@ class ProtocolOptionsDirective(Directive):
         from wsmux.factory import option_reference
 
         rows = [
-            (f"``{name}``", kind, f"``{default!r}``" if default != () else "``[]``", help_text.replace("*", r"\*"))
+            (
+                f"``{name}``",
+                kind,
+                f"``{default!r}``" if default != () else "``[]``",
+                help_text.replace("*", r"\*"),
+            )
             for name, kind, default, help_text in option_reference()
         ]
         return self._parse(_table(("option", "type", "default", "meaning"), rows))
@@ -49,8 +54,16 @@ class DefaultsDirective(ProtocolOptionsDirective):
         from wsmux.limits import limit_reference
 
         rows = [
-            (f"``{name}``", where, f"``{default!r}``" if default != () else "``[]``", text.replace("*", r"\*"))
-            for where, reference in (("``[limits]``", limit_reference()), ("``[defaults]``, route", option_reference()))
+            (
+                f"``{name}``",
+                where,
+                f"``{default!r}``" if default != () else "``[]``",
+                text.replace("*", r"\*"),
+            )
+            for where, reference in (
+                ("``[limits]``", limit_reference()),
+                ("``[defaults]``, route", option_reference()),
+            )
             for name, _kind, default, text in reference
         ]
         return self._parse(_table(("setting", "where", "default", "meaning"), rows))
@@ -66,10 +79,10 @@ class CommandLineDirective(ProtocolOptionsDirective):
 
         options = Options()
         rows = []
-        for long, short, default, doc, *_ in options.optParameters:
+        for long, short, _default, doc, *_ in options.optParameters:
             flag = f"``--{long}=VALUE``" + (f", ``-{short}``" if short else "")
             rows.append((flag, " ".join(doc.split())))
-        for long, short, doc in options.optFlags:
+        for long, _short, doc in options.optFlags:
             rows.append((f"``--{long}``", " ".join(doc.split())))
         for name in sorted(n for n in dir(options) if n.startswith("opt_") and len(n) > 5):
             method = getattr(options, name)
