@@ -22,24 +22,26 @@ from wsmux.service import make_service
 from wsmux.tls import TLS_VERSIONS, CertificateError, HostCertificate, SniContextMap
 
 
-def _seconds(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise usage.UsageError(f"{value!r} is not a number of seconds") from None
-    if seconds < 0:
-        raise usage.UsageError(f"{value!r}: a duration cannot be negative")
-    return seconds
+def _non_negative(convert: Any, what: str) -> Any:
+    """
+    A parser for a flag's value: C{convert}ed, and not negative.
+    """
+
+    def parse(value: str) -> Any:
+        try:
+            number = convert(value)
+        except ValueError:
+            raise usage.UsageError(f"{value!r} is not {what}") from None
+        if number < 0:
+            raise usage.UsageError(f"{value!r}: {what} cannot be negative")
+        return number
+
+    return parse
 
 
-def _size(value: str) -> int:
-    try:
-        size = int(value)
-    except ValueError:
-        raise usage.UsageError(f"{value!r} is not a number of bytes") from None
-    if size < 0:
-        raise usage.UsageError(f"{value!r}: a size cannot be negative")
-    return size
+_seconds = _non_negative(float, "a number of seconds")
+_size = _non_negative(int, "a number of bytes")
+_count = _non_negative(int, "a whole number")
 
 
 # Flags that set a protocol option default, and flags that set a server
@@ -109,15 +111,15 @@ class Options(usage.Options):
             _size,
         ],
         ["slow-consumer", None, None, "Default policy past max-send-queue: close or drop."],
-        ["max-connections", None, None, "Most WebSocket connections on the server.", _size],
+        ["max-connections", None, None, "Most WebSocket connections on the server.", _count],
         [
             "max-connections-per-ip",
             None,
             None,
             "Most WebSocket connections from one address.",
-            _size,
+            _count,
         ],
-        ["trusted-proxies", None, None, "Proxies to trust in X-Forwarded-For / Forwarded.", _size],
+        ["trusted-proxies", None, None, "Proxies to trust in X-Forwarded-For / Forwarded.", _count],
         [
             "drain-timeout",
             None,
