@@ -175,16 +175,7 @@ def load_file(path: str) -> dict[str, Any]:
         limits = data["limits"]
         if not isinstance(limits, dict):
             raise bad("limits", "must be a table of server limits")
-        for key, value in limits.items():
-            if key not in LIMIT_NAMES:
-                raise bad(
-                    f"limits.{key}", "unknown limit (known: " + ", ".join(sorted(LIMIT_NAMES)) + ")"
-                )
-            try:
-                ServerLimits().merged({key: value})
-            except ValueError as e:
-                raise bad(f"limits.{key}", str(e)) from None
-        out["limits"] = dict(limits)
+        out["limits"] = _checked(limits, "limits", ServerLimits(), LIMIT_NAMES, "limit", bad)
     if "tls" in data:
         out.update(_tls_table(data["tls"], path, bad))
     if "defaults" in data:
@@ -288,13 +279,20 @@ def _log_level(value: Any, bad: Any) -> str:
 
 
 def _options(table: dict[str, Any], where: str, bad: Any) -> dict[str, Any]:
+    return _checked(table, where, ProtocolOptions(), OPTION_NAMES, "option", bad)
+
+
+def _checked(
+    table: dict[str, Any], where: str, prototype: Any, names: frozenset[str], kind: str, bad: Any
+) -> dict[str, Any]:
+    """
+    Check each key of C{table} against the fields of C{prototype}'s class.
+    """
     for key, value in table.items():
-        if key not in OPTION_NAMES:
-            raise bad(
-                f"{where}.{key}", "unknown option (known: " + ", ".join(sorted(OPTION_NAMES)) + ")"
-            )
+        if key not in names:
+            raise bad(f"{where}.{key}", f"unknown {kind} (known: " + ", ".join(sorted(names)) + ")")
         try:
-            ProtocolOptions().merged({key: value})
+            prototype.merged({key: value})
         except (ValueError, TypeError) as e:
             raise bad(f"{where}.{key}", str(e)) from None
     return dict(table)
