@@ -166,3 +166,17 @@ def test_trusted_proxies_pick_the_client_address():
     )
     assert client_address(request, 1) == "203.0.113.9"
     assert client_address(request, 2) == "2001:db8::1"
+
+
+def test_health_answers_503_while_draining():
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from wsmux.metrics import HealthResource
+
+    tree = RouteTree([Route("/e", EchoHandler)])
+    health = HealthResource(tree)
+    request = DummyRequest([b""])
+    assert health.render_GET(request) == b"ok\n" and request.responseCode in (None, 200)
+    tree.registry.draining = True
+    request = DummyRequest([b""])
+    assert health.render_GET(request) == b"draining\n" and request.responseCode == 503

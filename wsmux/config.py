@@ -43,7 +43,10 @@ LOG_LEVELS = ("debug", "info", "warn", "error")
 DEFAULT_PORT = "8080"
 DEFAULT_ROUTES: tuple[tuple[str, tuple[str, ...]], ...] = (("/echo", ("echo",)),)
 
-_TOP_KEYS = {"port", "log_level", "unhandled", "index", "limits", "tls", "defaults", "routes"}
+_TOP_KEYS = {
+    "port", "log_level", "unhandled", "index", "limits", "tls", "defaults", "routes",
+    "metrics_path", "metrics_port", "health_path",
+}  # fmt: skip
 _TLS_KEYS = {
     "cert", "key", "passphrase", "directory", "strict", "min_version", "ports", "shared_ports", "hosts",
 }  # fmt: skip
@@ -89,6 +92,9 @@ class Settings:
     @ivar tls: certificates, by host name.
     @ivar tls_ports: ports that speak TLS only.
     @ivar shared_ports: ports that take TLS and plain connections alike.
+    @ivar metrics_path: where the route tree serves Prometheus metrics, if anywhere.
+    @ivar metrics_port: a port of its own for the metrics, if any.
+    @ivar health_path: where the health check answers (empty: nowhere).
     """
 
     ports: tuple[str, ...] = (DEFAULT_PORT,)
@@ -101,6 +107,9 @@ class Settings:
     tls: TlsSettings = field(default_factory=TlsSettings)
     tls_ports: tuple[str, ...] = ()
     shared_ports: tuple[str, ...] = ()
+    metrics_path: Optional[str] = None
+    metrics_port: Optional[str] = None
+    health_path: str = "/healthz"
 
 
 def port_description(port: str) -> str:
@@ -178,6 +187,17 @@ def load_file(path: str) -> dict[str, Any]:
         out["limits"] = _checked(limits, "limits", ServerLimits(), LIMIT_NAMES, "limit", bad)
     if "tls" in data:
         out.update(_tls_table(data["tls"], path, bad))
+    for key in ("metrics_path", "health_path"):
+        if key in data:
+            value = data[key]
+            if not isinstance(value, str) or (value and not value.startswith("/")):
+                raise bad(key, 'must be a path such as /metrics (or "" for none)')
+            out[key] = value
+    if "metrics_port" in data:
+        metrics_port = _ports(data["metrics_port"])
+        if metrics_port is None or len(metrics_port) != 1:
+            raise bad("metrics_port", "must be one port number or endpoint description")
+        out["metrics_port"] = metrics_port[0]
     if "defaults" in data:
         defaults = data["defaults"]
         if not isinstance(defaults, dict):
@@ -353,6 +373,9 @@ def build_settings(
     tls: Optional[dict[str, Any]] = None,
     tls_ports: tuple[str, ...] = (),
     shared_ports: tuple[str, ...] = (),
+    metrics_path: Optional[str] = None,
+    metrics_port: Optional[str] = None,
+    health_path: Optional[str] = None,
     source: str = "settings",
 ) -> Settings:
     """
@@ -408,6 +431,11 @@ def build_settings(
         tls=tls_settings,
         tls_ports=tls_ports,
         shared_ports=shared_ports,
+        metrics_path=metrics_path or file_values.get("metrics_path") or None,
+        metrics_port=metrics_port or file_values.get("metrics_port"),
+        health_path=health_path
+        if health_path is not None
+        else file_values.get("health_path", "/healthz"),
     )
 
 

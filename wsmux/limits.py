@@ -12,6 +12,8 @@ from typing import Any, Optional
 
 from twisted.web.iweb import IRequest
 
+from wsmux.metrics import RouteStats
+
 
 def _limit(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
@@ -138,12 +140,14 @@ class ConnectionRegistry:
     @ivar limits: the caps checked by L{admit}.
     @ivar connections: every open (or opening) protocol.
     @ivar draining: set on shutdown; new upgrades are refused with 503.
+    @ivar stats: connection events and traffic, for metrics.
     """
 
     limits: ServerLimits = field(default_factory=ServerLimits)
     connections: set[Any] = field(default_factory=set)
     per_address: Counter[str] = field(default_factory=Counter)
     draining: bool = False
+    stats: RouteStats = field(default_factory=RouteStats)
 
     def admit(self, address: str) -> Optional[tuple[int, str]]:
         """

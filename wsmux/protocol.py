@@ -56,6 +56,7 @@ class RouteProtocolMixin:
     client_address: str = ""
     registry: Any = None
     dropped_messages: int = 0
+    prepared_sent: int = 0
     _paused: bool = False
     _backlog: int = 0
     _producers: tuple[Any, ...] = ()
@@ -94,7 +95,15 @@ class RouteProtocolMixin:
             return (self.selected_subprotocol,) + result[1:]
         return result
 
+    def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> None:
+        # Autobahn's own handshake checks (bad key, version, route full...).
+        if self.registry is not None:
+            self.registry.stats.rejected(self.route_path, code)
+        super().failHandshake(reason, code, responseHeaders)  # type: ignore[misc]
+
     def onOpen(self) -> None:
+        if self.registry is not None:
+            self.registry.stats.accepted(self.route_path)
         log.info(
             "open route={route} peer={peer} path={path}",
             route=self.route_path,
@@ -105,6 +114,8 @@ class RouteProtocolMixin:
 
     def onClose(self, wasClean: bool, code: Optional[int], reason: Optional[str]) -> None:
         if getattr(self, "http_response_data", None) is not None:  # it was open
+            if self.registry is not None:
+                self.registry.stats.closed(self, code)
             log.info(
                 "close route={route} peer={peer} code={code} reason={reason!r}",
                 route=self.route_path,
@@ -189,6 +200,8 @@ class RouteProtocolMixin:
     def sendPreparedMessage(self, preparedMsg: PreparedMessage) -> None:
         if self._paused and not self._room_for(len(preparedMsg.payloadHybi)):
             return
+        # Autobahn counts messages sent with sendMessage only.
+        self.prepared_sent += 1
         super().sendPreparedMessage(preparedMsg)  # type: ignore[misc]
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: Optional[int] = None) -> None:
@@ -206,6 +219,8 @@ class RouteProtocolMixin:
             return True
         if self._drop_slow:
             self.dropped_messages += 1
+            if self.registry is not None:
+                self.registry.stats.dropped[self.route_path] += 1
             if self.dropped_messages == 1 or self.dropped_messages % 1000 == 0:
                 log.info(
                     "slow consumer route={route} peer={peer}: dropped {n} message(s) "
@@ -223,6 +238,8 @@ class RouteProtocolMixin:
             peer=self.peer,  # type: ignore[attr-defined]
             cap=self._send_cap,
         )
+        if self.registry is not None:
+            self.registry.stats.slow_closed[self.route_path] += 1
         close_with(self, 1008, "slow consumer: too much data waiting")
         return False
 

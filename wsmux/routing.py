@@ -250,7 +250,7 @@ class _UpgradeResource(Resource):
         """
         Log a refused upgrade and return the body of its error response.
         """
-        log_rejection(request, code, reason, route)
+        self.tree.refused(request, code, reason, route)
         return _plain(request, code, reason, close=True)
 
 
@@ -633,6 +633,33 @@ class RouteTree(_Node):
             del request.prepath[-rewind:]
         return self.fallback
 
+    def refused(self, request: IRequest, code: int, reason: str, route: str = "-") -> None:
+        """
+        Log and count a refused upgrade.
+        """
+        log_rejection(request, code, reason, route)
+        self.registry.stats.rejected(route, code)
+
+    def mount_resource(self, path: str, resource: IResource) -> None:
+        """
+        Serve C{resource} for non-upgrade requests to exactly C{path}
+        (C{/healthz}, C{/ops/metrics}).
+
+        @raise RouteError: if the path is malformed or has parameters.
+        """
+        node: _Node = self
+        for segment in parse_path(path):
+            if not isinstance(segment, bytes):
+                raise RouteError(f"{path}: a resource path cannot have parameters")
+            child = node.children.get(segment)
+            if child is None:
+                child = _Node(self, node.depth + 1)
+                node.putChild(segment, child)
+            elif not isinstance(child, _Node):
+                raise RouteError(f"{path}: clashes with a resource put at {segment!r}")
+            node = child
+        node.http = resource
+
     def admit(self, request: IRequest) -> Optional[tuple[int, str]]:
         """
         Check the server-wide connection caps for one more upgrade.
@@ -709,7 +736,7 @@ class RouteTree(_Node):
     def _finish_reject(
         self, request: IRequest, via: _UpgradeResource, code: int, reason: str
     ) -> None:
-        log_rejection(request, code, reason)
+        self.refused(request, code, reason)
         via.respond(request, code, reason)
 
     def _adoption_factory(self) -> RouteFactory:

@@ -11,9 +11,12 @@ from twisted.application import strports
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import Site
 
 from wsmux.config import Settings, port_description
 from wsmux.handlers import resolve_callable, resolve_handler
+from wsmux.metrics import HealthResource, MetricsResource, metrics_registry
 from wsmux.page import demo_page
 from wsmux.protocol import close_with
 from wsmux.routing import Route, RouteTree
@@ -87,6 +90,9 @@ def make_service(
     if settings.tls_ports or settings.shared_ports:
         if contexts is None:
             contexts = SniContextMap(settings.tls)
+    _mount_operations(settings, tree, contexts, top, reactor)
+    if settings.tls_ports or settings.shared_ports:
+        assert contexts is not None
         top.contexts = contexts  # type: ignore[attr-defined]
         secure = tls_factory(contexts, site)
         for port in settings.tls_ports:
@@ -98,6 +104,25 @@ def make_service(
             strports.service(port_description(port), either, reactor=reactor).setServiceParent(top)
         ReloadOnHangup(contexts.reload, reactor).setServiceParent(top)
     return top
+
+
+def _mount_operations(
+    settings: Settings, tree: RouteTree, contexts: Any, top: MultiService, reactor: Any
+) -> None:
+    # The health check and the metrics, where the settings ask for them.
+    if settings.health_path:
+        tree.mount_resource(settings.health_path, HealthResource(tree))
+    if settings.metrics_path or settings.metrics_port:
+        metrics = MetricsResource(metrics_registry(tree, contexts))
+        if settings.metrics_path:
+            tree.mount_resource(settings.metrics_path, metrics)
+        if settings.metrics_port:
+            root = Resource()
+            root.putChild(b"metrics", metrics)
+            root.putChild(b"", metrics)
+            strports.service(
+                port_description(settings.metrics_port), Site(root), reactor=reactor
+            ).setServiceParent(top)
 
 
 class ReloadOnHangup(Service):

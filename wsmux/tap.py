@@ -136,6 +136,9 @@ class Options(usage.Options):
         ["cert", None, None, "Default certificate chain (PEM)."],
         ["key", None, None, "Private key of --cert (PEM); --cert's file when not given."],
         ["tls-min-version", None, None, "Lowest TLS version: 1.2 or 1.3 [default: 1.2]"],
+        ["metrics-path", None, None, "Serve Prometheus metrics at this path (e.g. /metrics)."],
+        ["metrics-port", None, None, "Serve Prometheus metrics on a port of their own."],
+        ["health-path", None, None, "Where the health check answers [default: /healthz]."],
     ]
     optFlags = [
         ["tls-strict", None, "Refuse unknown server names with an unrecognized_name alert."],
@@ -224,6 +227,9 @@ class Options(usage.Options):
                 tls=tls,
                 tls_ports=tuple(self["tls-ports"]),
                 shared_ports=tuple(self["shared-ports"]),
+                metrics_path=self["metrics-path"],
+                metrics_port=self["metrics-port"],
+                health_path=self["health-path"],
                 source=self["config"] or "command line",
             )
             # Import handlers and the hook, and read the certificates, now:

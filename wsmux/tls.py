@@ -382,9 +382,7 @@ class SniffingFactory(Factory):
     @ivar timeout: seconds a client has to send its first byte.
     """
 
-    def __init__(
-        self, tls: Any, plain: Any, timeout: float = 10.0, clock: Any = None
-    ) -> None:
+    def __init__(self, tls: Any, plain: Any, timeout: float = 10.0, clock: Any = None) -> None:
         self.tls = tls
         self.plain = plain
         self.timeout = timeout

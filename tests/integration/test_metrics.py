@@ -1,0 +1,76 @@
+"""
+Metrics and health of a real twistd wsmux after real traffic.
+"""
+
+import time
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+
+from tests.twistd_process import free_port
+
+
+def scrape(url):
+    with urllib.request.urlopen(url, timeout=5) as response:
+        assert response.status == 200
+        text = response.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples, name, **labels):
+    return samples.get((name, tuple(sorted(labels.items()))), 0)
+
+
+def test_metrics_move_with_traffic(start_server):
+    metrics_port = free_port()
+    server = start_server(
+        "--route", "/echo=echo", "--route", "/rooms/{room}=broadcast",
+        "--metrics-path", "/metrics", "--metrics-port", f"tcp:{metrics_port}:interface=127.0.0.1",
+    )  # fmt: skip
+    url = server.url("/metrics", "http")
+    before = scrape(url)
+    with connect(server.url("/echo")) as ws:
+        for text in ("one", "two", "three"):
+            ws.send(text)
+            assert ws.recv(timeout=5) == text
+        during = scrape(url)
+        assert value(during, "wsmux_connections_open", route="/echo") == 1
+    a, b = connect(server.url("/rooms/x")), connect(server.url("/rooms/x"))
+    a.send("hi all")
+    assert b.recv(timeout=5) == "hi all" and a.recv(timeout=5) == "hi all"
+    a.close()
+    b.close()
+    with pytest.raises(InvalidStatus):
+        connect(server.url("/nope"))
+    time.sleep(0.3)
+    after = scrape(url)
+    assert value(after, "wsmux_messages_in_total", route="/echo") == 3
+    assert value(after, "wsmux_messages_out_total", route="/echo") == 3
+    assert value(after, "wsmux_bytes_in_total", route="/echo") > value(
+        before, "wsmux_bytes_in_total", route="/echo"
+    )
+    assert value(after, "wsmux_messages_in_total", route="/rooms/{room}") == 1
+    assert (
+        value(after, "wsmux_messages_out_total", route="/rooms/{room}") == 2
+    )  # framed once, sent twice
+    assert value(after, "wsmux_handshakes_total", route="/echo", outcome="accepted") == 1
+    assert value(after, "wsmux_handshakes_total", route="/rooms/{room}", outcome="accepted") == 2
+    assert value(after, "wsmux_handshakes_total", route="-", outcome="404") == 1
+    assert value(after, "wsmux_closes_total", route="/echo", code="1000") == 1
+    assert value(after, "wsmux_connections_open", route="/echo") == 0
+    # The same numbers on the metrics port of their own.
+    own = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
+    assert value(own, "wsmux_messages_in_total", route="/echo") == 3
+
+
+def test_health(start_server):
+    server = start_server()
+    with urllib.request.urlopen(server.url("/healthz", "http"), timeout=5) as response:
+        assert response.status == 200 and response.read() == b"ok\n"

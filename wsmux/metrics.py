@@ -1,0 +1,191 @@
+"""
+What operators can see: Prometheus metrics and a health check.
+
+Counting costs nothing per message: Autobahn already keeps traffic counts
+on every connection, and the collector adds them up when Prometheus
+scrapes.  Connection events (open, close, refusal, slow consumer) are
+counted as they happen.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Optional
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from twisted.web.resource import Resource
+
+
+@dataclass
+class RouteStats:
+    """
+    Connection events per route, and the traffic of closed connections.
+    """
+
+    handshakes: Counter[tuple[str, str]] = field(default_factory=Counter)
+    closes: Counter[tuple[str, str]] = field(default_factory=Counter)
+    slow_closed: Counter[str] = field(default_factory=Counter)
+    dropped: Counter[str] = field(default_factory=Counter)
+    traffic: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+    def accepted(self, route: str) -> None:
+        self.handshakes[(route, "accepted")] += 1
+
+    def rejected(self, route: str, status: int) -> None:
+        self.handshakes[(route, str(status))] += 1
+
+    def closed(self, protocol: Any, code: Optional[int]) -> None:
+        route = protocol.route_path
+        self.closes[(route, str(code if code is not None else 1006))] += 1
+        for kind, value in traffic_of(protocol).items():
+            self.traffic[(route, kind)] += value
+
+
+def traffic_of(protocol: Any) -> dict[str, int]:
+    """
+    Messages and bytes a connection has received and sent so far.
+    """
+    stats = getattr(protocol, "trafficStats", None)
+    if stats is None:
+        return {}
+    return {
+        "messages_in": stats.incomingWebSocketMessages,
+        "messages_out": stats.outgoingWebSocketMessages + getattr(protocol, "prepared_sent", 0),
+        "bytes_in": stats.incomingOctetsWireLevel,
+        "bytes_out": stats.outgoingOctetsWireLevel,
+    }
+
+
+class WsmuxCollector:
+    """
+    A Prometheus collector for one route tree (and its TLS contexts).
+    """
+
+    def __init__(self, tree: Any, contexts: Any = None) -> None:
+        self.tree = tree
+        self.contexts = contexts
+
+    def collect(self) -> Iterator[Any]:
+        registry = self.tree.registry
+        stats: RouteStats = registry.stats
+        open_ = GaugeMetricFamily(
+            "wsmux_connections_open", "WebSocket connections open now", labels=["route"]
+        )
+        live: Counter[str] = Counter()
+        traffic: Counter[tuple[str, str]] = Counter(stats.traffic)
+        for protocol in list(registry.connections):
+            route = protocol.route_path
+            if getattr(protocol, "http_response_data", None) is not None:
+                live[route] += 1
+            for kind, value in traffic_of(protocol).items():
+                traffic[(route, kind)] += value
+        for endpoint in self.tree.endpoints.values():
+            live.setdefault(endpoint.route.path, 0)
+        for route, n in sorted(live.items()):
+            open_.add_metric([route], n)
+        yield open_
+
+        handshakes = CounterMetricFamily(
+            "wsmux_handshakes",
+            "Opening handshakes by route and outcome (accepted, or the HTTP status)",
+            labels=["route", "outcome"],
+        )
+        for (route, outcome), n in sorted(stats.handshakes.items()):
+            handshakes.add_metric([route, outcome], n)
+        yield handshakes
+
+        for kind, help_text in (
+            ("messages_in", "Messages received"),
+            ("messages_out", "Messages sent"),
+            ("bytes_in", "Bytes received on the wire"),
+            ("bytes_out", "Bytes sent on the wire"),
+        ):
+            family = CounterMetricFamily(f"wsmux_{kind}", help_text, labels=["route"])
+            for (route, k), n in sorted(traffic.items()):
+                if k == kind:
+                    family.add_metric([route], n)
+            yield family
+
+        closes = CounterMetricFamily(
+            "wsmux_closes", "Closed connections by close code", labels=["route", "code"]
+        )
+        for (route, code), n in sorted(stats.closes.items()):
+            closes.add_metric([route, code], n)
+        yield closes
+
+        slow = CounterMetricFamily(
+            "wsmux_slow_consumer_closes", "Connections closed as slow consumers", labels=["route"]
+        )
+        for route, n in sorted(stats.slow_closed.items()):
+            slow.add_metric([route], n)
+        yield slow
+
+        dropped = CounterMetricFamily(
+            "wsmux_slow_consumer_dropped_messages",
+            "Messages dropped for slow consumers",
+            labels=["route"],
+        )
+        for route, n in sorted(stats.dropped.items()):
+            dropped.add_metric([route], n)
+        yield dropped
+
+        if self.contexts is not None:
+            tls = CounterMetricFamily(
+                "wsmux_tls_handshakes", "TLS handshakes by SNI host served", labels=["host"]
+            )
+            for host, n in sorted(self.contexts.handshakes.items()):
+                tls.add_metric([host], n)
+            yield tls
+
+        draining = GaugeMetricFamily(
+            "wsmux_draining", "1 while the server is shutting down, else 0"
+        )
+        draining.add_metric([], 1 if registry.draining else 0)
+        yield draining
+
+
+def metrics_registry(tree: Any, contexts: Any = None) -> CollectorRegistry:
+    """
+    A Prometheus registry with wsmux's collector for C{tree}.
+    """
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(WsmuxCollector(tree, contexts))  # type: ignore[arg-type]
+    return registry
+
+
+class MetricsResource(Resource):
+    """
+    The Prometheus text exposition of a registry.
+    """
+
+    isLeaf = True
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__()
+        self.registry = registry
+
+    def render_GET(self, request: Any) -> bytes:
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
+        return generate_latest(self.registry)
+
+
+class HealthResource(Resource):
+    """
+    200 while serving, 503 while draining (shutting down).
+    """
+
+    isLeaf = True
+
+    def __init__(self, tree: Any) -> None:
+        super().__init__()
+        self.tree = tree
+
+    def render_GET(self, request: Any) -> bytes:
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        if self.tree.registry.draining:
+            request.setResponseCode(503)
+            return b"draining\n"
+        return b"ok\n"
