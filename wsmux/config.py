@@ -45,7 +45,7 @@ DEFAULT_ROUTES: tuple[tuple[str, tuple[str, ...]], ...] = (("/echo", ("echo",)),
 
 _TOP_KEYS = {
     "port", "log_level", "unhandled", "index", "limits", "tls", "defaults", "routes",
-    "metrics_path", "metrics_port", "health_path",
+    "metrics_path", "metrics_port", "health_path", "log_format",
 }  # fmt: skip
 _TLS_KEYS = {
     "cert", "key", "passphrase", "directory", "strict", "min_version", "ports", "shared_ports", "hosts",
@@ -95,6 +95,7 @@ class Settings:
     @ivar metrics_path: where the route tree serves Prometheus metrics, if anywhere.
     @ivar metrics_port: a port of its own for the metrics, if any.
     @ivar health_path: where the health check answers (empty: nowhere).
+    @ivar log_format: C{text} or C{json} (lines with stable keys).
     """
 
     ports: tuple[str, ...] = (DEFAULT_PORT,)
@@ -110,6 +111,7 @@ class Settings:
     metrics_path: Optional[str] = None
     metrics_port: Optional[str] = None
     health_path: str = "/healthz"
+    log_format: str = "text"
 
 
 def port_description(port: str) -> str:
@@ -170,6 +172,10 @@ def load_file(path: str) -> dict[str, Any]:
         ):
             raise bad("port", "must be a port number, an endpoint description, or a list of them")
         out["ports"] = tuple(str(p) for p in ports)
+    if "log_format" in data:
+        if data["log_format"] not in ("text", "json"):
+            raise bad("log_format", f"must be text or json, got {data['log_format']!r}")
+        out["log_format"] = data["log_format"]
     if "log_level" in data:
         out["log_level"] = _log_level(data["log_level"], lambda why: bad("log_level", why))
     if "unhandled" in data:
@@ -376,6 +382,7 @@ def build_settings(
     metrics_path: Optional[str] = None,
     metrics_port: Optional[str] = None,
     health_path: Optional[str] = None,
+    log_format: Optional[str] = None,
     source: str = "settings",
 ) -> Settings:
     """
@@ -436,6 +443,7 @@ def build_settings(
         health_path=health_path
         if health_path is not None
         else file_values.get("health_path", "/healthz"),
+        log_format=log_format or file_values.get("log_format", "text"),
     )
 
 

@@ -1,18 +1,24 @@
 """
-Leveled logging: C{--log-level} for twistd, through C{twisted.logger}.
+Logging: C{--log-level} and C{--log-format} for twistd, through
+C{twisted.logger}.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+import sys
+from datetime import UTC, datetime
+from typing import IO, Any, Optional
 
 import txaio
 from twisted.application.service import Service
 from twisted.logger import (
+    FileLogObserver,
     FilteringLogObserver,
     LogLevel,
     LogPublisher,
     PredicateResult,
+    formatEvent,
     globalLogPublisher,
 )
 
@@ -75,3 +81,73 @@ class LogLevelService(Service):
     def startService(self) -> None:
         filter_log_level(self.level)
         super().startService()
+
+
+LOG_FORMATS = ("text", "json")
+
+# Keys wsmux's own events carry that log shippers can index on.
+_STABLE_KEYS = ("route", "peer", "path", "code", "status", "reason")
+
+
+def json_line(event: dict[str, Any]) -> Optional[str]:
+    """
+    One log event as a JSON line with stable keys: C{time}, C{level},
+    C{namespace}, C{event} (the message), and C{route}, C{peer}, C{path},
+    C{code}, C{status}, C{reason} when the event has them.
+    """
+    level = event.get("log_level", LogLevel.info)
+    out: dict[str, Any] = {
+        "time": datetime.fromtimestamp(event.get("log_time", 0), UTC).isoformat(),
+        "level": level.name,
+        "namespace": event.get("log_namespace", ""),
+        "event": formatEvent(event),
+    }
+    for key in _STABLE_KEYS:
+        if key in event:
+            value = event[key]
+            out[key] = (
+                value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
+            )
+    failure = event.get("log_failure")
+    if failure is not None:
+        out["traceback"] = failure.getTraceback()
+    return json.dumps(out) + "\n"
+
+
+def json_observer(out: IO[str]) -> FileLogObserver:
+    """
+    A log observer writing L{json_line}s to C{out}.
+    """
+    return FileLogObserver(out, json_line)
+
+
+# twistd's own options, recorded by wsmux's when --log-format json is given:
+# twistd takes its "logger" option as a dotted name and calls it with no
+# arguments, so the options that say where the log goes are left here.
+_twistd_options: dict[str, Any] = {}
+
+
+def use_json_for_twistd(options: Any) -> None:
+    """
+    Make twistd log JSON lines, unless its own C{--logger} was given.
+
+    @param options: twistd's C{ServerOptions} (the parent of wsmux's).
+    """
+    if options.get("logger"):
+        return
+    _twistd_options.clear()
+    _twistd_options.update(logfile=options.get("logfile"), nodaemon=options.get("nodaemon"))
+    options["logger"] = "wsmux.logs.twistd_json_observer"
+
+
+def twistd_json_observer() -> FileLogObserver:
+    """
+    JSON lines to where twistd would write its text log: stdout with C{-n},
+    else C{--logfile} or C{twistd.log}.
+    """
+    name = _twistd_options.get("logfile")
+    if name == "-" or (not name and _twistd_options.get("nodaemon")):
+        return json_observer(sys.stdout)
+    from twisted.python.logfile import LogFile
+
+    return json_observer(LogFile.fromFullPath(name or "twistd.log"))  # type: ignore[arg-type]

@@ -259,11 +259,11 @@ def log_rejection(request: IRequest, code: int, reason: str, route: str = "-") -
     The info line for a refused upgrade: which path, route and peer, why.
     """
     log.info(
-        "rejected upgrade path={path} route={route} peer={peer} status={code} reason={reason!r}",
+        "rejected upgrade path={path} route={route} peer={peer} status={status} reason={reason!r}",
         path=request.path.decode("utf-8", "replace"),
         route=route,
         peer=_peer(request),
-        code=code,
+        status=code,
         reason=reason,
     )
 

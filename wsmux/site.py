@@ -117,10 +117,10 @@ class GuardedHTTPChannel(HTTPChannel):
     def _refuse(self, code: int, phrase: bytes, why: str) -> None:
         peer = self.transport.getPeer() if self.transport is not None else None
         log.info(
-            "refused request peer={peer} status={code} reason={why!r}",
+            "refused request peer={peer} status={status} reason={reason!r}",
             peer=getattr(peer, "host", peer),
-            code=code,
-            why=why,
+            status=code,
+            reason=why,
         )
         self._disarm_deadline()
         if self.transport is not None:

@@ -17,7 +17,7 @@ from wsmux.config import (
     load_file,
     parse_route_arg,
 )
-from wsmux.logs import LogLevelService
+from wsmux.logs import LOG_FORMATS, LogLevelService, use_json_for_twistd
 from wsmux.service import make_service
 from wsmux.tls import TLS_VERSIONS, CertificateError, HostCertificate, SniContextMap
 
@@ -139,6 +139,12 @@ class Options(usage.Options):
         ["metrics-path", None, None, "Serve Prometheus metrics at this path (e.g. /metrics)."],
         ["metrics-port", None, None, "Serve Prometheus metrics on a port of their own."],
         ["health-path", None, None, "Where the health check answers [default: /healthz]."],
+        [
+            "log-format",
+            None,
+            None,
+            "text (for people) or json (lines for log shippers) [default: text]",
+        ],
     ]
     optFlags = [
         ["tls-strict", None, "Refuse unknown server names with an unrecognized_name alert."],
@@ -204,6 +210,8 @@ class Options(usage.Options):
         self["deflate"] = "inflate-only"
 
     def postOptions(self) -> None:
+        if self["log-format"] is not None and self["log-format"] not in LOG_FORMATS:
+            raise usage.UsageError(f"--log-format must be text or json, not {self['log-format']!r}")
         if self["log-level"] is not None and self["log-level"] not in LOG_LEVELS:
             raise usage.UsageError(
                 f"--log-level must be one of {', '.join(LOG_LEVELS)}, not {self['log-level']!r}"
@@ -230,8 +238,11 @@ class Options(usage.Options):
                 metrics_path=self["metrics-path"],
                 metrics_port=self["metrics-port"],
                 health_path=self["health-path"],
+                log_format=self["log-format"],
                 source=self["config"] or "command line",
             )
+            if self.settings.log_format == "json" and self.parent is not None:
+                use_json_for_twistd(self.parent)
             # Import handlers and the hook, and read the certificates, now:
             # a typo or a bad file is a usage error, not a traceback later.
             self._check_imports()

@@ -205,3 +205,22 @@ def test_bare_port_number_listens_on_every_interface(tmp_path):
                 assert ws.recv(timeout=5) == "v6"
     finally:
         server.stop()
+
+
+def test_json_log_lines(start_server):
+    server = start_server("--log-format", "json")
+    with connect(server.url("/echo")) as ws:
+        ws.send("x")
+        ws.recv(timeout=5)
+    with pytest.raises(InvalidStatus):
+        connect(server.url("/nope"))
+    assert _wait_for(server, '"status": 404')
+    lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+    assert lines and all({"time", "level", "namespace", "event"} <= set(line) for line in lines)
+    opened = [line for line in lines if line["event"].startswith("open ")]
+    assert opened[0]["route"] == "/echo" and opened[0]["peer"].startswith("tcp4:127.0.0.1:")
+    closed = [line for line in lines if line["event"].startswith("close ")]
+    assert closed[0]["code"] == 1000
+    refused = [line for line in lines if line.get("status") == 404]
+    assert refused[0]["reason"] == "No WebSocket route at this path"
+    assert not [line for line in server.log().splitlines() if line and not line.startswith("{")]
