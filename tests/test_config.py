@@ -24,7 +24,10 @@ def write(tmp_path, text):
 def test_defaults_serve_echo_and_the_page():
     s = options()
     assert s.ports == ("8080",)
-    assert [(r.path, r.handlers) for r in s.routes] == [("/echo", ("echo",))]
+    assert [(r.path, r.handlers) for r in s.routes] == [
+        ("/echo", ("echo",)),
+        ("/rooms/{room}", ("broadcast",)),
+    ]
     assert s.index is True
     assert s.defaults.max_message_size == 1024 * 1024
     assert s.defaults.deflate == "off"
@@ -32,7 +35,7 @@ def test_defaults_serve_echo_and_the_page():
 
 def test_default_routes_apply_whatever_other_flags():
     s = options("--port", "9000", "--deflate", "--max-message-size", "10", "--log-level", "debug")
-    assert [r.path for r in s.routes] == ["/echo"]
+    assert [r.path for r in s.routes] == ["/echo", "/rooms/{room}"]
     assert s.defaults.deflate == "on" and s.defaults.max_message_size == 10
     assert s.log_level == "debug" and s.ports == ("9000",)
 

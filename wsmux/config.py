@@ -41,7 +41,10 @@ from wsmux.tls import TLS_VERSIONS, HostCertificate, TlsSettings
 
 LOG_LEVELS = ("debug", "info", "warn", "error")
 DEFAULT_PORT = "8080"
-DEFAULT_ROUTES: tuple[tuple[str, tuple[str, ...]], ...] = (("/echo", ("echo",)),)
+DEFAULT_ROUTES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("/echo", ("echo",)),
+    ("/rooms/{room}", ("broadcast",)),
+)
 
 _TOP_KEYS = {
     "port", "log_level", "unhandled", "index", "limits", "tls", "defaults", "routes",

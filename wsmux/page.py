@@ -13,83 +13,99 @@ DEMO_HTML = """<!DOCTYPE html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>wsmux</title>
 <style>
- body { font-family: system-ui, sans-serif; max-width: 46rem; margin: 2rem auto; padding: 0 1rem; color: #222; }
- h1 { font-size: 1.4rem; }
- fieldset { border: 1px solid #ccc; border-radius: 6px; margin-bottom: 1rem; }
- input[type=text] { width: 60%; padding: .3rem; }
+ body { font-family: system-ui, sans-serif; max-width: 52rem; margin: 2rem auto; padding: 0 1rem; color: #222; }
+ h1 { font-size: 1.4rem; } h2 { font-size: 1.1rem; margin: 0 0 .5rem; }
+ section { border: 1px solid #ccc; border-radius: 6px; padding: .8rem; margin-bottom: 1rem; }
+ input[type=text] { width: 55%; padding: .3rem; }
  button { padding: .3rem .8rem; }
- #log { border: 1px solid #ccc; border-radius: 6px; height: 18rem; overflow-y: auto;
-        padding: .5rem; font-family: ui-monospace, monospace; font-size: .9rem; background: #fafafa; }
+ .log { border: 1px solid #ddd; border-radius: 4px; height: 11rem; overflow-y: auto; margin-top: .5rem;
+        padding: .4rem; font-family: ui-monospace, monospace; font-size: .85rem; background: #fafafa; }
  .sent { color: #555; } .recv { color: #0a5; } .err { color: #c00; font-weight: bold; } .info { color: #06c; }
- #status { font-weight: bold; }
+ .status { font-weight: bold; }
 </style>
 </head>
 <body>
 <h1>wsmux</h1>
-<p>A WebSocket server with many endpoints on one port. Connect to a route
-(the echo route answers every message with the same message), send a
-message and watch it come back.</p>
-<fieldset>
- <legend>Connection</legend>
- <label>URL <input type="text" id="url"></label>
- <button id="connect">Connect</button>
- <button id="disconnect" disabled>Disconnect</button>
- <div>Status: <span id="status">not connected</span></div>
-</fieldset>
-<fieldset>
- <legend>Message</legend>
- <input type="text" id="message" value="Hello, wsmux!">
- <button id="send" disabled>Send</button>
-</fieldset>
-<div id="log" aria-live="polite"></div>
+<p>A WebSocket server with many endpoints on one port. Try two of them: the
+echo route sends every message back; a broadcast room sends every message
+to everyone in the same room (open this page twice to see it).</p>
+
+<section id="echo">
+ <h2>Echo</h2>
+ <label>URL <input type="text" class="url"></label>
+ <button class="connect">Connect</button> <button class="disconnect" disabled>Disconnect</button>
+ <div>Status: <span class="status">not connected</span></div>
+ <div><input type="text" class="message" value="Hello, wsmux!"> <button class="send" disabled>Send</button></div>
+ <div class="log" aria-live="polite"></div>
+</section>
+
+<section id="room">
+ <h2>Broadcast room</h2>
+ <label>Room <input type="text" class="room" value="lobby"></label>
+ <button class="connect">Join</button> <button class="disconnect" disabled>Leave</button>
+ <div>Status: <span class="status">not connected</span></div>
+ <div><input type="text" class="message" value="Hi, everyone!"> <button class="send" disabled>Send</button></div>
+ <div class="log" aria-live="polite"></div>
+</section>
+
 <script>
 (function () {
   "use strict";
-  var scheme = location.protocol === "https:" ? "wss://" : "ws://";
+  var base = (location.protocol === "https:" ? "wss://" : "ws://") + location.host;
   var params = new URLSearchParams(location.search);
-  var $ = function (id) { return document.getElementById(id); };
-  $("url").value = scheme + location.host + (params.get("path") || "/echo");
-  var ws = null;
-  function log(cls, text) {
-    var line = document.createElement("div");
-    line.className = cls;
-    line.textContent = new Date().toLocaleTimeString() + "  " + text;
-    $("log").appendChild(line);
-    $("log").scrollTop = $("log").scrollHeight;
-  }
-  function setState(text, open) {
-    $("status").textContent = text;
-    $("send").disabled = !open;
-    $("disconnect").disabled = !open;
-    $("connect").disabled = open;
-  }
-  $("connect").onclick = function () {
-    var url = $("url").value;
-    try { ws = new WebSocket(url); } catch (e) { log("err", "Cannot connect: " + e.message); return; }
-    setState("connecting", false);
-    $("connect").disabled = true;
-    var opened = false;
-    ws.onopen = function () { opened = true; setState("connected to " + url, true); log("info", "connected to " + url); };
-    ws.onmessage = function (ev) {
-      log("recv", "received: " + (typeof ev.data === "string" ? ev.data : "[binary " + (ev.data.size || ev.data.byteLength) + " bytes]"));
+
+  function panel(root, urlOf) {
+    var $ = function (cls) { return root.querySelector("." + cls); };
+    var ws = null;
+    function log(cls, text) {
+      var line = document.createElement("div");
+      line.className = cls;
+      line.textContent = new Date().toLocaleTimeString() + "  " + text;
+      $("log").appendChild(line);
+      $("log").scrollTop = $("log").scrollHeight;
+    }
+    function setState(text, open) {
+      $("status").textContent = text;
+      $("send").disabled = !open;
+      $("disconnect").disabled = !open;
+      $("connect").disabled = open;
+    }
+    $("connect").onclick = function () {
+      var url = urlOf($);
+      try { ws = new WebSocket(url); } catch (e) { log("err", "Cannot connect to " + url + ": " + e.message); return; }
+      setState("connecting to " + url, false);
+      $("connect").disabled = true;
+      var opened = false;
+      ws.onopen = function () { opened = true; setState("connected to " + url, true); log("info", "connected to " + url); };
+      ws.onmessage = function (ev) {
+        log("recv", "received: " + (typeof ev.data === "string" ? ev.data : "[binary message]"));
+      };
+      ws.onerror = function () {
+        log("err", opened ? "connection error"
+          : "could not connect to " + url + " (is the server running, and is this path a WebSocket route?)");
+      };
+      ws.onclose = function (ev) {
+        setState("closed (code " + ev.code + (ev.reason ? ", " + ev.reason : "") + ")", false);
+        log(ev.code === 1000 || ev.code === 1005 ? "info" : "err",
+            "connection closed: code " + ev.code + (ev.reason ? " (" + ev.reason + ")" : ""));
+      };
     };
-    ws.onerror = function () {
-      log("err", opened ? "connection error" : "could not connect to " + url + " (is the server running, and is the path a WebSocket route?)");
-    };
-    ws.onclose = function (ev) {
-      setState("closed (code " + ev.code + (ev.reason ? ", " + ev.reason : "") + ")", false);
-      log(ev.code === 1000 || ev.code === 1005 ? "info" : "err",
-          "connection closed: code " + ev.code + (ev.reason ? " (" + ev.reason + ")" : ""));
-    };
-  };
-  $("disconnect").onclick = function () { if (ws) { ws.close(1000, "bye"); } };
-  function send() {
-    if (!ws || ws.readyState !== WebSocket.OPEN) { log("err", "not connected"); return; }
-    ws.send($("message").value);
-    log("sent", "sent: " + $("message").value);
+    $("disconnect").onclick = function () { if (ws) { ws.close(1000, "bye"); } };
+    function send() {
+      if (!ws || ws.readyState !== WebSocket.OPEN) { log("err", "not connected"); return; }
+      ws.send($("message").value);
+      log("sent", "sent: " + $("message").value);
+    }
+    $("send").onclick = send;
+    $("message").addEventListener("keydown", function (ev) { if (ev.key === "Enter") { send(); } });
   }
-  $("send").onclick = send;
-  $("message").addEventListener("keydown", function (ev) { if (ev.key === "Enter") { send(); } });
+
+  var echo = document.getElementById("echo");
+  echo.querySelector(".url").value = base + (params.get("path") || "/echo");
+  panel(echo, function ($) { return $("url").value; });
+  panel(document.getElementById("room"), function ($) {
+    return base + (params.get("rooms") || "/rooms/") + encodeURIComponent($("room").value || "lobby");
+  });
 })();
 </script>
 </body>

@@ -67,7 +67,8 @@ class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
         "Serve WebSocket endpoints chosen by URL path. With no routes "
-        "configured, an echo route at /echo and a demo page at / are served."
+        "configured, an echo route at /echo, broadcast rooms at /rooms/{room} "
+        "and a demo page at / are served."
     )
 
     optParameters = [
