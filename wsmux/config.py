@@ -49,6 +49,7 @@ DEFAULT_ROUTES: tuple[tuple[str, tuple[str, ...]], ...] = (
 _TOP_KEYS = {
     "port", "log_level", "unhandled", "index", "limits", "tls", "defaults", "routes",
     "metrics_path", "metrics_port", "health_path", "log_format",
+    "status_path", "status_token", "status_allow",
 }  # fmt: skip
 _TLS_KEYS = {
     "cert", "key", "passphrase", "directory", "strict", "min_version", "ports", "shared_ports", "hosts",
@@ -99,6 +100,10 @@ class Settings:
     @ivar metrics_port: a port of its own for the metrics, if any.
     @ivar health_path: where the health check answers (empty: nowhere).
     @ivar log_format: C{text} or C{json} (lines with stable keys).
+    @ivar status_path: where the status page is served, if anywhere.
+    @ivar status_token: a token that opens the status page from anywhere.
+    @ivar status_allow: addresses or networks that may see the status
+        (loopback only when neither this nor a token is set).
     """
 
     ports: tuple[str, ...] = (DEFAULT_PORT,)
@@ -115,6 +120,9 @@ class Settings:
     metrics_port: Optional[str] = None
     health_path: str = "/healthz"
     log_format: str = "text"
+    status_path: Optional[str] = None
+    status_token: Optional[str] = None
+    status_allow: tuple[str, ...] = ()
 
 
 def port_description(port: str) -> str:
@@ -196,7 +204,13 @@ def load_file(path: str) -> dict[str, Any]:
         out["limits"] = _checked(limits, "limits", ServerLimits(), LIMIT_NAMES, "limit", bad)
     if "tls" in data:
         out.update(_tls_table(data["tls"], path, bad))
-    for key in ("metrics_path", "health_path"):
+    if "status_token" in data:
+        if not isinstance(data["status_token"], str) or not data["status_token"]:
+            raise bad("status_token", "must be a non-empty string")
+        out["status_token"] = data["status_token"]
+    if "status_allow" in data:
+        out["status_allow"] = _networks(data["status_allow"], lambda why: bad("status_allow", why))
+    for key in ("metrics_path", "health_path", "status_path"):
         if key in data:
             value = data[key]
             if not isinstance(value, str) or (value and not value.startswith("/")):
@@ -301,6 +315,18 @@ def _tls_table(table: Any, path: str, bad: Any) -> dict[str, Any]:
     return out
 
 
+def _networks(value: Any, bad: Any) -> tuple[str, ...]:
+    import ipaddress
+
+    items = value if isinstance(value, list) else [value]
+    for item in items:
+        try:
+            ipaddress.ip_network(str(item), strict=False)
+        except ValueError:
+            raise bad(f"{item!r} is not an address or network such as 10.0.0.0/8") from None
+    return tuple(str(i) for i in items)
+
+
 def _log_level(value: Any, bad: Any) -> str:
     if value not in LOG_LEVELS:
         raise bad(f"must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
@@ -386,6 +412,9 @@ def build_settings(
     metrics_port: Optional[str] = None,
     health_path: Optional[str] = None,
     log_format: Optional[str] = None,
+    status_path: Optional[str] = None,
+    status_token: Optional[str] = None,
+    status_allow: tuple[str, ...] = (),
     source: str = "settings",
 ) -> Settings:
     """
@@ -415,7 +444,12 @@ def build_settings(
         all_routes = tuple(RouteSpec(p, h, {}, "default routes") for p, h in DEFAULT_ROUTES)
     else:
         index_default = False
-    _check_clashes(all_routes)
+    status_path = status_path or file_values.get("status_path") or None
+    if status_path:
+        live = RouteSpec(status_path.rstrip("/") + "/live", ("echo",), {}, "the status page")
+        _check_clashes(all_routes + (live,))
+    else:
+        _check_clashes(all_routes)
 
     tls_settings = file_values.get("tls", TlsSettings())
     if tls:
@@ -447,6 +481,9 @@ def build_settings(
         if health_path is not None
         else file_values.get("health_path", "/healthz"),
         log_format=log_format or file_values.get("log_format", "text"),
+        status_path=status_path,
+        status_token=status_token or file_values.get("status_token"),
+        status_allow=tuple(status_allow) or file_values.get("status_allow", ()),
     )
 
 

@@ -21,6 +21,7 @@ from wsmux.page import demo_page
 from wsmux.protocol import close_with
 from wsmux.routing import Route, RouteTree
 from wsmux.site import WebSocketSite
+from wsmux.status import mount_status
 from wsmux.tls import SniContextMap, SniffingFactory, tls_factory
 
 log = Logger(namespace="wsmux")
@@ -112,6 +113,8 @@ def _mount_operations(
     # The health check and the metrics, where the settings ask for them.
     if settings.health_path:
         tree.mount_resource(settings.health_path, HealthResource(tree))
+    if settings.status_path:
+        mount_status(tree, settings.status_path, settings.status_token, settings.status_allow)
     if settings.metrics_path or settings.metrics_port:
         metrics = MetricsResource(metrics_registry(tree, contexts))
         if settings.metrics_path:

@@ -140,6 +140,14 @@ class Options(usage.Options):
         ["metrics-path", None, None, "Serve Prometheus metrics at this path (e.g. /metrics)."],
         ["metrics-port", None, None, "Serve Prometheus metrics on a port of their own."],
         ["health-path", None, None, "Where the health check answers [default: /healthz]."],
+        ["status-path", None, None, "Serve the status page here (e.g. /status); off by default."],
+        ["status-token", None, None, "A token that opens the status page from any address."],
+        [
+            "status-allow",
+            None,
+            None,
+            "Comma-separated addresses or networks that may see the status [default: loopback]",
+        ],
         [
             "log-format",
             None,
@@ -240,6 +248,9 @@ class Options(usage.Options):
                 metrics_port=self["metrics-port"],
                 health_path=self["health-path"],
                 log_format=self["log-format"],
+                status_path=self["status-path"],
+                status_token=self["status-token"],
+                status_allow=self._status_allow(),
                 source=self["config"] or "command line",
             )
             if self.settings.log_format == "json" and self.parent is not None:
@@ -255,6 +266,19 @@ class Options(usage.Options):
                     raise ConfigError(str(e)) from None
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+
+    def _status_allow(self) -> tuple[str, ...]:
+        if not self["status-allow"]:
+            return ()
+        import ipaddress
+
+        items = tuple(a.strip() for a in self["status-allow"].split(",") if a.strip())
+        for item in items:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise usage.UsageError(f"--status-allow: {item!r} is not an address or network")
+        return items
 
     def _tls_overrides(self) -> dict[str, Any]:
         tls: dict[str, Any] = {}

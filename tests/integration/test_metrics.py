@@ -3,6 +3,7 @@ Metrics and health of a real twistd wsmux after real traffic.
 """
 
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -74,3 +75,45 @@ def test_health(start_server):
     server = start_server()
     with urllib.request.urlopen(server.url("/healthz", "http"), timeout=5) as response:
         assert response.status == 200 and response.read() == b"ok\n"
+
+
+def test_status_page_json_and_live_route_are_protected(start_server):
+    import json
+
+    server = start_server(
+        "--status-path", "/status", "--status-allow", "10.0.0.0/8", "--status-token", "s3cret"
+    )
+    for path in ("/status", "/status/json"):
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(server.url(path, "http"), timeout=5)
+        assert e.value.code == 403
+    with pytest.raises(InvalidStatus) as e:
+        connect(server.url("/status/live"))
+    assert e.value.response.status_code == 403
+    with urllib.request.urlopen(server.url("/status?token=s3cret", "http"), timeout=5) as page:
+        assert b"wsmux status" in page.read()
+    request = urllib.request.Request(
+        server.url("/status/json", "http"), headers={"Authorization": "Bearer s3cret"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        status = json.loads(response.read())
+    assert {r["path"] for r in status["routes"]} >= {"/echo", "/rooms/{room}"}
+    with connect(server.url("/status/live?token=s3cret")) as live:
+        first = json.loads(live.recv(timeout=5))
+        assert first["connections"] == 1  # the live connection itself
+        with connect(server.url("/echo")) as ws:
+            ws.send("x")
+            ws.recv(timeout=5)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                update = json.loads(live.recv(timeout=5))
+                echo = next(r for r in update["routes"] if r["path"] == "/echo")
+                if echo["open"] == 1 and echo["messages_in"] == 1:
+                    break
+            assert echo["open"] == 1 and echo["messages_in"] == 1
+
+
+def test_status_is_loopback_only_by_default(start_server):
+    server = start_server("--status-path", "/ops/status")
+    with urllib.request.urlopen(server.url("/ops/status/json", "http"), timeout=5) as response:
+        assert response.status == 200
