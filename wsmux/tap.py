@@ -16,6 +16,7 @@ from wsmux.config import (
     build_settings,
     load_file,
     parse_route_arg,
+    port_description,
 )
 from wsmux.logs import LOG_FORMATS, LogLevelService, use_json_for_twistd
 from wsmux.service import make_service
@@ -258,6 +259,7 @@ class Options(usage.Options):
             # Import handlers and the hook, and read the certificates, now:
             # a typo or a bad file is a usage error, not a traceback later.
             self._check_imports()
+            self._check_ports()
             self.contexts = None
             if self.settings.tls_ports or self.settings.shared_ports:
                 try:
@@ -266,6 +268,27 @@ class Options(usage.Options):
                     raise ConfigError(str(e)) from None
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+
+    def _check_ports(self) -> None:
+        # Parse every endpoint description now (twistd has installed its
+        # reactor by the time a subcommand's options are parsed), so a typo
+        # or a missing systemd socket is a usage error, not a traceback.
+        from twisted.internet import endpoints, reactor
+
+        settings = self.settings
+        for flag, ports in (
+            ("--port", settings.ports),
+            ("--tls-port", settings.tls_ports),
+            ("--shared-port", settings.shared_ports),
+            ("--metrics-port", (settings.metrics_port,) if settings.metrics_port else ()),
+        ):
+            for port in ports:
+                try:
+                    endpoints.serverFromString(reactor, port_description(port))
+                except Exception as e:
+                    raise ConfigError(
+                        f"{flag} {port!r} is not a usable endpoint: {e.__class__.__name__}: {e}"
+                    ) from None
 
     def _status_allow(self) -> tuple[str, ...]:
         if not self["status-allow"]:

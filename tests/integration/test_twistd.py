@@ -224,3 +224,61 @@ def test_json_log_lines(start_server):
     refused = [line for line in lines if line.get("status") == 404]
     assert refused[0]["reason"] == "No WebSocket route at this path"
     assert not [line for line in server.log().splitlines() if line and not line.startswith("{")]
+
+
+def test_systemd_socket_activation(tmp_path):
+    """
+    The docs' systemd recipe: a socket handed over as fd 3 (LISTEN_FDS) and
+    C{--port systemd:domain=INET:index=0}.
+    """
+    import os
+    import socket
+    import subprocess
+
+    from tests.twistd_process import ROOT, TWISTD
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(50)
+    port = listener.getsockname()[1]
+    log = open(tmp_path / "systemd.log", "wb")
+    fd = listener.fileno()
+    process = subprocess.Popen(
+        [
+            "sh",
+            "-c",
+            f'export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=wsmux.socket; exec "{TWISTD}" -n --pidfile= wsmux '
+            "--port systemd:domain=INET:index=0",
+        ],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        close_fds=False,
+        preexec_fn=(lambda: os.dup2(fd, 3)) if fd != 3 else None,
+    )
+    listener.close()
+    try:
+        with connect(f"ws://127.0.0.1:{port}/echo", open_timeout=15) as ws:
+            ws.send("activated")
+            assert ws.recv(timeout=5) == "activated"
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+        log.close()
+
+
+@pytest.mark.parametrize(
+    "port, expected",
+    [
+        (
+            "systemd:domain=INET:index=0",
+            "--port 'systemd:domain=INET:index=0' is not a usable endpoint",
+        ),
+        ("bogus:1234", "--port 'bogus:1234' is not a usable endpoint"),
+    ],
+)
+def test_bad_endpoints_are_usage_errors(port, expected):
+    result = run_twistd("wsmux", "--port", port)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and expected in output and "Traceback" not in output
