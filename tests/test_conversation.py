@@ -134,13 +134,16 @@ def test_origin_allow_list(origin, allowed):
 
 
 def test_broadcast_rooms_are_separate_and_framed_once(monkeypatch):
+    import wsmux.channels
+
     tree = RouteTree([Route("/rooms/{room}", (BroadcastHandler,))])
     a1, a2 = connect(tree, "/rooms/a"), connect(tree, "/rooms/a")
     b1 = connect(tree, "/rooms/b")
-    factory = tree.route_for("/rooms/{room}").factory
     prepared = []
-    original = factory.prepareMessage
-    monkeypatch.setattr(factory, "prepareMessage", lambda *a: prepared.append(a) or original(*a))
+    original = wsmux.channels.PreparedMessage
+    monkeypatch.setattr(
+        wsmux.channels, "PreparedMessage", lambda *a: prepared.append(a) or original(*a)
+    )
     a1.client.sendMessage(b"to a")
     for c in (a1, a2, b1):
         c.flush()
@@ -148,11 +151,12 @@ def test_broadcast_rooms_are_separate_and_framed_once(monkeypatch):
     assert a2.client.messages == [(b"to a", False)]
     assert b1.client.messages == []
     assert len(prepared) == 1
+    hub = tree.registry.channels
+    assert hub.subscribers("/rooms/{room}?room=a") == 2
     a2.client.sendClose(1000)
     for c in (a1, a2, b1):
         c.flush()
-    key = frozenset({("room", "a")})
-    assert len(factory.groups[key]) == 1
+    assert hub.subscribers("/rooms/{room}?room=a") == 1
 
 
 def test_handler_chain_first_acceptor_wins_else_unhandled():

@@ -11,7 +11,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_docs_build_without_warnings(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "sphinx", "-W", "-q", "-b", "html", str(ROOT / "docs"), str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "sphinx",
+            "-W",
+            "-q",
+            "-b",
+            "html",
+            str(ROOT / "docs"),
+            str(tmp_path),
+        ],
         capture_output=True,
         text=True,
         timeout=300,

@@ -222,9 +222,6 @@ class RouteFactory(WebSocketServerFactory):
 
     @ivar options: the L{ProtocolOptions} it was configured from.
     @ivar route_path: the route's path pattern, for logs.
-    @ivar groups: connections grouped by a key (see
-        L{wsmux.handlers.BroadcastHandler}); handlers that fan out messages
-        keep their groups here so each route has its own.
     """
 
     def __init__(
@@ -238,7 +235,6 @@ class RouteFactory(WebSocketServerFactory):
         self.protocol = handler  # type: ignore[assignment]
         self.options = options
         self.route_path = route_path
-        self.groups: dict[Any, set[Any]] = {}
         # Never advertise a version and never serve Autobahn's status page
         # (its redirect feature has a history of CVEs): wsmux answers
         # non-upgrade requests itself.

@@ -7,10 +7,14 @@ the ones C{--route PATH=NAME} can name.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Optional
+from urllib.parse import urlencode
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from twisted.python.reflect import namedAny
+
+from wsmux.channels import ChannelError, ChannelHub, check_channel_name
 
 
 class EchoHandler(WebSocketServerProtocol):
@@ -22,39 +26,107 @@ class EchoHandler(WebSocketServerProtocol):
         self.sendMessage(payload, isBinary)
 
 
+def _hub(protocol: Any) -> ChannelHub:
+    # The tree's channels; a handler used outside a route tree (a plain
+    # Autobahn factory) gets channels of its own factory.
+    hub = getattr(protocol, "channels", None)
+    if hub is None:
+        hub = protocol.factory.__dict__.setdefault("channels", ChannelHub())
+    return hub
+
+
 class BroadcastHandler(WebSocketServerProtocol):
     """
     Send every message to every client on the same route and with the same
     path parameters (C{/rooms/a} and C{/rooms/b} are separate rooms).
 
-    The message is framed once and the same bytes go to every member.
+    Each room is a channel; a message is framed once and the same bytes go
+    to every member.
     """
 
-    _room: Optional[frozenset[tuple[str, str]]] = None
+    room: Optional[str] = None
 
     def onOpen(self) -> None:
-        self._room = frozenset(getattr(self, "path_params", {}).items())
-        self.factory.groups.setdefault(self._room, set()).add(self)
+        params = sorted(getattr(self, "path_params", {}).items())
+        route = getattr(self, "route_path", "") or self.http_request_path
+        self.room = route + "?" + urlencode(params)
+        _hub(self).subscribe(self, self.room)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        members = self.factory.groups.get(self._room, ())
-        prepared = self.factory.prepareMessage(payload, isBinary)
-        for member in members:
-            member.sendPreparedMessage(prepared)
+        assert self.room is not None
+        _hub(self).publish(self.room, payload, isBinary)
 
     def onClose(self, wasClean: bool, code: Optional[int], reason: Optional[str]) -> None:
-        if self._room is None:
-            return
-        members = self.factory.groups.get(self._room)
-        if members is not None:
-            members.discard(self)
-            if not members:
-                del self.factory.groups[self._room]
+        if self.room is not None:
+            _hub(self).unsubscribe(self, self.room)
+
+
+class PubSubHandler(WebSocketServerProtocol):
+    """
+    Subscribe to and publish on channels over one connection, in JSON.
+
+    Requests (text messages)::
+
+        {"action": "subscribe", "channel": "news"}
+        {"action": "unsubscribe", "channel": "news"}
+        {"action": "publish", "channel": "news", "data": <any JSON>}
+
+    Each request is answered with C{{"ok": <action>, "channel": ...}} or
+    C{{"error": "<why>"}}; subscribers receive
+    C{{"channel": "news", "data": ...}}.  A bad request never closes the
+    connection.
+    """
+
+    max_channels = 100
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        try:
+            request = json.loads(payload.decode("utf-8")) if not isBinary else None
+        except (UnicodeDecodeError, ValueError):
+            request = None
+        if not isinstance(request, dict):
+            return self._reply(
+                {
+                    "error": "expected a JSON object such as "
+                    '{"action": "subscribe", "channel": "news"}'
+                }
+            )
+        action = request.get("action")
+        if action not in ("subscribe", "unsubscribe", "publish"):
+            return self._reply(
+                {"error": f"unknown action {action!r}: use subscribe, unsubscribe or publish"}
+            )
+        try:
+            channel = check_channel_name(request.get("channel"))
+        except ChannelError as e:
+            return self._reply({"error": str(e)})
+        hub = _hub(self)
+        if action == "subscribe":
+            if (
+                channel not in hub.channels_of(self)
+                and len(hub.channels_of(self)) >= self.max_channels
+            ):
+                return self._reply(
+                    {"error": f"at most {self.max_channels} channels per connection"}
+                )
+            hub.subscribe(self, channel)
+        elif action == "unsubscribe":
+            hub.unsubscribe(self, channel)
+        else:
+            if "data" not in request:
+                return self._reply({"error": "publish needs data"})
+            message = json.dumps({"channel": channel, "data": request["data"]}).encode("utf-8")
+            hub.publish(channel, message)
+        self._reply({"ok": action, "channel": channel})
+
+    def _reply(self, answer: dict[str, Any]) -> None:
+        self.sendMessage(json.dumps(answer).encode("utf-8"))
 
 
 BUILTIN_HANDLERS: dict[str, type] = {
     "echo": EchoHandler,
     "broadcast": BroadcastHandler,
+    "pubsub": PubSubHandler,
 }
 
 

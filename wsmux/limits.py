@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 from twisted.web.iweb import IRequest
 
+from wsmux.channels import ChannelHub
 from wsmux.metrics import RouteStats
 
 
@@ -141,6 +142,7 @@ class ConnectionRegistry:
     @ivar connections: every open (or opening) protocol.
     @ivar draining: set on shutdown; new upgrades are refused with 503.
     @ivar stats: connection events and traffic, for metrics.
+    @ivar channels: the named channels handlers publish to.
     """
 
     limits: ServerLimits = field(default_factory=ServerLimits)
@@ -148,6 +150,7 @@ class ConnectionRegistry:
     per_address: Counter[str] = field(default_factory=Counter)
     draining: bool = False
     stats: RouteStats = field(default_factory=RouteStats)
+    channels: ChannelHub = field(default_factory=ChannelHub)
 
     def admit(self, address: str) -> Optional[tuple[int, str]]:
         """

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Optional
 import txaio
 from autobahn.websocket.protocol import PreparedMessage
 from autobahn.websocket.types import ConnectionRequest
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -48,6 +48,7 @@ class RouteProtocolMixin:
     @ivar client_address: the client's address (behind trusted proxies).
     @ivar dropped_messages: messages not sent because the client was too
         slow (with the C{drop} policy).
+    @ivar channels: the tree's L{wsmux.channels.ChannelHub}.
     """
 
     path_params: Mapping[str, str] = _EMPTY
@@ -55,15 +56,18 @@ class RouteProtocolMixin:
     selected_subprotocol: Optional[str] = None
     client_address: str = ""
     registry: Any = None
+    channels: Any = None
     dropped_messages: int = 0
     prepared_sent: int = 0
     _paused: bool = False
     _backlog: int = 0
     _producers: tuple[Any, ...] = ()
+    _writable_waiters: list[Any]
     _send_cap: int = 0
     _drop_slow: bool = False
 
     def connectionMade(self) -> None:
+        self._writable_waiters = []
         super().connectionMade()  # type: ignore[misc]
         if self.registry is not None:
             self.registry.add(self, self.client_address)
@@ -75,6 +79,11 @@ class RouteProtocolMixin:
     def connectionLost(self, reason: Any = None) -> None:
         if self.registry is not None:
             self.registry.remove(self, self.client_address)
+        if self.channels is not None:
+            self.channels.unsubscribe(self)
+        for waiter in self._writable_waiters:
+            waiter.cancel()
+        self._writable_waiters = []
         for producer in self._producers:
             producer.stopProducing()
         self._producers = ()
@@ -157,6 +166,21 @@ class RouteProtocolMixin:
         self.transport.resumeProducing()  # type: ignore[attr-defined]
         for producer in self._producers:
             producer.resumeProducing()
+        waiters, self._writable_waiters = self._writable_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def writable(self) -> Deferred[None]:
+        """
+        A Deferred that fires once the client is taking data: at once
+        unless wsmux has paused this connection because the client is not
+        reading.  Producers of data await it between chunks.
+        """
+        if not self._paused:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._writable_waiters.append(waiter)
+        return waiter
 
     def stopProducing(self) -> None:
         for producer in self._producers:

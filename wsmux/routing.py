@@ -421,6 +421,8 @@ def upgrade(
         protocol.path_params = dict(params)
     protocol.selected_subprotocol = subprotocol
     protocol.registry = registry
+    if registry is not None:
+        protocol.channels = registry.channels
     direct = getattr(request.getClientAddress(), "host", None)
     protocol.client_address = address or str(direct)
 
