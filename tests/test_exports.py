@@ -9,9 +9,12 @@ def test_public_names():
     assert sorted(wsmux.__all__) == [
         "Adopt",
         "BroadcastHandler",
+        "ChannelHub",
         "ConfigError",
         "EchoHandler",
+        "MessageConsumer",
         "ProtocolOptions",
+        "PubSubHandler",
         "Reject",
         "Route",
         "RouteError",
@@ -21,6 +24,7 @@ def test_public_names():
         "RouteTree",
         "ServerLimits",
         "Settings",
+        "StreamingReceiver",
         "WebSocketEndpoint",
         "WebSocketSite",
         "build_settings",
@@ -28,6 +32,7 @@ def test_public_names():
         "load_file",
         "make_service",
         "path_params",
+        "stream_message",
     ]
     for name in wsmux.__all__:
         assert getattr(wsmux, name) is not None

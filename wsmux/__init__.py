@@ -9,9 +9,10 @@ framing.  Run it with C{twistd -n wsmux}, or build the pieces yourself::
     site = Site(tree)
 """
 
+from wsmux.channels import ChannelHub
 from wsmux.config import ConfigError, RouteSpec, Settings, build_settings, load_file
 from wsmux.factory import ProtocolOptions, RouteFactory
-from wsmux.handlers import BroadcastHandler, EchoHandler
+from wsmux.handlers import BroadcastHandler, EchoHandler, PubSubHandler
 from wsmux.limits import ServerLimits
 from wsmux.protocol import RouteProtocolMixin
 from wsmux.routing import (
@@ -25,13 +26,17 @@ from wsmux.routing import (
 )
 from wsmux.service import build_tree, make_service
 from wsmux.site import WebSocketSite
+from wsmux.streaming import MessageConsumer, StreamingReceiver, stream_message
 
 __all__ = [
     "Adopt",
     "BroadcastHandler",
+    "ChannelHub",
     "ConfigError",
     "EchoHandler",
+    "MessageConsumer",
     "ProtocolOptions",
+    "PubSubHandler",
     "Reject",
     "Route",
     "RouteError",
@@ -41,6 +46,7 @@ __all__ = [
     "RouteTree",
     "ServerLimits",
     "Settings",
+    "StreamingReceiver",
     "WebSocketEndpoint",
     "WebSocketSite",
     "build_settings",
@@ -48,4 +54,5 @@ __all__ = [
     "load_file",
     "make_service",
     "path_params",
+    "stream_message",
 ]

@@ -110,6 +110,11 @@ class ProtocolOptions:
         "Close (1000, 'idle timeout') a connection that received no message for "
         "this many seconds (pings and pongs do not count). 0 disables.",
     )
+    send_delay: float = _option(
+        0.0,
+        "Least seconds between two messages sent to one client (pacing); "
+        "messages sent sooner wait, in order. 0 disables.",
+    )
     max_send_queue: int = _option(
         MiB,
         "Bytes that may wait to be sent to a client that does not read; past "
@@ -190,6 +195,7 @@ _FIELD_TYPES: dict[str, type] = {
     "require_tls": bool,
     "max_fragments": int,
     "idle_timeout": float,
+    "send_delay": float,
     "max_send_queue": int,
     "slow_consumer": str,
 }

@@ -9,12 +9,14 @@ start-up, so a feature a route does not use costs nothing per message.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any, Mapping, Optional
 
 import txaio
 from autobahn.websocket.protocol import PreparedMessage
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -81,9 +83,9 @@ class RouteProtocolMixin:
             self.registry.remove(self, self.client_address)
         if self.channels is not None:
             self.channels.unsubscribe(self)
-        for waiter in self._writable_waiters:
-            waiter.cancel()
-        self._writable_waiters = []
+        waiters, self._writable_waiters = self._writable_waiters, []
+        for waiter in waiters:
+            waiter.errback(ConnectionDone("the connection closed"))
         for producer in self._producers:
             producer.stopProducing()
         self._producers = ()
@@ -236,10 +238,17 @@ class RouteProtocolMixin:
                 return
         super().sendData(data, sync, chopsize)  # type: ignore[misc]
 
-    def _room_for(self, size: int) -> bool:
+    def _room_for(self, size: int, waiting: Optional[int] = None) -> bool:
+        """
+        Whether a message of C{size} bytes may be queued, given C{waiting}
+        bytes already waiting (the backlog while paused, by default); if
+        not, apply the route's slow-consumer policy.
+        """
         if self.state != self.STATE_OPEN:  # type: ignore[attr-defined]
             return False  # closing: nothing more is worth queueing
-        if not self._send_cap or self._backlog + size <= self._send_cap:
+        if waiting is None:
+            waiting = self._backlog
+        if not self._send_cap or waiting + size <= self._send_cap:
             return True
         if self._drop_slow:
             self.dropped_messages += 1
@@ -353,6 +362,82 @@ class IdleTimeoutMixin:
             self.dropConnection(abort=True)  # type: ignore[attr-defined]
 
 
+def _clock() -> Any:
+    # txaio's loop, as Autobahn's timers use (a test's clock in tests).
+    loop = txaio.config.loop  # type: ignore[attr-defined]
+    if loop is None:
+        from twisted.internet import reactor as loop
+    return loop
+
+
+class PacingMixin:
+    """
+    Keep at least C{send_delay} seconds between messages sent to one
+    client, without blocking the reactor and without reordering: a message
+    sent too soon waits in a queue, which counts against C{max_send_queue}.
+
+    It sits in front of L{RouteProtocolMixin}, so each message passes the
+    backpressure checks when it is really sent.
+    """
+
+    _send_delay: float = 0.0
+    _pace_queue: Any = None
+    _pace_bytes: int = 0
+    _pace_next: float = 0.0
+    _pace_call: Any = None
+
+    def sendMessage(
+        self,
+        payload: bytes,
+        isBinary: bool = False,
+        fragmentSize: Optional[int] = None,
+        sync: bool = False,
+        doNotCompress: bool = False,
+    ) -> None:
+        send = super().sendMessage  # type: ignore[misc]
+        self._pace(lambda: send(payload, isBinary, fragmentSize, sync, doNotCompress), len(payload))
+
+    def sendPreparedMessage(self, preparedMsg: PreparedMessage) -> None:
+        send = super().sendPreparedMessage  # type: ignore[misc]
+        self._pace(lambda: send(preparedMsg), len(preparedMsg.payloadHybi))
+
+    def _pace(self, send: Any, size: int) -> None:
+        clock = _clock()
+        now = clock.seconds()
+        if self._pace_queue is None:
+            self._pace_queue = deque()
+        if not self._pace_queue and now >= self._pace_next:
+            self._pace_next = now + self._send_delay
+            send()
+            return
+        if not self._room_for(size, self._pace_bytes):  # type: ignore[attr-defined]
+            return
+        self._pace_queue.append((send, size))
+        self._pace_bytes += size
+        if self._pace_call is None:
+            self._pace_call = clock.callLater(max(0.0, self._pace_next - now), self._release)
+
+    def _release(self) -> None:
+        self._pace_call = None
+        if not self._pace_queue or self.state != self.STATE_OPEN:  # type: ignore[attr-defined]
+            self._pace_queue = deque()
+            self._pace_bytes = 0
+            return
+        send, size = self._pace_queue.popleft()
+        self._pace_bytes -= size
+        clock = _clock()
+        self._pace_next = clock.seconds() + self._send_delay
+        send()
+        if self._pace_queue:
+            self._pace_call = clock.callLater(self._send_delay, self._release)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self._pace_call is not None and self._pace_call.active():
+            self._pace_call.cancel()
+        self._pace_queue = None
+        super().connectionLost(reason)  # type: ignore[misc]
+
+
 class InflateOnlyMixin:
     """
     Accept compressed messages from the client but never compress ours.
@@ -387,10 +472,13 @@ def route_protocol(handler: type, options: ProtocolOptions, route_path: str) -> 
     @return: a subclass of C{handler}.
     """
     bases: tuple[type, ...] = (RouteProtocolMixin,)
+    if options.send_delay:
+        bases = (PacingMixin,) + bases
     namespace: dict[str, Any] = {
         "route_path": route_path,
         "__module__": handler.__module__,
         "__qualname__": handler.__qualname__,
+        "_send_delay": options.send_delay,
     }
     if options.max_fragments:
         bases += (FragmentCapMixin,)

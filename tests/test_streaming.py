@@ -1,0 +1,161 @@
+"""
+Pacing and streaming, in memory, on a MemoryReactorClock.
+"""
+
+from autobahn.twisted.websocket import WebSocketServerProtocol
+from twisted.protocols.basic import FileSender
+
+from wsmux import Route, RouteTree
+from wsmux.streaming import MessageConsumer, StreamingReceiver, chunks_of, stream_message
+from wsmux.testing import connect
+
+
+class Burst(WebSocketServerProtocol):
+    """
+    Sends five numbered messages at once when asked.
+    """
+
+    def onMessage(self, payload, isBinary):
+        for i in range(5):
+            self.sendMessage(str(i).encode())
+
+
+def test_pacing_keeps_the_delay_and_the_order():
+    conn = connect(RouteTree([Route("/b", Burst, {"send_delay": 0.5})]), "/b")
+    conn.client.sendMessage(b"go")
+    conn.flush()
+    assert [m for m, _ in conn.client.messages] == [b"0"]
+    for expected in ([b"0", b"1"], [b"0", b"1", b"2"]):
+        conn.clock.advance(0.5)
+        conn.flush()
+        assert [m for m, _ in conn.client.messages] == expected
+    conn.clock.advance(0.25)
+    conn.flush()
+    assert len(conn.client.messages) == 3  # not before the delay
+    conn.clock.advance(0.25)
+    conn.clock.advance(0.5)
+    conn.flush()
+    assert [m for m, _ in conn.client.messages] == [b"0", b"1", b"2", b"3", b"4"]
+
+
+def test_pacing_queue_is_bounded():
+    tree = RouteTree(
+        [Route("/b", Burst, {"send_delay": 10, "max_send_queue": 2, "slow_consumer": "drop"})]
+    )
+    conn = connect(tree, "/b")
+    conn.client.sendMessage(b"go")
+    conn.flush()
+    # "0" goes at once, "1" and "2" wait (2 bytes), "3" and "4" are dropped.
+    assert conn.server.dropped_messages == 2
+    conn.clock.advance(10)
+    conn.clock.advance(10)
+    conn.flush()
+    assert [m for m, _ in conn.client.messages] == [b"0", b"1", b"2"]
+
+
+class Streamer(WebSocketServerProtocol):
+    """
+    Streams a message of 64 chunks of 1 KiB when asked.
+    """
+
+    def onMessage(self, payload, isBinary):
+        self.result = stream_message(self, chunks_of(b"z" * 65536, 1024))
+
+
+def test_stream_message_is_one_message_of_many_frames():
+    conn = connect(RouteTree([Route("/s", Streamer)]), "/s")
+    frames = []
+    original = conn.client.onMessageFrameBegin
+    conn.client.onMessageFrameBegin = lambda length: (frames.append(length), original(length))
+    conn.client.sendMessage(b"go")
+    conn.flush()
+    assert conn.client.messages == [(b"z" * 65536, True)]
+    assert len(frames) == 65  # 64 chunks and the final empty frame
+    assert conn.server.result.result == 65536
+
+
+def test_stream_waits_while_the_client_is_not_reading():
+    conn = connect(RouteTree([Route("/s", Streamer)]), "/s")
+    conn.server.pauseProducing()  # the transport's buffer is full
+    conn.client.sendMessage(b"go")
+    conn.flush()
+    assert conn.client.messages == []
+    sent = conn.server.trafficStats.outgoingOctetsWireLevel
+    conn.flush()
+    assert conn.server.trafficStats.outgoingOctetsWireLevel - sent < 2048  # at most a chunk
+    conn.server.resumeProducing()
+    conn.flush()
+    assert conn.client.messages == [(b"z" * 65536, True)]
+
+
+class FileStreamer(WebSocketServerProtocol):
+    def onMessage(self, payload, isBinary):
+        import io
+
+        consumer = MessageConsumer(self)
+        FileSender().beginFileTransfer(io.BytesIO(b"f" * 100_000), consumer)
+        self.done = consumer.done
+
+
+def test_a_twisted_pull_producer_streams_a_message():
+    conn = connect(RouteTree([Route("/f", FileStreamer)]), "/f")
+    conn.client.sendMessage(b"go")
+    conn.flush()  # the pump advances the clock, so each pull happens
+    assert conn.client.messages == [(b"f" * 100_000, True)]
+    assert conn.server.done.result == 100_000
+
+
+class Upload(StreamingReceiver, WebSocketServerProtocol):
+    max_stream_size = 10_000_000
+
+    def onStreamBegin(self, isBinary):
+        self.chunks = []
+
+    def onStreamData(self, data):
+        self.chunks.append(len(data))
+
+    def onStreamEnd(self):
+        self.sendMessage(str(sum(self.chunks)).encode())
+
+
+def test_streaming_receiver_gets_chunks_not_messages():
+    tree = RouteTree([Route("/u", Upload, {"max_message_size": 1000, "max_fragments": 0})])
+    conn = connect(tree, "/u")
+    conn.client.beginMessage(isBinary=True)
+    for _ in range(100):
+        conn.client.sendMessageFrame(b"u" * 5000)
+    conn.client.endMessage()
+    conn.flush()
+    # 500,000 bytes through a route whose message limit is 1,000: nothing was held.
+    assert conn.client.messages == [(b"500000", False)]
+    assert max(conn.server.chunks) <= 5000
+    assert not hasattr(conn.server, "message_data") or not conn.server.message_data
+
+
+def test_streaming_receiver_limit_is_1009():
+    conn = connect(RouteTree([Route("/u", Upload, {"max_fragments": 0})]), "/u")
+    conn.server.max_stream_size = 10_000
+    conn.client.beginMessage(isBinary=True)
+    for _ in range(5):
+        conn.client.sendMessageFrame(b"u" * 5000)
+    conn.client.endMessage()
+    conn.flush()
+    conn.clock.advance(10)
+    conn.flush()
+    assert conn.client.close[1] == 1009
+
+
+def test_stream_fails_when_the_connection_closes():
+    from twisted.internet.error import ConnectionDone
+
+    conn = connect(RouteTree([Route("/s", Streamer)]), "/s")
+    server = conn.server
+    server.pauseProducing()
+    conn.client.sendMessage(b"go")
+    conn.flush()
+    failures = []
+    server.result.addErrback(failures.append)
+    assert failures == []  # waiting for the client
+    conn.client.dropConnection(abort=True)
+    conn.flush()
+    assert len(failures) == 1 and failures[0].check(ConnectionDone)

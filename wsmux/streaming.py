@@ -1,0 +1,213 @@
+"""
+Streaming: send a message while it is being produced, receive one as it
+arrives.
+
+Sending: L{stream_message} takes an iterable or async iterable of chunks,
+L{MessageConsumer} takes a Twisted producer; either way the chunks become
+the frames of one WebSocket message, and a client that does not read pauses
+the production instead of growing a buffer.
+
+Receiving: a handler that inherits L{StreamingReceiver} gets each chunk of
+each message as it arrives (C{onStreamData}) and never holds a message
+whole, so a 1 GiB upload never sits in memory.
+"""
+
+from __future__ import annotations
+
+from typing import Any, AsyncIterable, Iterable, Union
+
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IConsumer
+from zope.interface import implementer
+
+from wsmux.protocol import _clock
+
+Chunks = Union[Iterable[bytes], AsyncIterable[bytes]]
+
+
+def stream_message(protocol: Any, chunks: Chunks, isBinary: bool = True) -> Deferred[int]:
+    """
+    Send one message made of C{chunks}, each as one frame, waiting while the
+    client is not reading.
+
+    @param protocol: a connection on a wsmux route.
+    @param chunks: an iterable, or an async iterable whose awaits are
+        Twisted Deferreds, of C{bytes}.
+    @return: a Deferred firing with the number of bytes sent, or failing
+        with L{ConnectionDone} if the connection closed first.
+    """
+    return ensureDeferred(_stream(protocol, chunks, isBinary))
+
+
+async def _stream(protocol: Any, chunks: Chunks, isBinary: bool) -> int:
+    sent = 0
+    protocol.beginMessage(isBinary=isBinary)
+    if hasattr(chunks, "__aiter__"):
+        async for chunk in chunks:  # type: ignore[union-attr]
+            sent += await _frame(protocol, chunk)
+    else:
+        for chunk in chunks:  # type: ignore[union-attr]
+            sent += await _frame(protocol, chunk)
+    _check_open(protocol)
+    protocol.endMessage()
+    return sent
+
+
+async def _frame(protocol: Any, chunk: bytes) -> int:
+    if not chunk:
+        return 0
+    await protocol.writable()
+    _check_open(protocol)
+    protocol.beginMessageFrame(len(chunk))
+    protocol.sendMessageFrameData(chunk)
+    return len(chunk)
+
+
+def _check_open(protocol: Any) -> None:
+    if protocol.state != protocol.STATE_OPEN:
+        raise ConnectionDone("the connection closed while a message was streaming")
+
+
+@implementer(IConsumer)
+class MessageConsumer:
+    """
+    A Twisted consumer that sends what a producer writes as one WebSocket
+    message (one frame per write)::
+
+        consumer = MessageConsumer(self)
+        FileSender().beginFileTransfer(open(path, "rb"), consumer)
+        consumer.done.addCallback(lambda size: ...)
+
+    Push producers are paused while the client is not reading; pull
+    producers are asked for more only when it is.
+
+    @ivar done: fires with the bytes sent when the producer unregisters.
+    """
+
+    def __init__(self, protocol: Any, isBinary: bool = True) -> None:
+        self.protocol = protocol
+        self.isBinary = isBinary
+        self.done: Deferred[int] = Deferred()
+        self.sent = 0
+        self._producer: Any = None
+        self._streaming = True
+        self._started = False
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self._producer, self._streaming = producer, streaming
+        if streaming:
+            self.protocol.registerProducer(producer, True)
+        else:
+            self._pull()
+
+    def _pull(self) -> None:
+        def more(_: object) -> None:
+            if self._producer is not None and self.protocol.state == self.protocol.STATE_OPEN:
+                # On the next turn: the producer is still inside write().
+                _clock().callLater(0, self._resume)
+
+        self.protocol.writable().addCallbacks(more, lambda _: None)
+
+    def _resume(self) -> None:
+        if self._producer is not None:
+            self._producer.resumeProducing()
+
+    def unregisterProducer(self) -> None:
+        if self._streaming and self._producer is not None:
+            self.protocol.unregisterProducer(self._producer)
+        self._producer = None
+        if self.protocol.state != self.protocol.STATE_OPEN:
+            self.done.errback(ConnectionDone("the connection closed while a message was streaming"))
+            return
+        if not self._started:
+            self.protocol.beginMessage(isBinary=self.isBinary)
+        self.protocol.endMessage()
+        self.done.callback(self.sent)
+
+    def write(self, data: bytes) -> None:
+        if self.protocol.state != self.protocol.STATE_OPEN:
+            if self._producer is not None:
+                self._producer.stopProducing()
+            return
+        if not self._started:
+            self._started = True
+            self.protocol.beginMessage(isBinary=self.isBinary)
+        if data:
+            self.protocol.beginMessageFrame(len(data))
+            self.protocol.sendMessageFrameData(data)
+            self.sent += len(data)
+        if not self._streaming:
+            self._pull()
+
+
+class StreamingReceiver:
+    """
+    A handler mixin that receives messages chunk by chunk::
+
+        class Upload(StreamingReceiver, WebSocketServerProtocol):
+            def onStreamData(self, data):
+                self.file.write(data)
+
+    The route's C{max_message_size} does not apply (nothing is held);
+    C{max_stream_size} (bytes, 0 for no limit) closes with 1009 past it.
+    Set C{max_fragments = 0} on routes that take long streams.
+    """
+
+    max_stream_size: int = 0
+    stream_size: int = 0
+
+    def onStreamBegin(self, isBinary: bool) -> None:
+        """
+        A message begins.
+        """
+
+    def onStreamData(self, data: bytes) -> None:
+        """
+        The next chunk of the current message.
+        """
+
+    def onStreamEnd(self) -> None:
+        """
+        The current message is complete.
+        """
+
+    # Autobahn's frame-level API, without its buffering.
+
+    def onMessageBegin(self, isBinary: bool) -> None:
+        self.stream_size = 0
+        self.onStreamBegin(isBinary)
+
+    def onMessageFrameBegin(self, length: int) -> None:
+        self.stream_size += length
+        if 0 < self.max_stream_size < self.stream_size:
+            self._fail_connection(  # type: ignore[attr-defined]
+                1009, f"message over {self.max_stream_size} bytes"
+            )
+
+    def onMessageFrameData(self, payload: bytes) -> None:
+        if not self.failedByMe:  # type: ignore[attr-defined]
+            self.onStreamData(payload)
+
+    def onMessageFrameEnd(self) -> None:
+        pass
+
+    def onMessageEnd(self) -> None:
+        if not self.failedByMe:  # type: ignore[attr-defined]
+            self.onStreamEnd()
+
+
+def chunks_of(data: bytes, size: int) -> Iterable[bytes]:
+    """
+    C{data} in pieces of at most C{size} bytes.
+    """
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
+
+
+__all__ = [
+    "MessageConsumer",
+    "StreamingReceiver",
+    "chunks_of",
+    "stream_message",
+]
