@@ -7,6 +7,7 @@ from autobahn.websocket.types import ConnectionDeny
 from twisted.internet import defer
 
 from wsmux import Adopt, Reject
+from wsmux.streaming import StreamingReceiver
 
 
 class ParamsHandler(WebSocketServerProtocol):
@@ -95,3 +96,25 @@ def hook(request):
     if path.startswith("/broken/"):
         raise RuntimeError("hook bug")
     return None
+
+
+class BigStream(WebSocketServerProtocol):
+    """
+    On "go N", streams a binary message of N MiB in 64 KiB chunks.
+    """
+
+    def onMessage(self, payload, isBinary):
+        from wsmux.streaming import stream_message
+
+        mib = int(payload.split()[1])
+        chunk = b"\x00" * 65536
+        self.streaming = stream_message(self, (chunk for _ in range(mib * 16)))
+
+
+class BigUpload(StreamingReceiver, WebSocketServerProtocol):
+    """
+    Receives messages chunk by chunk and answers with their size.
+    """
+
+    def onStreamEnd(self):
+        self.sendMessage(str(self.stream_size).encode())
