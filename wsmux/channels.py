@@ -3,7 +3,8 @@ Channels: named groups of connections a handler can publish to.
 
 A publish frames the message once (an Autobahn C{PreparedMessage}) and
 hands the same bytes to every subscriber; each subscriber's backpressure
-policy applies as for any other send.  Channels are local to the process.
+policy applies as for any other send.  Channels are local to the process
+unless Redis is configured (L{wsmux.redis_channels}).
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ class ChannelHub:
     def __init__(self) -> None:
         self._members: dict[str, set[Any]] = {}
         self._channels_of: dict[Any, set[str]] = {}
+        # Where publishes also go for other processes (wsmux.redis_channels).
+        self.remote: Any = None
 
     def subscribe(self, protocol: Any, channel: str) -> None:
         """
@@ -77,6 +80,12 @@ class ChannelHub:
         """
         return frozenset(self._channels_of.get(protocol, ()))
 
+    def members(self, channel: str) -> frozenset[Any]:
+        """
+        The connections subscribed to C{channel}.
+        """
+        return frozenset(self._members.get(channel, ()))
+
     def subscribers(self, channel: str) -> int:
         """
         How many connections are subscribed to C{channel}.
@@ -87,8 +96,13 @@ class ChannelHub:
         """
         Send one message to every subscriber of C{channel}, framed once.
 
-        @return: how many subscribers it was handed to.
+        With Redis configured, the message also goes to every other wsmux
+        connected to the same Redis.
+
+        @return: how many local subscribers it was handed to.
         """
+        if self.remote is not None:
+            self.remote.publish(channel, payload, isBinary)
         members = self._members.get(channel)
         if not members:
             return 0

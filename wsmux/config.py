@@ -49,7 +49,7 @@ DEFAULT_ROUTES: tuple[tuple[str, tuple[str, ...]], ...] = (
 _TOP_KEYS = {
     "port", "log_level", "unhandled", "index", "limits", "tls", "defaults", "routes",
     "metrics_path", "metrics_port", "health_path", "log_format",
-    "status_path", "status_token", "status_allow",
+    "status_path", "status_token", "status_allow", "redis",
 }  # fmt: skip
 _TLS_KEYS = {
     "cert", "key", "passphrase", "directory", "strict", "min_version", "ports", "shared_ports", "hosts",
@@ -104,6 +104,7 @@ class Settings:
     @ivar status_token: a token that opens the status page from anywhere.
     @ivar status_allow: addresses or networks that may see the status
         (loopback only when neither this nor a token is set).
+    @ivar redis: C{redis://HOST:PORT/DB}: channels go through Redis pub/sub.
     """
 
     ports: tuple[str, ...] = (DEFAULT_PORT,)
@@ -123,6 +124,7 @@ class Settings:
     status_path: Optional[str] = None
     status_token: Optional[str] = None
     status_allow: tuple[str, ...] = ()
+    redis: Optional[str] = None
 
 
 def port_description(port: str) -> str:
@@ -204,6 +206,8 @@ def load_file(path: str) -> dict[str, Any]:
         out["limits"] = _checked(limits, "limits", ServerLimits(), LIMIT_NAMES, "limit", bad)
     if "tls" in data:
         out.update(_tls_table(data["tls"], path, bad))
+    if "redis" in data:
+        out["redis"] = _redis_url(data["redis"], lambda why: bad("redis", why))
     if "status_token" in data:
         if not isinstance(data["status_token"], str) or not data["status_token"]:
             raise bad("status_token", "must be a non-empty string")
@@ -315,6 +319,16 @@ def _tls_table(table: Any, path: str, bad: Any) -> dict[str, Any]:
     return out
 
 
+def _redis_url(value: Any, bad: Any) -> str:
+    from wsmux.redis_channels import parse_redis_url
+
+    try:
+        parse_redis_url(str(value))
+    except ValueError as e:
+        raise bad(str(e)) from None
+    return str(value)
+
+
 def _networks(value: Any, bad: Any) -> tuple[str, ...]:
     import ipaddress
 
@@ -415,6 +429,7 @@ def build_settings(
     status_path: Optional[str] = None,
     status_token: Optional[str] = None,
     status_allow: tuple[str, ...] = (),
+    redis: Optional[str] = None,
     source: str = "settings",
 ) -> Settings:
     """
@@ -484,6 +499,9 @@ def build_settings(
         status_path=status_path,
         status_token=status_token or file_values.get("status_token"),
         status_allow=tuple(status_allow) or file_values.get("status_allow", ()),
+        redis=_redis_url(redis, lambda why: ConfigError(f"--redis: {why}"))
+        if redis
+        else file_values.get("redis"),
     )
 
 

@@ -19,6 +19,7 @@ from wsmux.handlers import resolve_callable, resolve_handler
 from wsmux.metrics import HealthResource, MetricsResource, metrics_registry
 from wsmux.page import demo_page
 from wsmux.protocol import close_with
+from wsmux.redis_channels import RedisChannels
 from wsmux.routing import Route, RouteTree
 from wsmux.site import WebSocketSite
 from wsmux.status import mount_status
@@ -115,6 +116,8 @@ def _mount_operations(
         tree.mount_resource(settings.health_path, HealthResource(tree))
     if settings.status_path:
         mount_status(tree, settings.status_path, settings.status_token, settings.status_allow)
+    if settings.redis:
+        RedisChannels(tree.registry.channels, settings.redis, reactor).setServiceParent(top)
     if settings.metrics_path or settings.metrics_port:
         metrics = MetricsResource(metrics_registry(tree, contexts))
         if settings.metrics_path:

@@ -143,6 +143,7 @@ class Options(usage.Options):
         ["health-path", None, None, "Where the health check answers [default: /healthz]."],
         ["status-path", None, None, "Serve the status page here (e.g. /status); off by default."],
         ["status-token", None, None, "A token that opens the status page from any address."],
+        ["redis", None, None, "redis://HOST:PORT/DB: channels reach every wsmux on that Redis."],
         [
             "status-allow",
             None,
@@ -252,6 +253,7 @@ class Options(usage.Options):
                 status_path=self["status-path"],
                 status_token=self["status-token"],
                 status_allow=self._status_allow(),
+                redis=self["redis"],
                 source=self["config"] or "command line",
             )
             if self.settings.log_format == "json" and self.parent is not None:
