@@ -49,7 +49,7 @@ DEFAULT_ROUTES: tuple[tuple[str, tuple[str, ...]], ...] = (
 _TOP_KEYS = {
     "port", "log_level", "unhandled", "index", "limits", "tls", "defaults", "routes",
     "metrics_path", "metrics_port", "health_path", "log_format",
-    "status_path", "status_token", "status_allow", "redis",
+    "status_path", "status_token", "status_allow", "redis", "workers",
 }  # fmt: skip
 _TLS_KEYS = {
     "cert", "key", "passphrase", "directory", "strict", "min_version", "ports", "shared_ports", "hosts",
@@ -105,6 +105,7 @@ class Settings:
     @ivar status_allow: addresses or networks that may see the status
         (loopback only when neither this nor a token is set).
     @ivar redis: C{redis://HOST:PORT/DB}: channels go through Redis pub/sub.
+    @ivar workers: how many worker processes serve the ports (1: this one).
     """
 
     ports: tuple[str, ...] = (DEFAULT_PORT,)
@@ -125,6 +126,7 @@ class Settings:
     status_token: Optional[str] = None
     status_allow: tuple[str, ...] = ()
     redis: Optional[str] = None
+    workers: int = 1
 
 
 def port_description(port: str) -> str:
@@ -206,6 +208,8 @@ def load_file(path: str) -> dict[str, Any]:
         out["limits"] = _checked(limits, "limits", ServerLimits(), LIMIT_NAMES, "limit", bad)
     if "tls" in data:
         out.update(_tls_table(data["tls"], path, bad))
+    if "workers" in data:
+        out["workers"] = _workers(data["workers"], lambda why: bad("workers", why))
     if "redis" in data:
         out["redis"] = _redis_url(data["redis"], lambda why: bad("redis", why))
     if "status_token" in data:
@@ -319,6 +323,15 @@ def _tls_table(table: Any, path: str, bad: Any) -> dict[str, Any]:
     return out
 
 
+def _workers(value: Any, bad: Any) -> int:
+    from wsmux.workers import resolve_workers
+
+    try:
+        return resolve_workers(str(value))
+    except ValueError:
+        raise bad(f"must be a number of processes or auto, got {value!r}") from None
+
+
 def _redis_url(value: Any, bad: Any) -> str:
     from wsmux.redis_channels import parse_redis_url
 
@@ -430,6 +443,7 @@ def build_settings(
     status_token: Optional[str] = None,
     status_allow: tuple[str, ...] = (),
     redis: Optional[str] = None,
+    workers: Optional[str] = None,
     source: str = "settings",
 ) -> Settings:
     """
@@ -502,6 +516,9 @@ def build_settings(
         redis=_redis_url(redis, lambda why: ConfigError(f"--redis: {why}"))
         if redis
         else file_values.get("redis"),
+        workers=_workers(workers, lambda why: ConfigError(f"--workers: {why}"))
+        if workers
+        else file_values.get("workers", 1),
     )
 
 

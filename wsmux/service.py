@@ -4,6 +4,7 @@ Settings to services: the API a C{.tac} file or another application uses.
 
 from __future__ import annotations
 
+import os
 import signal
 from typing import Any, Optional
 
@@ -24,6 +25,7 @@ from wsmux.routing import Route, RouteTree
 from wsmux.site import WebSocketSite
 from wsmux.status import mount_status
 from wsmux.tls import SniContextMap, SniffingFactory, tls_factory
+from wsmux.workers import AdoptedPort, clean_exit_after_sigterm
 
 log = Logger(namespace="wsmux")
 
@@ -61,6 +63,7 @@ def make_service(
     tree: Optional[RouteTree] = None,
     reactor: Any = None,
     contexts: Optional[SniContextMap] = None,
+    adopted: Optional[list[tuple[str, int]]] = None,
 ) -> MultiService:
     """
     A C{MultiService} with one listening child per port in C{settings},
@@ -72,6 +75,8 @@ def make_service(
         ports are configured and none are given.
     @return: the service; its C{tree} attribute is the route tree and its
         C{contexts} attribute the L{SniContextMap} (or L{None}).
+    @param adopted: in a worker process, the C{(kind, fd)} listening
+        sockets inherited from the supervisor, served instead of the ports.
     @raise wsmux.tls.CertificateError: if a certificate cannot be used.
     """
     if tree is None:
@@ -86,25 +91,34 @@ def make_service(
     top.tree = tree  # type: ignore[attr-defined]
     top.site = site  # type: ignore[attr-defined]
     DrainService(tree, settings.limits.drain_timeout, reactor).setServiceParent(top)
-    for port in settings.ports:
-        strports.service(port_description(port), site, reactor=reactor).setServiceParent(top)
-    top.contexts = None  # type: ignore[attr-defined]
+    factories: dict[str, Any] = {"plain": site}
     if settings.tls_ports or settings.shared_ports:
         if contexts is None:
             contexts = SniContextMap(settings.tls)
-    _mount_operations(settings, tree, contexts, top, reactor)
-    if settings.tls_ports or settings.shared_ports:
-        assert contexts is not None
-        top.contexts = contexts  # type: ignore[attr-defined]
-        secure = tls_factory(contexts, site)
-        for port in settings.tls_ports:
-            strports.service(port_description(port), secure, reactor=reactor).setServiceParent(top)
-        either = SniffingFactory(
-            secure, site, timeout=settings.defaults.open_handshake_timeout, clock=reactor
+        factories["tls"] = tls_factory(contexts, site)
+        factories["shared"] = SniffingFactory(
+            factories["tls"], site, timeout=settings.defaults.open_handshake_timeout, clock=reactor
         )
-        for port in settings.shared_ports:
-            strports.service(port_description(port), either, reactor=reactor).setServiceParent(top)
         ReloadOnHangup(contexts.reload, reactor).setServiceParent(top)
+    top.contexts = contexts  # type: ignore[attr-defined]
+    _mount_operations(settings, tree, contexts, top, reactor)
+    if adopted is not None:
+        # A worker process: serve the sockets the supervisor handed over.
+        for kind, fd in adopted:
+            AdoptedPort(fd, factories[kind], reactor).setServiceParent(top)
+        for endpoint in tree.endpoints.values():
+            endpoint.factory.headers["X-Wsmux-Worker"] = str(os.getpid())
+        log.info("worker pid {pid} serving {n} socket(s)", pid=os.getpid(), n=len(adopted))
+    else:
+        for kind, ports in (
+            ("plain", settings.ports),
+            ("tls", settings.tls_ports),
+            ("shared", settings.shared_ports),
+        ):
+            for port in ports:
+                strports.service(
+                    port_description(port), factories[kind], reactor=reactor
+                ).setServiceParent(top)
     return top
 
 
@@ -187,7 +201,7 @@ class DrainService(Service):
         registry.draining = True
         connections = list(registry.connections)
         if not connections:
-            _clean_exit(reactor)
+            clean_exit_after_sigterm(reactor)
             return succeed(None)
         log.info(
             "shutting down: closing {n} WebSocket connection(s) with 1001, waiting up to {t}s",
@@ -212,13 +226,5 @@ class DrainService(Service):
 
         timer = reactor.callLater(self.timeout, give_up)
         done.addBoth(lambda _: timer.cancel() if timer.active() else None)
-        done.addBoth(lambda _: _clean_exit(reactor))
+        done.addBoth(lambda _: clean_exit_after_sigterm(reactor))
         return done
-
-
-def _clean_exit(reactor: Any) -> None:
-    # twistd re-raises the signal that stopped it, so a SIGTERM stop exits
-    # with status 143.  A drain that ran to its end is a clean stop: exit 0.
-    # (_exitSignal is how twistd learns the signal; there is no public API.)
-    if getattr(reactor, "_exitSignal", None) == signal.SIGTERM:
-        reactor._exitSignal = None

@@ -4,9 +4,11 @@ The C{twistd wsmux} command line.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
-from twisted.application.service import IService
+from twisted.application.service import IService, MultiService
+from twisted.logger import Logger
 from twisted.python import usage
 
 from wsmux.config import (
@@ -21,6 +23,9 @@ from wsmux.config import (
 from wsmux.logs import LOG_FORMATS, LogLevelService, use_json_for_twistd
 from wsmux.service import make_service
 from wsmux.tls import TLS_VERSIONS, CertificateError, HostCertificate, SniContextMap
+from wsmux.workers import WorkerSupervisor, parse_worker_sockets, tcp_address, worker_argv
+
+log = Logger(namespace="wsmux")
 
 
 def _non_negative(convert: Any, what: str) -> Any:
@@ -144,6 +149,8 @@ class Options(usage.Options):
         ["status-path", None, None, "Serve the status page here (e.g. /status); off by default."],
         ["status-token", None, None, "A token that opens the status page from any address."],
         ["redis", None, None, "redis://HOST:PORT/DB: channels reach every wsmux on that Redis."],
+        ["workers", None, None, "Serve the ports from N worker processes (or auto: one per core)."],
+        ["worker-sockets", None, None, "(internal) the sockets a worker process adopts."],
         [
             "status-allow",
             None,
@@ -254,6 +261,7 @@ class Options(usage.Options):
                 status_token=self["status-token"],
                 status_allow=self._status_allow(),
                 redis=self["redis"],
+                workers=self["workers"],
                 source=self["config"] or "command line",
             )
             if self.settings.log_format == "json" and self.parent is not None:
@@ -261,7 +269,16 @@ class Options(usage.Options):
             # Import handlers and the hook, and read the certificates, now:
             # a typo or a bad file is a usage error, not a traceback later.
             self._check_imports()
-            self._check_ports()
+            self.adopted = None
+            if self["worker-sockets"]:
+                try:
+                    self.adopted = parse_worker_sockets(self["worker-sockets"])
+                except ValueError as e:
+                    raise ConfigError(str(e)) from None
+            else:
+                self._check_ports()
+                if self.settings.workers > 1:
+                    self._check_worker_ports()
             self.contexts = None
             if self.settings.tls_ports or self.settings.shared_ports:
                 try:
@@ -291,6 +308,16 @@ class Options(usage.Options):
                     raise ConfigError(
                         f"{flag} {port!r} is not a usable endpoint: {e.__class__.__name__}: {e}"
                     ) from None
+
+    def _check_worker_ports(self) -> None:
+        settings = self.settings
+        if settings.metrics_port:
+            raise ConfigError("--metrics-port does not go with --workers: use --metrics-path")
+        for port in settings.ports + settings.tls_ports + settings.shared_ports:
+            try:
+                tcp_address(port)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
 
     def _status_allow(self) -> tuple[str, ...]:
         if not self["status-allow"]:
@@ -342,8 +369,27 @@ class Options(usage.Options):
 
 def makeService(options: Options) -> IService:
     """
-    Build the wsmux service from parsed options.
+    Build the wsmux service from parsed options: the server, or with
+    C{--workers N} the supervisor of N worker processes.
     """
-    service = make_service(options.settings, contexts=options.contexts)
+    settings = options.settings
+    if settings.workers > 1 and options.adopted is None:
+        supervisor = MultiService()
+        ports = (
+            [("plain", p) for p in settings.ports]
+            + [("tls", p) for p in settings.tls_ports]
+            + [("shared", p) for p in settings.shared_ports]
+        )
+        WorkerSupervisor(
+            settings.workers, ports, worker_argv(sys.argv), settings.limits.drain_timeout
+        ).setServiceParent(supervisor)
+        if not settings.redis:
+            log.info(
+                "channels (broadcast rooms, pubsub) are local to each worker: "
+                "use --redis to reach clients on every worker"
+            )
+        LogLevelService(settings.log_level).setServiceParent(supervisor)
+        return supervisor
+    service = make_service(options.settings, contexts=options.contexts, adopted=options.adopted)
     LogLevelService(options.settings.log_level).setServiceParent(service)
     return service
