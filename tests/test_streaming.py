@@ -159,3 +159,34 @@ def test_stream_fails_when_the_connection_closes():
     conn.client.dropConnection(abort=True)
     conn.flush()
     assert len(failures) == 1 and failures[0].check(ConnectionDone)
+
+
+class ChannelStreamer(WebSocketServerProtocol):
+    """
+    Subscribes to "live"; "go" streams 32 chunks of 1 KiB to the channel.
+    """
+
+    def onOpen(self):
+        self.channels.subscribe(self, "live")
+
+    def onMessage(self, payload, isBinary):
+        from wsmux.streaming import stream_to_channel
+
+        self.result = stream_to_channel(self.channels, "live", chunks_of(b"c" * 32768, 1024))
+
+
+def test_streaming_to_a_channel_reaches_every_subscriber():
+    tree = RouteTree([Route("/c", ChannelStreamer, {"max_send_queue": 4096})])
+    a, b, slow = connect(tree, "/c"), connect(tree, "/c"), connect(tree, "/c")
+    slow.server.pauseProducing()  # this one stops reading
+    a.client.sendMessage(b"go")
+    for c in (a, b, slow):
+        c.flush()
+    assert a.client.messages == b.client.messages == [(b"c" * 32768, True)]
+    assert a.server.result.result == 32768
+    # The slow subscriber got its policy (1008) once 4 KiB were waiting.
+    slow.server.resumeProducing()
+    slow.flush()
+    slow.clock.advance(10)
+    slow.flush()
+    assert slow.client.close is not None and slow.client.close[1] == 1008

@@ -69,6 +69,53 @@ def _check_open(protocol: Any) -> None:
         raise ConnectionDone("the connection closed while a message was streaming")
 
 
+def stream_to_channel(
+    hub: Any, channel: str, chunks: Chunks, isBinary: bool = True
+) -> Deferred[int]:
+    """
+    Stream one message to every subscriber of C{channel} on this process.
+
+    Each chunk is framed for every subscriber as it is produced.  The
+    stream never waits for one subscriber: a subscriber that falls more
+    than its C{max_send_queue} behind gets its route's slow-consumer policy
+    (closed with 1008), and a subscriber that leaves or closes is skipped.
+
+    @return: a Deferred firing with the number of payload bytes produced.
+    """
+    return ensureDeferred(_stream_to_channel(hub, channel, chunks, isBinary))
+
+
+async def _stream_to_channel(hub: Any, channel: str, chunks: Chunks, isBinary: bool) -> int:
+    members = [m for m in hub.members(channel) if m.state == m.STATE_OPEN]
+    for member in members:
+        member.beginMessage(isBinary=isBinary)
+    produced = 0
+
+    def frame(chunk: bytes) -> None:
+        for member in members:
+            if member.state != member.STATE_OPEN:
+                continue
+            if member._paused and not member._room_for(len(chunk)):
+                continue
+            member.beginMessageFrame(len(chunk))
+            member.sendMessageFrameData(chunk)
+
+    if hasattr(chunks, "__aiter__"):
+        async for chunk in chunks:  # type: ignore[union-attr]
+            if chunk:
+                frame(chunk)
+                produced += len(chunk)
+    else:
+        for chunk in chunks:  # type: ignore[union-attr]
+            if chunk:
+                frame(chunk)
+                produced += len(chunk)
+    for member in members:
+        if member.state == member.STATE_OPEN:
+            member.endMessage()
+    return produced
+
+
 @implementer(IConsumer)
 class MessageConsumer:
     """
@@ -207,6 +254,7 @@ def chunks_of(data: bytes, size: int) -> Iterable[bytes]:
 
 __all__ = [
     "MessageConsumer",
+    "stream_to_channel",
     "StreamingReceiver",
     "chunks_of",
     "stream_message",
