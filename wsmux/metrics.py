@@ -63,9 +63,10 @@ class WsmuxCollector:
     A Prometheus collector for one route tree (and its TLS contexts).
     """
 
-    def __init__(self, tree: Any, contexts: Any = None) -> None:
+    def __init__(self, tree: Any, contexts: Any = None, worker_pid: Optional[int] = None) -> None:
         self.tree = tree
         self.contexts = contexts
+        self.worker_pid = worker_pid
 
     def collect(self) -> Iterator[Any]:
         registry = self.tree.registry
@@ -139,6 +140,26 @@ class WsmuxCollector:
                 tls.add_metric([host], n)
             yield tls
 
+        redis = getattr(registry.channels, "remote", None)
+        if redis is not None:
+            connected = GaugeMetricFamily(
+                "wsmux_redis_connected", "1 while the Redis subscription is live, else 0"
+            )
+            connected.add_metric([], 1 if redis.connected else 0)
+            yield connected
+            failures = CounterMetricFamily(
+                "wsmux_redis_publish_failures", "Publishes that could not reach Redis"
+            )
+            failures.add_metric([], redis.publish_failures)
+            yield failures
+
+        if self.worker_pid is not None:
+            worker = GaugeMetricFamily(
+                "wsmux_worker", "The worker process that answered this scrape", labels=["pid"]
+            )
+            worker.add_metric([str(self.worker_pid)], 1)
+            yield worker
+
         draining = GaugeMetricFamily(
             "wsmux_draining", "1 while the server is shutting down, else 0"
         )
@@ -146,12 +167,14 @@ class WsmuxCollector:
         yield draining
 
 
-def metrics_registry(tree: Any, contexts: Any = None) -> CollectorRegistry:
+def metrics_registry(
+    tree: Any, contexts: Any = None, worker_pid: Optional[int] = None
+) -> CollectorRegistry:
     """
     A Prometheus registry with wsmux's collector for C{tree}.
     """
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(WsmuxCollector(tree, contexts))  # type: ignore[arg-type]
+    registry.register(WsmuxCollector(tree, contexts, worker_pid))  # type: ignore[arg-type]
     return registry
 
 

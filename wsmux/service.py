@@ -101,7 +101,7 @@ def make_service(
         )
         ReloadOnHangup(contexts.reload, reactor).setServiceParent(top)
     top.contexts = contexts  # type: ignore[attr-defined]
-    _mount_operations(settings, tree, contexts, top, reactor)
+    _mount_operations(settings, tree, contexts, top, reactor, worker=adopted is not None)
     if adopted is not None:
         # A worker process: serve the sockets the supervisor handed over.
         for kind, fd in adopted:
@@ -123,7 +123,12 @@ def make_service(
 
 
 def _mount_operations(
-    settings: Settings, tree: RouteTree, contexts: Any, top: MultiService, reactor: Any
+    settings: Settings,
+    tree: RouteTree,
+    contexts: Any,
+    top: MultiService,
+    reactor: Any,
+    worker: bool = False,
 ) -> None:
     # The health check and the metrics, where the settings ask for them.
     if settings.health_path:
@@ -133,7 +138,7 @@ def _mount_operations(
     if settings.redis:
         RedisChannels(tree.registry.channels, settings.redis, reactor).setServiceParent(top)
     if settings.metrics_path or settings.metrics_port:
-        metrics = MetricsResource(metrics_registry(tree, contexts))
+        metrics = MetricsResource(metrics_registry(tree, contexts, os.getpid() if worker else None))
         if settings.metrics_path:
             tree.mount_resource(settings.metrics_path, metrics)
         if settings.metrics_port:

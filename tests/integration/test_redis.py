@@ -48,7 +48,7 @@ def wait_for(server, text, timeout=10):
 
 
 def test_publish_reaches_another_instance_and_survives_a_redis_restart(start_server, redis):
-    one = start_server("--route", "/ps=pubsub", "--redis", redis.url)
+    one = start_server("--route", "/ps=pubsub", "--redis", redis.url, "--metrics-path", "/metrics")
     two = start_server("--route", "/ps=pubsub", "--redis", redis.url)
     assert wait_for(one, "subscribed to Redis") and wait_for(two, "subscribed to Redis")
     local = subscribe(one.url("/ps"), "news")
@@ -59,11 +59,17 @@ def test_publish_reaches_another_instance_and_survives_a_redis_restart(start_ser
     assert next_data(local) == "first"
     assert next_data(remote) == "first"
 
+    from tests.integration.test_metrics import scrape, value
+
+    assert value(scrape(one.url("/metrics", "http")), "wsmux_redis_connected") == 1
     redis.stop()
     assert wait_for(one, "lost the Redis connection")
     publish(publisher, "news", "while redis is down")
     assert next_data(local) == "while redis is down"  # local delivery never stops
     assert wait_for(one, "could not publish to Redis")
+    down = scrape(one.url("/metrics", "http"))
+    assert value(down, "wsmux_redis_connected") == 0
+    assert value(down, "wsmux_redis_publish_failures_total") >= 1
     with pytest.raises(TimeoutError):
         next_data(remote, timeout=1)
 

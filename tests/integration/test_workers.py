@@ -100,3 +100,32 @@ def test_sigterm_stops_every_worker_cleanly(start_server):
     for pid in workers:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_sighup_and_metrics_reach_the_workers(start_server, tmp_path):
+    from tests.integration.test_metrics import scrape
+    from tests.pki import make_pki
+
+    pki = make_pki(tmp_path)
+    tls_port = free_port()
+    server = start_server(
+        "--workers", "2", "--tls-port", f"tcp:{tls_port}:interface=127.0.0.1",
+        "--certs", str(pki.directory), "--metrics-path", "/metrics",
+    )  # fmt: skip
+    deadline = time.monotonic() + 15
+    while server.log().count("serving 2 socket") < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    pids = {
+        dict(labels)["pid"]
+        for _ in range(10)
+        for (name, labels), v in scrape(server.url("/metrics", "http")).items()
+        if name == "wsmux_worker"
+    }
+    assert len(pids) >= 1
+    server.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while (
+        server.log().count("SIGHUP: reloading TLS certificates") < 2 and time.monotonic() < deadline
+    ):
+        time.sleep(0.1)
+    assert server.log().count("SIGHUP: reloading TLS certificates") == 2
