@@ -117,3 +117,24 @@ def test_status_is_loopback_only_by_default(start_server):
     server = start_server("--status-path", "/ops/status")
     with urllib.request.urlopen(server.url("/ops/status/json", "http"), timeout=5) as response:
         assert response.status == 200
+
+
+def test_health_is_503_while_draining(start_server):
+    import http.client
+    import signal
+
+    from tests.hostile.rawws import Peer
+
+    server = start_server("--drain-timeout", "4")
+    keepalive = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    keepalive.request("GET", "/healthz")
+    first = keepalive.getresponse()
+    assert (first.status, first.read()) == (200, b"ok\n")
+    # A client that will not answer the close keeps the drain going.
+    stubborn = Peer(server.port).open("/echo")
+    server.process.send_signal(signal.SIGTERM)
+    assert stubborn.close_code() == 1001
+    keepalive.request("GET", "/healthz")
+    during = keepalive.getresponse()
+    assert (during.status, during.read()) == (503, b"draining\n")
+    assert server.process.wait(timeout=10) == 0
