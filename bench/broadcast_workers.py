@@ -26,13 +26,9 @@ from pathlib import Path
 import websockets
 
 ROOT = Path(__file__).resolve().parents[1]
-TWISTD = str(Path(sys.executable).with_name("twistd"))
+sys.path.insert(0, str(ROOT))
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.twistd_process import TWISTD, free_port  # noqa: E402
 
 
 def wait_port(port, timeout=20):
@@ -106,26 +102,10 @@ def main():
     parser.add_argument("--messages", type=int, default=500)
     parser.add_argument("--repeat", type=int, default=3)
     options = parser.parse_args()
-    redis_binary = shutil.which("redis-server")
-    if not redis_binary:
+    if not shutil.which("redis-server"):
         sys.exit("redis-server is needed: .ci/system-deps installs it")
-    redis_port = free_port()
-    redis = subprocess.Popen(
-        [
-            redis_binary,
-            "--port",
-            str(redis_port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    wait_port(redis_port)
-    url = f"redis://127.0.0.1:{redis_port}/0"
+    redis = RedisServer(free_port())
+    url = redis.url
     setups = [
         ("1 process", ()),
         ("1 process, Redis", ("--redis", url)),
@@ -146,7 +126,7 @@ def main():
                 process.wait(timeout=30)
             print(f"{name:20s} {rates[len(rates) // 2]:12,.0f} deliveries/s")
     finally:
-        redis.kill()
+        redis.stop()
 
 
 if __name__ == "__main__":
