@@ -28,6 +28,7 @@ import websockets
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.redis_process import RedisServer  # noqa: E402 - the repository's helpers
 from tests.twistd_process import TWISTD, free_port  # noqa: E402
 
 
