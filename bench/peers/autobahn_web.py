@@ -1,0 +1,61 @@
+"""
+Raw Autobahn on Twisted, served through twisted.web's WebSocketResource:
+echo at /echo, a room at /rooms/bench.
+"""
+
+import sys
+
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
+from twisted.internet import reactor
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+port, deflate = int(sys.argv[1]), sys.argv[2] == "deflate"
+
+
+class Echo(WebSocketServerProtocol):
+    def onMessage(self, payload, isBinary):
+        self.sendMessage(payload, isBinary)
+
+
+class Room(WebSocketServerProtocol):
+    members = set()
+
+    def onOpen(self):
+        self.members.add(self)
+
+    def onMessage(self, payload, isBinary):
+        prepared = self.factory.prepareMessage(payload, isBinary)
+        for member in self.members:
+            member.sendPreparedMessage(prepared)
+
+    def onClose(self, wasClean, code, reason):
+        self.members.discard(self)
+
+
+def factory(protocol):
+    f = WebSocketServerFactory()
+    f.protocol = protocol
+    options = {"maxMessagePayloadSize": 64 * 1024 * 1024, "maxFramePayloadSize": 64 * 1024 * 1024}
+    if deflate:
+        options["perMessageCompressionAccept"] = lambda offers: next(
+            (
+                PerMessageDeflateOfferAccept(o)
+                for o in offers
+                if isinstance(o, PerMessageDeflateOffer)
+            ),
+            None,
+        )
+    f.setProtocolOptions(**options)
+    return f
+
+
+root = Resource()
+root.putChild(b"echo", WebSocketResource(factory(Echo)))
+rooms = Resource()
+rooms.putChild(b"bench", WebSocketResource(factory(Room)))
+root.putChild(b"rooms", rooms)
+reactor.listenTCP(port, Site(root), interface="127.0.0.1")
+reactor.run()

@@ -1,0 +1,21 @@
+// Node's ws: echo at /echo, one broadcast room at /rooms/bench.
+import { WebSocketServer } from "ws";
+import http from "node:http";
+
+const port = Number(process.argv[2]);
+const deflate = process.argv[3] === "deflate";
+const server = http.createServer();
+const options = { noServer: true, perMessageDeflate: deflate, maxPayload: 64 * 1024 * 1024 };
+const echo = new WebSocketServer(options);
+const room = new WebSocketServer(options);
+echo.on("connection", (ws) => ws.on("message", (data, isBinary) => ws.send(data, { binary: isBinary })));
+room.on("connection", (ws) =>
+  ws.on("message", (data, isBinary) => {
+    for (const client of room.clients) client.send(data, { binary: isBinary });
+  }),
+);
+server.on("upgrade", (request, socket, head) => {
+  const target = request.url.startsWith("/rooms/") ? room : echo;
+  target.handleUpgrade(request, socket, head, (ws) => target.emit("connection", ws, request));
+});
+server.listen(port, "127.0.0.1");

@@ -1,0 +1,44 @@
+"""
+Python websockets (asyncio, or uvloop): echo at /echo, a room at /rooms/bench.
+"""
+
+import asyncio
+import sys
+
+from websockets.asyncio.server import broadcast, serve
+
+port, loop, deflate = int(sys.argv[1]), sys.argv[2], sys.argv[3] == "deflate"
+room = set()
+
+
+async def handler(ws):
+    if ws.request.path.startswith("/rooms/"):
+        room.add(ws)
+        try:
+            async for message in ws:
+                broadcast(room, message)
+        finally:
+            room.discard(ws)
+    else:
+        async for message in ws:
+            await ws.send(message)
+
+
+async def main():
+    async with serve(
+        handler,
+        "127.0.0.1",
+        port,
+        max_size=64 * 1024 * 1024,
+        compression="deflate" if deflate else None,
+        ping_interval=None,
+    ):
+        await asyncio.Future()
+
+
+if loop == "uvloop":
+    import uvloop
+
+    uvloop.run(main())
+else:
+    asyncio.run(main())
