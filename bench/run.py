@@ -27,7 +27,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.hostile.rawws import rss_kib  # noqa: E402 - the repository's helpers
-from tests.twistd_process import TWISTD, free_port  # noqa: E402
+from tests.twistd_process import TWISTD, free_port, wait_port  # noqa: E402
 
 OUT = ROOT / "docs" / "benchmarks"
 LIMITS = ["--max-message-size", "67108864", "--max-frame-size", "67108864",
@@ -59,19 +59,6 @@ SCENARIOS = [
     ("f-a", "echo", True, "messages_per_s"),
     ("f-c", "broadcast", True, "deliveries_per_s"),
 ]
-
-
-def wait_port(port, timeout=20):
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
 
 
 def run_once(peer, scenario, deflate, seconds):

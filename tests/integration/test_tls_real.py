@@ -14,7 +14,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from tests.pki import make_pki
-from tests.twistd_process import free_port
+from tests.twistd_process import free_port, wait_port
 
 
 @pytest.fixture(scope="module")
@@ -66,13 +66,7 @@ require_tls = true
 """)
     server = start_server("--config", str(config))
     server.tls_port, server.shared_port, server.dir = tls_port, shared_port, tmp_path
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", tls_port), timeout=0.5).close()
-            break
-        except OSError:
-            time.sleep(0.05)
+    wait_port(tls_port, timeout=10)
     return server
 
 
