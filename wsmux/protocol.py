@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from wsmux.factory import ProtocolOptions
+from wsmux.fastpath import FastReceiveMixin, FastSendMixin, fast_path_ok
 
 log = Logger(namespace="wsmux")
 
@@ -488,4 +489,9 @@ def route_protocol(handler: type, options: ProtocolOptions, route_path: str) -> 
         namespace["_idle_timeout"] = options.idle_timeout
     if options.deflate == "inflate-only":
         bases += (InflateOnlyMixin,)
+    receive_ok, send_ok = fast_path_ok(handler)
+    if receive_ok:
+        bases += (FastReceiveMixin,)
+    if send_ok:
+        bases += (FastSendMixin,)
     return type(handler.__name__, bases + (handler,), namespace)

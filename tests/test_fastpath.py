@@ -1,0 +1,171 @@
+"""
+The fast path does what Autobahn's own path does, byte for byte.
+
+Every test feeds the same client bytes to a route whose handler takes the
+fast path and to one whose handler opts out of it (by overriding a hook the
+fast path skips), and compares what the server sent back, whether it
+closed, and Autobahn's traffic counters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from wsmux import EchoHandler, Route, RouteTree
+from wsmux.fastpath import fast_path_ok, frame_header, unmask
+from wsmux.testing import masked_frame, raw_connect, upgrade_request
+
+
+class AutobahnPathEcho(EchoHandler):
+    """
+    Echo through Autobahn's general path: overriding these hooks (even
+    with the same behaviour) turns the fast path off.
+    """
+
+    def onMessageFrameData(self, payload: bytes) -> None:
+        super().onMessageFrameData(payload)
+
+    def sendMessage(self, *args: Any, **kwargs: Any) -> None:
+        super().sendMessage(*args, **kwargs)
+
+
+STATS = (
+    "incomingOctetsWireLevel",
+    "incomingOctetsWebSocketLevel",
+    "incomingOctetsAppLevel",
+    "incomingWebSocketFrames",
+    "incomingWebSocketMessages",
+    "outgoingOctetsWireLevel",
+    "outgoingOctetsWebSocketLevel",
+    "outgoingOctetsAppLevel",
+    "outgoingWebSocketFrames",
+    "outgoingWebSocketMessages",
+)
+
+
+def run(handler: type, chunks: list[bytes], **options: Any) -> tuple[bytes, bool, dict[str, int]]:
+    options.setdefault("ping_interval", 0)
+    raw = raw_connect(RouteTree([Route("/echo", (handler,), options)]))
+    raw.send(upgrade_request("/echo"))
+    server = raw.server
+    for chunk in chunks:
+        raw.send(chunk)
+    raw.clock.advance(60)  # close handshakes time out, dropped connections go
+    raw.pump.flush()
+    stats = {name: getattr(server.trafficStats, name) for name in STATS}
+    return raw.received, raw.lost, stats
+
+
+def both(chunks: list[bytes], **options: Any) -> tuple[bytes, bool, dict[str, int]]:
+    fast = run(EchoHandler, chunks, **options)
+    general = run(AutobahnPathEcho, chunks, **options)
+    assert fast == general
+    return fast
+
+
+def test_which_handlers_take_the_fast_path():
+    assert fast_path_ok(EchoHandler) == (True, True)
+    assert fast_path_ok(AutobahnPathEcho) == (False, False)
+
+
+def test_unmask_and_header_agree_with_the_rfc():
+    payload = bytes(range(256)) * 20
+    mask = b"\x9a\x01\xfe\x10"
+    frame = masked_frame(payload, opcode=2, mask=mask)
+    assert frame[4:8] == mask  # 2-byte header, 2-byte length, then the mask
+    assert unmask(frame[8:], mask) == payload  # the C masker past 2 KiB
+    assert unmask(frame[8:108], mask) == payload[:100]  # the integer XOR
+    assert frame_header(0x81, 5) == b"\x81\x05"
+    assert frame_header(0x82, 300) == b"\x82\x7e\x01\x2c"
+    assert frame_header(0x82, 70000) == b"\x82\x7f" + (70000).to_bytes(8, "big")
+
+
+def test_many_messages_in_one_read_come_back_in_order():
+    frames = [masked_frame(f"m{i}".encode()) for i in range(50)]
+    received, lost, stats = both([b"".join(frames)])
+    assert received.split(b"\r\n\r\n", 1)[1] == b"".join(
+        b"\x81" + bytes([len(f"m{i}")]) + f"m{i}".encode() for i in range(50)
+    )
+    assert not lost
+    assert stats["incomingWebSocketMessages"] == 50
+
+
+def test_invalid_utf8_after_good_messages_closes_with_1007_after_them():
+    data = masked_frame(b"ok") + masked_frame(b"\xff\xfe") + masked_frame(b"never")
+    received, lost, _ = both([data])
+    body = received.split(b"\r\n\r\n", 1)[1]
+    assert body.startswith(b"\x81\x02ok\x88")
+    assert body[6:8] == (1007).to_bytes(2, "big")
+    assert b"never" not in body
+    assert lost
+
+
+def test_a_message_over_the_limit_closes_with_1009():
+    data = masked_frame(b"small") + masked_frame(b"x" * 300)
+    received, lost, _ = both([data], max_message_size=200)
+    body = received.split(b"\r\n\r\n", 1)[1]
+    assert body.startswith(b"\x81\x05small\x88")
+    assert body[9:11] == (1009).to_bytes(2, "big")
+
+
+def test_ping_and_fragments_between_whole_frames():
+    data = (
+        masked_frame(b"a")
+        + masked_frame(b"p", opcode=9)
+        + masked_frame(b"fr", fin=False)
+        + masked_frame(b"ag", opcode=0)
+        + masked_frame(b"\x00\x01", opcode=2)
+    )
+    received, lost, stats = both([data])
+    body = received.split(b"\r\n\r\n", 1)[1]
+    assert body == b"\x81\x01a" + b"\x8a\x01p" + b"\x81\x04frag" + b"\x82\x02\x00\x01"
+    assert stats["incomingWebSocketMessages"] == 3
+
+
+def test_bytes_arriving_one_at_a_time():
+    data = masked_frame(b"x" * 200) + masked_frame("é".encode())
+    received, _, _ = both([bytes([b]) for b in data])
+    assert (
+        received.split(b"\r\n\r\n", 1)[1] == b"\x81\x7e\x00\xc8" + b"x" * 200 + b"\x81\x02\xc3\xa9"
+    )
+
+
+class ReentrantEcho(EchoHandler):
+    """
+    Feeds itself a message from inside onMessage, as a synchronous
+    in-memory transport could: it must come after those already read.
+    """
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if payload == b"first":
+            self.dataReceived(masked_frame(b"injected"))
+        self.sendMessage(payload, isBinary)
+
+
+def test_data_fed_from_inside_a_handler_waits_its_turn():
+    received, _, _ = run(ReentrantEcho, [masked_frame(b"first") + masked_frame(b"second")])
+    body = received.split(b"\r\n\r\n", 1)[1]
+    assert body == b"\x81\x05first\x81\x06second\x81\x08injected"
+
+
+frame = st.one_of(
+    st.text(max_size=40).map(lambda t: masked_frame(t.encode())),
+    st.binary(max_size=300).map(lambda b: masked_frame(b, opcode=2)),
+    st.binary(max_size=10).map(lambda b: masked_frame(b, opcode=9)),
+    st.binary(min_size=1, max_size=4).map(lambda b: masked_frame(b)),  # often not UTF-8
+    st.just(masked_frame(b"ab", fin=False) + masked_frame(b"cd", opcode=0)),
+    st.just(masked_frame(b"z" * 130)),  # over max_message_size below
+    st.just(masked_frame(b"\x03\xe8", opcode=8)),  # the client closes
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(frames=st.lists(frame, max_size=12), cuts=st.lists(st.integers(0, 2000), max_size=6))
+def test_same_bytes_out_as_autobahns_path(frames, cuts):
+    data = b"".join(frames)
+    points = sorted({0, len(data), *(c for c in cuts if c < len(data))})
+    chunks = [data[a:b] for a, b in zip(points, points[1:], strict=False)]
+    both(chunks, max_message_size=128)

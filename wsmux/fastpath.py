@@ -1,0 +1,298 @@
+"""
+The common case of a WebSocket connection, done in few steps.
+
+Autobahn's frame machinery is general: every frame goes through about a
+dozen hooks (frame begin/data/end, message begin/frame/end...), creates an
+XOR masker object, formats debug-log arguments and fires an observer event
+with a Deferred, whether anyone listens or not.  Most traffic is small,
+whole, masked text or binary frames on an open connection, and for those
+this mixin does the same work directly:
+
+  - several whole frames in one read are cut out of the buffer at once;
+  - unmasking small payloads is one integer XOR;
+  - text is validated by Python's strict UTF-8 decoder (RFC 3629, the same
+    set of byte sequences Autobahn's validator accepts);
+  - the handler's C{onMessage} is called as Autobahn would call it;
+  - an unfragmented, uncompressed message goes out as one write.
+
+Anything else (control frames, fragments, compressed or oversized frames,
+invalid UTF-8, frames over the size limits, a connection not open, frame
+or octet logging, timings, a send queue) takes Autobahn's own path, which
+also does every error and close code; the fast path only stops before the
+frame it does not take.  Autobahn's traffic counters are kept the same, so
+metrics see no difference.
+
+A route uses the fast path only when its handler class leaves Autobahn's
+frame- and message-level hooks alone (L{fast_path_ok}); a handler that
+overrides, say, C{onMessageFrameData} to stream gets Autobahn's path as
+before.  Handlers stay plain C{WebSocketServerProtocol} subclasses.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, Optional
+
+from autobahn.twisted.websocket import WebSocketServerProtocol
+from autobahn.websocket.protocol import PreparedMessage
+from autobahn.websocket.xormasker import create_xor_masker
+
+# Payloads up to this size are unmasked with an integer XOR; larger ones
+# with Autobahn's C masker (faster past about 2 KiB).
+_INT_XOR_MAX = 2048
+
+# Frames the fast path takes: FIN set, no RSV bits, text or binary.
+_TEXT = 0x81
+_BINARY = 0x82
+
+# Receive-side hooks a handler must not override for the fast path.
+RECEIVE_HOOKS = (
+    "dataReceived",
+    "_dataReceived",
+    "consumeData",
+    "processData",
+    "onFrameBegin",
+    "onFrameData",
+    "onFrameEnd",
+    "_onMessageBegin",
+    "_onMessageFrameBegin",
+    "_onMessageFrameData",
+    "_onMessageFrameEnd",
+    "_onMessageFrame",
+    "_onMessageEnd",
+    "onMessageBegin",
+    "onMessageFrameBegin",
+    "onMessageFrameData",
+    "onMessageFrameEnd",
+    "onMessageFrame",
+    "onMessageEnd",
+)
+
+# Send-side methods a handler must not override for the fast path.
+SEND_HOOKS = ("sendMessage", "sendPreparedMessage", "sendFrame", "sendData")
+
+
+def _overrides(handler: type, names: tuple[str, ...]) -> bool:
+    return any(
+        getattr(handler, name, None) is not getattr(WebSocketServerProtocol, name) for name in names
+    )
+
+
+def fast_path_ok(handler: type) -> tuple[bool, bool]:
+    """
+    Whether the receive and the send fast paths keep C{handler}'s
+    behaviour: true for each unless C{handler} overrides one of the hooks
+    the path skips.
+    """
+    return not _overrides(handler, RECEIVE_HOOKS), not _overrides(handler, SEND_HOOKS)
+
+
+def unmask(payload: bytes, mask: bytes) -> bytes:
+    """
+    XOR C{payload} with the 4-byte C{mask} repeated (RFC 6455, 5.3).
+    """
+    n = len(payload)
+    if n > _INT_XOR_MAX:
+        return create_xor_masker(mask, n).process(payload)  # type: ignore[no-any-return]
+    key = (mask * ((n >> 2) + 1))[:n]
+    return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+
+
+def frame_header(opcode_byte: int, length: int) -> bytes:
+    """
+    An unmasked frame header (server to client).
+    """
+    if length < 126:
+        return bytes((opcode_byte, length))
+    if length < 65536:
+        return bytes((opcode_byte, 126, length >> 8, length & 0xFF))
+    return struct.pack("!BBQ", opcode_byte, 127, length)
+
+
+class FastReceiveMixin:
+    """
+    Take whole small data frames without Autobahn's per-frame hooks.
+
+    Sits directly in front of the handler class.
+    """
+
+    _fast_busy: bool = False
+    _fast_again: bool = False
+    _idle_timeout: float = 0.0
+    _idle_call: Any = None
+
+    def dataReceived(self, data: bytes) -> None:
+        # Autobahn's adapter formats a debug-log line per read here.
+        self._dataReceived(data)  # type: ignore[attr-defined]
+
+    def consumeData(self) -> None:
+        if self.state != self.STATE_OPEN:  # type: ignore[attr-defined]
+            super().consumeData()  # type: ignore[misc]
+            return
+        if self._fast_busy:
+            # Called again from inside a handler (an in-memory transport can
+            # deliver synchronously): the outer loop below takes the new
+            # bytes, in order, after the messages it has already cut out.
+            self._fast_again = True
+            return
+        self._fast_busy = True
+        try:
+            open_ = self.STATE_OPEN  # type: ignore[attr-defined]
+            closing = self.STATE_CLOSING  # type: ignore[attr-defined]
+            while True:
+                self._fast_again = False
+                state = self.state  # type: ignore[attr-defined]
+                if state != open_ and state != closing:
+                    return
+                if state == open_ and self.current_frame is None:  # type: ignore[attr-defined]
+                    messages = self._cut_messages()
+                    if messages:
+                        self._deliver(messages)
+                        continue
+                if not self.processData() and not self._fast_again:  # type: ignore[attr-defined]
+                    return
+        finally:
+            self._fast_busy = False
+
+    def _cut_messages(self) -> list[tuple[bytes, bool]]:
+        """
+        Cut the whole fast-path frames at the head of the buffer out of it.
+        """
+        if (
+            self.inside_message  # type: ignore[attr-defined]
+            or self.logFrames  # type: ignore[attr-defined]
+            or self.trackedTimings  # type: ignore[attr-defined]
+            or not self.applyMask  # type: ignore[attr-defined]
+        ):
+            return []
+        data: bytes = self.data  # type: ignore[has-type]
+        end = len(data)
+        max_message = self.maxMessagePayloadSize  # type: ignore[attr-defined]
+        max_frame = self.maxFramePayloadSize  # type: ignore[attr-defined]
+        validate = self.utf8validateIncoming  # type: ignore[attr-defined]
+        messages: list[tuple[bytes, bool]] = []
+        octets = 0
+        i = 0
+        while end - i >= 6:
+            b0 = data[i]
+            b1 = data[i + 1]
+            if (b0 != _TEXT and b0 != _BINARY) or b1 < 0x80:
+                break  # not a whole data frame, or not masked
+            length = b1 & 0x7F
+            if length < 126:
+                start = i + 6
+            elif length == 126:
+                if end - i < 8:
+                    break
+                length = (data[i + 2] << 8) | data[i + 3]
+                if length < 126:
+                    break  # not minimal: Autobahn's path fails it
+                start = i + 8
+            else:
+                break  # 64-bit lengths: big frames gain nothing here
+            stop = start + length
+            if stop > end:
+                break
+            if (0 < max_message < length) or (0 < max_frame < length):
+                break
+            payload = data[start:stop]
+            if length:
+                payload = unmask(payload, data[start - 4 : start])
+            if b0 == _TEXT and validate:
+                try:
+                    payload.decode("utf-8")
+                except UnicodeDecodeError:
+                    break  # Autobahn's path closes with 1007 and says where
+            messages.append((payload, b0 == _BINARY))
+            octets += length
+            i = stop
+        if messages:
+            self.data = data[i:]
+            stats = self.trafficStats  # type: ignore[attr-defined]
+            count = len(messages)
+            stats.incomingOctetsWebSocketLevel += octets
+            stats.incomingOctetsAppLevel += octets
+            stats.incomingWebSocketFrames += count
+            stats.incomingWebSocketMessages += count
+            if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:  # type: ignore[attr-defined]
+                self._cancelAutoPingTimeoutCall()  # type: ignore[attr-defined]
+            if self._idle_call is not None and self._idle_call.active():
+                self._idle_call.reset(self._idle_timeout)
+        return messages
+
+    def _deliver(self, messages: list[tuple[bytes, bool]]) -> None:
+        closed = self.STATE_CLOSED  # type: ignore[attr-defined]
+        on_message = self._onMessage  # type: ignore[attr-defined]
+        for payload, is_binary in messages:
+            if self.state == closed or self.failedByMe:  # type: ignore[attr-defined]
+                return
+            self.message_is_binary = is_binary
+            on_message(payload, is_binary)
+            # Autobahn's observable "message" event, when anyone listens.
+            if self._listeners or self._parent is not None:  # type: ignore[attr-defined]
+                self.fire("message", payload, is_binary=is_binary)  # type: ignore[attr-defined]
+
+
+class FastSendMixin:
+    """
+    Send an unfragmented, uncompressed message as one write.
+
+    Sits directly in front of the handler class, behind wsmux's
+    backpressure checks (which apply only while the client is not reading,
+    when this path stands aside).
+    """
+
+    _paused: bool = False
+
+    def _fast_send_ok(self) -> bool:
+        return (
+            not self._paused
+            and self.state == self.STATE_OPEN  # type: ignore[attr-defined]
+            and not self.send_queue  # type: ignore[attr-defined]
+            and not self.logFrames  # type: ignore[attr-defined]
+            and not self.logOctets  # type: ignore[attr-defined]
+            and not self.trackedTimings  # type: ignore[attr-defined]
+            and not self.maskServerFrames  # type: ignore[attr-defined]
+        )
+
+    def sendMessage(
+        self,
+        payload: bytes,
+        isBinary: bool = False,
+        fragmentSize: Optional[int] = None,
+        sync: bool = False,
+        doNotCompress: bool = False,
+    ) -> None:
+        length = len(payload)
+        if (
+            fragmentSize is None
+            and not sync
+            and type(payload) is bytes
+            and (doNotCompress or self._perMessageCompress is None)  # type: ignore[attr-defined]
+            and not (0 < self.maxMessagePayloadSize < length)  # type: ignore[attr-defined]
+            and not (0 < self.autoFragmentSize < length)  # type: ignore[attr-defined]
+            and self._fast_send_ok()
+        ):
+            header = frame_header(_BINARY if isBinary else _TEXT, length)
+            if length < 65536:
+                self.transport.write(header + payload)  # type: ignore[attr-defined]
+            else:
+                self.transport.writeSequence((header, payload))  # type: ignore[attr-defined]
+            stats = self.trafficStats  # type: ignore[attr-defined]
+            stats.outgoingWebSocketMessages += 1
+            stats.outgoingWebSocketFrames += 1
+            stats.outgoingOctetsAppLevel += length
+            stats.outgoingOctetsWebSocketLevel += length
+            stats.outgoingOctetsWireLevel += len(header) + length
+            return
+        super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress)  # type: ignore[misc]
+
+    def sendPreparedMessage(self, preparedMsg: PreparedMessage) -> None:
+        if (
+            self._perMessageCompress is None or preparedMsg.doNotCompress  # type: ignore[attr-defined]
+        ) and self._fast_send_ok():
+            data = preparedMsg.payloadHybi
+            self.transport.write(data)  # type: ignore[attr-defined]
+            self.trafficStats.outgoingOctetsWireLevel += len(data)  # type: ignore[attr-defined]
+            return
+        super().sendPreparedMessage(preparedMsg)  # type: ignore[misc]
