@@ -237,6 +237,9 @@ class RouteFactory(WebSocketServerFactory):
         route_path: str = "",
         reactor: Optional[Any] = None,
     ) -> None:
+        # Classes from wsmux.protocol.route_protocol that carry this
+        # factory's options as class attributes.
+        self.route_classes: list[type] = []
         super().__init__(reactor=reactor)
         self.protocol = handler  # type: ignore[assignment]
         self.options = options
@@ -267,6 +270,12 @@ class RouteFactory(WebSocketServerFactory):
             # wsmux checks origins itself, to answer 403 with a reason.
             allowedOrigins=["*"],
         )
+
+    def setProtocolOptions(self, *args: Any, **options: Any) -> None:  # type: ignore[override]
+        super().setProtocolOptions(*args, **options)
+        for cls in getattr(self, "route_classes", ()):
+            for name in cls._factory_options:  # type: ignore[attr-defined]
+                setattr(cls, name, getattr(self, name))
 
     def _accept_deflate(self, offers: list[Any]) -> Optional[PerMessageDeflateOfferAccept]:
         if self.options.deflate == "off":

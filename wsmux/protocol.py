@@ -33,6 +33,19 @@ _EMPTY: Mapping[str, str] = {}
 _CONTROL_SLACK = 64 * 1024
 
 
+class SendQueue(list):  # type: ignore[type-arg]
+    """
+    Autobahn's send queue (appended to, popped from the left), as a list:
+    it is nearly always empty, and an empty list is a tenth of the size of
+    an empty deque.
+    """
+
+    __slots__ = ()
+
+    def popleft(self) -> Any:
+        return self.pop(0)
+
+
 @implementer(IPushProducer)
 class RouteProtocolMixin:
     """
@@ -65,13 +78,15 @@ class RouteProtocolMixin:
     _paused: bool = False
     _backlog: int = 0
     _producers: tuple[Any, ...] = ()
-    _writable_waiters: list[Any]
+    _writable_waiters: tuple[Any, ...] = ()
     _send_cap: int = 0
     _drop_slow: bool = False
 
     def connectionMade(self) -> None:
-        self._writable_waiters = []
         super().connectionMade()  # type: ignore[misc]
+        # Autobahn's empty deque takes 760 bytes per connection; the queue
+        # is only used for sync or chopped sends.
+        self.send_queue = SendQueue()
         if self.registry is not None:
             self.registry.add(self, self.client_address)
         options = self.factory.options  # type: ignore[attr-defined]
@@ -84,7 +99,7 @@ class RouteProtocolMixin:
             self.registry.remove(self, self.client_address)
         if self.channels is not None:
             self.channels.unsubscribe(self)
-        waiters, self._writable_waiters = self._writable_waiters, []
+        waiters, self._writable_waiters = self._writable_waiters, ()
         for waiter in waiters:
             waiter.errback(ConnectionDone("the connection closed"))
         for producer in self._producers:
@@ -169,7 +184,7 @@ class RouteProtocolMixin:
         self.transport.resumeProducing()  # type: ignore[attr-defined]
         for producer in self._producers:
             producer.resumeProducing()
-        waiters, self._writable_waiters = self._writable_waiters, []
+        waiters, self._writable_waiters = self._writable_waiters, ()
         for waiter in waiters:
             waiter.callback(None)
 
@@ -182,7 +197,7 @@ class RouteProtocolMixin:
         if not self._paused:
             return succeed(None)
         waiter: Deferred[None] = Deferred()
-        self._writable_waiters.append(waiter)
+        self._writable_waiters += (waiter,)
         return waiter
 
     def stopProducing(self) -> None:
@@ -463,13 +478,21 @@ class InflateOnlyMixin:
         self.sendData(preparedMsg.payloadHybi)  # type: ignore[attr-defined]
 
 
-def route_protocol(handler: type, options: ProtocolOptions, route_path: str) -> type:
+def route_protocol(
+    handler: type, options: ProtocolOptions, route_path: str, factory: Any = None
+) -> type:
     """
     Derive the class wsmux instantiates for C{handler} on one route.
 
     @param handler: the user's C{WebSocketServerProtocol} subclass.
     @param options: the route's options.
     @param route_path: the route's path pattern, for logs.
+    @param factory: the route's L{wsmux.factory.RouteFactory}.  Autobahn
+        copies about thirty options from the factory into every connection
+        unless the class already has them; the derived class carries them
+        instead (kept current by the factory's C{setProtocolOptions}), which
+        keeps each connection's attribute dictionary at half the size.  A
+        handler's own class-level option values still win.
     @return: a subclass of C{handler}.
     """
     bases: tuple[type, ...] = (RouteProtocolMixin,)
@@ -494,4 +517,12 @@ def route_protocol(handler: type, options: ProtocolOptions, route_path: str) -> 
         bases += (FastReceiveMixin,)
     if send_ok:
         bases += (FastSendMixin,)
-    return type(handler.__name__, bases + (handler,), namespace)
+    if factory is not None:
+        names = getattr(handler, "CONFIG_ATTRS")  # noqa: B009 - Autobahn's, untyped
+        shared = tuple(name for name in names if not hasattr(handler, name))
+        namespace["_factory_options"] = shared
+        namespace.update((name, getattr(factory, name)) for name in shared)
+    cls = type(handler.__name__, bases + (handler,), namespace)
+    if factory is not None:
+        factory.route_classes.append(cls)
+    return cls

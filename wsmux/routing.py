@@ -284,7 +284,9 @@ class WebSocketEndpoint(_UpgradeResource):
         self.route = route
         self.options = options
         self.factory = RouteFactory(route.handlers[0], options, route.path, reactor=tree.reactor)
-        self._classes = {h: route_protocol(h, options, route.path) for h in route.handlers}
+        self._classes = {
+            h: route_protocol(h, options, route.path, self.factory) for h in route.handlers
+        }
         self._choosy = any(hasattr(h, "accepts") for h in route.handlers)
         self._origins = tuple(options.allowed_origins)
         self.mounted = True
@@ -752,6 +754,6 @@ class RouteTree(_Node):
         cls = self._adopt_classes.get(handler)
         if cls is None:
             cls = self._adopt_classes[handler] = route_protocol(
-                handler, self.defaults, "(unhandled)"
+                handler, self.defaults, "(unhandled)", self._adoption_factory()
             )
         return cls
