@@ -15,6 +15,7 @@ from twisted.application.service import Service
 from twisted.logger import (
     FileLogObserver,
     FilteringLogObserver,
+    Logger,
     LogLevel,
     LogPublisher,
     PredicateResult,
@@ -28,6 +29,26 @@ _TWISTED_LEVELS = {
     "warn": LogLevel.warn,
     "error": LogLevel.error,
 }
+
+
+# Levels wsmux's own logger drops at the call (set by filter_log_level).
+_dropped: frozenset[Any] = frozenset()
+
+
+class LevelLogger(Logger):
+    """
+    A C{twisted.logger.Logger} that drops events below the configured
+    level before building them: with C{--log-level warn}, the open and
+    close lines of every connection cost one set lookup each.
+    """
+
+    def emit(self, level: LogLevel, format: Optional[str] = None, **kwargs: Any) -> None:
+        if level in _dropped:
+            return
+        super().emit(level, format, **kwargs)
+
+
+log = LevelLogger(namespace="wsmux")
 
 
 def level_predicate(level: str) -> Any:
@@ -58,7 +79,11 @@ def filter_log_level(level: str, publisher: LogPublisher = globalLogPublisher) -
 
     @param level: C{debug}, C{info}, C{warn} or C{error}.
     """
+    global _dropped
     txaio.set_global_log_level(level)  # type: ignore[attr-defined]
+    _dropped = frozenset(
+        named for named in LogLevel.iterconstants() if named < _TWISTED_LEVELS[level]
+    )
     predicate = level_predicate(level)
     # LogPublisher has no public way to list its observers; twistd has
     # added its own by the time services start, so wrap each of them.

@@ -22,11 +22,9 @@ import txredisapi
 from autobahn.websocket.protocol import PreparedMessage
 from twisted.application.service import Service
 from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.logger import Logger
 
 from wsmux.channels import ChannelHub, deliver
-
-log = Logger(namespace="wsmux")
+from wsmux.logs import log
 
 PREFIX = b"wsmux:"
 _BINARY, _TEXT = b"b", b"t"

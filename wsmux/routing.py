@@ -18,7 +18,6 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -27,9 +26,8 @@ from twisted.web.server import NOT_DONE_YET
 
 from wsmux.factory import ProtocolOptions, RouteFactory
 from wsmux.limits import ConnectionRegistry, ServerLimits, client_address
+from wsmux.logs import log
 from wsmux.protocol import route_protocol
-
-log = Logger(namespace="wsmux")
 
 _PARAMS_ATTR = "wsmux_path_params"
 _PARAM_RE = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")

@@ -11,12 +11,12 @@ from typing import Any, Optional
 from twisted.application import strports
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from wsmux.config import Settings, port_description
 from wsmux.handlers import resolve_callable, resolve_handler
+from wsmux.logs import log
 from wsmux.metrics import HealthResource, MetricsResource, metrics_registry
 from wsmux.page import demo_page
 from wsmux.protocol import close_with
@@ -26,8 +26,6 @@ from wsmux.site import WebSocketSite
 from wsmux.status import mount_status
 from wsmux.tls import SniContextMap, SniffingFactory, tls_factory
 from wsmux.workers import AdoptedPort, clean_exit_after_sigterm
-
-log = Logger(namespace="wsmux")
 
 
 def build_tree(settings: Settings, reactor: Any = None) -> RouteTree:

@@ -14,13 +14,11 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from twisted.logger import Logger
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Site
 
 from wsmux.limits import ServerLimits
-
-log = Logger(namespace="wsmux")
+from wsmux.logs import log
 
 # How long a kept-alive HTTP connection may sit idle between requests.
 KEEPALIVE_IDLE = 60

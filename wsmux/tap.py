@@ -8,7 +8,6 @@ import sys
 from typing import Any
 
 from twisted.application.service import IService, MultiService
-from twisted.logger import Logger
 from twisted.python import usage
 
 from wsmux.config import (
@@ -20,12 +19,10 @@ from wsmux.config import (
     parse_route_arg,
     port_description,
 )
-from wsmux.logs import LOG_FORMATS, LogLevelService, use_json_for_twistd
+from wsmux.logs import LOG_FORMATS, LogLevelService, log, use_json_for_twistd
 from wsmux.service import make_service
 from wsmux.tls import TLS_VERSIONS, CertificateError, HostCertificate, SniContextMap
 from wsmux.workers import WorkerSupervisor, parse_worker_sockets, tcp_address, worker_argv
-
-log = Logger(namespace="wsmux")
 
 
 def _non_negative(convert: Any, what: str) -> Any:

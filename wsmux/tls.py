@@ -29,11 +29,10 @@ from twisted.internet.ssl import (
     CertificateOptions,
     TLSVersion,
 )
-from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
-log = Logger(namespace="wsmux")
+from wsmux.logs import log
 
 # Forward-secret suites only (TLS 1.3 suites always are).
 FORWARD_SECRET_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20"

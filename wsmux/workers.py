@@ -24,9 +24,8 @@ from typing import Any, Optional
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.protocol import ProcessProtocol
-from twisted.logger import Logger
 
-log = Logger(namespace="wsmux")
+from wsmux.logs import log
 
 # The kinds of port a worker serves, in the order of --worker-sockets.
 KINDS = ("plain", "tls", "shared")
