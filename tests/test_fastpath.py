@@ -133,6 +133,29 @@ def test_bytes_arriving_one_at_a_time():
     )
 
 
+def test_big_binary_frames_in_pieces():
+    big = bytes(range(256)) * 400  # 100 KiB
+    data = masked_frame(big, opcode=2) + masked_frame(b"after")
+    chunks = [data[i : i + 7000] for i in range(0, len(data), 7000)]
+    received, lost, stats = both(chunks, max_message_size=1 << 20)
+    body = received.split(b"\r\n\r\n", 1)[1]
+    assert body == b"\x82\x7f" + len(big).to_bytes(8, "big") + big + b"\x81\x05after"
+    assert not lost
+    assert stats["incomingOctetsAppLevel"] == len(big) + 5
+
+
+def test_big_frames_over_the_limit_and_big_text():
+    too_big = masked_frame(b"\x00" * 70000, opcode=2)
+    received, lost, _ = both([too_big[:100], too_big[100:]], max_message_size=65536)
+    assert received.split(b"\r\n\r\n", 1)[1][2:4] == (1009).to_bytes(2, "big")
+    text = "ü".encode() * 40000
+    bad = masked_frame(text[:-1], opcode=1)  # ends inside a character
+    received, lost, _ = both([masked_frame(text), bad], max_message_size=1 << 20)
+    body = received.split(b"\r\n\r\n", 1)[1]
+    assert body.startswith(b"\x81\x7f" + len(text).to_bytes(8, "big") + text + b"\x88")
+    assert lost
+
+
 class ReentrantEcho(EchoHandler):
     """
     Feeds itself a message from inside onMessage, as a synchronous
