@@ -15,7 +15,8 @@ this mixin does the same work directly:
   - text is validated by Python's strict UTF-8 decoder (RFC 3629, the same
     set of byte sequences Autobahn's validator accepts);
   - the handler's C{onMessage} is called as Autobahn would call it;
-  - an unfragmented, uncompressed message goes out as one write.
+  - an unfragmented, uncompressed message goes out as one write, sent at
+    once when the socket has room (L{write_now}).
 
 Anything else (control frames, fragments, compressed or oversized frames,
 invalid UTF-8, frames over the size limits, a connection not open, frame
@@ -38,6 +39,7 @@ from typing import Any, Optional
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.protocol import PreparedMessage
 from autobahn.websocket.xormasker import create_xor_masker
+from twisted.internet import tcp
 
 # Payloads up to this size are unmasked with an integer XOR; larger ones
 # with Autobahn's C masker (faster past about 2 KiB).
@@ -136,6 +138,41 @@ def frame_header(opcode_byte: int, length: int) -> bytes:
     return struct.pack("!BBQ", opcode_byte, 127, length)
 
 
+def write_now(transport: Any, data: bytes) -> None:
+    """
+    Write C{data}, sending it at once when nothing is waiting before it.
+
+    Twisted's TCP transport never sends from C{write}: it buffers, asks the
+    reactor to watch for writability and sends on the next turn, which costs
+    two C{epoll_ctl} calls per write; to a thousand subscribers of a
+    broadcast that is most of the work.  Like asyncio and uWebSockets, this
+    tries the socket first; whatever does not fit goes to the transport's
+    buffer as usual, behind nothing, so order is kept, and Twisted's
+    producer pausing and error handling take over from there.  Only for
+    plain TCP transports with an empty buffer; anything else (TLS, a
+    closing connection, in-memory transports) uses C{transport.write}.
+    """
+    if (
+        transport.__class__ is tcp.Server
+        and not transport.TLS
+        and transport.connected
+        and not transport.disconnecting
+        # Twisted's buffers, both empty (no public API says so).
+        and not transport._tempDataLen
+        and transport.offset == len(transport.dataBuffer)
+    ):
+        try:
+            sent = transport.socket.send(data)
+        except OSError:
+            # EAGAIN, or an error Twisted's own write path will meet and
+            # report properly.
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
+
+
 class FastReceiveMixin:
     """
     Take whole small data frames without Autobahn's per-frame hooks.
@@ -145,6 +182,7 @@ class FastReceiveMixin:
 
     _fast_busy: bool = False
     _fast_again: bool = False
+    _batching: bool = False
     # A big binary frame being gathered: bytes so far, length, mask.
     _big: Optional[bytearray] = None
     _big_length: int = 0
@@ -322,14 +360,20 @@ class FastReceiveMixin:
     def _deliver(self, messages: list[tuple[bytes, bool]]) -> None:
         closed = self.STATE_CLOSED  # type: ignore[attr-defined]
         on_message = self._onMessage  # type: ignore[attr-defined]
-        for payload, is_binary in messages:
-            if self.state == closed or self.failedByMe:  # type: ignore[attr-defined]
-                return
-            self.message_is_binary = is_binary
-            on_message(payload, is_binary)
-            # Autobahn's observable "message" event, when anyone listens.
-            if self._listeners or self._parent is not None:  # type: ignore[attr-defined]
-                self.fire("message", payload, is_binary=is_binary)  # type: ignore[attr-defined]
+        # Replies to a batch of messages are better gathered into one send
+        # by Twisted than sent one by one (see FastSendMixin).
+        self._batching = len(messages) > 1
+        try:
+            for payload, is_binary in messages:
+                if self.state == closed or self.failedByMe:  # type: ignore[attr-defined]
+                    return
+                self.message_is_binary = is_binary
+                on_message(payload, is_binary)
+                # Autobahn's observable "message" event, when anyone listens.
+                if self._listeners or self._parent is not None:  # type: ignore[attr-defined]
+                    self.fire("message", payload, is_binary=is_binary)  # type: ignore[attr-defined]
+        finally:
+            self._batching = False
 
 
 class FastSendMixin:
@@ -342,6 +386,16 @@ class FastSendMixin:
     """
 
     _paused: bool = False
+    # True while this connection's own batch of received messages is being
+    # delivered: its replies go through Twisted's buffer, which sends them
+    # together on the next turn; any other write is tried at once.
+    _batching: bool = False
+
+    def _write(self, data: bytes) -> None:
+        if self._batching:
+            self.transport.write(data)  # type: ignore[attr-defined]
+        else:
+            write_now(self.transport, data)  # type: ignore[attr-defined]
 
     def _fast_send_ok(self) -> bool:
         return (
@@ -374,7 +428,7 @@ class FastSendMixin:
         ):
             header = frame_header(_BINARY if isBinary else _TEXT, length)
             if length < 65536:
-                self.transport.write(header + payload)  # type: ignore[attr-defined]
+                self._write(header + payload)
             else:
                 self.transport.writeSequence((header, payload))  # type: ignore[attr-defined]
             stats = self.trafficStats  # type: ignore[attr-defined]
@@ -391,7 +445,7 @@ class FastSendMixin:
             self._perMessageCompress is None or preparedMsg.doNotCompress  # type: ignore[attr-defined]
         ) and self._fast_send_ok():
             data = preparedMsg.payloadHybi
-            self.transport.write(data)  # type: ignore[attr-defined]
+            self._write(data)
             self.trafficStats.outgoingOctetsWireLevel += len(data)  # type: ignore[attr-defined]
             return
         super().sendPreparedMessage(preparedMsg)  # type: ignore[misc]
