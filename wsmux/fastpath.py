@@ -440,6 +440,26 @@ class FastSendMixin:
             return
         super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress)  # type: ignore[misc]
 
+    def sendData(self, data: bytes, sync: bool = False, chopsize: Optional[int] = None) -> None:
+        # Autobahn's own writes (the handshake response, pongs, close
+        # frames, fragments): the same as Autobahn's, without its debug-log
+        # formatting, and sent at once when the socket has room.
+        state = self.state  # type: ignore[attr-defined]
+        if (
+            sync
+            or chopsize
+            or self._paused
+            or self.send_queue  # type: ignore[attr-defined]
+            or self.logOctets  # type: ignore[attr-defined]
+        ):
+            super().sendData(data, sync, chopsize)  # type: ignore[misc]
+            return
+        self._write(data)
+        if state == self.STATE_OPEN:  # type: ignore[attr-defined]
+            self.trafficStats.outgoingOctetsWireLevel += len(data)  # type: ignore[attr-defined]
+        elif state == self.STATE_CONNECTING:  # type: ignore[attr-defined]
+            self.trafficStats.preopenOutgoingOctetsWireLevel += len(data)  # type: ignore[attr-defined]
+
     def sendPreparedMessage(self, preparedMsg: PreparedMessage) -> None:
         if (
             self._perMessageCompress is None or preparedMsg.doNotCompress  # type: ignore[attr-defined]
