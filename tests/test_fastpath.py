@@ -144,6 +144,14 @@ def test_big_binary_frames_in_pieces():
     assert stats["incomingOctetsAppLevel"] == len(big) + 5
 
 
+def test_a_big_frame_read_whole_leaves_the_read_bytes_alone():
+    data = masked_frame(b"\x5a" * 80000, opcode=2)
+    before = bytes(bytearray(data))
+    received, _, _ = both([data], max_message_size=1 << 20)
+    assert data == before  # unmasking in place never touches what was read
+    assert received.endswith(b"\x5a" * 80000)
+
+
 def test_big_frames_over_the_limit_and_big_text():
     too_big = masked_frame(b"\x00" * 70000, opcode=2)
     received, lost, _ = both([too_big[:100], too_big[100:]], max_message_size=65536)

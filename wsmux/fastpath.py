@@ -10,8 +10,8 @@ this mixin does the same work directly:
 
   - several whole frames in one read are cut out of the buffer at once;
   - unmasking small payloads is one integer XOR;
-  - a big whole binary frame is gathered into one buffer as it arrives and
-    unmasked there in one pass (Autobahn copies each chunk three times);
+  - a big whole binary frame is gathered as it arrives, joined once and
+    unmasked where it lies (Autobahn copies each chunk three times);
   - text is validated by Python's strict UTF-8 decoder (RFC 3629, the same
     set of byte sequences Autobahn's validator accepts);
   - the handler's C{onMessage} is called as Autobahn would call it;
@@ -115,7 +115,9 @@ def _nvx_unmask_in_place() -> Any:
     except ImportError:  # pragma: no cover - Autobahn without NVX
         return None
 
-    def unmask_in_place(buffer: bytearray, mask: bytes) -> None:
+    def unmask_in_place(buffer: bytes, mask: bytes) -> None:
+        # Writes into C{buffer}: only for a bytes object just made and not
+        # yet seen by anyone else.
         key = ffi.new("uint8_t[4]", mask)
         masker = ffi.gc(lib.nvx_xormask_new(key), lib.nvx_xormask_free)
         lib.nvx_xormask_set_impl(masker, 2)  # SSE2
@@ -138,9 +140,10 @@ def frame_header(opcode_byte: int, length: int) -> bytes:
     return struct.pack("!BBQ", opcode_byte, 127, length)
 
 
-def write_now(transport: Any, data: bytes) -> None:
+def write_now(transport: Any, data: bytes, more: bytes = b"") -> None:
     """
-    Write C{data}, sending it at once when nothing is waiting before it.
+    Write C{data} (then C{more}), sending at once when nothing is waiting
+    before it.
 
     Twisted's TCP transport never sends from C{write}: it buffers, asks the
     reactor to watch for writability and sends on the next turn, which costs
@@ -148,9 +151,11 @@ def write_now(transport: Any, data: bytes) -> None:
     broadcast that is most of the work.  Like asyncio and uWebSockets, this
     tries the socket first; whatever does not fit goes to the transport's
     buffer as usual, behind nothing, so order is kept, and Twisted's
-    producer pausing and error handling take over from there.  Only for
-    plain TCP transports with an empty buffer; anything else (TLS, a
-    closing connection, in-memory transports) uses C{transport.write}.
+    producer pausing and error handling take over from there.  A big
+    message goes out with its header in one C{sendmsg}, without the copy
+    Twisted makes to join them.  Only for plain TCP transports with an
+    empty buffer; anything else (TLS, a closing connection, in-memory
+    transports) uses C{transport.write}.
     """
     if (
         transport.__class__ is tcp.Server
@@ -162,15 +167,20 @@ def write_now(transport: Any, data: bytes) -> None:
         and transport.offset == len(transport.dataBuffer)
     ):
         try:
-            sent = transport.socket.send(data)
+            sent = transport.socket.sendmsg((data, more)) if more else transport.socket.send(data)
         except OSError:
             # EAGAIN, or an error Twisted's own write path will meet and
             # report properly.
             sent = 0
-        if sent == len(data):
+        if sent >= len(data):
+            if sent - len(data) < len(more):
+                transport.write(more[sent - len(data) :])
             return
         data = data[sent:]
-    transport.write(data)
+    if more:
+        transport.writeSequence((data, more))
+    else:
+        transport.write(data)
 
 
 class FastReceiveMixin:
@@ -183,8 +193,10 @@ class FastReceiveMixin:
     _fast_busy: bool = False
     _fast_again: bool = False
     _batching: bool = False
-    # A big binary frame being gathered: bytes so far, length, mask.
-    _big: Optional[bytearray] = None
+    # A big binary frame being gathered: pieces so far, their size, the
+    # frame's length and mask.
+    _big: Optional[list[bytes]] = None
+    _big_have: int = 0
     _big_length: int = 0
     _big_mask: bytes = b""
     _idle_timeout: float = 0.0
@@ -316,10 +328,12 @@ class FastReceiveMixin:
         max_frame = self.maxFramePayloadSize  # type: ignore[attr-defined]
         if length < _BIG or length >> 63 or 0 < max_message < length or 0 < max_frame < length:
             return False
-        self._big = bytearray(data[14 : 14 + length])
+        first = data[14 : 14 + length]
+        self._big = [first]
+        self._big_have = len(first)
         self._big_length = length
         self._big_mask = data[10:14]
-        self.data = data[14 + len(self._big) :]
+        self.data = data[14 + len(first) :]
         self._activity()
         return True
 
@@ -329,16 +343,21 @@ class FastReceiveMixin:
         """
         assert self._big is not None
         data: bytes = self.data  # type: ignore[has-type]
-        need = self._big_length - len(self._big)
+        need = self._big_length - self._big_have
         if len(data) <= need:
-            self._big += data
+            self._big.append(data)
+            self._big_have += len(data)
             self.data = b""
         else:
-            self._big += data[:need]
+            self._big.append(data[:need])
+            self._big_have = self._big_length
             self.data = data[need:]
-        if len(self._big) < self._big_length:
+        if self._big_have < self._big_length:
             return False
-        payload, self._big = self._big, None
+        # One copy into a new bytes object (the empty piece makes sure join
+        # never hands back one of the pieces), unmasked where it lies.
+        self._big.append(b"")
+        payload, self._big = b"".join(self._big), None
         assert unmask_in_place is not None
         unmask_in_place(payload, self._big_mask)
         stats = self.trafficStats  # type: ignore[attr-defined]
@@ -347,7 +366,7 @@ class FastReceiveMixin:
         stats.incomingWebSocketFrames += 1
         stats.incomingWebSocketMessages += 1
         self._activity()
-        self._deliver([(bytes(payload), True)])
+        self._deliver([(payload, True)])
         return True
 
     def _activity(self) -> None:
@@ -429,8 +448,10 @@ class FastSendMixin:
             header = frame_header(_BINARY if isBinary else _TEXT, length)
             if length < 65536:
                 self._write(header + payload)
-            else:
+            elif self._batching:
                 self.transport.writeSequence((header, payload))  # type: ignore[attr-defined]
+            else:
+                write_now(self.transport, header, payload)  # type: ignore[attr-defined]
             stats = self.trafficStats  # type: ignore[attr-defined]
             stats.outgoingWebSocketMessages += 1
             stats.outgoingWebSocketFrames += 1
