@@ -107,16 +107,20 @@ def main():
     for label, scenario, deflate, metric in SCENARIOS:
         if label not in wanted:
             continue
-        for peer in peers:
-            runs = []
-            for _ in range(options.repeat):
+        # Repetitions go round the peers (a, b, c, a, b, c...), so that a
+        # change in the machine's load during the run touches every peer.
+        runs: dict[str, list] = {peer: [] for peer in peers}
+        for _ in range(options.repeat):
+            for peer in peers:
                 try:
-                    runs.append(run_once(peer, scenario, deflate, options.seconds))
+                    runs[peer].append(run_once(peer, scenario, deflate, options.seconds))
                 except Exception as e:  # a peer that cannot run a scenario is reported, not fatal
                     print(f"{label} {peer}: failed: {e}", file=sys.stderr)
-            if runs:
-                row = {key: statistics.median(r[key] for r in runs if r.get(key) is not None)
-                       for key in runs[0] if any(r.get(key) is not None for r in runs)}  # fmt: skip
+        for peer in peers:
+            done = runs[peer]
+            if done:
+                row = {key: statistics.median(r[key] for r in done if r.get(key) is not None)
+                       for key in done[0] if any(r.get(key) is not None for r in done)}  # fmt: skip
                 results.setdefault(label, {})[peer] = row
                 print(
                     f"{label:4s} {peer:18s} {metric}={row.get(metric, float('nan')):,.1f}",
