@@ -37,7 +37,6 @@ import struct
 from typing import Any, Optional
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
-from autobahn.websocket.protocol import PreparedMessage
 from autobahn.websocket.xormasker import create_xor_masker
 from twisted.internet import tcp
 
@@ -241,16 +240,20 @@ class FastReceiveMixin:
         finally:
             self._fast_busy = False
 
-    def _cut_messages(self) -> list[tuple[bytes, bool]]:
-        """
-        Cut the whole fast-path frames at the head of the buffer out of it.
-        """
-        if (
+    def _receive_ok(self) -> bool:
+        # Between messages, and nothing asked of Autobahn's path.
+        return not (
             self.inside_message  # type: ignore[attr-defined]
             or self.logFrames  # type: ignore[attr-defined]
             or self.trackedTimings  # type: ignore[attr-defined]
             or not self.applyMask  # type: ignore[attr-defined]
-        ):
+        )
+
+    def _cut_messages(self) -> list[tuple[bytes, bool]]:
+        """
+        Cut the whole fast-path frames at the head of the buffer out of it.
+        """
+        if not self._receive_ok():
             return []
         data: bytes = self.data  # type: ignore[has-type]
         end = len(data)
@@ -295,13 +298,7 @@ class FastReceiveMixin:
             i = stop
         if messages:
             self.data = data[i:]
-            stats = self.trafficStats  # type: ignore[attr-defined]
-            count = len(messages)
-            stats.incomingOctetsWebSocketLevel += octets
-            stats.incomingOctetsAppLevel += octets
-            stats.incomingWebSocketFrames += count
-            stats.incomingWebSocketMessages += count
-            self._activity()
+            self._received(len(messages), octets)
         return messages
 
     def _start_big(self) -> bool:
@@ -317,10 +314,7 @@ class FastReceiveMixin:
             or len(data) < 14
             or data[0] != _BINARY
             or data[1] != 0xFF  # masked, 64-bit length
-            or self.inside_message  # type: ignore[attr-defined]
-            or self.logFrames  # type: ignore[attr-defined]
-            or self.trackedTimings  # type: ignore[attr-defined]
-            or not self.applyMask  # type: ignore[attr-defined]
+            or not self._receive_ok()
         ):
             return False
         length = int.from_bytes(data[2:10], "big")
@@ -360,14 +354,18 @@ class FastReceiveMixin:
         payload, self._big = b"".join(self._big), None
         assert unmask_in_place is not None
         unmask_in_place(payload, self._big_mask)
-        stats = self.trafficStats  # type: ignore[attr-defined]
-        stats.incomingOctetsWebSocketLevel += self._big_length
-        stats.incomingOctetsAppLevel += self._big_length
-        stats.incomingWebSocketFrames += 1
-        stats.incomingWebSocketMessages += 1
-        self._activity()
+        self._received(1, self._big_length)
         self._deliver([(payload, True)])
         return True
+
+    def _received(self, messages: int, octets: int) -> None:
+        # Autobahn's counters for whole single-frame messages, and activity.
+        stats = self.trafficStats  # type: ignore[attr-defined]
+        stats.incomingOctetsWebSocketLevel += octets
+        stats.incomingOctetsAppLevel += octets
+        stats.incomingWebSocketFrames += messages
+        stats.incomingWebSocketMessages += messages
+        self._activity()
 
     def _activity(self) -> None:
         # What Autobahn and the idle timeout do when a data frame arrives.
@@ -462,8 +460,9 @@ class FastSendMixin:
         super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress)  # type: ignore[misc]
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: Optional[int] = None) -> None:
-        # Autobahn's own writes (the handshake response, pongs, close
-        # frames, fragments): the same as Autobahn's, without its debug-log
+        # Autobahn's own writes (the handshake response, prepared
+        # broadcast messages, pongs, close frames, fragments): the same as
+        # Autobahn's, without its debug-log
         # formatting, and sent at once when the socket has room.
         state = self.state  # type: ignore[attr-defined]
         if (
@@ -480,13 +479,3 @@ class FastSendMixin:
             self.trafficStats.outgoingOctetsWireLevel += len(data)  # type: ignore[attr-defined]
         elif state == self.STATE_CONNECTING:  # type: ignore[attr-defined]
             self.trafficStats.preopenOutgoingOctetsWireLevel += len(data)  # type: ignore[attr-defined]
-
-    def sendPreparedMessage(self, preparedMsg: PreparedMessage) -> None:
-        if (
-            self._perMessageCompress is None or preparedMsg.doNotCompress  # type: ignore[attr-defined]
-        ) and self._fast_send_ok():
-            data = preparedMsg.payloadHybi
-            self._write(data)
-            self.trafficStats.outgoingOctetsWireLevel += len(data)  # type: ignore[attr-defined]
-            return
-        super().sendPreparedMessage(preparedMsg)  # type: ignore[misc]
