@@ -22,6 +22,7 @@ from zope.interface import implementer
 
 from wsmux.factory import ProtocolOptions
 from wsmux.fastpath import FastReceiveMixin, FastSendMixin, fast_path_ok
+from wsmux.handshake import DirectHandshakeMixin, LeanServerProtocol, direct_handshake_ok
 from wsmux.logs import log
 
 _EMPTY: Mapping[str, str] = {}
@@ -510,6 +511,9 @@ def route_protocol(
         namespace["_idle_timeout"] = options.idle_timeout
     if options.deflate == "inflate-only":
         bases += (InflateOnlyMixin,)
+    direct = direct_handshake_ok(handler)
+    if direct:
+        bases += (DirectHandshakeMixin,)
     receive_ok, send_ok = fast_path_ok(handler)
     if receive_ok:
         bases += (FastReceiveMixin,)
@@ -525,7 +529,12 @@ def route_protocol(
         # for a debug log line that is formatted whether or not anyone
         # reads it (a third of the cost of a handshake, measured).
         namespace["CONFIG_ATTRS"] = ()
-    cls = type(handler.__name__, bases + (handler,), namespace)
+    try:
+        # LeanServerProtocol goes right above Autobahn, below the handler.
+        cls = type(handler.__name__, bases + (handler, LeanServerProtocol), namespace)
+    except TypeError:  # a handler whose bases admit no such order
+        bases = tuple(b for b in bases if b is not DirectHandshakeMixin)
+        cls = type(handler.__name__, bases + (handler,), namespace)
     if factory is not None:
         factory.route_classes.append(cls)
     return cls

@@ -402,9 +402,12 @@ def upgrade(
     Take the connection of C{request} away from C{twisted.web} and continue
     it as a WebSocket connection served by an instance of C{cls}.
 
-    Autobahn validates the opening handshake: the request head is replayed
-    into the new protocol, followed by any bytes the client sent after it
-    (a first frame that arrived in the same packet as the handshake).
+    A handler class with L{wsmux.handshake.DirectHandshakeMixin} opens
+    from the parsed request; otherwise, and for any request the direct
+    handshake leaves to Autobahn, the request head is replayed into the new
+    protocol for Autobahn to validate, followed by any bytes the client sent
+    after it (a first frame that arrived in the same packet as the
+    handshake).
 
     @param registry: where the connection is counted while open.
     @param address: the client's address (behind trusted proxies), when it
@@ -417,6 +420,9 @@ def upgrade(
         return None
     protocol = cls()
     protocol.factory = factory
+    open_direct = getattr(protocol, "handshake_from", None)
+    if open_direct is not None:
+        protocol.wsmux_direct_open = True
     if params:
         protocol.path_params = dict(params)
     protocol.selected_subprotocol = subprotocol
@@ -457,13 +463,15 @@ def upgrade(
             head += [name, b": ", value, b"\r\n"]
     head.append(b"\r\n")
     content = request.content.read() if request.content is not None else b""
-    protocol.dataReceived(b"".join(head) + content)
-
     # Bytes twisted.web read past the request head: already buffered ones,
     # and those still in the line parser, which it hands to rawDataReceived.
     buffered = b"".join(channel._dataBuffer)
     channel._dataBuffer = []
     channel.rawDataReceived = protocol.dataReceived
+    raw = b"".join(head)
+    if open_direct is not None and open_direct(request, raw, content + buffered):
+        return protocol
+    protocol.dataReceived(raw + content)
     if buffered:
         protocol.dataReceived(buffered)
     return protocol

@@ -1,0 +1,319 @@
+"""
+The opening handshake, validated once.
+
+By the time a route takes an upgrade request over, C{twisted.web} has read
+and parsed it: the method, the URI, every header.  Autobahn's own server
+handshake starts from bytes, so the plain way to hand the connection over
+is to write the request head out again and let Autobahn parse it a second
+time (L{wsmux.routing.upgrade} still does, as the fallback).
+
+L{DirectHandshakeMixin} instead checks the parsed request against the
+same rules Autobahn's C{processHandshake} applies (Host, Upgrade,
+Connection, version, subprotocol list, Origin, key, extensions), sets the
+same attributes on the protocol, builds the same C{ConnectionRequest},
+calls C{onConnect} and finishes with Autobahn's own C{succeedHandshake}.
+A request that fails any rule, or that Autobahn would treat specially
+(proxy headers it trusts, the connection cap, an absolute URI, octet
+logging...), is not refused here: it goes the fallback way, so every
+refusal keeps Autobahn's exact status and wording.
+
+A route uses it only when its handler leaves the handshake hooks alone
+(L{direct_handshake_ok}).
+
+L{LeanServerProtocol} sits between every handler and Autobahn: it is
+Autobahn's connection entry points (made, lost, the default C{onConnect})
+without the arguments of debug-log lines that Autobahn formats on every
+call whether or not anyone logs at debug level.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+from urllib import parse
+
+import txaio
+from autobahn.twisted.util import create_transport_details
+from autobahn.twisted.websocket import WebSocketServerProtocol
+from autobahn.util import _is_tls_error, _maybe_tls_reason
+from autobahn.wamp.types import TransportDetails
+from autobahn.websocket.protocol import WebSocketProtocol, _is_same_origin, _url_to_origin
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
+
+from wsmux.logs import log
+
+# Methods a handler must not override for the direct handshake: they see
+# (or parse) the request bytes that the direct handshake never replays.
+HANDSHAKE_HOOKS = ("processHandshake", "dataReceived", "_dataReceived", "consumeData")
+
+_KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+/")
+
+
+def direct_handshake_ok(handler: type) -> bool:
+    """
+    Whether C{handler} leaves every hook the direct handshake skips alone.
+    """
+    return all(
+        getattr(handler, name, None) is getattr(WebSocketServerProtocol, name)
+        for name in HANDSHAKE_HOOKS
+    )
+
+
+def _has_token(value: str, token: str) -> bool:
+    # Whether the comma-separated header value lists token (any case).
+    if value.lower() == token:
+        return True
+    return any(part.strip().lower() == token for part in value.split(","))
+
+
+class DirectHandshakeMixin:
+    """
+    Open a connection from the request C{twisted.web} already parsed.
+    """
+
+    def handshake_from(self, request: Any, head: bytes, rest: bytes) -> bool:
+        """
+        Validate C{request} as Autobahn would and, if it passes, carry the
+        handshake through to C{onConnect} and the 101 response.
+
+        @param request: the C{twisted.web} request of the upgrade.
+        @param head: the request head as bytes (kept as
+            C{http_request_data}, as Autobahn keeps it).
+        @param rest: bytes the client sent after the request head.
+        @return: C{False}, having changed nothing but armed the
+            open-handshake timer, when the request must take Autobahn's own
+            handshake (replayed from C{head}).
+        """
+        me: Any = self
+        checked = self._check(request)
+        if checked is None:
+            me.arm_open_timeout()
+            return False
+        uri, headers, host, version, protocols, origin, key = checked
+
+        # The request passes: from here on, what Autobahn's processHandshake
+        # does after its checks.
+        path, _, query = uri.partition("?")
+        if ";" in path:
+            path = parse.urlparse(uri).path
+        params = parse.parse_qs(query) if query else {}
+        offered = headers.get("sec-websocket-extensions")
+        extensions = me._parseExtensionsHeader(offered) if offered is not None else []
+        me.http_request_data = head
+        me.http_status_line = f"GET {uri} HTTP/1.1"
+        me.http_headers = headers
+        me.http_request_uri = uri
+        me.http_request_path = path
+        me.http_request_params = params
+        me.http_request_host = host
+        me.websocket_version = version
+        me.websocket_protocols = protocols
+        me.websocket_origin = origin
+        me.websocket_extensions = extensions
+        me.data = rest
+        me._wskey = key
+        connection = ConnectionRequest(
+            me.peer, headers, host, path, params, version, origin, protocols, extensions
+        )
+        # Autobahn runs onConnect through txaio.as_future and a Deferred
+        # even when it answers at once, as most handlers do.
+        try:
+            result = me.onConnect(connection)
+        except Exception:
+            self._connect_failed(Failure())
+            return True
+        if result is None or type(result) in (str, tuple):
+            self._connect_answered(result)
+        else:
+            me.arm_open_timeout()
+            deferred = result if isinstance(result, Deferred) else ensureDeferred(result)
+            deferred.addCallbacks(self._connect_answered, self._connect_failed)
+        return True
+
+    def _check(
+        self, request: Any
+    ) -> Optional[tuple[str, dict[str, str], str, int, list[str], str, str]]:
+        """
+        Autobahn's checks of an opening handshake, on the parsed request.
+
+        @return: the URI, headers (Autobahn's form: lower-case names, repeated
+            headers joined with commas), host, version, offered subprotocols,
+            origin and key; or L{None} when the request needs Autobahn's own
+            handshake (to be refused, or for a case it treats specially).
+        """
+        me: Any = self
+        if me.logOctets or me.trustXForwardedFor or me.state != me.STATE_CONNECTING:
+            return None
+        if request.clientproto != b"HTTP/1.1" or request.method != b"GET":
+            return None
+        uri = request.uri.decode("iso-8859-1")
+        if uri[:1] != "/" or uri[:2] == "//" or "#" in uri:
+            return None
+        headers: dict[str, str] = {}
+        counts: dict[str, int] = {}
+        for name, values in request.requestHeaders.getAllRawHeaders():
+            key = name.decode("iso-8859-1").lower()
+            if len(values) == 1:
+                headers[key] = values[0].decode("iso-8859-1").strip()
+            else:
+                headers[key] = ", ".join(v.decode("iso-8859-1").strip() for v in values)
+            counts[key] = len(values)
+
+        if counts.get("host") != 1:
+            return None
+        host = headers["host"]
+        if ":" in host and not host.endswith("]"):
+            host, port = host.rsplit(":", 1)
+            try:
+                number = int(port.strip())
+            except ValueError:
+                return None
+            external = me.factory.externalPort
+            if external and number != external:
+                return None
+        if not _has_token(headers.get("upgrade", ""), "websocket"):
+            return None
+        if not _has_token(headers.get("connection", ""), "upgrade"):
+            return None
+        if counts.get("sec-websocket-version") != 1:
+            return None
+        try:
+            version = int(headers["sec-websocket-version"])
+        except ValueError:
+            return None
+        if version not in me.versions or version < 13:
+            return None
+        protocols: list[str] = []
+        if "sec-websocket-protocol" in headers:
+            protocols = [p.strip() for p in headers["sec-websocket-protocol"].split(",")]
+            if len(set(protocols)) != len(protocols):
+                return None
+        origin = ""
+        if "origin" in headers:
+            if counts["origin"] > 1:
+                return None
+            origin = headers["origin"]
+            try:
+                origin_tuple = _url_to_origin(origin)
+            except ValueError:
+                return None
+            if not (origin_tuple == "null" and me.factory.allowNullOrigin) and not (
+                _is_same_origin(
+                    origin_tuple,
+                    "https" if me.factory.isSecure else "http",
+                    me.factory.externalPort or me.factory.port,
+                    me.allowedOriginsPatterns,
+                )
+            ):
+                return None
+        if counts.get("sec-websocket-key") != 1:
+            return None
+        key = headers["sec-websocket-key"]
+        if len(key) != 24 or key[-2:] != "==" or not _KEY_CHARS.issuperset(key[:-2]):
+            return None
+        if counts.get("sec-websocket-extensions", 0) > 1:
+            return None
+        if me.maxConnections > 0 and me.factory.countConnections > me.maxConnections:
+            return None
+        return uri, headers, host, version, protocols, origin, key
+
+    def _connect_answered(self, result: Any) -> None:
+        me: Any = self
+        if me.state != me.STATE_CONNECTING:
+            return  # the client left (or timed out) while onConnect thought
+        try:
+            me.succeedHandshake(result)
+        except Exception:
+            # Autobahn leaves this in a Deferred nobody reads (and the
+            # client waiting for the open-handshake timeout).
+            log.failure(
+                "handshake failed after onConnect on {path}",
+                Failure(),
+                path=getattr(me, "http_request_path", "?"),
+            )
+            me.failHandshake("Internal server error", 500)
+
+    def _connect_failed(self, failure: Failure) -> Optional[Failure]:
+        me: Any = self
+        if isinstance(failure.value, ConnectionDeny):
+            me.failHandshake(failure.value.reason, failure.value.code)
+            return None
+        # What Autobahn does with an unexpected error in onConnect.
+        me.log.warn("Unexpected exception in onConnect ['{err.value}']", err=failure)
+        me.log.warn("{tb}", tb=txaio.failure_format_traceback(failure))  # type: ignore[attr-defined]
+        me.failHandshake(
+            f"Internal server error: {failure.value}", ConnectionDeny.INTERNAL_SERVER_ERROR
+        )
+        return None
+
+
+_MISSING = object()
+
+
+class LeanServerProtocol(WebSocketServerProtocol):
+    """
+    Autobahn's connection entry points, minus eager debug-log formatting.
+
+    Autobahn's own versions format their debug arguments (qualified
+    function names, the close reason's traceback text, a pretty-printed
+    option list) before the logger decides to drop them: a tenth of a
+    handshake's cost, measured.  These do the same work and log what
+    Autobahn logs above debug level.  wsmux puts this class right above
+    Autobahn in every route class, so a handler's own overrides (and their
+    C{super()} calls) run as before.
+
+    @ivar wsmux_direct_open: set by wsmux before the connection starts when
+        L{DirectHandshakeMixin} will open it; the open-handshake timer is
+        then armed only if the handshake does not finish at once.
+    """
+
+    wsmux_direct_open = False
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        details = create_transport_details(transport, bool(self.is_server))
+        details.channel_framing = TransportDetails.CHANNEL_FRAMING_WEBSOCKET
+        self._transport_details = details
+        self.peer = details.peer
+        try:
+            transport.setTcpNoDelay(self.tcpNoDelay)  # type: ignore[attr-defined]
+        except Exception:  # Unix sockets and other transports without it
+            pass
+        self._connectionMade()
+
+    def _connectionMade(self) -> None:
+        if not self.wsmux_direct_open:
+            WebSocketProtocol._connectionMade(self)
+        else:
+            saved = self.__dict__.get("openHandshakeTimeout", _MISSING)
+            self.openHandshakeTimeout = 0
+            WebSocketProtocol._connectionMade(self)
+            if saved is _MISSING:
+                del self.openHandshakeTimeout
+            else:
+                self.openHandshakeTimeout = saved
+        self.factory.countConnections += 1
+
+    def arm_open_timeout(self) -> None:
+        """
+        Arm Autobahn's open-handshake timer, if it is configured and not
+        armed yet.
+        """
+        if self.openHandshakeTimeout > 0 and self.openHandshakeTimeoutCall is None:
+            self.openHandshakeTimeoutCall = self.factory._batched_timer.call_later(
+                self.openHandshakeTimeout, self.onOpenHandshakeTimeout
+            )
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if _is_tls_error(reason.value):
+            self.log.error(_maybe_tls_reason(reason.value))
+        self._connectionLost(reason)
+
+    def _connectionLost(self, reason: Any) -> None:
+        WebSocketProtocol._connectionLost(self, reason)
+        self.factory.countConnections -= 1
+
+    def onConnect(self, request: ConnectionRequest) -> Any:
+        return None
