@@ -182,6 +182,20 @@ def test_data_fed_from_inside_a_handler_waits_its_turn():
     assert body == b"\x81\x05first\x81\x06second\x81\x08injected"
 
 
+def close_frame(code: Any, reason: bytes) -> bytes:
+    if code is None:
+        return masked_frame(reason[:1], opcode=8)  # no code, or a lone byte
+    return masked_frame(code.to_bytes(2, "big") + reason, opcode=8)
+
+
+closes = st.builds(
+    close_frame,
+    st.sampled_from(
+        [None, 0, 999, 1000, 1001, 1004, 1005, 1006, 1011, 1016, 2999, 3000, 4999, 5000]
+    ),
+    st.one_of(st.just(b""), st.text(max_size=20).map(str.encode), st.binary(max_size=6)),
+)
+
 frame = st.one_of(
     st.text(max_size=40).map(lambda t: masked_frame(t.encode())),
     st.binary(max_size=300).map(lambda b: masked_frame(b, opcode=2)),
@@ -190,6 +204,7 @@ frame = st.one_of(
     st.just(masked_frame(b"ab", fin=False) + masked_frame(b"cd", opcode=0)),
     st.just(masked_frame(b"z" * 130)),  # over max_message_size below
     st.just(masked_frame(b"\x03\xe8", opcode=8)),  # the client closes
+    closes,
 )
 
 
@@ -200,3 +215,26 @@ def test_same_bytes_out_as_autobahns_path(frames, cuts):
     points = sorted({0, len(data), *(c for c in cuts if c < len(data))})
     chunks = [data[a:b] for a, b in zip(points, points[1:], strict=False)]
     both(chunks, max_message_size=128)
+
+
+def closing(handler: type, frame: bytes) -> tuple[Any, ...]:
+    raw = raw_connect(RouteTree([Route("/echo", (handler,), {"ping_interval": 0})]))
+    raw.send(upgrade_request("/echo"))
+    server = raw.server
+    raw.send(masked_frame(b"before") + frame + masked_frame(b"after"))
+    raw.clock.advance(60)
+    raw.pump.flush()
+    return raw.received, raw.lost, server.remoteCloseCode, server.remoteCloseReason, server.wasClean
+
+
+def test_close_frames_are_answered_as_autobahn_answers_them():
+    reasons = [b"", b"x", b"\xff", b"bye \xe2\x82\xac", b"\xe2\x82"]
+    cases = [masked_frame(b"", opcode=8), masked_frame(b"\x03", opcode=8)] + [
+        close_frame(code, reason)
+        for code in (999, 1000, 1001, 1005, 1016, 3000, 5000)
+        for reason in reasons
+    ]
+    for frame in cases:
+        fast = closing(EchoHandler, frame)
+        assert fast == closing(AutobahnPathEcho, frame), frame
+        assert fast[1]  # the server dropped the connection either way

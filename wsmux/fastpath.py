@@ -18,7 +18,10 @@ this mixin does the same work directly:
   - an unfragmented, uncompressed message goes out as one write, sent at
     once when the socket has room (L{write_now}).
 
-Anything else (control frames, fragments, compressed or oversized frames,
+A whole close frame is cut out the same way and its code and reason go
+to Autobahn's C{onCloseFrame}, which checks them and answers.
+
+Anything else (pings, pongs, fragments, compressed or oversized frames,
 invalid UTF-8, frames over the size limits, a connection not open, frame
 or octet logging, timings, a send queue) takes Autobahn's own path, which
 also does every error and close code; the fast path only stops before the
@@ -48,9 +51,11 @@ _INT_XOR_MAX = 2048
 # unmasked in place, in one pass, instead of chunk by chunk.
 _BIG = 65536
 
-# Frames the fast path takes: FIN set, no RSV bits, text or binary.
+# Frames the fast path takes: FIN set, no RSV bits, text or binary (and
+# a close frame).
 _TEXT = 0x81
 _BINARY = 0x82
+_CLOSE = 0x88
 
 # Receive-side hooks a handler must not override for the fast path.
 RECEIVE_HOOKS = (
@@ -58,6 +63,7 @@ RECEIVE_HOOKS = (
     "_dataReceived",
     "consumeData",
     "processData",
+    "processControlFrame",
     "onFrameBegin",
     "onFrameData",
     "onFrameEnd",
@@ -233,7 +239,7 @@ class FastReceiveMixin:
                     if messages:
                         self._deliver(messages)
                         continue
-                    if self._start_big():
+                    if self._start_big() or self._close_frame():
                         continue
                 if not self.processData() and not self._fast_again:  # type: ignore[attr-defined]
                     return
@@ -300,6 +306,25 @@ class FastReceiveMixin:
             self.data = data[i:]
             self._received(len(messages), octets)
         return messages
+
+    def _close_frame(self) -> bool:
+        """
+        Take a whole close frame that begins the buffer and hand its code
+        and reason to Autobahn's C{onCloseFrame}, as Autobahn's frame
+        machinery would (it checks both and answers).
+        """
+        data: bytes = self.data  # type: ignore[has-type]
+        if len(data) < 6 or data[0] != _CLOSE or not self._receive_ok():
+            return False
+        b1 = data[1]
+        length = b1 & 0x7F
+        if b1 < 0x80 or length > 125 or length == 1 or len(data) < 6 + length:
+            return False  # unmasked, too long, a lone code byte, or not all here
+        payload = unmask(data[6 : 6 + length], data[2:6]) if length else b""
+        self.data = data[6 + length :]
+        code = (payload[0] << 8) | payload[1] if length else None
+        self.onCloseFrame(code, payload[2:] if length > 2 else None)  # type: ignore[attr-defined]
+        return True
 
     def _start_big(self) -> bool:
         """
