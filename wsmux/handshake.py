@@ -28,6 +28,7 @@ call whether or not anyone logs at debug level.
 
 from __future__ import annotations
 
+import types
 from typing import Any, Optional
 from urllib import parse
 
@@ -252,6 +253,27 @@ class DirectHandshakeMixin:
 _MISSING = object()
 
 
+def _rebound(function: Any, **names: Any) -> Any:
+    """
+    A copy of C{function} that finds C{names} instead of its module's
+    globals of the same names (the module itself is left alone).
+    """
+    scope = dict(function.__globals__)
+    scope.update(names)
+    copy = types.FunctionType(
+        function.__code__, scope, function.__name__, function.__defaults__, function.__closure__
+    )
+    copy.__qualname__ = function.__qualname__
+    return copy
+
+
+# Autobahn's per-connection set-up, as it is, except that the argument of
+# its debug line about the connection's options is no longer pretty-printed
+# up front: 13 us of a 220 us handshake, measured, for a line nobody reads
+# below debug level (and the logger formats the list itself if anyone does).
+_protocol_connection_made = _rebound(WebSocketProtocol._connectionMade, pformat=lambda value: value)
+
+
 class LeanServerProtocol(WebSocketServerProtocol):
     """
     Autobahn's connection entry points, minus eager debug-log formatting.
@@ -285,11 +307,11 @@ class LeanServerProtocol(WebSocketServerProtocol):
 
     def _connectionMade(self) -> None:
         if not self.wsmux_direct_open:
-            WebSocketProtocol._connectionMade(self)
+            _protocol_connection_made(self)
         else:
             saved = self.__dict__.get("openHandshakeTimeout", _MISSING)
             self.openHandshakeTimeout = 0
-            WebSocketProtocol._connectionMade(self)
+            _protocol_connection_made(self)
             if saved is _MISSING:
                 del self.openHandshakeTimeout
             else:

@@ -20,7 +20,7 @@ from wsmux.config import (
     port_description,
 )
 from wsmux.logs import LOG_FORMATS, LogLevelService, log, use_json_for_twistd
-from wsmux.service import make_service
+from wsmux.service import FreezeHeapService, make_service
 from wsmux.tls import TLS_VERSIONS, CertificateError, HostCertificate, SniContextMap
 from wsmux.workers import WorkerSupervisor, parse_worker_sockets, tcp_address, worker_argv
 
@@ -389,4 +389,5 @@ def makeService(options: Options) -> IService:
         return supervisor
     service = make_service(options.settings, contexts=options.contexts, adopted=options.adopted)
     LogLevelService(options.settings.log_level).setServiceParent(service)
+    FreezeHeapService().setServiceParent(service)
     return service
