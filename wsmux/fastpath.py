@@ -145,6 +145,22 @@ def frame_header(opcode_byte: int, length: int) -> bytes:
     return struct.pack("!BBQ", opcode_byte, 127, length)
 
 
+def idle_tcp(transport: Any) -> bool:
+    """
+    Whether C{transport} is Twisted's own plain TCP server transport, open,
+    with nothing waiting in its send buffers.
+    """
+    return bool(
+        transport.__class__ is tcp.Server
+        and not transport.TLS
+        and transport.connected
+        and not transport.disconnecting
+        # Twisted's buffers, both empty (no public API says so).
+        and not transport._tempDataLen
+        and transport.offset == len(transport.dataBuffer)
+    )
+
+
 def write_now(transport: Any, data: bytes, more: bytes = b"") -> None:
     """
     Write C{data} (then C{more}), sending at once when nothing is waiting
@@ -162,15 +178,7 @@ def write_now(transport: Any, data: bytes, more: bytes = b"") -> None:
     empty buffer; anything else (TLS, a closing connection, in-memory
     transports) uses C{transport.write}.
     """
-    if (
-        transport.__class__ is tcp.Server
-        and not transport.TLS
-        and transport.connected
-        and not transport.disconnecting
-        # Twisted's buffers, both empty (no public API says so).
-        and not transport._tempDataLen
-        and transport.offset == len(transport.dataBuffer)
-    ):
+    if idle_tcp(transport):
         try:
             sent = transport.socket.sendmsg((data, more)) if more else transport.socket.send(data)
         except OSError:

@@ -40,9 +40,11 @@ from autobahn.wamp.types import TransportDetails
 from autobahn.websocket.protocol import WebSocketProtocol, _is_same_origin, _url_to_origin
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.main import CONNECTION_DONE
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
+from wsmux.fastpath import idle_tcp
 from wsmux.logs import log
 
 # Methods a handler must not override for the direct handshake: they see
@@ -292,6 +294,7 @@ class LeanServerProtocol(WebSocketServerProtocol):
     """
 
     wsmux_direct_open = False
+    wsmux_tcp_nodelay: Optional[bool] = None
 
     def connectionMade(self) -> None:
         transport: Any = self.transport
@@ -299,10 +302,14 @@ class LeanServerProtocol(WebSocketServerProtocol):
         details.channel_framing = TransportDetails.CHANNEL_FRAMING_WEBSOCKET
         self._transport_details = details
         self.peer = details.peer
-        try:
-            transport.setTcpNoDelay(self.tcpNoDelay)  # type: ignore[attr-defined]
-        except Exception:  # Unix sockets and other transports without it
-            pass
+        # twisted.web has already turned Nagle off on a connection it hands
+        # over (wsmux_tcp_nodelay says so): one system call fewer.
+        nodelay = self.tcpNoDelay  # type: ignore[attr-defined]
+        if self.wsmux_tcp_nodelay is None or self.wsmux_tcp_nodelay != nodelay:
+            try:
+                transport.setTcpNoDelay(nodelay)
+            except Exception:  # Unix sockets and other transports without it
+                pass
         self._connectionMade()
 
     def _connectionMade(self) -> None:
@@ -327,6 +334,19 @@ class LeanServerProtocol(WebSocketServerProtocol):
             self.openHandshakeTimeoutCall = self.factory._batched_timer.call_later(
                 self.openHandshakeTimeout, self.onOpenHandshakeTimeout
             )
+
+    def _closeConnection(self, abort: bool = False) -> None:
+        transport: Any = self.transport
+        if not abort and self.wasClean and idle_tcp(transport):
+            # The closing handshake is over and everything is sent: close
+            # now, as Twisted's loseConnection itself does once nothing is
+            # left to write, instead of asking the reactor to wait for the
+            # socket to be writable first (three system calls and a turn).
+            transport.stopReading()
+            transport.stopWriting()
+            transport.connectionLost(Failure(CONNECTION_DONE))
+            return
+        super()._closeConnection(abort)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if _is_tls_error(reason.value):

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import ITCPTransport
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -423,6 +424,8 @@ def upgrade(
     open_direct = getattr(protocol, "handshake_from", None)
     if open_direct is not None:
         protocol.wsmux_direct_open = True
+    if ITCPTransport.providedBy(transport):
+        protocol.wsmux_tcp_nodelay = True  # set by twisted.web's HTTPChannel
     if params:
         protocol.path_params = dict(params)
     protocol.selected_subprotocol = subprotocol

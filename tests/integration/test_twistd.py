@@ -3,6 +3,7 @@ A real twistd wsmux process, real clients (the websockets library, urllib).
 """
 
 import json
+import socket
 import urllib.error
 import urllib.request
 
@@ -11,6 +12,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from tests.twistd_process import ROOT, free_port, run_twistd
+from wsmux.testing import masked_frame, upgrade_request
 
 
 def test_default_configuration_serves_echo_and_page(start_server):
@@ -35,6 +37,27 @@ def _wait_for(server, text, timeout=5):
             return True
         time.sleep(0.05)
     return False
+
+
+def test_a_client_close_is_answered_and_the_server_closes_tcp(start_server):
+    # Over plain TCP wsmux closes the socket as soon as its close frame is
+    # sent; the client must still get the echo and that frame, then a clean
+    # end of stream.
+    server = start_server()
+    for _ in range(20):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(
+                upgrade_request("/echo")
+                + masked_frame(b"hi")
+                + masked_frame(b"\x0f\xa0bye", opcode=8)
+            )
+            received = b""
+            while chunk := sock.recv(65536):
+                received += chunk
+        head, _, frames = received.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101 ")
+        assert frames == b"\x81\x02hi\x88\x02\x03\xe8"
+    assert _wait_for(server, "code=4000 reason='bye'")
 
 
 def test_two_routes_with_different_options(start_server, tmp_path):
