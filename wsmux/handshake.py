@@ -254,6 +254,9 @@ class DirectHandshakeMixin:
 
 _MISSING = object()
 
+# One failure for every clean close, as Twisted's reactor keeps one.
+_CLOSED_CLEANLY = Failure(CONNECTION_DONE)
+
 
 def _rebound(function: Any, **names: Any) -> Any:
     """
@@ -344,7 +347,7 @@ class LeanServerProtocol(WebSocketServerProtocol):
             # socket to be writable first (three system calls and a turn).
             transport.stopReading()
             transport.stopWriting()
-            transport.connectionLost(Failure(CONNECTION_DONE))
+            transport.connectionLost(_CLOSED_CLEANLY)
             return
         super()._closeConnection(abort)
 

@@ -47,6 +47,17 @@ class LevelLogger(Logger):
             return
         super().emit(level, format, **kwargs)
 
+    # The two levels of per-connection lines, checked before their
+    # arguments are passed on a second time.
+
+    def info(self, format: Optional[str] = None, **kwargs: Any) -> None:
+        if LogLevel.info not in _dropped:
+            super().emit(LogLevel.info, format, **kwargs)
+
+    def debug(self, format: Optional[str] = None, **kwargs: Any) -> None:
+        if LogLevel.debug not in _dropped:
+            super().emit(LogLevel.debug, format, **kwargs)
+
 
 log = LevelLogger(namespace="wsmux")
 
