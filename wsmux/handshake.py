@@ -274,8 +274,8 @@ def _rebound(function: Any, **names: Any) -> Any:
 
 # Autobahn's per-connection set-up, as it is, except that the argument of
 # its debug line about the connection's options is no longer pretty-printed
-# up front: 13 us of a 220 us handshake, measured, for a line nobody reads
-# below debug level (and the logger formats the list itself if anyone does).
+# up front (several microseconds per connection, for a line nobody reads
+# below debug level; the logger formats the list itself if anyone does).
 _protocol_connection_made = _rebound(WebSocketProtocol._connectionMade, pformat=lambda value: value)
 
 
@@ -284,16 +284,17 @@ class LeanServerProtocol(WebSocketServerProtocol):
     Autobahn's connection entry points, minus eager debug-log formatting.
 
     Autobahn's own versions format their debug arguments (qualified
-    function names, the close reason's traceback text, a pretty-printed
-    option list) before the logger decides to drop them: a tenth of a
-    handshake's cost, measured.  These do the same work and log what
-    Autobahn logs above debug level.  wsmux puts this class right above
+    function names, the close reason's text, a pretty-printed option list)
+    before the logger decides to drop them, on every connection.  These do
+    the same work and log what Autobahn logs above debug level.  wsmux puts this class right above
     Autobahn in every route class, so a handler's own overrides (and their
     C{super()} calls) run as before.
 
     @ivar wsmux_direct_open: set by wsmux before the connection starts when
         L{DirectHandshakeMixin} will open it; the open-handshake timer is
         then armed only if the handshake does not finish at once.
+    @ivar wsmux_tcp_nodelay: what the transport's C{TCP_NODELAY} already
+        is, when known (C{twisted.web} turns it on); L{None} otherwise.
     """
 
     wsmux_direct_open = False
