@@ -281,3 +281,44 @@ def test_random_requests_get_the_same_answer(changed, target, order):
 
 
 OPTIONS: dict[str, Any] = {"deflate": "on", "subprotocols": ["b", "chat"]}
+
+
+class BrokenStart(Recording):
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        raise RuntimeError("handler bug")
+
+
+class BadSubprotocol(Recording):
+    def onConnect(self, request: Any) -> Any:
+        super().onConnect(request)
+        return "never-offered"
+
+
+def test_a_handler_failing_at_the_start_drops_only_its_connection():
+    from twisted.logger import globalLogPublisher
+
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        raw = raw_connect(RouteTree([Route("/echo", BrokenStart)]))
+        raw.send(head(GOOD))
+        raw.pump.flush()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert raw.lost
+    assert b"500" not in raw.received and not raw.received.startswith(b"HTTP/1.1 101")
+    assert any(
+        "failed while taking the connection over" in str(e.get("log_format")) for e in events
+    )
+    for event in events:
+        if "log_failure" in event and "handler bug" not in str(event["log_failure"].value):
+            raise AssertionError(f"unexpected failure logged: {event['log_failure']}")
+
+
+def test_an_onconnect_answer_autobahn_refuses_gets_a_500():
+    raw = raw_connect(RouteTree([Route("/echo", BadSubprotocol)]))
+    raw.send(head(GOOD + ["Sec-WebSocket-Protocol: chat"]))
+    raw.pump.flush()
+    assert raw.received.startswith(b"HTTP/1.1 500 ")
+    assert raw.lost

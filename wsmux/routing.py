@@ -448,6 +448,31 @@ def upgrade(
         transport.protocol.wrappedProtocol = protocol
     else:
         transport.protocol = protocol
+    try:
+        _start(protocol, transport, request, channel, address, direct, open_direct)
+    except Exception:
+        # A handler that raises in connectionMade (or on the first frame)
+        # must not send twisted.web to answer on a connection it gave away.
+        log.failure(
+            "route {route}: the handler failed while taking the connection over",
+            route=getattr(factory, "route_path", "?"),
+        )
+        getattr(transport, "abortConnection", transport.loseConnection)()
+        return None
+    return protocol
+
+
+def _start(
+    protocol: Any,
+    transport: Any,
+    request: IRequest,
+    channel: Any,
+    address: Optional[str],
+    direct: Optional[str],
+    open_direct: Any,
+) -> None:
+    # The second half of upgrade: the protocol starts on the transport and
+    # gets the handshake, directly or replayed, and what followed it.
     protocol.makeConnection(transport)
     if address is not None and address != direct:
         protocol.peer = address
@@ -473,11 +498,10 @@ def upgrade(
     channel.rawDataReceived = protocol.dataReceived
     raw = b"".join(head)
     if open_direct is not None and open_direct(request, raw, content + buffered):
-        return protocol
+        return
     protocol.dataReceived(raw + content)
     if buffered:
         protocol.dataReceived(buffered)
-    return protocol
 
 
 class _Node(Resource):
