@@ -5,10 +5,12 @@ Run every benchmark scenario against wsmux and its peers in the same run.
 
 Peers: raw Autobahn on Twisted through twisted.web's WebSocketResource,
 Python websockets on asyncio and on uvloop, and Node's ws (npm install in
-bench/).  The load generator is bench/loadgen.mjs (Node 20 with the ws
-client) in a process of its own.  Results (medians) go to
-docs/benchmarks/results.json, a table (results.rst) and a plot (ratios.png).
-Loopback only; every run is bounded in time and count.
+bench/).  The load generator is bench/loadgen.c (C, one thread on epoll;
+built here with cc, zlib and OpenSSL's libcrypto) in a process of its own;
+it reports the CPU it and the server used, so the table shows which side
+was the limit.  Results (medians) go to docs/benchmarks/results.json, a
+table (results.rst) and a plot (ratios.png).  Loopback only; every run is
+bounded in time and count.
 """
 
 import argparse
@@ -30,6 +32,7 @@ from tests.hostile.rawws import rss_kib  # noqa: E402 - the repository's helpers
 from tests.twistd_process import TWISTD, free_port, wait_port  # noqa: E402
 
 OUT = ROOT / "docs" / "benchmarks"
+LOADGEN = BENCH / "loadgen"
 LIMITS = ["--max-message-size", "67108864", "--max-frame-size", "67108864",
           "--max-send-queue", "67108864", "--max-connections", "0",
           "--max-connections-per-ip", "0", "--log-level", "warn"]  # fmt: skip
@@ -61,6 +64,21 @@ SCENARIOS = [
 ]
 
 
+def build_loadgen():
+    """
+    Compile bench/loadgen.c unless the binary is newer than its source.
+    """
+    source = BENCH / "loadgen.c"
+    if LOADGEN.exists() and LOADGEN.stat().st_mtime >= source.stat().st_mtime:
+        return
+    command = ["cc", "-O3", "-Wall", "-o", str(LOADGEN), str(source), "-lz", "-lcrypto"]
+    try:
+        subprocess.run(command, check=True)
+    except (OSError, subprocess.CalledProcessError) as e:
+        sys.exit(f"could not build the load generator ({e}); it needs a C compiler, zlib and "
+                 "OpenSSL headers: apt-get install gcc zlib1g-dev libssl-dev")  # fmt: skip
+
+
 def run_once(peer, scenario, deflate, seconds):
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -69,7 +87,8 @@ def run_once(peer, scenario, deflate, seconds):
     try:
         wait_port(port)
         time.sleep(0.5)
-        args = ["node", str(BENCH / "loadgen.mjs"), scenario, str(port), "--seconds", str(seconds)]
+        args = [str(LOADGEN), scenario, str(port), "--seconds", str(seconds),
+                "--server-pid", str(server.pid)]  # fmt: skip
         if deflate:
             args.append("--deflate")
         if scenario == "idle":
@@ -85,6 +104,8 @@ def run_once(peer, scenario, deflate, seconds):
             gen.wait(timeout=60)
             return {"kib_per_connection": (after - before) / ready["ready"]}
         result = subprocess.run(args, cwd=BENCH, capture_output=True, text=True, timeout=180)
+        if result.returncode != 0:
+            raise RuntimeError(result.stderr.strip() or f"load generator exit {result.returncode}")
         return json.loads(result.stdout.strip().splitlines()[-1])
     finally:
         server.terminate()
@@ -101,10 +122,11 @@ def main():
     parser.add_argument("--only", default=",".join(PEERS))
     parser.add_argument("--scenarios", default=",".join(s[0] for s in SCENARIOS))
     options = parser.parse_args()
+    build_loadgen()
     peers = options.only.split(",")
     results = {}
     wanted = options.scenarios.split(",")
-    for label, scenario, deflate, metric in SCENARIOS:
+    for label, scenario, deflate, _metric in SCENARIOS:
         if label not in wanted:
             continue
         # Repetitions go round the peers (a, b, c, a, b, c...), so that a
@@ -122,46 +144,118 @@ def main():
                 row = {key: statistics.median(r[key] for r in done if r.get(key) is not None)
                        for key in done[0] if any(r.get(key) is not None for r in done)}  # fmt: skip
                 results.setdefault(label, {})[peer] = row
-                print(
-                    f"{label:4s} {peer:18s} {metric}={row.get(metric, float('nan')):,.1f}",
-                    flush=True,
-                )
-    if options.scenarios == parser.get_default("scenarios"):
-        write(results)
+                print(f"{label:4s} {peer:18s} " + ", ".join(
+                    f"{key}={value:,.2f}" for key, value in row.items()), flush=True)  # fmt: skip
+    report = Report(results)
+    print()
+    print(report.text())
+    if options.scenarios == parser.get_default("scenarios") and options.only == ",".join(PEERS):
+        write(report)
     else:
-        print("a subset of the scenarios: docs/benchmarks left as they are", file=sys.stderr)
+        print(
+            "a subset of the scenarios or peers: docs/benchmarks left as they are", file=sys.stderr
+        )
 
 
-def write(results):
-    OUT.mkdir(parents=True, exist_ok=True)
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.platform()}"
-    doc = {"date": datetime.date.today().isoformat(), "machine": machine, "results": results}
-    (OUT / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
-    lines = [f"Measured {doc['date']} on {machine}; medians.", ""]
-    # The load generator reached at least the best figure any server got.
-    ceiling = []
-    for label, _scenario, _deflate, metric in SCENARIOS:
-        figures = {p: r.get(metric) for p, r in results.get(label, {}).items() if r.get(metric)}
-        if figures and metric != "kib_per_connection":
-            best = max(figures, key=figures.__getitem__)
-            ceiling.append(f"{label} {figures[best]:,.0f} {metric} (against {best})")
-    if ceiling:
-        lines += ["Load generator ceiling, at least: " + "; ".join(ceiling) + ".", ""]
-    lines += [".. list-table::", "   :header-rows: 1", "",
-              "   * - scenario", "     - metric", "     - wsmux", "     - peer", "     - peer's figure", "     - wsmux / peer"]  # fmt: skip
-    ratios = {}
-    for label, _scenario, _deflate, metric in SCENARIOS:
-        row = results.get(label, {})
-        ours = row.get("wsmux", {}).get(metric)
-        for peer in PEERS[1:]:
-            theirs = row.get(peer, {}).get(metric)
-            if ours is None or theirs is None:
+# Scenario -> (latency keys, their column titles) for the figures table.
+LATENCIES = {
+    "messages_per_s": (("p50_ms", "p99_ms"), ("p50 ms", "p99 ms")),
+    "deliveries_per_s": (("fanout_p50_ms", "fanout_p99_ms"), ("fan-out p50 ms", "fan-out p99 ms")),
+}
+
+
+class Report:
+    """
+    The results of one run as tables: wsmux / peer ratios, every server's
+    figures with latency and CPU, and the load generator's ceiling.
+    """
+
+    def __init__(self, results: dict) -> None:
+        self.results = results
+        self.date = datetime.date.today().isoformat()
+        self.machine = (f"{platform.machine()}, {os.cpu_count()} cores, Python "
+                        f"{platform.python_version()}, {platform.platform()}")  # fmt: skip
+
+    def ratios(self) -> list[list[str]]:
+        rows = [["scenario", "metric", "wsmux", "peer", "peer's figure", "wsmux / peer"]]
+        for label, _scenario, _deflate, metric in SCENARIOS:
+            row = self.results.get(label, {})
+            ours = row.get("wsmux", {}).get(metric)
+            for peer in PEERS[1:]:
+                theirs = row.get(peer, {}).get(metric)
+                if ours is None or not theirs:
+                    continue
+                rows.append([label, metric, f"{ours:,.1f}", peer, f"{theirs:,.1f}", f"{ours / theirs:.2f}"])  # fmt: skip
+        return rows
+
+    def figures(self) -> list[list[str]]:
+        rows = [["scenario", "server", "figure", "p50", "p99", "server CPU", "load generator CPU"]]
+        for label, _scenario, _deflate, metric in SCENARIOS:
+            keys = LATENCIES.get(metric, ((), ()))[0]
+            for peer, row in self.results.get(label, {}).items():
+                cells = [label, peer, f"{row[metric]:,.1f} {metric}" if metric in row else "-"]
+                cells += [f"{row[k]:.2f} ms" if row.get(k) is not None else "-" for k in keys]
+                cells += ["-"] * (5 - len(cells))
+                cells += [f"{row[k]:.2f}" if row.get(k) is not None else "-"
+                          for k in ("server_cpu", "loadgen_cpu")]  # fmt: skip
+                rows.append(cells)
+        return rows
+
+    def ceilings(self) -> list[str]:
+        """
+        Per scenario: the fastest server, and what the load generator would
+        reach at one full core, from the share of a core it used against it.
+        """
+        lines = []
+        for label, _scenario, _deflate, metric in SCENARIOS:
+            figures = {p: r for p, r in self.results.get(label, {}).items() if r.get(metric)}
+            if not figures or metric == "kib_per_connection":
                 continue
-            ratio = ours / theirs if theirs else float("nan")
-            ratios[(label, peer)] = ratio
-            lines += [f"   * - {label}", f"     - {metric}", f"     - {ours:,.1f}", f"     - {peer}",
-                      f"     - {theirs:,.1f}", f"     - {ratio:.2f}"]  # fmt: skip
-    (OUT / "results.rst").write_text("\n".join(lines) + "\n")
+            best = max(figures, key=lambda p: figures[p][metric])
+            row = figures[best]
+            share = row.get("loadgen_cpu")
+            line = f"{label}: fastest {best}, {row[metric]:,.0f} {metric}"
+            if share:
+                line += (f", load generator at {share:.2f} of a core, so about "
+                         f"{row[metric] / share:,.0f} at a full core")  # fmt: skip
+            lines.append(line)
+        return lines
+
+    def text(self) -> str:
+        def table(rows: list[list[str]]) -> str:
+            widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+            return "\n".join(
+                "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows
+            )
+
+        return "\n\n".join([
+            f"{self.date}, {self.machine}; medians",
+            table(self.ratios()),
+            table(self.figures()),
+            "Load generator ceiling:\n" + "\n".join(self.ceilings()),
+        ])  # fmt: skip
+
+    def rst(self) -> str:
+        def table(rows: list[list[str]]) -> list[str]:
+            lines = [".. list-table::", "   :header-rows: 1", ""]
+            for row in rows:
+                lines += [f"   * - {row[0]}"] + [f"     - {cell}" for cell in row[1:]]
+            return lines + [""]
+
+        lines = [f"Measured {self.date} on {self.machine}; medians.", ""]
+        lines += ["Load generator ceiling (``bench/loadgen.c``), against the fastest server in each "
+                  "scenario:", ""] + [f"* {line}" for line in self.ceilings()] + [""]  # fmt: skip
+        lines += ["wsmux against each peer (memory: lower is better):", ""] + table(self.ratios())
+        lines += ["Every server's figures, latency (a, c, f) and the CPU each side used in the "
+                  "measured window (1.00 = one core busy all the time):", ""]  # fmt: skip
+        return "\n".join(lines + table(self.figures()))
+
+
+def write(report: Report) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    doc = {"date": report.date, "machine": report.machine, "results": report.results}
+    (OUT / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (OUT / "results.rst").write_text(report.rst())
     try:
         import matplotlib
 
@@ -170,6 +264,7 @@ def write(results):
     except ImportError:
         print("matplotlib is not installed: no plot", file=sys.stderr)
         return
+    ratios = {(r[0], r[3]): float(r[5]) for r in report.ratios()[1:]}
     labels = sorted({label for label, _ in ratios}, key=[s[0] for s in SCENARIOS].index)
     figure, axis = plt.subplots(figsize=(9, 4))
     width = 0.8 / max(1, len(PEERS) - 1)
@@ -179,7 +274,7 @@ def write(results):
     axis.axhline(1.0, color="black", linewidth=0.8)
     axis.set_xticks([x + width * (len(PEERS) - 2) / 2 for x in range(len(labels))], labels)
     axis.set_ylabel("wsmux / peer (memory: lower is better)")
-    axis.set_title(f"wsmux against its peers, {doc['date']}")
+    axis.set_title(f"wsmux against its peers, {report.date}")
     axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(OUT / "ratios.png", dpi=100)
