@@ -14,7 +14,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wsmux import EchoHandler, Route, RouteTree
+from wsmux import BroadcastHandler, EchoHandler, Route, RouteTree
 from wsmux.fastpath import fast_path_ok, frame_header, unmask
 from wsmux.testing import masked_frame, raw_connect, upgrade_request
 
@@ -46,13 +46,18 @@ STATS = (
 )
 
 
-def run(handler: type, chunks: list[bytes], **options: Any) -> tuple[bytes, bool, dict[str, int]]:
+def run(
+    handler: type, chunks: list[bytes], ticks: int = 0, **options: Any
+) -> tuple[bytes, bool, dict[str, int]]:
     options.setdefault("ping_interval", 0)
     raw = raw_connect(RouteTree([Route("/echo", (handler,), options)]))
     raw.send(upgrade_request("/echo"))
     server = raw.server
     for chunk in chunks:
         raw.send(chunk)
+    for _ in range(ticks):  # Autobahn's send queue writes one item a tick
+        raw.clock.advance(0.001)
+        raw.pump.flush()
     raw.clock.advance(60)  # close handshakes time out, dropped connections go
     raw.pump.flush()
     stats = {name: getattr(server.trafficStats, name) for name in STATS}
@@ -238,3 +243,114 @@ def test_close_frames_are_answered_as_autobahn_answers_them():
         fast = closing(EchoHandler, frame)
         assert fast == closing(AutobahnPathEcho, frame), frame
         assert fast[1]  # the server dropped the connection either way
+
+
+# Held writes: what a batch of received messages makes handlers write goes
+# out once per connection, after the batch, in the order it was written.
+
+
+def count_writes(transport: Any) -> list[bytes]:
+    """
+    Record each write C{transport} is given from now on (writeSequence
+    on an in-memory transport is one write).
+    """
+    writes: list[bytes] = []
+    write = transport.write
+
+    def recording(data: bytes) -> None:
+        writes.append(data)
+        write(data)
+
+    transport.write = recording
+    return writes
+
+
+def test_a_batch_is_answered_in_one_write():
+    raw = raw_connect(RouteTree([Route("/echo", (EchoHandler,), {"ping_interval": 0})]))
+    raw.send(upgrade_request("/echo"))
+    writes = count_writes(raw.server_transport)
+    raw.send(b"".join(masked_frame(f"m{i}".encode()) for i in range(20)))
+    assert writes == [b"".join(b"\x81\x02" + f"m{i}".encode() for i in range(10))
+                      + b"".join(b"\x81\x03" + f"m{i}".encode() for i in range(10, 20))]  # fmt: skip
+    raw.send(masked_frame(b"alone"))  # a single message is sent as it is written
+    assert writes[1:] == [b"\x81\x05alone"]
+
+
+def test_a_batch_of_publishes_reaches_each_member_in_one_write():
+    tree = RouteTree([Route("/rooms/{room}", (BroadcastHandler,), {"ping_interval": 0})])
+    members = [raw_connect(tree) for _ in range(3)]
+    for member in members:
+        member.send(upgrade_request("/rooms/lobby"))
+    writes = [count_writes(m.server_transport) for m in members]
+    members[0].send(b"".join(masked_frame(f"p{i}".encode()) for i in range(5)))
+    expected = b"".join(b"\x81\x02" + f"p{i}".encode() for i in range(5))
+    assert writes == [[expected]] * 3
+    for member in members:
+        member.pump.flush()
+        assert member.received.endswith(expected)
+
+
+class MixedSender(EchoHandler):
+    """
+    Writes through the fast path and Autobahn's own path (a fragmented
+    message sent with sync, which Autobahn queues and writes itself) in
+    turn, and closes when asked.
+    """
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if self.state != self.STATE_OPEN:
+            return  # closing: Autobahn refuses to send
+        self.sendMessage(b"<" + payload)
+        self.sendMessage(b"frag", fragmentSize=2, sync=True)
+        if payload == b"bye":
+            self.sendClose(1000, "done")
+            return
+        self.sendMessage(payload + b">")
+
+
+class AutobahnPathMixedSender(MixedSender):
+    def onMessageFrameData(self, payload: bytes) -> None:
+        super().onMessageFrameData(payload)
+
+    def sendMessage(self, *args: Any, **kwargs: Any) -> None:
+        super().sendMessage(*args, **kwargs)
+
+
+def test_held_writes_keep_their_place_among_autobahns_own_and_the_close():
+    chunks = [masked_frame(b"a") + masked_frame(b"b") + masked_frame(b"bye") + masked_frame(b"c")]
+    held = run(MixedSender, chunks, ticks=50)
+    assert held == run(AutobahnPathMixedSender, chunks, ticks=50)
+    body = held[0].split(b"\r\n\r\n", 1)[1]
+    frag = b"\x01\x02fr\x00\x02ag\x80\x00"  # Autobahn ends with an empty final frame
+    assert body.startswith(b"\x81\x02<a" + frag + b"\x81\x02a>" + b"\x81\x02<b" + frag)
+    assert body.index(b"\x81\x04<bye" + frag + b"\x88") > 0
+    assert b"<c" not in body
+    assert held[1]  # closed
+
+
+class LastWords(EchoHandler):
+    """
+    Echoes, and drops the connection (cleanly) after echoing "drop".
+    """
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if self.state == self.STATE_OPEN:
+            self.sendMessage(payload)
+            if payload == b"drop":
+                self.dropConnection(abort=False)
+
+
+class AutobahnPathLastWords(LastWords):
+    def onMessageFrameData(self, payload: bytes) -> None:
+        super().onMessageFrameData(payload)
+
+    def sendMessage(self, *args: Any, **kwargs: Any) -> None:
+        super().sendMessage(*args, **kwargs)
+
+
+def test_held_writes_go_out_before_the_connection_is_dropped():
+    chunks = [masked_frame(b"a") + masked_frame(b"drop") + masked_frame(b"c")]
+    held = run(LastWords, chunks)
+    assert held == run(AutobahnPathLastWords, chunks)
+    assert held[0].endswith(b"\r\n\r\n\x81\x01a\x81\x04drop")
+    assert held[1]

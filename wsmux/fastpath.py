@@ -37,7 +37,7 @@ before.  Handlers stay plain C{WebSocketServerProtocol} subclasses.
 from __future__ import annotations
 
 import struct
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.xormasker import create_xor_masker
@@ -161,39 +161,94 @@ def idle_tcp(transport: Any) -> bool:
     )
 
 
-def write_now(transport: Any, data: bytes, more: bytes = b"") -> None:
+def write_now(transport: Any, pieces: Sequence[bytes]) -> None:
     """
-    Write C{data} (then C{more}), sending at once when nothing is waiting
-    before it.
+    Write C{pieces} in order, sending at once when nothing is waiting
+    before them.
 
     Twisted's TCP transport never sends from C{write}: it buffers, asks the
     reactor to watch for writability and sends on the next turn, which costs
     two C{epoll_ctl} calls per write; to a thousand subscribers of a
     broadcast that is most of the work.  Like asyncio and uWebSockets, this
-    tries the socket first; whatever does not fit goes to the transport's
-    buffer as usual, behind nothing, so order is kept, and Twisted's
-    producer pausing and error handling take over from there.  A big
-    message goes out with its header in one C{sendmsg}, without the copy
-    Twisted makes to join them.  Only for plain TCP transports with an
-    empty buffer; anything else (TLS, a closing connection, in-memory
-    transports) uses C{transport.write}.
+    tries the socket first (several pieces in one C{sendmsg}, without
+    joining them); whatever does not fit goes to the transport's buffer as
+    usual, behind nothing, so order is kept, and Twisted's producer pausing
+    and error handling take over from there.  Only for plain TCP transports
+    with an empty buffer; anything else (TLS, a closing connection,
+    in-memory transports) uses the transport's own C{write}.
     """
     if idle_tcp(transport):
         try:
-            sent = transport.socket.sendmsg((data, more)) if more else transport.socket.send(data)
+            if len(pieces) == 1:
+                sent = transport.socket.send(pieces[0])
+            else:
+                sent = transport.socket.sendmsg(pieces)
         except OSError:
-            # EAGAIN, or an error Twisted's own write path will meet and
-            # report properly.
+            # EAGAIN, too many pieces for one call, or an error Twisted's
+            # own write path will meet and report properly.
             sent = 0
-        if sent >= len(data):
-            if sent - len(data) < len(more):
-                transport.write(more[sent - len(data) :])
-            return
-        data = data[sent:]
-    if more:
-        transport.writeSequence((data, more))
+        if sent:
+            i = 0
+            while i < len(pieces) and sent >= len(pieces[i]):
+                sent -= len(pieces[i])
+                i += 1
+            if i == len(pieces):
+                return
+            pieces = [pieces[i][sent:], *pieces[i + 1 :]]
+    if len(pieces) == 1:
+        transport.write(pieces[0])
     else:
-        transport.write(data)
+        transport.writeSequence(pieces)
+
+
+# Writes held back while a batch of received messages is handled: each
+# transport's pieces, in order (see hold_writes).
+_held: Optional[dict[Any, list[bytes]]] = None
+
+
+def hold_writes() -> bool:
+    """
+    Hold the fast path's writes, to every connection, until L{send_held}.
+
+    A batch of received messages (several frames in one read, a burst of
+    publishes from Redis) usually means several writes to the same
+    connections: a reply to each message, or each message to every member
+    of a channel.  Sent as they are made, that is a system call each (and
+    on loopback a wake-up of the reader each); held, it is one per
+    connection, as Twisted's buffered writes would be, but without two
+    C{epoll_ctl} calls per connection and a reactor turn.  uWebSockets
+    calls this corking.
+
+    @return: whether this call started holding (and must call
+        L{send_held}); C{False} inside a batch already being held.
+    """
+    global _held
+    if _held is not None:
+        return False
+    _held = {}
+    return True
+
+
+def send_held() -> None:
+    """
+    Stop holding writes and send what each connection was given.
+    """
+    global _held
+    held, _held = _held, None
+    if held:
+        for transport, pieces in held.items():
+            write_now(transport, pieces)
+
+
+def release_held(transport: Any) -> None:
+    """
+    Send what is held for C{transport} now, before anything that writes to
+    it another way (Autobahn's own send path, closing the connection).
+    """
+    if _held is not None:
+        pieces = _held.pop(transport, None)
+        if pieces:
+            write_now(transport, pieces)
 
 
 class FastReceiveMixin:
@@ -205,7 +260,6 @@ class FastReceiveMixin:
 
     _fast_busy: bool = False
     _fast_again: bool = False
-    _batching: bool = False
     # A big binary frame being gathered: pieces so far, their size, the
     # frame's length and mask.
     _big: Optional[list[bytes]] = None
@@ -400,6 +454,15 @@ class FastReceiveMixin:
         stats.incomingWebSocketMessages += messages
         self._activity()
 
+    def _uncount(self, messages: list[tuple[bytes, bool]]) -> None:
+        # Take back what _received counted for these messages.
+        stats = self.trafficStats  # type: ignore[attr-defined]
+        octets = sum(len(payload) for payload, _ in messages)
+        stats.incomingOctetsWebSocketLevel -= octets
+        stats.incomingOctetsAppLevel -= octets
+        stats.incomingWebSocketFrames -= len(messages)
+        stats.incomingWebSocketMessages -= len(messages)
+
     def _activity(self) -> None:
         # What Autobahn and the idle timeout do when a data frame arrives.
         if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:  # type: ignore[attr-defined]
@@ -408,22 +471,31 @@ class FastReceiveMixin:
             self._idle_call.reset(self._idle_timeout)
 
     def _deliver(self, messages: list[tuple[bytes, bool]]) -> None:
+        open_ = self.STATE_OPEN  # type: ignore[attr-defined]
         closed = self.STATE_CLOSED  # type: ignore[attr-defined]
         on_message = self._onMessage  # type: ignore[attr-defined]
-        # Replies to a batch of messages are better gathered into one send
-        # by Twisted than sent one by one (see FastSendMixin).
-        self._batching = len(messages) > 1
+        # What a batch of messages makes the handlers write goes out once
+        # per connection when the batch is done.
+        holding = len(messages) > 1 and hold_writes()
         try:
-            for payload, is_binary in messages:
-                if self.state == closed or self.failedByMe:  # type: ignore[attr-defined]
-                    return
+            for i, (payload, is_binary) in enumerate(messages):
+                state = self.state  # type: ignore[attr-defined]
+                if state != open_:
+                    # The handler closed during the batch.  Autobahn parses
+                    # a frame only after delivering the one before, and
+                    # counts it only while open; it parses none once closed.
+                    if state == closed or self.failedByMe:  # type: ignore[attr-defined]
+                        self._uncount(messages[i:])
+                        return
+                    self._uncount(messages[i : i + 1])
                 self.message_is_binary = is_binary
                 on_message(payload, is_binary)
                 # Autobahn's observable "message" event, when anyone listens.
                 if self._listeners or self._parent is not None:  # type: ignore[attr-defined]
                     self.fire("message", payload, is_binary=is_binary)  # type: ignore[attr-defined]
         finally:
-            self._batching = False
+            if holding:
+                send_held()
 
 
 class FastSendMixin:
@@ -436,16 +508,18 @@ class FastSendMixin:
     """
 
     _paused: bool = False
-    # True while this connection's own batch of received messages is being
-    # delivered: its replies go through Twisted's buffer, which sends them
-    # together on the next turn; any other write is tried at once.
-    _batching: bool = False
 
-    def _write(self, data: bytes) -> None:
-        if self._batching:
-            self.transport.write(data)  # type: ignore[attr-defined]
+    def _write(self, *pieces: bytes) -> None:
+        # Sent at once, or held with the rest of a batch (hold_writes).
+        transport = self.transport  # type: ignore[attr-defined]
+        if _held is None:
+            write_now(transport, pieces)
         else:
-            write_now(self.transport, data)  # type: ignore[attr-defined]
+            waiting = _held.get(transport)
+            if waiting is None:
+                _held[transport] = list(pieces)
+            else:
+                waiting.extend(pieces)
 
     def _fast_send_ok(self) -> bool:
         return (
@@ -479,10 +553,9 @@ class FastSendMixin:
             header = frame_header(_BINARY if isBinary else _TEXT, length)
             if length < 65536:
                 self._write(header + payload)
-            elif self._batching:
-                self.transport.writeSequence((header, payload))  # type: ignore[attr-defined]
             else:
-                write_now(self.transport, header, payload)  # type: ignore[attr-defined]
+                # The header and a big payload go out together, uncopied.
+                self._write(header, payload)
             stats = self.trafficStats  # type: ignore[attr-defined]
             stats.outgoingWebSocketMessages += 1
             stats.outgoingWebSocketFrames += 1
@@ -505,6 +578,9 @@ class FastSendMixin:
             or self.send_queue  # type: ignore[attr-defined]
             or self.logOctets  # type: ignore[attr-defined]
         ):
+            # Autobahn writes to the transport itself: what is held for
+            # this connection goes first.
+            release_held(self.transport)  # type: ignore[attr-defined]
             super().sendData(data, sync, chopsize)  # type: ignore[misc]
             return
         self._write(data)

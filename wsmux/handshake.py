@@ -44,7 +44,7 @@ from twisted.internet.main import CONNECTION_DONE
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
-from wsmux.fastpath import idle_tcp
+from wsmux.fastpath import idle_tcp, release_held
 from wsmux.logs import log
 
 # Methods a handler must not override for the direct handshake: they see
@@ -341,6 +341,8 @@ class LeanServerProtocol(WebSocketServerProtocol):
 
     def _closeConnection(self, abort: bool = False) -> None:
         transport: Any = self.transport
+        # Writes held for this connection in a batch go out before it closes.
+        release_held(transport)
         if not abort and self.wasClean and idle_tcp(transport):
             # The closing handshake is over and everything is sent: close
             # now, as Twisted's loseConnection itself does once nothing is
