@@ -2,7 +2,7 @@
  * wsmux's load generator: one scenario per run, results as one JSON line on
  * standard output.  Loopback only; bounded in time and count.
  *
- *   loadgen SCENARIO PORT [--deflate] [--seconds N] [--server-pid PID]
+ *   loadgen SCENARIO PORT [--deflate] [--seconds N] [--server-pid PID] [--count N]
  *
  * SCENARIO is echo (64-byte text, 50 connections, 8 in flight each), big
  * (1 MiB binary, 4 connections, 1 in flight), broadcast (1,000 subscribers
@@ -17,6 +17,11 @@
  * Sec-WebSocket-Accept, answers pings, reassembles fragments, does the
  * closing handshake, and with --deflate negotiates permessage-deflate and
  * honours the parameters the server answers with (zlib).
+ *
+ * With --count N, handshakes does exactly N handshakes, as fast as it can,
+ * and reports how long they took: for counting the server's instructions per
+ * handshake (valgrind --tool=callgrind), which, unlike time, the machine's
+ * other work does not change.
  *
  * Every result carries the CPU the server process and this process used in
  * the measured window (1.0 = one core busy the whole time), so a report can
@@ -151,6 +156,9 @@ static int deflate_wanted;
 static double seconds = 5;
 static int server_pid;
 static int epoll_fd;
+static long count; /* handshakes: exactly this many, when set */
+static long started, completed;
+static double first_start;
 
 /* CPU seconds used so far by the server (all its threads) and by us. */
 static double server_cpu_seconds(void) {
@@ -820,8 +828,9 @@ static void on_finished(conn_t *c, const char *error) {
     if (!strcmp(scenario, "handshakes")) {
         if (error) {
             if (failed++ == 0) fprintf(stderr, "loadgen: handshake failed: %s\n", error);
-        } else if (window_open()) {
-            replies += 1;
+        } else {
+            completed++;
+            if (window_open()) replies += 1;
         }
         return;
     }
@@ -830,7 +839,8 @@ static void on_finished(conn_t *c, const char *error) {
 }
 
 static int done(double t) {
-    if (!strcmp(scenario, "handshakes")) return load_over(t) && active == 0;
+    if (!strcmp(scenario, "handshakes"))
+        return (count ? started >= count : load_over(t)) && active == 0;
     if (!window.opens) return 0;
     if (!strcmp(scenario, "broadcast")) {
         if (t - last_progress > 10000) die("broadcast stalled: a subscriber missed a message");
@@ -843,6 +853,11 @@ static int done(double t) {
 /* Open connections as the scenario needs, at most MAX_CONNECTING at once. */
 static void keep_connecting(double t) {
     if (!strcmp(scenario, "handshakes")) {
+        if (count) {
+            if (!first_start) first_start = t;
+            while (active < 20 && started < count) started++, conn_open(path);
+            return;
+        }
         if (!window.opens) window_start();
         while (active < 20 && !load_over(t)) conn_open(path);
         return;
@@ -879,6 +894,11 @@ static void report(void) {
         print_percentile("fanout_p50_ms", &latencies, 0.5);
         printf(", ");
         print_percentile("fanout_p99_ms", &latencies, 0.99);
+    } else if (count) {
+        double took = (now_ms() - first_start) / 1000;
+        printf("{\"handshakes\": %ld, \"failed\": %.0f, \"seconds\": %.3f}\n", completed, failed,
+               took);
+        return;
     } else {
         printf("{\"handshakes_per_s\": %.1f, \"failed\": %.0f", replies / seconds, failed);
     }
@@ -897,6 +917,8 @@ int main(int argc, char **argv) {
             seconds = atof(argv[++i]);
         else if (!strcmp(argv[i], "--server-pid") && i + 1 < argc)
             server_pid = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--count") && i + 1 < argc)
+            count = atol(argv[++i]);
         else
             die("unknown argument %s", argv[i]);
     }
@@ -913,7 +935,7 @@ int main(int argc, char **argv) {
     }
     if (port <= 0 || seconds <= 0) die("bad port or seconds");
     /* Bounded: whatever happens, this process ends. */
-    alarm((unsigned)(seconds + 120) + (!strcmp(scenario, "idle") ? 600 : 0));
+    alarm((unsigned)(seconds + 120) + (!strcmp(scenario, "idle") || count ? 600 : 0));
     struct rlimit files;
     getrlimit(RLIMIT_NOFILE, &files);
     files.rlim_cur = files.rlim_max;
