@@ -406,9 +406,10 @@ def upgrade(
     A handler class with L{wsmux.handshake.DirectHandshakeMixin} opens
     from the parsed request; otherwise, and for any request the direct
     handshake leaves to Autobahn, the request head is replayed into the new
-    protocol for Autobahn to validate, followed by any bytes the client sent
-    after it (a first frame that arrived in the same packet as the
-    handshake).
+    protocol for Autobahn to validate (as the client sent it, when it was
+    read in one pass; else written out from what C{twisted.web} parsed),
+    followed by any bytes the client sent after it (a first frame that
+    arrived in the same packet as the handshake).
 
     @param registry: where the connection is counted while open.
     @param address: the client's address (behind trusted proxies), when it
@@ -478,6 +479,22 @@ def _start(
         protocol.peer = address
     transport.resumeProducing()
 
+    raw = getattr(request, "raw_head", None) or _head_of(request)
+    content = request.content.read() if request.content is not None else b""
+    # Bytes twisted.web read past the request head: already buffered ones,
+    # and those still in the line parser, which it hands to rawDataReceived.
+    buffered = b"".join(channel._dataBuffer)
+    channel._dataBuffer = []
+    channel.rawDataReceived = protocol.dataReceived
+    if open_direct is not None and open_direct(request, raw, content + buffered):
+        return
+    protocol.dataReceived(raw + content)
+    if buffered:
+        protocol.dataReceived(buffered)
+
+
+def _head_of(request: IRequest) -> bytes:
+    # The request head written out again from what twisted.web parsed.
     head = [
         request.method,
         b" ",
@@ -490,18 +507,7 @@ def _start(
         for value in values:
             head += [name, b": ", value, b"\r\n"]
     head.append(b"\r\n")
-    content = request.content.read() if request.content is not None else b""
-    # Bytes twisted.web read past the request head: already buffered ones,
-    # and those still in the line parser, which it hands to rawDataReceived.
-    buffered = b"".join(channel._dataBuffer)
-    channel._dataBuffer = []
-    channel.rawDataReceived = protocol.dataReceived
-    raw = b"".join(head)
-    if open_direct is not None and open_direct(request, raw, content + buffered):
-        return
-    protocol.dataReceived(raw + content)
-    if buffered:
-        protocol.dataReceived(buffered)
+    return b"".join(head)
 
 
 class _Node(Resource):

@@ -8,6 +8,10 @@ with a bare 400.  wsmux's channel counts from the first byte: the request
 line and headers must arrive within the open-handshake timeout, the request
 line within C{max_request_line} bytes (else 414) and the headers within
 C{max_headers} lines and C{max_header_bytes} bytes (else 431).
+
+A request head that arrives whole in the connection's first read (most
+WebSocket upgrades) is read in one pass instead of line by line; anything
+unusual takes C{twisted.web}'s own line parser (L{GuardedHTTPChannel}).
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ from __future__ import annotations
 import time
 from typing import Any, Optional
 
+from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel, datetimeToString, unquote
+from twisted.web.iweb import INonQueuedRequestFactory
 from twisted.web.resource import _IEncodingResource
 from twisted.web.server import Request, Site
 
@@ -25,6 +31,18 @@ from wsmux.logs import log
 
 # How long a kept-alive HTTP connection may sit idle between requests.
 KEEPALIVE_IDLE = 60
+
+try:
+    # twisted.web's own request-line and header-name checks, so that a head
+    # read in one pass is held to exactly the rules of its line parser.
+    from twisted.web._abnf import _istoken  # noqa: F401 - checked to exist
+    from twisted.web.http import _nameEncoder, _parseRequestLine
+    from twisted.web.http_headers import InvalidHeaderName
+except ImportError:  # pragma: no cover - another Twisted: the line parser only
+    _parseRequestLine = None  # type: ignore[assignment]
+
+# Header lines a one-pass read leaves to twisted.web: a body to read.
+_BODY_HEADERS = (b"Content-Length", b"Transfer-Encoding")
 
 
 class GuardedHTTPChannel(HTTPChannel):
@@ -46,6 +64,97 @@ class GuardedHTTPChannel(HTTPChannel):
         self.maxHeaders = limits.max_headers + 1
         super().connectionMade()
         self._arm_deadline()
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self._whole_head(data):
+            super().dataReceived(data)
+
+    def _whole_head(self, data: bytes) -> bool:
+        """
+        Take a request head that arrived whole, and alone, in one pass.
+
+        The result is what C{twisted.web}'s line parser makes of it (the
+        same request-line and header checks, the same request object, then
+        its own C{allHeadersReceived} and C{allContentReceived}), without a
+        call per line through three layers.  Only a plain case qualifies:
+        nothing read yet of this request, a C{GET} head within every cap,
+        no folded or malformed line, no body; anything else returns
+        C{False} having changed nothing, for the line parser to read (and
+        refuse, when it must).
+        """
+        if (
+            data[:4] != b"GET "
+            or _parseRequestLine is None
+            or self._in_head
+            or self._buffer
+            or self._busyReceiving
+            or not self.line_mode
+            or self.paused
+            or self._handlingRequest
+            or not self.persistent
+            or getattr(self, "_HTTPChannel__first_line", None) != 1
+        ):
+            return False
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            return False
+        limits = self.site.limits
+        lines = data[:end].split(b"\r\n")
+        if (
+            len(lines[0]) > limits.max_request_line
+            or len(lines) - 1 > limits.max_headers
+            or end - len(lines[0]) > limits.max_header_bytes
+        ):
+            return False
+        try:
+            command, path, version = _parseRequestLine(lines[0])
+        except ValueError:
+            return False
+        headers = []
+        for line in lines[1:]:
+            name, colon, value = line.partition(b":")
+            if not colon or b"\n" in line:
+                return False
+            try:
+                # Refuses a folded line too (its name starts with a space).
+                name = _nameEncoder.encode(name)
+            except InvalidHeaderName:
+                return False
+            value = value.strip(b" \t")
+            if b"\x00" in value or b"\r" in value or name in _BODY_HEADERS:
+                return False
+            headers.append((name, value))
+
+        # From here on, what HTTPChannel.dataReceived and lineReceived do
+        # for these lines.
+        self.resetTimeout()
+        self._disarm_deadline()
+        factory = self.requestFactory
+        if INonQueuedRequestFactory.providedBy(factory):
+            request = factory(self)
+        else:
+            request = factory(self, len(self.requests))
+        self.requests.append(request)
+        request.raw_head = data[: end + 4]
+        self._HTTPChannel__first_line = 0
+        self._command, self._path, self._version = command, path, version
+        add = request.requestHeaders.addRawHeader
+        for name, value in headers:
+            add(name, value)
+        # What follows the head waits where LineReceiver keeps it, and goes
+        # where it would go (the WebSocket protocol, after an upgrade).
+        self._buffer = data[end + 4 :]
+        self._busyReceiving = True
+        try:
+            self.allHeadersReceived()
+            self.allContentReceived()
+        finally:
+            self._busyReceiving = False
+        # LineReceiver stops once the transport is closing, and so do we.
+        transport: Any = self.transport
+        if self._buffer and not (transport is not None and transport.disconnecting):
+            LineReceiver.dataReceived(self, b"")
+        return True
 
     def _arm_deadline(self) -> None:
         timeout = self.site.head_timeout
@@ -156,7 +265,13 @@ class WebSocketRequest(Request):
     headers made cheaper: C{Server} says C{wsmux} (no version) and C{Date}
     is formatted once a second rather than per request.  Most requests to
     a WebSocket server are upgrades, which never send these headers.
+
+    @ivar raw_head: the request head as the client sent it (request line,
+        headers and the empty line), when it was read in one pass; L{None}
+        when C{twisted.web}'s line parser read it.
     """
+
+    raw_head: Optional[bytes] = None
 
     def process(self) -> None:
         # Twisted's Request.process, but for the two headers.

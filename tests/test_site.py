@@ -1,0 +1,225 @@
+"""
+The request head read in one pass is read as twisted.web's line parser
+reads it.
+
+Each test sends the same bytes to a site whose channel may take a whole
+head in one pass and to one whose channel always leaves it to
+twisted.web's line parser, and compares the bytes sent back, whether the
+connection was closed, and what the resources saw of each request.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from unittest import mock
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.web.resource import Resource
+
+from wsmux import EchoHandler, Route, RouteTree
+from wsmux.limits import ServerLimits
+from wsmux.site import GuardedHTTPChannel
+from wsmux.testing import masked_frame, raw_connect
+
+KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+
+
+class Seen(Resource):
+    """
+    Answers with what it saw of the request, and remembers it.
+    """
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[tuple[Any, ...]] = []
+
+    def render(self, request: Any) -> bytes:
+        headers = sorted(request.requestHeaders.getAllRawHeaders())
+        body = request.content.read()
+        self.requests.append((request.method, request.uri, request.clientproto, headers, body))
+        return repr(self.requests[-1]).encode()
+
+
+def exchange(chunks: list[bytes], one_pass: bool) -> tuple[Any, ...]:
+    seen = Seen()
+    limits = ServerLimits(max_request_line=200, max_headers=12, max_header_bytes=600)
+    tree = RouteTree([Route("/echo", (EchoHandler,), {"ping_interval": 0})], limits=limits)
+    tree.mount_resource("/info", seen)
+    line_parser_only = mock.patch.object(
+        GuardedHTTPChannel, "_whole_head", lambda self, data: False
+    )
+    if not one_pass:
+        line_parser_only.start()
+    try:
+        raw = raw_connect(tree)
+        for chunk in chunks:
+            raw.send(chunk)
+        raw.clock.advance(60)
+        raw.pump.flush()
+    finally:
+        if not one_pass:
+            line_parser_only.stop()
+    received = re.sub(rb"\r\nDate: [^\r]*", b"\r\nDate: -", raw.received)
+    return received, raw.lost, seen.requests
+
+
+def same(chunks: list[bytes]) -> tuple[Any, ...]:
+    one_pass = exchange(chunks, True)
+    assert one_pass == exchange(chunks, False)
+    return one_pass
+
+
+def head(request_line: str, lines: list[str]) -> bytes:
+    return (request_line + "\r\n" + "".join(f"{x}\r\n" for x in lines) + "\r\n").encode("latin-1")
+
+
+UPGRADE = [
+    "Host: 127.0.0.1:8080",
+    "Upgrade: websocket",
+    "Connection: Upgrade",
+    f"Sec-WebSocket-Key: {KEY}",
+    "Sec-WebSocket-Version: 13",
+]
+
+
+def test_an_upgrade_and_the_frame_sent_with_it():
+    received, lost, _ = same([head("GET /echo HTTP/1.1", UPGRADE) + masked_frame(b"hi")])
+    assert received.startswith(b"HTTP/1.1 101 ")
+    assert received.endswith(b"\x81\x02hi")
+    assert not lost
+
+
+def test_the_one_pass_read_is_the_one_taken():
+    # The patch in exchange() must change which parser runs, or the
+    # comparisons above prove nothing.
+    calls = []
+    original = GuardedHTTPChannel._whole_head
+
+    def counting(self: Any, data: bytes) -> bool:
+        taken = original(self, data)
+        calls.append(taken)
+        return taken
+
+    with mock.patch.object(GuardedHTTPChannel, "_whole_head", counting):
+        exchange([head("GET /info HTTP/1.1", ["Host: a"])], True)
+    assert calls == [True]
+
+
+def test_pipelined_requests_and_a_body():
+    first = head("GET /info?x=1 HTTP/1.1", ["Host: a", "X-A: 1", "x-a: 2"])
+    second = head("POST /info HTTP/1.1", ["Host: a", "Content-Length: 3"]) + b"abc"
+    received, _, requests = same([first + second])
+    assert [r[:2] for r in requests] == [(b"GET", b"/info?x=1"), (b"POST", b"/info")]
+    assert requests[0][3] == [(b"Host", [b"a"]), (b"X-A", [b"1", b"2"])]
+    assert requests[1][4] == b"abc"
+    assert received.count(b"HTTP/1.1 200 ") == 2
+
+
+def test_heads_over_the_caps_are_refused_the_same_way():
+    too_long = head("GET /info?" + "x" * 300 + " HTTP/1.1", ["Host: a"])
+    too_many = head("GET /info HTTP/1.1", [f"X-{i}: {i}" for i in range(20)])
+    too_big = head("GET /info HTTP/1.1", ["X-Big: " + "y" * 700])
+    assert same([too_long])[0].startswith(b"HTTP/1.1 414 ")
+    assert same([too_many])[0].startswith(b"HTTP/1.1 431 ")
+    assert same([too_big])[0].startswith(b"HTTP/1.1 431 ")
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "X-Lf: a\nb",  # a bare LF inside a line: 400 from the line parser
+        "X-Nul: a\x00b",
+        "X-Cr: a\rb",
+        "X-Tabs:\t v \t",  # tabs and spaces around a value are dropped
+        " X-Folded: onto the line before",
+        "\tX-Folded: with a tab",
+        "Bad Name: v",
+        ": no name",
+        "No colon",
+        "NoColonAtAll",
+        "Content-Length: 0",
+        "Transfer-Encoding: chunked",
+        "X-A: 1",
+    ],
+)
+def test_each_header_rule(line):
+    # Alone after a good request line, so that nothing else decides.
+    same([head("GET /info HTTP/1.1", ["Host: a", line])])
+
+
+request_lines = st.sampled_from(
+    [
+        "GET /info HTTP/1.1",
+        "GET /info?a=b&c HTTP/1.1",
+        "GET /echo HTTP/1.1",
+        "GET /nowhere HTTP/1.1",
+        "GET /info HTTP/1.0",
+        "GET /info HTTP/2.0",
+        "GET /info http/1.1",
+        "GET  /info HTTP/1.1",
+        "GET /in fo HTTP/1.1",
+        "GET /info",
+        "POST /info HTTP/1.1",
+        "GET http://a/info HTTP/1.1",
+        "GET /info\x7f HTTP/1.1",
+        "GET /info?" + "q" * 250 + " HTTP/1.1",
+    ]
+)
+header_lines = st.one_of(
+    st.sampled_from(
+        UPGRADE
+        + [
+            "Host: a",
+            "X-Empty:",
+            "X-Spaces:   padded \t ",
+            "x-mixed-CASE: v",
+            "Cookie: a=1; b=2",
+            "Connection: close",
+            "Connection: keep-alive",
+            "Expect: 100-continue",
+            "Content-Length: 2",
+            "Content-Length: x",
+            "Transfer-Encoding: chunked",
+            " folded onto the line before",
+            "\tfolded with a tab",
+            "No colon here",
+            "Bad Name: v",
+            ": no name",
+            "X-Nul: a\x00b",
+            "X-Lf: a\nb",
+            "X-Cr: a\rb",
+            "X-Latin: caf\xe9",
+            "X-Long: " + "z" * 400,
+            "Sec-WebSocket-Version: 8",
+            "Origin: http://example.com",
+        ]
+    ),
+    st.from_regex(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,12}: [ -~]{0,20}", fullmatch=True),
+)
+afters = st.sampled_from(
+    [
+        b"",
+        b"ab",
+        masked_frame(b"after"),
+        b"GET /info HTTP/1.1\r\nHost: b\r\n\r\n",
+        b"\r\n",
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    request_line=request_lines,
+    lines=st.lists(header_lines, max_size=14),
+    after=afters,
+    cut=st.one_of(st.none(), st.integers(1, 400)),
+)
+def test_drawn_requests_read_the_same_both_ways(request_line, lines, after, cut):
+    data = head(request_line, lines) + after
+    chunks = [data] if cut is None or cut >= len(data) else [data[:cut], data[cut:]]
+    same(chunks)
