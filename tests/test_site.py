@@ -223,3 +223,27 @@ def test_drawn_requests_read_the_same_both_ways(request_line, lines, after, cut)
     data = head(request_line, lines) + after
     chunks = [data] if cut is None or cut >= len(data) else [data[:cut], data[cut:]]
     same(chunks)
+
+
+class OwnServerHeader(Resource):
+    isLeaf = True
+
+    def render(self, request: Any) -> bytes:
+        request.setHeader(b"server", b"mine")
+        return b""
+
+
+def test_responses_say_server_and_date_unless_a_resource_says_otherwise():
+    tree = RouteTree([Route("/echo", (EchoHandler,), {"ping_interval": 0})])
+    tree.mount_resource("/own", OwnServerHeader())
+    plain = raw_connect(tree)
+    plain.send(b"GET /echo HTTP/1.1\r\nHost: a\r\n\r\n")  # 426, written by wsmux
+    head = plain.received.split(b"\r\n\r\n", 1)[0]
+    assert head.startswith(b"HTTP/1.1 426 ")
+    assert b"\r\nServer: wsmux\r\n" in head
+    assert re.search(rb"\r\nDate: \w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT", head)
+    own = raw_connect(tree)
+    own.send(b"GET /own HTTP/1.1\r\nHost: a\r\n\r\n")
+    head = own.received.split(b"\r\n\r\n", 1)[0]
+    assert head.count(b"Server:") == 1 and b"\r\nServer: mine\r\n" in head
+    assert b"\r\nDate: " in head

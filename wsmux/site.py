@@ -263,8 +263,10 @@ class WebSocketRequest(Request):
     """
     C{twisted.web}'s request, processed the same way with two default
     headers made cheaper: C{Server} says C{wsmux} (no version) and C{Date}
-    is formatted once a second rather than per request.  Most requests to
-    a WebSocket server are upgrades, which never send these headers.
+    is formatted once a second rather than per request, and both are added
+    when the response is written (unless a resource set its own), rather
+    than to every request: most requests to a WebSocket server are
+    upgrades, which never send them.
 
     @ivar raw_head: the request head as the client sent it (request line,
         headers and the empty line), when it was read in one pass; L{None}
@@ -274,10 +276,8 @@ class WebSocketRequest(Request):
     raw_head: Optional[bytes] = None
 
     def process(self) -> None:
-        # Twisted's Request.process, but for the two headers.
+        # Twisted's Request.process, but for the two headers (see write).
         self.site = self.channel.site  # type: ignore[attr-defined]
-        self.setHeader(b"server", b"wsmux")
-        self.setHeader(b"date", http_date())
         self.prepath = []
         self.postpath = list(map(unquote, self.path[1:].split(b"/")))
         if self.path == b"*":
@@ -292,6 +292,17 @@ class WebSocketRequest(Request):
             self.render(resource)
         except BaseException:
             self.processingFailed(Failure())
+
+    def write(self, data: bytes) -> None:
+        # The first write sends the response head: every response, even an
+        # empty one (finish writes b""), passes here first.
+        if not self.startedWriting:
+            headers = self.responseHeaders
+            if not headers.hasHeader(b"server"):
+                headers.setRawHeaders(b"server", [b"wsmux"])
+            if not headers.hasHeader(b"date"):
+                headers.setRawHeaders(b"date", [http_date()])
+        super().write(data)
 
 
 class WebSocketSite(Site):
