@@ -322,3 +322,26 @@ def test_an_onconnect_answer_autobahn_refuses_gets_a_500():
     raw.pump.flush()
     assert raw.received.startswith(b"HTTP/1.1 500 ")
     assert raw.lost
+
+
+def test_transport_details_are_autobahns():
+    import socket
+
+    from autobahn.twisted.util import create_transport_details
+    from autobahn.wamp.types import TransportDetails
+    from twisted.internet import tcp
+    from twisted.internet.protocol import Protocol
+    from twisted.internet.testing import MemoryReactor
+
+    from wsmux.handshake import transport_details
+
+    one, other = socket.socketpair()
+    try:
+        for client in [("127.0.0.1", 40000), ("::ffff:127.0.0.1", 40001, 0, 0)]:
+            transport = tcp.Server(one, Protocol(), client, None, 1, MemoryReactor())
+            theirs = create_transport_details(transport, True)
+            theirs.channel_framing = TransportDetails.CHANNEL_FRAMING_WEBSOCKET
+            assert transport_details(transport, True).marshal() == theirs.marshal()
+    finally:
+        one.close()
+        other.close()

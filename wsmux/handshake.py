@@ -28,6 +28,8 @@ call whether or not anyone logs at debug level.
 
 from __future__ import annotations
 
+import os
+import threading
 import types
 from typing import Any, Optional
 from urllib import parse
@@ -39,6 +41,7 @@ from autobahn.util import _is_tls_error, _maybe_tls_reason
 from autobahn.wamp.types import TransportDetails
 from autobahn.websocket.protocol import WebSocketProtocol, _is_same_origin, _url_to_origin
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.main import CONNECTION_DONE
 from twisted.internet.protocol import connectionDone
@@ -254,6 +257,33 @@ class DirectHandshakeMixin:
 
 _MISSING = object()
 
+
+def transport_details(transport: Any, is_server: bool) -> TransportDetails:
+    """
+    Autobahn's C{create_transport_details}, for the WebSocket framing; for
+    Twisted's own TCP server transport, without building an address object
+    to describe the peer (C{peer2str} calls C{getPeer}, which makes one and
+    checks its fields each time).
+    """
+    if transport.__class__ is not tcp.Server:
+        details = create_transport_details(transport, is_server)
+        details.channel_framing = TransportDetails.CHANNEL_FRAMING_WEBSOCKET
+        return details
+    client = transport.client  # (host, port), or four items for IPv6
+    return TransportDetails(
+        channel_type=TransportDetails.CHANNEL_TYPE_TCP,
+        channel_framing=TransportDetails.CHANNEL_FRAMING_WEBSOCKET,
+        peer=f"{'tcp4' if len(client) == 2 else 'tcp6'}:{client[0]}:{client[1]}",
+        is_server=is_server,
+        own_pid=os.getpid(),
+        own_tid=threading.get_native_id(),
+        own_fd=-1,
+        is_secure=False,
+        channel_id={},
+        peer_cert=None,
+    )
+
+
 # One failure for every clean close, as Twisted's reactor keeps one.
 _CLOSED_CLEANLY = Failure(CONNECTION_DONE)
 
@@ -302,8 +332,7 @@ class LeanServerProtocol(WebSocketServerProtocol):
 
     def connectionMade(self) -> None:
         transport: Any = self.transport
-        details = create_transport_details(transport, bool(self.is_server))
-        details.channel_framing = TransportDetails.CHANNEL_FRAMING_WEBSOCKET
+        details = transport_details(transport, bool(self.is_server))
         self._transport_details = details
         self.peer = details.peer
         # twisted.web has already turned Nagle off on a connection it hands
