@@ -17,11 +17,12 @@ from unittest import mock
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet.testing import MemoryReactorClock
 from twisted.web.resource import Resource
 
 from wsmux import EchoHandler, Route, RouteTree
 from wsmux.limits import ServerLimits
-from wsmux.site import GuardedHTTPChannel
+from wsmux.site import GuardedHTTPChannel, HeadDeadlines, WebSocketSite
 from wsmux.testing import masked_frame, raw_connect
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
@@ -247,3 +248,103 @@ def test_responses_say_server_and_date_unless_a_resource_says_otherwise():
     head = own.received.split(b"\r\n\r\n", 1)[0]
     assert head.count(b"Server:") == 1 and b"\r\nServer: mine\r\n" in head
     assert b"\r\nDate: " in head
+
+
+def one_site(tree: RouteTree, clock: MemoryReactorClock, **kwargs: Any) -> Any:
+    """
+    Make raw_connect connect every client to the same site.
+    """
+    site = WebSocketSite(tree, reactor=clock, **kwargs)
+    return mock.patch("wsmux.testing._site", lambda resource, clock: site)
+
+
+def test_each_head_has_its_own_deadline():
+    # Heads on one site share one timer: each must still fall due at its own
+    # time, whoever finished or left before it.
+    tree = RouteTree([Route("/echo", (EchoHandler,), {"ping_interval": 0})])
+    tree.mount_resource("/info", Seen())
+    clock = MemoryReactorClock()
+    with one_site(tree, clock):
+        silent = raw_connect(tree, clock)  # t=0, sends nothing
+        clock.advance(3)
+        partial = raw_connect(tree, clock)  # t=3
+        partial.send(b"GET /info HTTP/1.1\r\nHost: a\r\n")
+        clock.advance(1)
+        done = raw_connect(tree, clock)  # t=4, finishes at once and stays
+    done.send(b"GET /info HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert done.received.startswith(b"HTTP/1.1 200 ")
+    clock.advance(5.9)  # t=9.9
+    assert not (silent.lost or partial.lost or done.lost)
+    clock.advance(0.2)  # t=10.1: the silent one is due
+    silent.pump.flush()
+    assert silent.lost and silent.received.startswith(b"HTTP/1.1 408 ")
+    assert not partial.lost
+    clock.advance(2.8)  # t=12.9
+    assert not partial.lost
+    clock.advance(0.2)  # t=13.1
+    partial.pump.flush()
+    assert partial.lost and partial.received.startswith(b"HTTP/1.1 408 ")
+    # The kept-alive one got a new deadline when its request was done (t=4).
+    clock.advance(0.8)  # t=13.9
+    assert not done.lost
+    clock.advance(0.2)  # t=14.1
+    done.pump.flush()
+    assert done.lost and done.received.count(b"HTTP/1.1 408 ") == 1
+
+
+def test_a_body_being_read_has_the_idle_timeout_not_the_head_deadline():
+    tree = RouteTree([Route("/echo", (EchoHandler,), {"ping_interval": 0})])
+    seen = Seen()
+    tree.mount_resource("/info", seen)
+    clock = MemoryReactorClock()
+    upload = raw_connect(tree, clock)
+    upload.send(b"POST /info HTTP/1.1\r\nHost: a\r\nContent-Length: 8\r\n\r\nab")
+    for _ in range(5):  # a slow body, a byte every 11 s: past the 10 s head deadline
+        clock.advance(11)
+        upload.send(b"c")
+    assert not upload.lost and not seen.requests
+    upload.send(b"d")
+    assert seen.requests[-1][4] == b"abcccccd"
+    stalled = raw_connect(tree, clock)
+    stalled.send(b"POST /info HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\nab")
+    clock.advance(59)
+    assert not stalled.lost
+    clock.advance(2)  # Twisted's idle timeout (60 s) ends it
+    stalled.pump.flush()
+    assert stalled.lost
+
+
+def test_a_head_deadline_longer_than_the_idle_timeout_leaves_it_running():
+    tree = RouteTree([Route("/echo", (EchoHandler,), {"ping_interval": 0})])
+    clock = MemoryReactorClock()
+    with one_site(tree, clock, head_timeout=100, timeout=30):
+        silent = raw_connect(tree, clock)
+    clock.advance(29)
+    assert not silent.lost
+    clock.advance(2)
+    silent.pump.flush()
+    assert silent.lost
+
+
+def test_head_deadlines_fall_due_in_order_however_they_were_set():
+    clock = MemoryReactorClock()
+    deadlines = HeadDeadlines(10, clock)
+    late: list[str] = []
+    channels = {
+        name: mock.Mock(_head_too_slow=lambda name=name: late.append(name)) for name in "abc"
+    }
+    deadlines.arm(channels["a"])  # due 10
+    clock.advance(2)
+    deadlines.arm(channels["b"])  # due 12
+    clock.advance(2)
+    deadlines.arm(channels["a"])  # again: due 14, after b
+    deadlines.arm(channels["c"])  # due 14
+    deadlines.disarm(channels["c"])
+    clock.advance(6)  # t=10
+    assert late == []
+    clock.advance(2)  # t=12
+    assert late == ["b"]
+    assert deadlines.armed(channels["a"]) and not deadlines.armed(channels["c"])
+    clock.advance(2)  # t=14
+    assert late == ["b", "a"]
+    assert not clock.getDelayedCalls()  # nothing left, no timer left

@@ -35,7 +35,6 @@ KEEPALIVE_IDLE = 60
 try:
     # twisted.web's own request-line and header-name checks, so that a head
     # read in one pass is held to exactly the rules of its line parser.
-    from twisted.web._abnf import _istoken  # noqa: F401 - checked to exist
     from twisted.web.http import _nameEncoder, _parseRequestLine
     from twisted.web.http_headers import InvalidHeaderName
 except ImportError:  # pragma: no cover - another Twisted: the line parser only
@@ -45,23 +44,91 @@ except ImportError:  # pragma: no cover - another Twisted: the line parser only
 _BODY_HEADERS = (b"Content-Length", b"Transfer-Encoding")
 
 
+class HeadDeadlines:
+    """
+    The deadlines of the request heads on one site, on one reactor timer.
+
+    Every channel gets the same time, so deadlines fall due in the order
+    they were set: a dict keeps them in that order, setting and clearing
+    one is a dict insert and delete, and one timer, set for the earliest,
+    serves them all (a reactor timer per connection costs a heap push and
+    a cancellation each, several per cent of a WebSocket handshake).
+
+    @ivar timeout: seconds a channel has from L{arm} to L{disarm}.
+    """
+
+    def __init__(self, timeout: float, clock: Any) -> None:
+        self.timeout = timeout
+        self._clock = clock
+        self._due: dict[GuardedHTTPChannel, float] = {}
+        self._call: Any = None
+
+    def arm(self, channel: GuardedHTTPChannel) -> None:
+        """
+        Give C{channel} C{timeout} seconds from now, then call its
+        C{_head_too_slow}.
+        """
+        due = self._clock.seconds() + self.timeout
+        self._due.pop(channel, None)  # again: to the end, in due order
+        self._due[channel] = due
+        if self._call is None:
+            self._call = self._clock.callLater(self.timeout, self._expire)
+
+    def disarm(self, channel: GuardedHTTPChannel) -> None:
+        """
+        Forget C{channel}'s deadline, if it has one.
+        """
+        self._due.pop(channel, None)
+
+    def armed(self, channel: GuardedHTTPChannel) -> bool:
+        """
+        Whether C{channel} has a deadline.
+        """
+        return channel in self._due
+
+    def _expire(self) -> None:
+        self._call = None
+        now = self._clock.seconds()
+        late = []
+        for channel, due in self._due.items():
+            if due > now:
+                break
+            late.append(channel)
+        for channel in late:
+            del self._due[channel]
+        if self._due:
+            first = next(iter(self._due.values()))
+            self._call = self._clock.callLater(max(0.0, first - now), self._expire)
+        for channel in late:
+            channel._head_too_slow()
+
+
 class GuardedHTTPChannel(HTTPChannel):
     """
     An C{HTTPChannel} with caps on the request head and a deadline for it.
+
+    While the deadline runs, Twisted's idle timeout is not needed (the
+    deadline is the shorter of the two, and a client sending bytes does
+    not reset it): it starts only when a head leaves a body to read, and
+    after a request when Twisted restores it.
     """
 
     site: WebSocketSite
-    _deadline: Any = None
     _in_head = False
     _head_lines = 0
     _head_bytes = 0
+    _idle_timeout: Optional[int] = None
 
     def connectionMade(self) -> None:
-        limits = self.site.limits
+        site = self.site
+        limits = site.limits
         # Twisted's own, coarser caps must not fire before ours.
         self.MAX_LENGTH = max(limits.max_request_line, limits.max_header_bytes) + 2
         self.totalHeadersSize = limits.max_request_line + limits.max_header_bytes + 2
         self.maxHeaders = limits.max_headers + 1
+        if site.head_deadlines is not None and self.timeOut:
+            if site.head_deadlines.timeout <= self.timeOut:
+                self._idle_timeout, self.timeOut = self.timeOut, None
         super().connectionMade()
         self._arm_deadline()
 
@@ -157,14 +224,20 @@ class GuardedHTTPChannel(HTTPChannel):
         return True
 
     def _arm_deadline(self) -> None:
-        timeout = self.site.head_timeout
-        if timeout:
-            self._deadline = self.callLater(timeout, self._head_too_slow)
+        deadlines = self.site.head_deadlines
+        if deadlines is not None:
+            deadlines.arm(self)
 
     def _disarm_deadline(self) -> None:
-        if self._deadline is not None and self._deadline.active():
-            self._deadline.cancel()
-        self._deadline = None
+        deadlines = self.site.head_deadlines
+        if deadlines is not None:
+            deadlines.disarm(self)
+
+    def _start_idle_timeout(self) -> None:
+        # A body to read: Twisted's idle timeout watches it from here on.
+        if self._idle_timeout is not None:
+            self.timeOut, self._idle_timeout = self._idle_timeout, None
+            self.setTimeout(self.timeOut)
 
     def lineReceived(self, line: bytes) -> None:
         limits = self.site.limits
@@ -199,6 +272,11 @@ class GuardedHTTPChannel(HTTPChannel):
             # The end of the head: the deadline is met.
             self._in_head = False
             self._disarm_deadline()
+            super().lineReceived(line)
+            transport: Any = self.transport
+            if self.length != 0 and transport is not None and not transport.disconnecting:
+                self._start_idle_timeout()
+            return
         super().lineReceived(line)
 
     def lineLengthExceeded(self, line: bytes) -> None:
@@ -217,7 +295,6 @@ class GuardedHTTPChannel(HTTPChannel):
         super().connectionLost(reason)
 
     def _head_too_slow(self) -> None:
-        self._deadline = None
         if self.transport is None:
             return
         self._refuse(
@@ -312,6 +389,8 @@ class WebSocketSite(Site):
 
     @ivar limits: the request-head caps.
     @ivar head_timeout: seconds a client has to send a complete request head.
+    @ivar head_deadlines: the channels' L{HeadDeadlines}, or L{None} when
+        C{head_timeout} is 0 (no deadline).
     """
 
     protocol = GuardedHTTPChannel  # type: ignore[assignment]
@@ -328,4 +407,5 @@ class WebSocketSite(Site):
         super().__init__(resource, **kwargs)
         self.limits = limits or getattr(resource, "limits", None) or ServerLimits()
         self.head_timeout = head_timeout
+        self.head_deadlines = HeadDeadlines(head_timeout, self.reactor) if head_timeout else None
         self.displayTracebacks = False
