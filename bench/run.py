@@ -33,9 +33,12 @@ from tests.twistd_process import TWISTD, free_port, wait_port  # noqa: E402
 
 OUT = ROOT / "docs" / "benchmarks"
 LOADGEN = BENCH / "loadgen"
+# Every server runs without keepalive pings: Node ws and Autobahn have none
+# by default, and the websockets peer turns its own off, so wsmux does too.
 LIMITS = ["--max-message-size", "67108864", "--max-frame-size", "67108864",
           "--max-send-queue", "67108864", "--max-connections", "0",
-          "--max-connections-per-ip", "0", "--log-level", "warn"]  # fmt: skip
+          "--max-connections-per-ip", "0", "--log-level", "warn",
+          "--ping-interval", "0"]  # fmt: skip
 
 
 def peer_command(peer, port, deflate):
