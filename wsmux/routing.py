@@ -179,7 +179,7 @@ def is_upgrade(request: IRequest) -> bool:
     Whether C{request} asks to switch to WebSocket.
     """
     upgrade = request.getHeader(b"upgrade")
-    return upgrade is not None and b"websocket" in upgrade.lower()
+    return upgrade is not None and upgrade.lower().find(b"websocket") >= 0
 
 
 def path_params(request: IRequest) -> dict[str, str]:
