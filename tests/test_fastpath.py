@@ -14,8 +14,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wsmux import BroadcastHandler, EchoHandler, Route, RouteTree
-from wsmux.fastpath import fast_path_ok, frame_header, unmask
+from wsmux import BroadcastHandler, EchoHandler, Route, RouteTree, fastpath
+from wsmux.fastpath import HOLD_MAX, fast_path_ok, frame_header, unmask
 from wsmux.testing import masked_frame, raw_connect, upgrade_request
 
 
@@ -272,8 +272,37 @@ def test_a_batch_is_answered_in_one_write():
     raw.send(b"".join(masked_frame(f"m{i}".encode()) for i in range(20)))
     assert writes == [b"".join(b"\x81\x02" + f"m{i}".encode() for i in range(10))
                       + b"".join(b"\x81\x03" + f"m{i}".encode() for i in range(10, 20))]  # fmt: skip
-    raw.send(masked_frame(b"alone"))  # a single message is sent as it is written
+    raw.send(masked_frame(b"alone"))
     assert writes[1:] == [b"\x81\x05alone"]
+    # Messages Autobahn's own path takes (fragmented ones) are held too.
+    fragmented = masked_frame(b"ab", fin=False) + masked_frame(b"cd", opcode=0)
+    raw.send(fragmented * 3)
+    assert writes[2:] == [b"\x81\x04abcd" * 3]
+    # Nothing is held, or counted, once a read is handled (no transport is
+    # kept alive by it).
+    assert fastpath._held is None and not fastpath._held_bytes
+
+
+class Chatty(EchoHandler):
+    """
+    Answers a message with a hundred 1 KiB messages.
+    """
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        for _ in range(100):
+            self.sendMessage(b"x" * 1024, isBinary=True)
+
+
+def test_no_more_than_hold_max_is_held_for_a_connection():
+    raw = raw_connect(RouteTree([Route("/echo", (Chatty,), {"ping_interval": 0})]))
+    raw.send(upgrade_request("/echo"))
+    writes = count_writes(raw.server_transport)
+    raw.send(masked_frame(b"go"))
+    frame = 4 + 1024
+    assert [len(w) for w in writes] == [
+        frame * (HOLD_MAX // frame + 1),
+        frame * 100 - frame * (HOLD_MAX // frame + 1),
+    ]
 
 
 def test_a_batch_of_publishes_reaches_each_member_in_one_write():

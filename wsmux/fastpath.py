@@ -201,43 +201,43 @@ def write_now(transport: Any, pieces: Sequence[bytes]) -> None:
         transport.writeSequence(pieces)
 
 
-# Writes held back while a batch of received messages is handled: each
-# transport's pieces, in order (see hold_writes).
+# Writes held back while one read is handled (FastReceiveMixin.dataReceived):
+# each transport's pieces, in order, and how many bytes they make.
+#
+# What one read brings (several frames, a burst of messages to a channel)
+# usually means several writes to the same connections: a reply to each
+# message, or each message to every member of a channel.  Sent as they are
+# made, that is a system call each (and on loopback a wake-up of the reader
+# each); held, it is one per connection, as Twisted's buffered writes would
+# be, but without two epoll_ctl calls per connection and a reactor turn.
+# uWebSockets calls this corking.
 _held: Optional[dict[Any, list[bytes]]] = None
+_held_bytes: dict[Any, int] = {}
+
+# Past this many bytes held for one connection, they go out at once: the
+# transport's own buffering and producer pausing (and with them the route's
+# slow-consumer policy) apply as if nothing were held.
+HOLD_MAX = 65536
 
 
-def hold_writes() -> bool:
+def hold(transport: Any, pieces: Sequence[bytes]) -> None:
     """
-    Hold the fast path's writes, to every connection, until L{send_held}.
-
-    A batch of received messages (several frames in one read, a burst of
-    publishes from Redis) usually means several writes to the same
-    connections: a reply to each message, or each message to every member
-    of a channel.  Sent as they are made, that is a system call each (and
-    on loopback a wake-up of the reader each); held, it is one per
-    connection, as Twisted's buffered writes would be, but without two
-    C{epoll_ctl} calls per connection and a reactor turn.  uWebSockets
-    calls this corking.
-
-    @return: whether this call started holding (and must call
-        L{send_held}); C{False} inside a batch already being held.
+    Write C{pieces} to C{transport}: at once, or with the others held.
     """
-    global _held
-    if _held is not None:
-        return False
-    _held = {}
-    return True
-
-
-def send_held() -> None:
-    """
-    Stop holding writes and send what each connection was given.
-    """
-    global _held
-    held, _held = _held, None
-    if held:
-        for transport, pieces in held.items():
-            write_now(transport, pieces)
+    held = _held
+    if held is None:
+        write_now(transport, pieces)
+        return
+    size = _held_bytes.get(transport, 0) + sum(map(len, pieces))
+    waiting = held.get(transport)
+    if waiting is None:
+        held[transport] = list(pieces)
+    else:
+        waiting.extend(pieces)
+    if size > HOLD_MAX:
+        release_held(transport)
+    else:
+        _held_bytes[transport] = size
 
 
 def release_held(transport: Any) -> None:
@@ -246,6 +246,7 @@ def release_held(transport: Any) -> None:
     it another way (Autobahn's own send path, closing the connection).
     """
     if _held is not None:
+        _held_bytes.pop(transport, None)
         pieces = _held.pop(transport, None)
         if pieces:
             write_now(transport, pieces)
@@ -270,8 +271,22 @@ class FastReceiveMixin:
     _idle_call: Any = None
 
     def dataReceived(self, data: bytes) -> None:
-        # Autobahn's adapter formats a debug-log line per read here.
-        self._dataReceived(data)  # type: ignore[attr-defined]
+        # Autobahn's adapter formats a debug-log line per read here.  What
+        # this read makes anyone write goes out once per connection when it
+        # is handled, whichever path (this one or Autobahn's) handles it.
+        global _held
+        if _held is not None:  # a read inside a read (in-memory transports)
+            self._dataReceived(data)  # type: ignore[attr-defined]
+            return
+        held = _held = {}
+        try:
+            self._dataReceived(data)  # type: ignore[attr-defined]
+        finally:
+            _held = None
+            if held:
+                _held_bytes.clear()
+                for transport, pieces in held.items():
+                    write_now(transport, pieces)
 
     def consumeData(self) -> None:
         if self.state != self.STATE_OPEN and self._big is None:  # type: ignore[attr-defined]
@@ -474,28 +489,21 @@ class FastReceiveMixin:
         open_ = self.STATE_OPEN  # type: ignore[attr-defined]
         closed = self.STATE_CLOSED  # type: ignore[attr-defined]
         on_message = self._onMessage  # type: ignore[attr-defined]
-        # What a batch of messages makes the handlers write goes out once
-        # per connection when the batch is done.
-        holding = len(messages) > 1 and hold_writes()
-        try:
-            for i, (payload, is_binary) in enumerate(messages):
-                state = self.state  # type: ignore[attr-defined]
-                if state != open_:
-                    # The handler closed during the batch.  Autobahn parses
-                    # a frame only after delivering the one before, and
-                    # counts it only while open; it parses none once closed.
-                    if state == closed or self.failedByMe:  # type: ignore[attr-defined]
-                        self._uncount(messages[i:])
-                        return
-                    self._uncount(messages[i : i + 1])
-                self.message_is_binary = is_binary
-                on_message(payload, is_binary)
-                # Autobahn's observable "message" event, when anyone listens.
-                if self._listeners or self._parent is not None:  # type: ignore[attr-defined]
-                    self.fire("message", payload, is_binary=is_binary)  # type: ignore[attr-defined]
-        finally:
-            if holding:
-                send_held()
+        for i, (payload, is_binary) in enumerate(messages):
+            state = self.state  # type: ignore[attr-defined]
+            if state != open_:
+                # The handler closed during the batch.  Autobahn parses a
+                # frame only after delivering the one before, and counts it
+                # only while open; it parses none once closed.
+                if state == closed or self.failedByMe:  # type: ignore[attr-defined]
+                    self._uncount(messages[i:])
+                    return
+                self._uncount(messages[i : i + 1])
+            self.message_is_binary = is_binary
+            on_message(payload, is_binary)
+            # Autobahn's observable "message" event, when anyone listens.
+            if self._listeners or self._parent is not None:  # type: ignore[attr-defined]
+                self.fire("message", payload, is_binary=is_binary)  # type: ignore[attr-defined]
 
 
 class FastSendMixin:
@@ -510,16 +518,7 @@ class FastSendMixin:
     _paused: bool = False
 
     def _write(self, *pieces: bytes) -> None:
-        # Sent at once, or held with the rest of a batch (hold_writes).
-        transport = self.transport  # type: ignore[attr-defined]
-        if _held is None:
-            write_now(transport, pieces)
-        else:
-            waiting = _held.get(transport)
-            if waiting is None:
-                _held[transport] = list(pieces)
-            else:
-                waiting.extend(pieces)
+        hold(self.transport, pieces)  # type: ignore[attr-defined]
 
     def _fast_send_ok(self) -> bool:
         return (
