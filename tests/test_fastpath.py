@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -383,3 +384,44 @@ def test_held_writes_go_out_before_the_connection_is_dropped():
     assert held == run(AutobahnPathLastWords, chunks)
     assert held[0].endswith(b"\r\n\r\n\x81\x01a\x81\x04drop")
     assert held[1]
+
+
+def test_on_tcp_writes_wait_for_the_end_of_the_reactor_turn():
+    # Twisted's own TCP transport, on real loopback sockets, driven by hand:
+    # what reads make handlers write goes out after the reactor's turn (its
+    # zero-delay calls), together, not after each read.
+    import socket
+
+    from twisted.internet import tcp
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import MemoryReactorClock
+
+    from wsmux.site import WebSocketSite
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    server_socket, address = listener.accept()
+    listener.close()
+    server_socket.setblocking(False)
+    client.settimeout(5)
+    clock = MemoryReactorClock()
+    try:
+        site = WebSocketSite(RouteTree([Route("/echo", (EchoHandler,), {"ping_interval": 0})]))
+        channel = site.buildProtocol(IPv4Address("TCP", *address))
+        transport = tcp.Server(server_socket, channel, address, None, 1, clock)
+        channel.makeConnection(transport)
+        channel.dataReceived(upgrade_request("/echo"))
+        assert client.recv(4096).startswith(b"HTTP/1.1 101 ")
+        websocket = transport.protocol
+        websocket.dataReceived(masked_frame(b"one"))
+        websocket.dataReceived(masked_frame(b"two") + masked_frame(b"three"))
+        client.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            client.recv(4096)  # nothing yet: the turn is not over
+        clock.advance(0)
+        client.settimeout(5)
+        assert client.recv(4096) == b"\x81\x03one\x81\x03two\x81\x05three"
+        assert fastpath._held is None and not fastpath._held_bytes
+    finally:
+        client.close()
+        server_socket.close()
