@@ -20,17 +20,22 @@ from wsmux.fastpath import HOLD_MAX, fast_path_ok, frame_header, unmask
 from wsmux.testing import masked_frame, raw_connect, upgrade_request
 
 
-class AutobahnPathEcho(EchoHandler):
+class AutobahnPath:
     """
-    Echo through Autobahn's general path: overriding these hooks (even
-    with the same behaviour) turns the fast path off.
+    Put before a handler, sends its traffic through Autobahn's general path:
+    overriding these hooks (even with the same behaviour) turns the fast
+    path off.
     """
 
     def onMessageFrameData(self, payload: bytes) -> None:
-        super().onMessageFrameData(payload)
+        super().onMessageFrameData(payload)  # type: ignore[misc]
 
     def sendMessage(self, *args: Any, **kwargs: Any) -> None:
-        super().sendMessage(*args, **kwargs)
+        super().sendMessage(*args, **kwargs)  # type: ignore[misc]
+
+
+class AutobahnPathEcho(AutobahnPath, EchoHandler):
+    pass
 
 
 STATS = (
@@ -338,12 +343,8 @@ class MixedSender(EchoHandler):
         self.sendMessage(payload + b">")
 
 
-class AutobahnPathMixedSender(MixedSender):
-    def onMessageFrameData(self, payload: bytes) -> None:
-        super().onMessageFrameData(payload)
-
-    def sendMessage(self, *args: Any, **kwargs: Any) -> None:
-        super().sendMessage(*args, **kwargs)
+class AutobahnPathMixedSender(AutobahnPath, MixedSender):
+    pass
 
 
 def test_held_writes_keep_their_place_among_autobahns_own_and_the_close():
@@ -370,12 +371,8 @@ class LastWords(EchoHandler):
                 self.dropConnection(abort=False)
 
 
-class AutobahnPathLastWords(LastWords):
-    def onMessageFrameData(self, payload: bytes) -> None:
-        super().onMessageFrameData(payload)
-
-    def sendMessage(self, *args: Any, **kwargs: Any) -> None:
-        super().sendMessage(*args, **kwargs)
+class AutobahnPathLastWords(AutobahnPath, LastWords):
+    pass
 
 
 def test_held_writes_go_out_before_the_connection_is_dropped():
