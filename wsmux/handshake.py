@@ -370,7 +370,7 @@ class LeanServerProtocol(WebSocketServerProtocol):
 
     def _closeConnection(self, abort: bool = False) -> None:
         transport: Any = self.transport
-        # Writes held for this connection in a batch go out before it closes.
+        # Writes held for this connection go out before it closes.
         release_held(transport)
         if not abort and self.wasClean and idle_tcp(transport):
             # The closing handshake is over and everything is sent: close
