@@ -160,10 +160,10 @@ def main():
         )
 
 
-# Scenario -> (latency keys, their column titles) for the figures table.
+# Metric -> the latency figures (p50, p99) reported with it.
 LATENCIES = {
-    "messages_per_s": (("p50_ms", "p99_ms"), ("p50 ms", "p99 ms")),
-    "deliveries_per_s": (("fanout_p50_ms", "fanout_p99_ms"), ("fan-out p50 ms", "fan-out p99 ms")),
+    "messages_per_s": ("p50_ms", "p99_ms"),
+    "deliveries_per_s": ("fanout_p50_ms", "fanout_p99_ms"),
 }
 
 
@@ -179,22 +179,31 @@ class Report:
         self.machine = (f"{platform.machine()}, {os.cpu_count()} cores, Python "
                         f"{platform.python_version()}, {platform.platform()}")  # fmt: skip
 
-    def ratios(self) -> list[list[str]]:
-        rows = [["scenario", "metric", "wsmux", "peer", "peer's figure", "wsmux / peer"]]
+    def comparisons(self) -> list[tuple[str, str, float, str, float]]:
+        """
+        (scenario, metric, wsmux's figure, peer, peer's figure) for every
+        peer that has a figure in a scenario wsmux has one in.
+        """
+        found = []
         for label, _scenario, _deflate, metric in SCENARIOS:
             row = self.results.get(label, {})
             ours = row.get("wsmux", {}).get(metric)
             for peer in PEERS[1:]:
                 theirs = row.get(peer, {}).get(metric)
-                if ours is None or not theirs:
-                    continue
-                rows.append([label, metric, f"{ours:,.1f}", peer, f"{theirs:,.1f}", f"{ours / theirs:.2f}"])  # fmt: skip
+                if ours is not None and theirs:
+                    found.append((label, metric, ours, peer, theirs))
+        return found
+
+    def ratios(self) -> list[list[str]]:
+        rows = [["scenario", "metric", "wsmux", "peer", "peer's figure", "wsmux / peer"]]
+        for label, metric, ours, peer, theirs in self.comparisons():
+            rows.append([label, metric, f"{ours:,.1f}", peer, f"{theirs:,.1f}", f"{ours / theirs:.2f}"])  # fmt: skip
         return rows
 
     def figures(self) -> list[list[str]]:
         rows = [["scenario", "server", "figure", "p50", "p99", "server CPU", "load generator CPU"]]
         for label, _scenario, _deflate, metric in SCENARIOS:
-            keys = LATENCIES.get(metric, ((), ()))[0]
+            keys = LATENCIES.get(metric, ())
             for peer, row in self.results.get(label, {}).items():
                 cells = [label, peer, f"{row[metric]:,.1f} {metric}" if metric in row else "-"]
                 cells += [f"{row[k]:.2f} ms" if row.get(k) is not None else "-" for k in keys]
@@ -267,7 +276,7 @@ def write(report: Report) -> None:
     except ImportError:
         print("matplotlib is not installed: no plot", file=sys.stderr)
         return
-    ratios = {(r[0], r[3]): float(r[5]) for r in report.ratios()[1:]}
+    ratios = {(label, peer): ours / theirs for label, _, ours, peer, theirs in report.comparisons()}
     labels = sorted({label for label, _ in ratios}, key=[s[0] for s in SCENARIOS].index)
     figure, axis = plt.subplots(figsize=(9, 4))
     width = 0.8 / max(1, len(PEERS) - 1)
