@@ -149,25 +149,6 @@ def test_connection_caps():
     assert first.client.opened and not second.client.opened
 
 
-def test_trusted_proxies_pick_the_client_address():
-    from twisted.internet.address import IPv4Address
-    from twisted.web.test.requesthelper import DummyRequest
-
-    from wsmux.limits import client_address
-
-    request = DummyRequest([b""])
-    request.client = IPv4Address("TCP", "192.168.1.1", 5555)
-    request.requestHeaders.setRawHeaders(b"x-forwarded-for", [b"6.6.6.6, 198.51.100.7"])
-    assert client_address(request, 0) == "192.168.1.1"  # DummyRequest's peer: header ignored
-    assert client_address(request, 1) == "198.51.100.7"
-    assert client_address(request, 2) == "6.6.6.6"
-    request.requestHeaders.setRawHeaders(
-        b"forwarded", [b'for="[2001:db8::1]:4711", for=203.0.113.9:80']
-    )
-    assert client_address(request, 1) == "203.0.113.9"
-    assert client_address(request, 2) == "2001:db8::1"
-
-
 def test_health_answers_503_while_draining():
     from twisted.web.test.requesthelper import DummyRequest
 

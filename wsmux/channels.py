@@ -112,10 +112,20 @@ class ChannelHub:
 def deliver(prepared: PreparedMessage, members: Iterable[Any]) -> int:
     """
     Hand one prepared message to every open connection in C{members}.
+
+    A member that fails to take it (its handler overrides a send method
+    and raises, say) is closed with 1011 and the others still get it.
     """
     sent = 0
     for member in list(members):
         if member.state == member.STATE_OPEN:
-            member.sendPreparedMessage(prepared)
+            try:
+                member.sendPreparedMessage(prepared)
+            except Exception:
+                failed = getattr(member, "handler_failed", None)
+                if failed is None:
+                    raise
+                failed("a channel delivery")
+                continue
             sent += 1
     return sent

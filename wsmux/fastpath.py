@@ -290,21 +290,26 @@ class FastReceiveMixin:
     def dataReceived(self, data: bytes) -> None:
         # Autobahn's adapter formats a debug-log line per read here.  What
         # this read makes anyone write is held (see _held), whichever path
-        # (this one or Autobahn's) handles it.
+        # (this one or Autobahn's) handles it.  A handler that raises ends
+        # its own connection (RouteProtocolMixin.handler_failed), never the
+        # read loop of another.
         global _held
-        if _held is not None:  # held already: this turn's, or a read inside a read
-            self._dataReceived(data)  # type: ignore[attr-defined]
-            return
-        _held = {}
-        transport: Any = self.transport  # type: ignore[attr-defined]
-        if transport.__class__ is tcp.Server:
-            transport.reactor.callLater(0, send_held)  # type: ignore[attr-defined]
-            self._dataReceived(data)  # type: ignore[attr-defined]
-            return
         try:
-            self._dataReceived(data)  # type: ignore[attr-defined]
-        finally:
-            send_held()
+            if _held is not None:  # held already: this turn's, or a read inside a read
+                self._dataReceived(data)  # type: ignore[attr-defined]
+                return
+            _held = {}
+            transport: Any = self.transport  # type: ignore[attr-defined]
+            if transport.__class__ is tcp.Server:
+                transport.reactor.callLater(0, send_held)  # type: ignore[attr-defined]
+                self._dataReceived(data)  # type: ignore[attr-defined]
+                return
+            try:
+                self._dataReceived(data)  # type: ignore[attr-defined]
+            finally:
+                send_held()
+        except Exception:
+            self.handler_failed("a message callback")  # type: ignore[attr-defined]
 
     def consumeData(self) -> None:
         if self.state != self.STATE_OPEN and self._big is None:  # type: ignore[attr-defined]
@@ -563,7 +568,6 @@ class FastSendMixin:
             and not sync
             and type(payload) is bytes
             and (doNotCompress or self._perMessageCompress is None)  # type: ignore[attr-defined]
-            and not (0 < self.maxMessagePayloadSize < length)  # type: ignore[attr-defined]
             and not (0 < self.autoFragmentSize < length)  # type: ignore[attr-defined]
             and self._fast_send_ok()
         ):

@@ -48,7 +48,6 @@ from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
 from wsmux.fastpath import idle_tcp, release_held
-from wsmux.logs import log
 
 # Methods a handler must not override for the direct handshake: they see
 # (or parse) the request bytes that the direct handshake never replays.
@@ -233,13 +232,9 @@ class DirectHandshakeMixin:
             me.succeedHandshake(result)
         except Exception:
             # Autobahn leaves this in a Deferred nobody reads (and the
-            # client waiting for the open-handshake timeout).
-            log.failure(
-                "handshake failed after onConnect on {path}",
-                Failure(),
-                path=getattr(me, "http_request_path", "?"),
-            )
-            me.failHandshake("Internal server error", 500)
+            # client waiting for the open-handshake timeout).  Before the
+            # 101 the client gets 500; after it, a close with 1011.
+            me.handler_failed("the opening handshake")
 
     def _connect_failed(self, failure: Failure) -> Optional[Failure]:
         me: Any = self
@@ -249,9 +244,7 @@ class DirectHandshakeMixin:
         # What Autobahn does with an unexpected error in onConnect.
         me.log.warn("Unexpected exception in onConnect ['{err.value}']", err=failure)
         me.log.warn("{tb}", tb=txaio.failure_format_traceback(failure))  # type: ignore[attr-defined]
-        me.failHandshake(
-            f"Internal server error: {failure.value}", ConnectionDeny.INTERNAL_SERVER_ERROR
-        )
+        me.failHandshake("Internal Server Error", ConnectionDeny.INTERNAL_SERVER_ERROR)
         return None
 
 

@@ -6,18 +6,26 @@ and the registry of open WebSocket connections they are checked against.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import ipaddress
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from twisted.web.iweb import IRequest
 
 from wsmux.channels import ChannelHub
 from wsmux.metrics import RouteStats
 
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
 
 def _limit(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
+
+
+FORWARDED_HEADERS = ("x-forwarded-for", "forwarded", "both")
 
 
 @dataclass(frozen=True)
@@ -27,21 +35,47 @@ class ServerLimits:
     """
 
     max_connections: int = _limit(
-        10000, "Most WebSocket connections open at once on the server; more get 503. 0: no limit."
+        10000,
+        "Most connections holding a place on the server at once: open WebSockets, "
+        "upgrades waiting for a handler or hook to decide, and requests sending a "
+        "body; more get 503. 0: no limit.",
     )
     max_connections_per_ip: int = _limit(
         1000,
-        "Most WebSocket connections from one client address; more get 429. 0: no limit.",
+        "The same, from one client address (an IPv6 client counts by its /64 "
+        "network); more get 429. 0: no limit.",
     )
     max_request_line: int = _limit(8192, "Longest HTTP request line, in bytes; longer gets 414.")
     max_headers: int = _limit(128, "Most HTTP request header lines; more get 431.")
     max_header_bytes: int = _limit(
         32768, "Most bytes of HTTP request headers in all; more get 431."
     )
+    max_header_name: int = _limit(
+        256, "Longest HTTP request header name, in bytes; longer gets 431."
+    )
+    max_body_size: int = _limit(
+        65536,
+        "Largest HTTP request body, in bytes, for the plain-HTTP resources; larger gets 413 "
+        "before it is read. (A WebSocket upgrade that carries any body gets 400.)",
+    )
     trusted_proxies: int = _limit(
         0,
-        "How many proxies in front of wsmux to trust: the client address is taken "
-        "that many hops back in X-Forwarded-For / Forwarded. 0 ignores both headers.",
+        "How many proxies in front of wsmux to trust, counted back from the end of the "
+        "forwarded_header chain (the client is that many hops back). Use it only when "
+        "nothing can reach wsmux but through those proxies; trusted_proxy_networks is "
+        "the safer choice. 0 (and no networks) ignores the forwarding headers.",
+    )
+    trusted_proxy_networks: tuple[str, ...] = _limit(
+        (),
+        "Addresses or networks of the proxies to believe (such as 127.0.0.1 or "
+        "10.0.0.0/8): when the connection comes from one of them, the chain in "
+        "forwarded_header is walked back past every trusted address, and the first "
+        "other one is the client. A connection from anywhere else is its own client.",
+    )
+    forwarded_header: str = _limit(
+        "x-forwarded-for",
+        "The header the trusted proxies write: x-forwarded-for, forwarded (RFC 7239) or "
+        "both (Forwarded read when present). The other one is never believed.",
     )
     drain_timeout: float = _limit(
         10.0,
@@ -52,12 +86,38 @@ class ServerLimits:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
+            if f.name == "trusted_proxy_networks":
+                if isinstance(value, str) or not isinstance(value, (list, tuple)):
+                    raise ValueError(f"{f.name} must be a list of addresses or networks")
+                value = tuple(value)
+                object.__setattr__(self, f.name, value)
+                for item in value:
+                    if not isinstance(item, str):
+                        raise ValueError(f"{f.name}: {item!r} is not an address or network")
+                    try:
+                        ipaddress.ip_network(item, strict=False)
+                    except ValueError:
+                        raise ValueError(
+                            f"{f.name}: {item!r} is not an address or network such as 10.0.0.0/8"
+                        ) from None
+                continue
+            if f.name == "forwarded_header":
+                if value not in FORWARDED_HEADERS:
+                    raise ValueError(
+                        f"{f.name} must be one of {', '.join(FORWARDED_HEADERS)}, got {value!r}"
+                    )
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"{f.name} must be a number, got {value!r}")
             if f.type in ("int", int) and not isinstance(value, int):
                 raise ValueError(f"{f.name} must be a whole number, got {value!r}")
             if value < 0:
                 raise ValueError(f"{f.name} must not be negative, got {value!r}")
+        if self.trusted_proxies and self.trusted_proxy_networks:
+            raise ValueError(
+                "trusted_proxies (a hop count) and trusted_proxy_networks do not go "
+                "together: choose one (the networks are the safer choice)"
+            )
 
     def merged(self, overrides: dict[str, Any]) -> ServerLimits:
         """
@@ -78,10 +138,11 @@ def limit_reference() -> list[tuple[str, str, Any, str]]:
     """
     Describe every server limit, for the configuration reference.
     """
+    words = {"trusted_proxy_networks": "list of strings", "forwarded_header": "a string"}
     return [
         (
             f.name,
-            "a whole number" if f.type in ("int", int) else "a number",
+            words.get(f.name) or ("a whole number" if f.type in ("int", int) else "a number"),
             f.default,
             f.metadata["help"],
         )
@@ -89,57 +150,168 @@ def limit_reference() -> list[tuple[str, str, Any, str]]:
     ]
 
 
-def client_address(request: IRequest, trusted_proxies: int) -> str:
-    """
-    The address of the client behind C{trusted_proxies} proxies.
+# The longest forwarded address believed (an IPv6 address with a zone is
+# well under this); anything longer is not an address.
+_MAX_HOP = 64
 
-    The chain is the addresses listed in C{Forwarded: for=...} (or, when that
-    header is absent, C{X-Forwarded-For}) followed by the address that
-    connected to us; the client is C{trusted_proxies} hops back from its end,
-    so a client cannot spoof its address by sending the header itself.
+
+def _host_of(peer: Any) -> str:
+    return str(getattr(peer, "host", None) or getattr(peer, "name", None) or "unix")
+
+
+def _ip(text: str) -> Optional[IPAddress]:
     """
-    peer = request.getClientAddress()
-    direct = str(getattr(peer, "host", None) or getattr(peer, "name", None) or "unix")
-    if trusted_proxies <= 0:
+    The address in one forwarded hop (C{192.0.2.1}, C{192.0.2.1:4711},
+    C{[2001:db8::1]:4711}, quoted or not), IPv4-mapped IPv6 as IPv4; L{None}
+    for anything else (C{unknown}, an obfuscated name, junk).
+    """
+    text = text.strip().strip('"')
+    if not text or len(text) > _MAX_HOP:
+        return None
+    if text.startswith("["):
+        text = text[1:].split("]", 1)[0]
+    elif text.count(":") == 1:
+        text = text.split(":", 1)[0]
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if ip.version == 6 and ip.ipv4_mapped is not None:  # type: ignore[union-attr]
+        return ip.ipv4_mapped  # type: ignore[union-attr]
+    return ip
+
+
+@functools.lru_cache(maxsize=16)
+def _networks(items: tuple[str, ...]) -> tuple[IPNetwork, ...]:
+    return tuple(ipaddress.ip_network(item, strict=False) for item in items)
+
+
+def client_address(request: IRequest, limits: ServerLimits) -> str:
+    """
+    The address of the client, believing forwarding headers only as far as
+    C{limits} says.
+
+    With C{trusted_proxy_networks}, and only when the connection comes from
+    one of them, the chain in C{forwarded_header} is walked back from its
+    end past every trusted address; the first address that is not trusted
+    is the client (nginx's C{real_ip_recursive}, uvicorn's
+    C{forwarded_allow_ips}).  With a hop count (C{trusted_proxies}), the
+    client is that many hops back.  A hop that is not an address stops the
+    walk at the last address believed.  Only the configured header is read:
+    a client that adds the other one is ignored.
+
+    @return: the address, normalized (IPv4-mapped IPv6 as IPv4).
+    """
+    direct = _host_of(request.getClientAddress())
+    networks = limits.trusted_proxy_networks
+    hops = limits.trusted_proxies
+    if not networks and hops <= 0:
         return direct
-    chain = _forwarded_for(request) + [direct]
-    return chain[max(0, len(chain) - 1 - trusted_proxies)]
+    direct_ip = _ip(direct)
+    client = str(direct_ip) if direct_ip is not None else direct
+    if networks:
+        trusted = _networks(networks)
+        if direct_ip is None or not any(direct_ip in net for net in trusted):
+            return client
+        for hop in reversed(_forwarded_chain(request, limits.forwarded_header)):
+            ip = _ip(hop)
+            if ip is None:
+                return client
+            client = str(ip)
+            if not any(ip in net for net in trusted):
+                return client
+        return client
+    chain = _forwarded_chain(request, limits.forwarded_header)
+    for hop in reversed(chain[max(0, len(chain) - hops) :]):
+        ip = _ip(hop)
+        if ip is None:
+            return client
+        client = str(ip)
+    return client
 
 
-def _forwarded_for(request: IRequest) -> list[str]:
-    forwarded = request.requestHeaders.getRawHeaders(b"forwarded")
-    if forwarded:
-        hops = []
-        for header in forwarded:
-            for element in header.decode("latin-1").split(","):
-                for pair in element.split(";"):
-                    name, _, value = pair.strip().partition("=")
-                    if name.lower() == "for" and value:
-                        value = value.strip('"')
-                        if value.startswith("["):  # [2001:db8::1]:4711
-                            value = value[1:].split("]", 1)[0]
-                        elif value.count(":") == 1:  # 192.0.2.1:4711
-                            value = value.split(":", 1)[0]
-                        hops.append(value)
-        return hops
-    xff = request.requestHeaders.getRawHeaders(b"x-forwarded-for")
-    if xff:
-        return [
-            part.strip()
-            for header in xff
-            for part in header.decode("latin-1").split(",")
-            if part.strip()
-        ]
-    return []
+def _forwarded_chain(request: IRequest, header: str) -> list[str]:
+    """
+    The addresses the configured forwarding header lists, first to last.
+    """
+    headers = request.requestHeaders
+    if header in ("forwarded", "both"):
+        forwarded = headers.getRawHeaders(b"forwarded")
+        if forwarded:
+            hops = []
+            for value in forwarded:
+                for element in value.decode("latin-1").split(","):
+                    for pair in element.split(";"):
+                        name, _, text = pair.strip().partition("=")
+                        if name.lower() == "for":
+                            hops.append(text)
+            return hops
+        if header == "forwarded":
+            return []
+    xff = headers.getRawHeaders(b"x-forwarded-for")
+    if not xff:
+        return []
+    # An empty element is a hop too (and not an address).
+    return [part for value in xff for part in value.decode("latin-1").split(",")]
+
+
+def address_key(address: str) -> str:
+    """
+    What C{max_connections_per_ip} counts an address under: the address,
+    or for IPv6 its /64 network (one subscriber's usual allocation, which
+    a client can rotate through at will).
+    """
+    if ":" not in address:
+        return address
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if ip.version == 4:
+        return address
+    return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+
+
+class Place:
+    """
+    One connection's place in the caps, from the moment it is admitted
+    until it ends, whatever it is waiting for (a handler's C{accepts}, the
+    unhandled hook, C{onConnect}, a request body, or an open WebSocket).
+
+    @ivar address: the client address it counts against.
+    @ivar route: the route it counts against (for a route's own cap).
+    """
+
+    __slots__ = ("registry", "key", "route", "address", "released")
+
+    def __init__(self, registry: ConnectionRegistry, address: str, route: Any) -> None:
+        self.registry = registry
+        self.address = address
+        self.key = address_key(address)
+        self.route = route
+        self.released = False
+
+    def release(self) -> None:
+        """
+        Give the place back (once; later calls do nothing).
+        """
+        if not self.released:
+            self.released = True
+            self.registry._release(self)
 
 
 @dataclass
 class ConnectionRegistry:
     """
-    The WebSocket connections open on one route tree, by client address.
+    The connections holding a place on one route tree, and the open
+    WebSocket connections among them.
 
-    @ivar limits: the caps checked by L{admit}.
+    @ivar limits: the caps checked by L{hold}.
     @ivar connections: every open (or opening) protocol.
+    @ivar held: how many places are held (every connection L{hold}
+        admitted and that has not ended).
+    @ivar per_address: places held by client address (L{address_key}).
+    @ivar per_route: places held by route.
     @ivar draining: set on shutdown; new upgrades are refused with 503.
     @ivar stats: connection events and traffic, for metrics.
     @ivar channels: the named channels handlers publish to.
@@ -147,34 +319,85 @@ class ConnectionRegistry:
 
     limits: ServerLimits = field(default_factory=ServerLimits)
     connections: set[Any] = field(default_factory=set)
+    held: int = 0
     per_address: Counter[str] = field(default_factory=Counter)
+    per_route: Counter[Any] = field(default_factory=Counter)
     draining: bool = False
     stats: RouteStats = field(default_factory=RouteStats)
     channels: ChannelHub = field(default_factory=ChannelHub)
 
-    def admit(self, address: str) -> Optional[tuple[int, str]]:
+    def admit(
+        self, address: str, route: Any = None, route_cap: int = 0
+    ) -> Optional[tuple[int, str]]:
         """
-        Whether one more connection from C{address} is allowed.
+        Whether one more connection from C{address} (to C{route}, whose
+        own cap is C{route_cap}) is allowed.
 
         @return: L{None}, or the status and reason to refuse it with.
         """
         if self.draining:
             return (503, "Server shutting down")
         cap = self.limits.max_connections
-        if cap and len(self.connections) >= cap:
+        if cap and self.held >= cap:
             return (503, "Server connection limit reached")
+        if route_cap and route is not None and self.per_route[route] >= route_cap:
+            return (503, "Route connection limit reached")
         cap = self.limits.max_connections_per_ip
-        if cap and self.per_address[address] >= cap:
+        if cap and self.per_address[address_key(address)] >= cap:
             return (429, "Too many connections from your address")
         return None
 
-    def add(self, protocol: Any, address: str) -> None:
-        self.connections.add(protocol)
-        self.per_address[address] += 1
+    def hold(
+        self, address: str, route: Any = None, route_cap: int = 0
+    ) -> tuple[Optional[Place], Optional[tuple[int, str]]]:
+        """
+        Take a place for one more connection, if the caps allow.
 
-    def remove(self, protocol: Any, address: str) -> None:
+        @return: the place (give it back with L{Place.release}, or hand it
+            to the protocol that takes the connection over) and L{None};
+            or L{None} and the status and reason to refuse with.
+        """
+        refusal = self.admit(address, route, route_cap)
+        if refusal is not None:
+            return None, refusal
+        return self._take(address, route), None
+
+    def _take(self, address: str, route: Any) -> Place:
+        place = Place(self, address, route)
+        self.held += 1
+        self.per_address[place.key] += 1
+        if route is not None:
+            self.per_route[route] += 1
+        return place
+
+    def _release(self, place: Place) -> None:
+        self.held -= 1
+        self.per_address[place.key] -= 1
+        if self.per_address[place.key] <= 0:
+            del self.per_address[place.key]
+        if place.route is not None:
+            self.per_route[place.route] -= 1
+            if self.per_route[place.route] <= 0:
+                del self.per_route[place.route]
+
+    def add(self, protocol: Any, address: str, place: Optional[Place] = None) -> None:
+        """
+        Register an open (or opening) WebSocket connection, which keeps
+        C{place} (a new one, uncapped, when it has none) until L{remove}.
+        """
+        if protocol in self.connections:
+            return
+        self.connections.add(protocol)
+        if place is None or place.released:
+            place = self._take(address, None)
+        protocol.wsmux_held_place = place
+
+    def remove(self, protocol: Any, address: str = "") -> None:
+        """
+        Forget a connection that ended, and give back its place.
+        """
         if protocol in self.connections:
             self.connections.discard(protocol)
-            self.per_address[address] -= 1
-            if self.per_address[address] <= 0:
-                del self.per_address[address]
+            place = getattr(protocol, "wsmux_held_place", None)
+            if place is not None:
+                place.release()

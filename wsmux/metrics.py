@@ -28,6 +28,7 @@ class RouteStats:
     closes: Counter[tuple[str, str]] = field(default_factory=Counter)
     slow_closed: Counter[str] = field(default_factory=Counter)
     dropped: Counter[str] = field(default_factory=Counter)
+    handler_errors: Counter[str] = field(default_factory=Counter)
     traffic: Counter[tuple[str, str]] = field(default_factory=Counter)
 
     def accepted(self, route: str) -> None:
@@ -131,6 +132,15 @@ class WsmuxCollector:
         for route, n in sorted(stats.dropped.items()):
             dropped.add_metric([route], n)
         yield dropped
+
+        errors = CounterMetricFamily(
+            "wsmux_handler_errors",
+            "Exceptions from handlers after the handshake (each closed its connection with 1011)",
+            labels=["route"],
+        )
+        for route, n in sorted(stats.handler_errors.items()):
+            errors.add_metric([route], n)
+        yield errors
 
         if self.contexts is not None:
             tls = CounterMetricFamily(

@@ -13,19 +13,23 @@ from collections import deque
 from typing import Any, Mapping, Optional
 
 import txaio
-from autobahn.websocket.protocol import PreparedMessage
+from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
 from autobahn.websocket.types import ConnectionRequest
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from wsmux.factory import ProtocolOptions
 from wsmux.fastpath import FastReceiveMixin, FastSendMixin, fast_path_ok
 from wsmux.handshake import DirectHandshakeMixin, LeanServerProtocol, direct_handshake_ok
 from wsmux.logs import log
+from wsmux.responses import header_value, status_reason
 
 _EMPTY: Mapping[str, str] = {}
+_MISSING = object()
+_OPEN = WebSocketProtocol.STATE_OPEN
 
 # Bytes past max_send_queue that control frames (pongs, the close frame) may
 # still add before a client that does not read is dropped outright.
@@ -66,6 +70,7 @@ class RouteProtocolMixin:
     @ivar channels: the tree's L{wsmux.channels.ChannelHub}.
     """
 
+    transport: Any
     path_params: Mapping[str, str] = _EMPTY
     route_path: str = ""
     selected_subprotocol: Optional[str] = None
@@ -80,6 +85,11 @@ class RouteProtocolMixin:
     _writable_waiters: tuple[Any, ...] = ()
     _send_cap: int = 0
     _drop_slow: bool = False
+    _on_transport: bool = False
+    _ended: bool = False
+    _linger_call: Any = None
+    wsmux_place: Any = None
+    _inflate_only: bool = False
 
     def connectionMade(self) -> None:
         super().connectionMade()  # type: ignore[misc]
@@ -87,24 +97,86 @@ class RouteProtocolMixin:
         # is only used for sync or chopped sends.
         self.send_queue = SendQueue()
         if self.registry is not None:
-            self.registry.add(self, self.client_address)
+            self.registry.add(self, self.client_address, self.wsmux_place)
+            self.wsmux_place = None
         options = self.factory.options  # type: ignore[attr-defined]
         self._send_cap = options.max_send_queue
         self._drop_slow = options.slow_consumer == "drop"
         self.transport.registerProducer(self, True)  # type: ignore[attr-defined]
+        self._on_transport = True
+
+    # The end of a connection.  However it ends (a closing handshake, a
+    # timeout, a slow-consumer drop, the drain, the client going away), one
+    # of these runs first and _ending does the connection's part once:
+    # dropConnection (wsmux or Autobahn decided to close), stopProducing
+    # (the transport is going away under us), connectionLost (it is gone).
+
+    def dropConnection(self, abort: bool = False) -> None:
+        self._ending()
+        super().dropConnection(abort)  # type: ignore[misc]
+        transport: Any = self.transport
+        if not abort and transport is not None and self._linger_call is None:
+            # Closing politely waits for what is still to be sent and, over
+            # TLS, for the peer's close_notify: a peer that never reads or
+            # never answers must not hold the connection for ever.
+            transport = self.transport
+            if getattr(transport, "connected", False) or getattr(transport, "disconnecting", False):
+                self._linger_call = _clock().callLater(
+                    max(1.0, self.closeHandshakeTimeout or 0.0),  # type: ignore[attr-defined]
+                    self._linger_expired,
+                )
+
+    def _linger_expired(self) -> None:
+        self._linger_call = None
+        transport: Any = self.transport
+        if transport is not None:
+            getattr(transport, "abortConnection", transport.loseConnection)()
+
+    def stopProducing(self) -> None:
+        # The transport calls this when the connection is lost.
+        self._ending()
 
     def connectionLost(self, reason: Any = None) -> None:
+        self._ending()
+        if self._linger_call is not None:
+            if self._linger_call.active():
+                self._linger_call.cancel()
+            self._linger_call = None
         if self.registry is not None:
             self.registry.remove(self, self.client_address)
         if self.channels is not None:
             self.channels.unsubscribe(self)
+        super().connectionLost(reason)  # type: ignore[misc]
+
+    def _ending(self) -> None:
+        """
+        Let go of the transport and stop every producer, once.
+
+        The connection stops being the transport's producer (Twisted's TLS
+        transport will not close while a producer is registered), reading
+        resumes if backpressure had paused it (a TLS close needs the peer's
+        close_notify), writers waiting for room are told the connection
+        closed, and each handler producer is stopped exactly once.
+        """
+        if self._ended:
+            return
+        self._ended = True
+        transport: Any = self.transport
+        if self._on_transport and transport is not None:
+            self._on_transport = False
+            transport.unregisterProducer()
+            if self._paused:
+                self._paused = False
+                transport.resumeProducing()
         waiters, self._writable_waiters = self._writable_waiters, ()
         for waiter in waiters:
             waiter.errback(ConnectionDone("the connection closed"))
-        for producer in self._producers:
-            producer.stopProducing()
-        self._producers = ()
-        super().connectionLost(reason)  # type: ignore[misc]
+        producers, self._producers = self._producers, ()
+        for producer in producers:
+            try:
+                producer.stopProducing()
+            except Exception:
+                log.failure("route {route}: a producer failed to stop", route=self.route_path)
 
     def onConnect(self, request: ConnectionRequest) -> Any:
         result = super().onConnect(request)  # type: ignore[misc]
@@ -122,10 +194,21 @@ class RouteProtocolMixin:
         return result
 
     def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> None:
-        # Autobahn's own handshake checks (bad key, version, route full...).
+        # Autobahn's own handshake checks (bad key, version, route full...)
+        # and refusals from onConnect.  The reason goes into the status line:
+        # it must not carry a line break (user code may have built it from
+        # the request), nor the text of an exception.
         if self.registry is not None:
             self.registry.stats.rejected(self.route_path, code)
-        super().failHandshake(reason, code, responseHeaders)  # type: ignore[misc]
+        if code == 500:
+            reason = "Internal Server Error"
+        headers = [
+            (status_reason(name, "X"), header_value(value).decode("latin-1"))
+            for name, value in (responseHeaders or ())
+        ]
+        super().failHandshake(  # type: ignore[misc]
+            status_reason(reason, "Refused"), code, headers or None
+        )
 
     def onOpen(self) -> None:
         if self.registry is not None:
@@ -136,7 +219,10 @@ class RouteProtocolMixin:
             peer=self.peer,  # type: ignore[attr-defined]
             path=self.http_request_path,  # type: ignore[attr-defined]
         )
-        super().onOpen()  # type: ignore[misc]
+        try:
+            super().onOpen()  # type: ignore[misc]
+        except Exception:
+            self.handler_failed("onOpen")
 
     def onClose(self, wasClean: bool, code: Optional[int], reason: Optional[str]) -> None:
         if getattr(self, "http_response_data", None) is not None:  # it was open
@@ -149,7 +235,45 @@ class RouteProtocolMixin:
                 code=code,
                 reason=reason or "",
             )
-        super().onClose(wasClean, code, reason)  # type: ignore[misc]
+        try:
+            super().onClose(wasClean, code, reason)  # type: ignore[misc]
+        except Exception:
+            self.handler_failed("onClose")
+
+    def handler_failed(self, where: str, failure: Optional[Failure] = None) -> None:
+        """
+        The handler raised after the point of no return: log it once, with
+        the traceback, and end the connection the way the protocol allows
+        at this point.
+
+        Before the 101 the client gets 500; after it only frames may follow
+        (RFC 6455 4.2.2), so an open connection is closed with 1011
+        (internal error), and one already closing is dropped.  No other
+        connection is affected, and nothing reaches the client but the
+        close code.
+
+        @param where: the callback that raised, for the log line.
+        @param failure: the failure (the exception being handled when not
+            given).
+        """
+        failure = failure if failure is not None else Failure()
+        state = self.state  # type: ignore[attr-defined]
+        log.failure(
+            "route {route} peer={peer}: the handler raised in {where}; {action}",
+            failure,
+            route=self.route_path,
+            peer=getattr(self, "peer", "?"),
+            where=where,
+            action="closing with 1011" if state == self.STATE_OPEN else "dropping the connection",  # type: ignore[attr-defined]
+        )
+        if self.registry is not None:
+            self.registry.stats.handler_errors[self.route_path] += 1
+        if state == self.STATE_OPEN:  # type: ignore[attr-defined]
+            close_with(self, 1011, "internal error")
+        elif state == self.STATE_CONNECTING and getattr(self, "http_response_data", None) is None:  # type: ignore[attr-defined]
+            self.failHandshake("Internal Server Error", 500)
+        elif state != self.STATE_CLOSED:  # type: ignore[attr-defined]
+            self.dropConnection(abort=True)  # type: ignore[attr-defined]
 
     def _fail_connection(self, code: int = 1001, reason: str = "going away") -> None:
         # Autobahn fails a connection for every protocol violation and limit
@@ -193,15 +317,13 @@ class RouteProtocolMixin:
         unless wsmux has paused this connection because the client is not
         reading.  Producers of data await it between chunks.
         """
+        if self._ended:
+            return fail(ConnectionDone("the connection closed"))
         if not self._paused:
             return succeed(None)
         waiter: Deferred[None] = Deferred()
         self._writable_waiters += (waiter,)
         return waiter
-
-    def stopProducing(self) -> None:
-        for producer in self._producers:
-            producer.stopProducing()
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         """
@@ -212,13 +334,24 @@ class RouteProtocolMixin:
         """
         if not streaming:
             raise ValueError("wsmux handlers take push producers (streaming=True) only")
+        if self._ended:
+            # Too late: the connection has ended, so the producer stops now
+            # rather than run for ever with nobody to stop it.
+            producer.stopProducing()
+            return
         self._producers = self._producers + (producer,)
         if self._paused:
             producer.pauseProducing()
 
     def unregisterProducer(self, producer: Any = None) -> None:
         """
-        Forget a producer (the last registered one when none is named).
+        Forget a producer without stopping it (the last registered one
+        when none is named).  Producers still registered when the
+        connection ends are stopped then, once each.
+
+        (Autobahn's C{dropConnection} calls this with no argument to let go
+        of the transport; by then wsmux has let go and stopped every
+        producer already, so there is nothing left to forget.)
         """
         if not self._producers:
             return
@@ -234,12 +367,59 @@ class RouteProtocolMixin:
         sync: bool = False,
         doNotCompress: bool = False,
     ) -> None:
+        if self.state != _OPEN:  # type: ignore[attr-defined]
+            # Closing or closed: a reply to a message that crossed our close
+            # frame has nowhere to go (Autobahn would raise Disconnected).
+            return
         if self._paused and not self._room_for(len(payload)):
+            return
+        if self.maxMessagePayloadSize and len(payload) >= self._near_limit():  # type: ignore[attr-defined]
+            self._send_past_incoming_limit(payload, isBinary, fragmentSize, sync, doNotCompress)
             return
         super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress)  # type: ignore[misc]
 
+    def _near_limit(self) -> int:
+        # Compressing can make a message slightly larger (incompressible
+        # data: about 5 bytes per 16 KiB block, plus a few).
+        limit: int = self.maxMessagePayloadSize  # type: ignore[attr-defined]
+        return limit - (limit >> 9) - 64
+
+    def _send_past_incoming_limit(
+        self,
+        payload: bytes,
+        isBinary: bool,
+        fragmentSize: Optional[int],
+        sync: bool,
+        doNotCompress: bool,
+    ) -> None:
+        # max_message_size limits what a client may send.  Autobahn applies
+        # the same number to what it sends (raising PayloadExceededError in
+        # the handler, or mid-broadcast): what the server sends is the
+        # application's choice, so the limit is lifted for this one send.
+        own = self.__dict__.get("maxMessagePayloadSize", _MISSING)
+        self.maxMessagePayloadSize = 0
+        try:
+            super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress)  # type: ignore[misc]
+        finally:
+            if own is _MISSING:
+                del self.maxMessagePayloadSize
+            else:
+                self.maxMessagePayloadSize = own
+
     def sendPreparedMessage(self, preparedMsg: PreparedMessage) -> None:
+        if self.state != _OPEN:  # type: ignore[attr-defined]
+            return
         if self._paused and not self._room_for(len(preparedMsg.payloadHybi)):
+            return
+        if (
+            self._perMessageCompress is not None  # type: ignore[attr-defined]
+            and not preparedMsg.doNotCompress
+            and not self._inflate_only
+        ):
+            # Compressed for this connection: Autobahn sends (and counts)
+            # it as an ordinary message.  Past the pacing, which this
+            # prepared message has been through already.
+            RouteProtocolMixin.sendMessage(self, preparedMsg.payload, preparedMsg.binary)
             return
         # Autobahn counts messages sent with sendMessage only.
         self.prepared_sent += 1
@@ -313,6 +493,21 @@ def close_with(protocol: Any, code: int, reason: str) -> None:
     """
     if protocol.state == protocol.STATE_OPEN:
         protocol.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:123], isReply=False)
+
+
+class ReceiveGuardMixin:
+    """
+    For a handler that keeps Autobahn's receive path: an exception from
+    its callbacks ends its own connection with 1011 (see
+    L{RouteProtocolMixin.handler_failed}) instead of escaping into the
+    reactor.  (The fast path has the same guard built in.)
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            super().dataReceived(data)  # type: ignore[misc]
+        except Exception:
+            self.handler_failed("a message callback")  # type: ignore[attr-defined]
 
 
 class FragmentCapMixin:
@@ -461,6 +656,8 @@ class InflateOnlyMixin:
     message uncompressed on a connection where the extension is in use.
     """
 
+    _inflate_only = True
+
     def sendMessage(
         self,
         payload: bytes,
@@ -517,6 +714,8 @@ def route_protocol(
     receive_ok, send_ok = fast_path_ok(handler)
     if receive_ok:
         bases += (FastReceiveMixin,)
+    else:
+        bases = (ReceiveGuardMixin,) + bases
     if send_ok:
         bases += (FastSendMixin,)
     if factory is not None:

@@ -21,16 +21,19 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import ITCPTransport
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
+from twisted.web.http import RESPONSES
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 
 from wsmux.factory import ProtocolOptions, RouteFactory
-from wsmux.limits import ConnectionRegistry, ServerLimits, client_address
+from wsmux.limits import ConnectionRegistry, Place, ServerLimits, client_address
 from wsmux.logs import log
 from wsmux.protocol import route_protocol
+from wsmux.responses import header_value, status_reason
 
 _PARAMS_ATTR = "wsmux_path_params"
+NO_ROUTE = "No WebSocket route at this path"
 _PARAM_RE = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 
 
@@ -202,7 +205,8 @@ def _plain(
     @param close: close the connection after the response (a refused
         upgrade keeps nothing).
     """
-    request.setResponseCode(code, reason.encode("ascii", "replace"))
+    reason = status_reason(reason, RESPONSES.get(code, b"Error").decode("ascii"))
+    request.setResponseCode(code, reason.encode("ascii"))
     if close:
         request.setHeader(b"connection", b"close")
         channel = getattr(request, "channel", None)
@@ -210,7 +214,7 @@ def _plain(
             channel.persistent = False
     request.setHeader(b"content-type", b"text/plain; charset=utf-8")
     for name, value in headers:
-        request.setHeader(name, value)
+        request.setHeader(name, header_value(value))
     return (reason + "\n").encode("utf-8")
 
 
@@ -329,15 +333,24 @@ class WebSocketEndpoint(_UpgradeResource):
                     + ")",
                     self.route.path,
                 )
-        refusal = self.tree.admit(request)
+        place, refusal = self.tree.hold(request, self)
         if refusal is not None:
             return self.reject(request, *refusal, route=self.route.path)
+        assert place is not None
         params = getattr(request, _PARAMS_ATTR, {})
         if not self._choosy:
             cls = self._classes[self.route.handlers[0]]
-            self.tree.upgrade(request, self.factory, cls, params, subprotocol)
+            self.tree.upgrade(request, self.factory, cls, params, subprotocol, place)
             return NOT_DONE_YET
-        self._choose(request, list(self.route.handlers), params, subprotocol)
+        pending = PendingUpgrade(
+            self.tree,
+            request,
+            self,
+            place,
+            self.options.open_handshake_timeout,
+            f"the handler chain of route {self.route.path}",
+        )
+        self._choose(request, list(self.route.handlers), params, subprotocol, pending)
         return NOT_DONE_YET
 
     def _choose(
@@ -346,28 +359,38 @@ class WebSocketEndpoint(_UpgradeResource):
         candidates: list[type],
         params: Mapping[str, str],
         subprotocol: Optional[str],
+        pending: PendingUpgrade,
     ) -> None:
         """
         Ask each handler in turn whether it takes the request.
         """
+        if not pending.waiting:
+            return  # the deadline passed, or the client left
         if not candidates:
-            self.tree.run_unhandled(request, self)
+            self.tree.run_unhandled(request, self, pending)
             return
         handler = candidates.pop(0)
         accepts = getattr(handler, "accepts", None)
         if accepts is None:
-            self.tree.upgrade(request, self.factory, self._classes[handler], params, subprotocol)
+            if pending.settle():
+                self.tree.upgrade(
+                    request, self.factory, self._classes[handler], params, subprotocol, pending
+                )
             return
 
         def decided(ok: object) -> None:
             if ok:
-                self.tree.upgrade(
-                    request, self.factory, self._classes[handler], params, subprotocol
-                )
+                if pending.settle():
+                    self.tree.upgrade(
+                        request, self.factory, self._classes[handler], params, subprotocol, pending
+                    )
             else:
-                self._choose(request, candidates, params, subprotocol)
+                self._choose(request, candidates, params, subprotocol, pending)
 
         def failed(failure: Failure) -> None:
+            if not pending.settle():
+                return
+            pending.place.release()
             log.failure(
                 "handler {handler}.accepts failed on {path}",
                 failure,
@@ -376,7 +399,96 @@ class WebSocketEndpoint(_UpgradeResource):
             )
             self.respond(request, 500, "Internal Server Error")
 
-        maybeDeferred(accepts, request).addCallbacks(decided, failed)
+        pending.wait_for(maybeDeferred(accepts, request).addCallbacks(decided, failed))
+
+
+class PendingUpgrade:
+    """
+    An upgrade waiting for user code to decide (a handler's C{accepts},
+    the unhandled hook): it holds its place in the connection caps, and a
+    deadline (the route's handshake timeout) covers the whole decision and
+    the opening handshake after it.  A client that leaves, or a decision
+    that comes too late, gives the place back; too late is answered 503.
+
+    @ivar place: the connection's L{wsmux.limits.Place}.
+    @ivar deadline: when the opening handshake must be over (reactor time),
+        or L{None} for no deadline.
+    @ivar waiting: whether the decision is still awaited.
+    """
+
+    def __init__(
+        self,
+        tree: RouteTree,
+        request: IRequest,
+        via: _UpgradeResource,
+        place: Place,
+        timeout: float,
+        what: str,
+    ) -> None:
+        self.tree = tree
+        self.request = request
+        self.via = via
+        self.place = place
+        self.what = what
+        self.waiting = True
+        self.deadline: Optional[float] = None
+        self._timer: Any = None
+        self._decision: Optional[Deferred[Any]] = None
+        clock = tree.clock()
+        if timeout:
+            self.deadline = clock.seconds() + timeout
+            self._timer = clock.callLater(timeout, self._too_late, timeout)
+        request.notifyFinish().addErrback(self._gone)  # type: ignore[attr-defined]
+
+    def wait_for(self, decision: Deferred[Any]) -> None:
+        """
+        Remember the Deferred the decision arrives on (cancelled if the
+        deadline passes or the client leaves first).
+        """
+        if self.waiting:
+            self._decision = decision
+
+    def settle(self) -> bool:
+        """
+        The decision is here: stop the deadline.
+
+        @return: whether it came in time (if not, it must be ignored).
+        """
+        if not self.waiting:
+            return False
+        self.waiting = False
+        self._decision = None
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        return True
+
+    def _end(self) -> None:
+        decision = self._decision
+        self.settle()
+        self.place.release()
+        if decision is not None:
+            decision.cancel()
+
+    def _gone(self, failure: Failure) -> None:
+        if self.waiting:
+            self._end()
+
+    def _too_late(self, timeout: float) -> None:
+        self._timer = None
+        if not self.waiting:
+            return
+        log.warn(
+            "{what} did not decide within {t}s for path={path} peer={peer}; answering 503",
+            what=self.what,
+            t=timeout,
+            path=self.request.path.decode("utf-8", "replace"),
+            peer=_peer(self.request),
+        )
+        self._end()
+        self.tree.refused(self.request, 503, "Handshake not decided in time")
+        self.via.respond(
+            self.request, 503, "Service Unavailable: the server did not decide in time"
+        )
 
 
 class UnhandledUpgrade(_UpgradeResource):
@@ -386,7 +498,21 @@ class UnhandledUpgrade(_UpgradeResource):
     """
 
     def render(self, request: IRequest) -> Any:
-        self.tree.run_unhandled(request, self)
+        if self.tree.unhandled is None:
+            return self.reject(request, 404, NO_ROUTE)
+        place, refusal = self.tree.hold(request, None)
+        if refusal is not None:
+            return self.reject(request, *refusal)
+        assert place is not None
+        pending = PendingUpgrade(
+            self.tree,
+            request,
+            self,
+            place,
+            self.tree.defaults.open_handshake_timeout,
+            "the unhandled hook",
+        )
+        self.tree.run_unhandled(request, self, pending)
         return NOT_DONE_YET
 
 
@@ -398,6 +524,8 @@ def upgrade(
     subprotocol: Optional[str] = None,
     registry: Optional[ConnectionRegistry] = None,
     address: Optional[str] = None,
+    place: Optional[Place] = None,
+    deadline: Optional[float] = None,
 ) -> Optional[WebSocketServerProtocol]:
     """
     Take the connection of C{request} away from C{twisted.web} and continue
@@ -414,14 +542,23 @@ def upgrade(
     @param registry: where the connection is counted while open.
     @param address: the client's address (behind trusted proxies), when it
         differs from the address that connected.
+    @param place: the connection's place in the caps, which the protocol
+        keeps until the connection ends.
+    @param deadline: when the opening handshake must be over (reactor
+        time), when a decision has used part of its time already.
     @return: the new protocol, or L{None} if the client is already gone.
     """
     channel: Any = getattr(request, "channel", None)
     transport = channel.transport if channel is not None else None
     if transport is None:
+        if place is not None:
+            place.release()
         return None
     protocol = cls()
     protocol.factory = factory
+    protocol.wsmux_place = place
+    if deadline is not None and protocol.openHandshakeTimeout > 0:
+        protocol.openHandshakeTimeout = max(0.001, deadline - factory.reactor.seconds())
     open_direct = getattr(protocol, "handshake_from", None)
     if open_direct is not None:
         protocol.wsmux_direct_open = True
@@ -459,6 +596,8 @@ def upgrade(
             route=getattr(factory, "route_path", "?"),
         )
         getattr(transport, "abortConnection", transport.loseConnection)()
+        if place is not None and (registry is None or protocol not in registry.connections):
+            place.release()
         return None
     return protocol
 
@@ -703,13 +842,28 @@ class RouteTree(_Node):
             node = child
         node.http = resource
 
-    def admit(self, request: IRequest) -> Optional[tuple[int, str]]:
+    def clock(self) -> Any:
         """
-        Check the server-wide connection caps for one more upgrade.
+        The reactor this tree's timers run on.
+        """
+        if self.reactor is not None:
+            return self.reactor
+        from twisted.internet import reactor
 
-        @return: L{None}, or the status and reason to refuse it with.
+        return reactor
+
+    def hold(
+        self, request: IRequest, endpoint: Optional[WebSocketEndpoint]
+    ) -> tuple[Optional[Place], Optional[tuple[int, str]]]:
         """
-        return self.registry.admit(client_address(request, self.limits.trusted_proxies))
+        Take a place in the connection caps for the upgrade C{request}
+        (to C{endpoint}, whose own cap applies too, if given).
+
+        @return: the place and L{None}, or L{None} and the status and reason
+            to refuse the upgrade with.
+        """
+        cap = endpoint.options.max_connections if endpoint is not None else 0
+        return self.registry.hold(client_address(request, self.limits), endpoint, cap)
 
     def upgrade(
         self,
@@ -718,38 +872,49 @@ class RouteTree(_Node):
         cls: type,
         params: Mapping[str, str],
         subprotocol: Optional[str] = None,
+        held: Union[Place, PendingUpgrade, None] = None,
     ) -> Optional[WebSocketServerProtocol]:
         """
-        L{upgrade} C{request}, counting the connection in this tree's registry.
+        L{upgrade} C{request}, counting the connection in this tree's
+        registry (in the place it L{hold}s, when given).
         """
-        address = client_address(request, self.limits.trusted_proxies)
-        return upgrade(request, factory, cls, params, subprotocol, self.registry, address)
+        address = client_address(request, self.limits)
+        deadline = None
+        if isinstance(held, PendingUpgrade):
+            place: Optional[Place] = held.place
+            deadline = held.deadline
+        else:
+            place = held
+        return upgrade(
+            request, factory, cls, params, subprotocol, self.registry, address, place, deadline
+        )
 
     def render_unhandled(self, request: IRequest) -> Any:
         return self.unhandled_resource.render(request)
 
-    def run_unhandled(self, request: IRequest, via: _UpgradeResource) -> None:
+    def run_unhandled(
+        self, request: IRequest, via: _UpgradeResource, pending: PendingUpgrade
+    ) -> None:
         """
         Consult the unhandled hook about C{request} and act on its answer.
+
+        @param pending: the upgrade's place and deadline (the hook's
+            decision must come within it).
         """
         path = request.path.decode("utf-8", "replace")
         if self.unhandled is None:
-            self._finish_reject(request, via, 404, "No WebSocket route at this path")
+            if pending.settle():
+                pending.place.release()
+                self._finish_reject(request, via, 404, NO_ROUTE)
             return
 
         def act(result: object) -> None:
-            if result is None:
-                self._finish_reject(request, via, 404, "No WebSocket route at this path")
-            elif isinstance(result, Reject):
-                self._finish_reject(request, via, result.code, result.reason)
-            elif isinstance(result, Adopt) or (
+            if not pending.settle():
+                return
+            if isinstance(result, Adopt) or (
                 isinstance(result, type) and issubclass(result, WebSocketServerProtocol)
             ):
                 adopt = result if isinstance(result, Adopt) else Adopt(result)
-                refusal = self.admit(request)
-                if refusal is not None:
-                    self._finish_reject(request, via, *refusal)
-                    return
                 log.info(
                     "unhandled hook adopted path={path} handler={handler}",
                     path=path,
@@ -760,21 +925,32 @@ class RouteTree(_Node):
                     self._adoption_factory(),
                     self._adopt_class(adopt.handler),
                     adopt.path_params,
+                    None,
+                    pending,
                 )
+                return
+            pending.place.release()
+            if result is None:
+                self._finish_reject(request, via, 404, NO_ROUTE)
+            elif isinstance(result, Reject) and 400 <= result.code <= 599:
+                self._finish_reject(request, via, result.code, result.reason)
             else:
                 log.error(
                     "unhandled hook returned {result!r} for {path}; expected None, "
-                    "Reject, Adopt or a WebSocketServerProtocol subclass",
+                    "Reject (with a 4xx or 5xx code), Adopt or a WebSocketServerProtocol subclass",
                     result=result,
                     path=path,
                 )
                 via.respond(request, 500, "Internal Server Error")
 
         def failed(failure: Failure) -> None:
+            if not pending.settle():
+                return
+            pending.place.release()
             log.failure("unhandled hook failed for {path}", failure, path=path)
             via.respond(request, 500, "Internal Server Error")
 
-        maybeDeferred(self.unhandled, request).addCallbacks(act, failed)
+        pending.wait_for(maybeDeferred(self.unhandled, request).addCallbacks(act, failed))
 
     def _finish_reject(
         self, request: IRequest, via: _UpgradeResource, code: int, reason: str

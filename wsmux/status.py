@@ -116,7 +116,7 @@ class _Guarded(Resource):
         token = request.args.get(b"token", [b""])[0].decode("utf-8", "replace") or _bearer(
             (request.getHeader(b"authorization") or b"").decode("latin-1")
         )
-        address = client_address(request, self.tree.limits.trusted_proxies)
+        address = client_address(request, self.tree.limits)
         if self.guard.permits(address, token):
             return True
         request.setResponseCode(403)

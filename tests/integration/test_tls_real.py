@@ -63,6 +63,17 @@ handler = "echo"
 path = "/secure"
 handler = "echo"
 require_tls = true
+
+[[routes]]
+path = "/idle"
+handler = "echo"
+idle_timeout = 0.5
+
+[[routes]]
+path = "/ping"
+handler = "echo"
+ping_interval = 0.5
+ping_timeout = 0.5
 """)
     server = start_server("--config", str(config))
     server.tls_port, server.shared_port, server.dir = tls_port, shared_port, tmp_path
@@ -236,3 +247,83 @@ def test_missing_certificates_are_a_usage_error(tmp_path):
     )
     result = run_twistd("wsmux", "--tls-port", str(free_port()))
     assert result.returncode != 0 and "needs certificates" in result.stdout + result.stderr
+
+
+# A wss close must take as long as a ws close: milliseconds on loopback.
+# The clients wait up to 30 s for the server to close TCP, so a close
+# that waits for the client to give up shows as 30 s, not as a failure
+# somewhere else.
+CLOSE_BOUND = 3
+
+
+def test_wss_client_close_completes_at_once(tls_server, pki):
+    url = f"wss://127.0.0.1:{tls_server.tls_port}/echo"
+    for _ in range(3):
+        ws = connect(url, ssl=wss_context(pki), server_hostname="a.test", close_timeout=30)
+        ws.send("bye")
+        assert ws.recv(timeout=5) == "bye"
+        started = time.monotonic()
+        ws.close()
+        assert time.monotonic() - started < CLOSE_BOUND
+
+
+def test_wss_server_close_completes_at_once(tls_server, pki):
+    from websockets.exceptions import ConnectionClosedOK
+
+    url = f"wss://127.0.0.1:{tls_server.tls_port}/idle"
+    started = time.monotonic()
+    with connect(url, ssl=wss_context(pki), server_hostname="a.test", close_timeout=30) as ws:
+        with pytest.raises(ConnectionClosedOK):
+            ws.recv(timeout=20)
+        assert ws.close_code == 1000 and ws.close_reason == "idle timeout"
+    # idle_timeout is 0.5 s: the close handshake and the TCP close follow it.
+    assert time.monotonic() - started < 0.5 + CLOSE_BOUND
+
+
+def test_wss_ping_timeout_drops_at_once(tls_server, pki):
+    with socket.create_connection(("127.0.0.1", tls_server.tls_port), timeout=10) as raw:
+        with wss_context(pki).wrap_socket(raw, server_hostname="a.test") as tls:
+            tls.sendall(
+                b"GET /ping HTTP/1.1\r\nHost: a.test\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                b"Sec-WebSocket-Version: 13\r\n\r\n"
+            )
+            started = time.monotonic()
+            # Read (the 101, then pings) but never answer a ping.
+            try:
+                while tls.recv(4096):
+                    pass
+            except (ConnectionResetError, ssl.SSLError):
+                pass
+            # interval 0.5 s + timeout 0.5 s, then the drop itself.
+            assert time.monotonic() - started < 1 + CLOSE_BOUND
+
+
+def test_sigterm_drains_wss_clients_at_once(start_server, pki, tmp_path):
+    from websockets.exceptions import ConnectionClosedOK
+
+    port = free_port()
+    server = start_server(
+        "--tls-port", f"tcp:{port}:interface=127.0.0.1",
+        "--certs", str(pki.directory),
+        "--drain-timeout", "30",
+    )  # fmt: skip
+    wait_port(port, timeout=10)
+    url = f"wss://127.0.0.1:{port}/echo"
+    clients = [
+        connect(url, ssl=wss_context(pki), server_hostname="a.test", close_timeout=30)
+        for _ in range(5)
+    ]
+    for ws in clients:
+        ws.send("before")
+        assert ws.recv(timeout=5) == "before"
+    started = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    for ws in clients:
+        with pytest.raises(ConnectionClosedOK):
+            ws.recv(timeout=10)
+        assert ws.close_code == 1001
+    # Every client answered the 1001 at once: the drain ends long before
+    # its 30 s timeout, and the process exits cleanly.
+    assert server.process.wait(timeout=30) == 0
+    assert time.monotonic() - started < CLOSE_BOUND + 2

@@ -1,0 +1,212 @@
+"""
+How a connection ends, in memory: every producer stopped exactly once
+whichever way it ends, handler errors after the 101 closed with 1011 on
+their own connection only, sends while closing dropped quietly, and what
+the server sends not bound by what it accepts.
+"""
+
+import os
+
+import pytest
+from autobahn.twisted.websocket import WebSocketServerProtocol
+from twisted.internet.interfaces import IPushProducer
+from zope.interface import implementer
+
+from wsmux import BroadcastHandler, EchoHandler, Route, RouteTree
+from wsmux.protocol import close_with
+from wsmux.testing import connect, raw_connect, upgrade_request
+
+
+@implementer(IPushProducer)
+class CountingProducer:
+    def __init__(self):
+        self.calls = []
+
+    def pauseProducing(self):
+        self.calls.append("pause")
+
+    def resumeProducing(self):
+        self.calls.append("resume")
+
+    def stopProducing(self):
+        self.calls.append("stop")
+
+
+class Ticker(EchoHandler):
+    """
+    Registers a push producer (a ticker) when it opens.
+    """
+
+    producers: list = []
+
+    def onOpen(self):
+        producer = CountingProducer()
+        Ticker.producers.append(producer)
+        self.registerProducer(producer, True)
+
+
+@pytest.fixture
+def ticker_tree():
+    Ticker.producers = []
+    return RouteTree([Route("/t", Ticker, {"idle_timeout": 5, "max_send_queue": 100})])
+
+
+def ended(conn):
+    conn.flush()
+    conn.clock.advance(30)
+    conn.flush()
+    (producer,) = Ticker.producers
+    return producer.calls
+
+
+def test_client_close_stops_the_producer_once(ticker_tree):
+    conn = connect(ticker_tree, "/t")
+    conn.client.sendClose(1000)
+    assert ended(conn).count("stop") == 1
+
+
+def test_server_close_stops_the_producer_once(ticker_tree):
+    conn = connect(ticker_tree, "/t")
+    close_with(conn.server, 1001, "going away")
+    assert ended(conn).count("stop") == 1
+
+
+def test_idle_timeout_stops_the_producer_once(ticker_tree):
+    conn = connect(ticker_tree, "/t")
+    conn.clock.advance(6)
+    assert ended(conn).count("stop") == 1
+    assert conn.client.close[1:] == (1000, "idle timeout")
+
+
+def test_a_dropped_tcp_connection_stops_the_producer_once(ticker_tree):
+    conn = connect(ticker_tree, "/t")
+    # What Twisted's TCP transport does when the peer goes: stop its
+    # producer (the connection), then tell the protocol.
+    conn.server_transport.producer.stopProducing()
+    conn.client.transport.abortConnection()
+    assert ended(conn).count("stop") == 1
+
+
+def test_a_paused_producer_is_stopped_when_the_slow_consumer_is_dropped(ticker_tree):
+    conn = connect(ticker_tree, "/t")
+    server = conn.server
+    server.pauseProducing()  # the client stopped reading
+    for _ in range(20):
+        server.sendData(b"x" * 65536)  # far past max_send_queue and the slack
+    calls = ended(conn)
+    assert calls.count("pause") == 1 and calls.count("stop") == 1
+    assert calls[-1] == "stop"
+
+
+def test_a_producer_registered_after_the_end_is_stopped_at_once(ticker_tree):
+    conn = connect(ticker_tree, "/t")
+    server = conn.server
+    conn.client.sendClose(1000)
+    ended(conn)
+    late = CountingProducer()
+    server.registerProducer(late, True)
+    assert late.calls == ["stop"]
+
+
+def test_the_transport_is_let_go_before_it_is_closed(ticker_tree):
+    # Twisted's TLS transport will not close while a producer is registered:
+    # whatever ends the connection must unregister it first.
+    conn = connect(ticker_tree, "/t")
+    transport = conn.server_transport
+    assert transport.producer is conn.server
+    conn.client.sendClose(1000)
+    conn.flush()
+    assert transport.producer is None
+
+
+class FailsOnOpen(WebSocketServerProtocol):
+    def onOpen(self):
+        raise RuntimeError("a bug in onOpen")
+
+
+class FailsOnMessage(EchoHandler):
+    def onMessage(self, payload, isBinary):
+        if payload == b"boom":
+            raise RuntimeError("a bug in onMessage")
+        super().onMessage(payload, isBinary)
+
+
+class FailsOnMessageSlowPath(FailsOnMessage):
+    # Overrides a frame hook: Autobahn's own receive path, not the fast one.
+    def onMessageFrameBegin(self, length):
+        super().onMessageFrameBegin(length)
+
+
+def test_an_exception_in_onopen_closes_with_1011_after_the_101():
+    tree = RouteTree([Route("/f", FailsOnOpen)])
+    conn = raw_connect(tree)
+    conn.send(upgrade_request("/f"))
+    head, _, rest = conn.received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101 ")
+    # Only frames after the 101: a close frame with 1011, no HTTP 500.
+    assert b"HTTP/1.1" not in rest
+    assert rest[:1] == b"\x88" and rest[2:4] == (1011).to_bytes(2, "big")
+    stats = tree.registry.stats.handshakes
+    assert stats[("/f", "accepted")] == 1 and ("/f", "500") not in stats
+    assert tree.registry.stats.handler_errors["/f"] == 1
+
+
+@pytest.mark.parametrize("handler", [FailsOnMessage, FailsOnMessageSlowPath])
+def test_an_exception_in_onmessage_closes_that_connection_with_1011(handler):
+    tree = RouteTree([Route("/f", handler)])
+    bad, good = connect(tree, "/f"), connect(tree, "/f")
+    bad.client.sendMessage(b"boom")
+    bad.flush()
+    assert bad.client.close[1] == 1011
+    good.client.sendMessage(b"fine")
+    good.flush()
+    assert good.client.messages == [(b"fine", False)]
+
+
+def test_sends_while_closing_are_dropped_quietly():
+    tree = RouteTree([Route("/e", EchoHandler)])
+    conn = connect(tree, "/e")
+    server = conn.server
+    close_with(server, 1001, "server shutting down")
+    # A message that crossed the close frame: its reply has nowhere to go.
+    server.onMessage(b"late", False)
+    server.sendMessage(b"late too")
+    conn.flush()
+    assert conn.client.close[1] == 1001
+    assert conn.client.messages == []
+
+
+def test_what_the_server_sends_is_not_bound_by_the_incoming_limit():
+    # Random bytes compress to slightly more than they were: the echo of a
+    # legal 64 KiB message (sent uncompressed, as permessage-deflate lets a
+    # client choose per message) is larger than a 64 KiB max_message_size.
+    limit = 65536
+    tree = RouteTree([Route("/e", EchoHandler, {"deflate": "on", "max_message_size": limit})])
+    conn = connect(tree, "/e", deflate=True)
+    payload = os.urandom(limit)
+    conn.client.sendMessage(payload, isBinary=True, doNotCompress=True)
+    conn.flush()
+    assert conn.client.messages == [(payload, True)]
+    conn.server.sendMessage(os.urandom(4 * limit), isBinary=True)
+    conn.flush()
+    assert len(conn.client.messages[-1][0]) == 4 * limit
+    assert conn.client.close is None
+
+
+def test_one_failing_member_does_not_stop_a_broadcast():
+    tree = RouteTree([Route("/b", BroadcastHandler, {"deflate": "on"})])
+    members = [connect(tree, "/b", deflate=i % 2 == 0) for i in range(4)]
+    broken = members[1].server
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("a member that cannot send")
+
+    broken.sendPreparedMessage = fail
+    members[0].client.sendMessage(b"to all")
+    for member in members:
+        member.flush()
+    for i, member in enumerate(members):
+        if i == 1:
+            assert member.client.close[1] == 1011
+        else:
+            assert member.client.messages == [(b"to all", False)], i
