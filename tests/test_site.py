@@ -292,26 +292,28 @@ def test_each_head_has_its_own_deadline():
     assert done.lost and done.received.count(b"HTTP/1.1 408 ") == 1
 
 
-def test_a_body_being_read_has_the_idle_timeout_not_the_head_deadline():
+def test_the_deadline_runs_until_the_body_is_complete():
     tree = RouteTree([Route("/echo", (EchoHandler,), {"ping_interval": 0})])
     seen = Seen()
     tree.mount_resource("/info", seen)
     clock = MemoryReactorClock()
     upload = raw_connect(tree, clock)
     upload.send(b"POST /info HTTP/1.1\r\nHost: a\r\nContent-Length: 8\r\n\r\nab")
-    for _ in range(5):  # a slow body, a byte every 11 s: past the 10 s head deadline
-        clock.advance(11)
+    for _ in range(5):  # a body in time: a byte a second
+        clock.advance(1)
         upload.send(b"c")
-    assert not upload.lost and not seen.requests
     upload.send(b"d")
     assert seen.requests[-1][4] == b"abcccccd"
-    stalled = raw_connect(tree, clock)
-    stalled.send(b"POST /info HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\nab")
-    clock.advance(59)
-    assert not stalled.lost
-    clock.advance(2)  # Twisted's idle timeout (60 s) ends it
-    stalled.pump.flush()
-    assert stalled.lost
+    slow = raw_connect(tree, clock)
+    slow.send(b"POST /info HTTP/1.1\r\nHost: a\r\nContent-Length: 8\r\n\r\nab")
+    for _ in range(4):  # a byte every 3 s: still going at the 10 s deadline
+        clock.advance(3)
+        slow.send(b"c")
+    slow.pump.flush()
+    assert slow.received.startswith(b"HTTP/1.1 408 ") and slow.lost
+    assert len(seen.requests) == 1
+    # While it was being read, it held a place in the connection caps.
+    assert tree.registry.held == 0
 
 
 def test_a_head_deadline_longer_than_the_idle_timeout_leaves_it_running():
@@ -348,3 +350,136 @@ def test_head_deadlines_fall_due_in_order_however_they_were_set():
     clock.advance(2)  # t=14
     assert late == ["b", "a"]
     assert not clock.getDelayedCalls()  # nothing left, no timer left
+
+
+# Bodies, header names and request targets: every byte a client can make
+# the server hold has a cap, and nothing is read that will be refused.
+
+
+def body_tree(**limits: Any) -> tuple[RouteTree, Seen]:
+    seen = Seen()
+    tree = RouteTree(
+        [Route("/echo", (EchoHandler,), {"ping_interval": 0})], limits=ServerLimits(**limits)
+    )
+    tree.mount_resource("/info", seen)
+    return tree, seen
+
+
+@pytest.mark.parametrize(
+    "body_headers",
+    [b"Content-Length: 5\r\n", b"Transfer-Encoding: chunked\r\n"],
+    ids=["content-length", "chunked"],
+)
+def test_an_upgrade_that_carries_a_body_is_400_before_the_body_is_read(body_headers):
+    tree, _ = body_tree()
+    raw = raw_connect(tree)
+    head = upgrade_head("/echo").replace(b"\r\n\r\n", b"\r\n" + body_headers + b"\r\n")
+    raw.send(head)
+    assert raw.received.startswith(b"HTTP/1.1 400 ") and raw.lost
+    assert b"101" not in raw.received.split(b"\r\n")[0]
+    assert tree.registry.held == 0
+
+
+def test_an_upgrade_with_an_empty_body_is_fine():
+    tree, _ = body_tree()
+    raw = raw_connect(tree)
+    raw.send(upgrade_head("/echo").replace(b"\r\n\r\n", b"\r\nContent-Length: 0\r\n\r\n"))
+    assert raw.received.startswith(b"HTTP/1.1 101 ")
+
+
+def test_a_declared_body_over_the_cap_is_413_unread():
+    tree, seen = body_tree(max_body_size=1000)
+    raw = raw_connect(tree)
+    raw.send(b"POST /info HTTP/1.1\r\nHost: a\r\nContent-Length: 1001\r\n\r\n")
+    assert raw.received.startswith(b"HTTP/1.1 413 ") and raw.lost
+    raw = raw_connect(tree)
+    raw.send(b"POST /info HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n" + b"x" * 1000)
+    assert raw.received.startswith(b"HTTP/1.1 200 ") and seen.requests[-1][4] == b"x" * 1000
+
+
+def test_a_chunked_body_is_413_once_it_passes_the_cap():
+    tree, seen = body_tree(max_body_size=1000)
+    raw = raw_connect(tree)
+    raw.send(b"POST /info HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+    for _ in range(3):
+        raw.send(b"200\r\n" + b"y" * 512 + b"\r\n")
+    assert raw.received.startswith(b"HTTP/1.1 413 ") and raw.lost
+    assert not seen.requests
+    assert tree.registry.held == 0
+
+
+def test_bodies_are_held_in_memory_and_closed_when_done():
+    tree, seen = body_tree()
+    files = []
+    real_render = seen.render
+
+    def render(request: Any) -> bytes:
+        files.append(request.content)
+        return real_render(request)
+
+    seen.render = render  # type: ignore[method-assign]
+    raw = raw_connect(tree)
+    raw.send(
+        b"POST /info HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    )
+    assert raw.received.startswith(b"HTTP/1.1 200 ")
+    (content,) = files
+    assert type(content).__name__ == "BytesIO" and content.closed
+
+
+def test_requests_with_a_body_hold_a_place_in_the_caps():
+    tree, _ = body_tree(max_connections_per_ip=2)
+    slow = [raw_connect(tree) for _ in range(2)]
+    for raw in slow:
+        raw.send(b"POST /info HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nab")
+    assert tree.registry.held == 2
+    third = raw_connect(tree)
+    third.send(b"POST /info HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n")
+    assert third.received.startswith(b"HTTP/1.1 429 ") and third.lost
+    upgrade = raw_connect(tree)
+    upgrade.send(upgrade_head("/echo"))
+    assert upgrade.received.startswith(b"HTTP/1.1 429 ")
+    slow[0].send(b"c" * 8)
+    assert slow[0].received.startswith(b"HTTP/1.1 200 ")
+    assert tree.registry.held == 1
+
+
+@pytest.mark.parametrize("one_pass", [True, False])
+def test_a_header_name_over_the_cap_is_431(one_pass):
+    tree, seen = body_tree(max_header_name=64)
+    line_parser_only = mock.patch.object(
+        GuardedHTTPChannel, "_whole_head", lambda self, data: False
+    )
+    if not one_pass:
+        line_parser_only.start()
+    try:
+        raw = raw_connect(tree)
+        raw.send(b"GET /info HTTP/1.1\r\nHost: a\r\n" + b"X" * 65 + b": v\r\n\r\n")
+        assert raw.received.startswith(b"HTTP/1.1 431 ") and raw.lost
+        raw = raw_connect(tree)
+        raw.send(b"GET /info HTTP/1.1\r\nHost: a\r\n" + b"X" * 64 + b": v\r\n\r\n")
+        assert raw.received.startswith(b"HTTP/1.1 200 ")
+    finally:
+        if not one_pass:
+            line_parser_only.stop()
+
+
+@pytest.mark.parametrize("scheme", ["http", "ws", "HTTP"])
+def test_absolute_form_targets_are_routed_by_their_path(scheme):
+    tree, seen = body_tree()
+    raw = raw_connect(tree)
+    raw.send(upgrade_head(f"{scheme}://127.0.0.1:8080/echo?x=1") + masked_frame(b"hi"))
+    assert raw.received.startswith(b"HTTP/1.1 101 ")
+    assert raw.received.endswith(b"\x81\x02hi")
+    raw = raw_connect(tree)
+    raw.send(f"GET {scheme}://example.com/info?a=b HTTP/1.1\r\nHost: other\r\n\r\n".encode())
+    assert raw.received.startswith(b"HTTP/1.1 200 ")
+    method, uri, _, headers, _ = seen.requests[-1]
+    assert uri == b"/info?a=b" and (b"Host", [b"example.com"]) in headers
+
+
+def upgrade_head(target: str) -> bytes:
+    return (
+        f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()

@@ -17,7 +17,10 @@ unusual takes C{twisted.web}'s own line parser (L{GuardedHTTPChannel}).
 from __future__ import annotations
 
 import time
+from http import HTTPStatus
+from io import BytesIO
 from typing import Any, Optional
+from urllib.parse import urlsplit
 
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
@@ -26,7 +29,7 @@ from twisted.web.iweb import INonQueuedRequestFactory
 from twisted.web.resource import _IEncodingResource
 from twisted.web.server import Request, Site
 
-from wsmux.limits import ServerLimits
+from wsmux.limits import ServerLimits, client_address
 from wsmux.logs import log
 
 # How long a kept-alive HTTP connection may sit idle between requests.
@@ -39,6 +42,9 @@ try:
     from twisted.web.http_headers import InvalidHeaderName
 except ImportError:  # pragma: no cover - another Twisted: the line parser only
     _parseRequestLine = None  # type: ignore[assignment]
+
+# Capped bodies up to this size are read into memory, not a temporary file.
+_IN_MEMORY_BODY = 1024 * 1024
 
 # Header lines a one-pass read leaves to twisted.web: a body to read.
 _BODY_HEADERS = (b"Content-Length", b"Transfer-Encoding")
@@ -123,6 +129,7 @@ class GuardedHTTPChannel(HTTPChannel):
     _head_lines = 0
     _head_bytes = 0
     _idle_timeout: Optional[int] = None
+    _body_place: Any = None
 
     def connectionMade(self) -> None:
         site = self.site
@@ -183,9 +190,10 @@ class GuardedHTTPChannel(HTTPChannel):
         except ValueError:
             return False
         headers = []
+        max_name = limits.max_header_name
         for line in lines[1:]:
             name, colon, value = line.partition(b":")
-            if not colon or _LF in line:
+            if not colon or _LF in line or len(name) > max_name:
                 return False
             try:
                 # Refuses a folded line too (its name starts with a space).
@@ -273,16 +281,77 @@ class GuardedHTTPChannel(HTTPChannel):
                     f"headers over {limits.max_header_bytes} bytes",
                 )
                 return
+            # twisted.web keeps every header name it has seen (up to ten
+            # thousand of them) for good: a long unique name per request
+            # would hold its bytes for the life of the process.
+            if line[:1] not in b" \t" and line.find(b":", 0, limits.max_header_name + 1) < 0:
+                self._refuse(
+                    431,
+                    b"Request Header Fields Too Large",
+                    f"a header name over {limits.max_header_name} bytes",
+                )
+                return
         else:
-            # The end of the head: the deadline is met.
+            # The end of the head.  The deadline runs on until the request
+            # is complete: a body has to arrive within it too.
             self._in_head = False
-            self._disarm_deadline()
             super().lineReceived(line)
             transport: Any = self.transport
             if self.length != 0 and transport is not None and not transport.disconnecting:
                 self._start_idle_timeout()
             return
         super().lineReceived(line)
+
+    def allHeadersReceived(self) -> None:
+        # The head is complete and no byte of a body has been read: refuse
+        # here what must not be read at all.
+        request = self.requests[-1]
+        if self.length != 0:  # a Content-Length, or chunked (None)
+            limits = self.site.limits
+            upgrade = request.getHeader(b"upgrade")
+            if upgrade is not None and b"websocket" in upgrade.lower():
+                self._refuse(400, b"Bad Request", "a WebSocket upgrade with a request body")
+                return
+            cap = limits.max_body_size
+            if self.length is not None and cap and self.length > cap:
+                self._refuse(
+                    413,
+                    b"Content Too Large",
+                    f"a request body of {self.length} bytes (max_body_size is {cap})",
+                )
+                return
+            registry = self.site.registry
+            if registry is not None:
+                place, refusal = registry.hold(client_address(request, limits))
+                if refusal is not None:
+                    code, reason = refusal
+                    self._refuse(code, HTTPStatus(code).phrase.encode(), reason)
+                    return
+                self._body_place = place
+            request.wsmux_body_cap = cap
+        super().allHeadersReceived()
+
+    def allContentReceived(self) -> None:
+        # The whole request is here: its deadline is met, and a body no
+        # longer holds a place in the caps.
+        self._disarm_deadline()
+        self._release_body_place()
+        super().allContentReceived()
+
+    def body_too_large(self) -> None:
+        """
+        A body without a length (chunked) grew past C{max_body_size}.
+        """
+        self._refuse(
+            413,
+            b"Content Too Large",
+            f"a chunked request body over {self.site.limits.max_body_size} bytes",
+        )
+
+    def _release_body_place(self) -> None:
+        place, self._body_place = self._body_place, None
+        if place is not None:
+            place.release()
 
     def lineLengthExceeded(self, line: bytes) -> None:
         if self._in_head:
@@ -297,13 +366,14 @@ class GuardedHTTPChannel(HTTPChannel):
 
     def connectionLost(self, reason: Any = None) -> None:
         self._disarm_deadline()
+        self._release_body_place()
         super().connectionLost(reason)
 
     def _head_too_slow(self) -> None:
         if self.transport is None:
             return
         self._refuse(
-            408, b"Request Timeout", f"request head not complete within {self.site.head_timeout}s"
+            408, b"Request Timeout", f"request not complete within {self.site.head_timeout}s"
         )
 
     def _refuse(self, code: int, phrase: bytes, why: str) -> None:
@@ -315,14 +385,19 @@ class GuardedHTTPChannel(HTTPChannel):
             reason=why,
         )
         self._disarm_deadline()
+        self._release_body_place()
         if self.transport is not None:
             self.transport.write(
                 b"HTTP/1.1 %d %s\r\nConnection: close\r\nContent-Length: 0\r\n\r\n" % (code, phrase)
             )
-        # Ignore whatever else the client sends, and do not wait long for a
-        # peer that does not take the answer (or never finished TLS).
+        # Ignore whatever else the client sends (and whatever twisted.web's
+        # parser would still do with the request), and do not wait long for
+        # a peer that does not take the answer (or never finished TLS).
         self.dataReceived = lambda data: None  # type: ignore[method-assign]
         self.lineReceived = lambda line: None  # type: ignore[method-assign]
+        self.rawDataReceived = lambda data: None  # type: ignore[method-assign]
+        self.allContentReceived = lambda: None  # type: ignore[method-assign]
+        self.persistent = False
         self.loseConnection()
         self._abortingCall = self.callLater(1, self.forceAbortClient)
 
@@ -356,6 +431,57 @@ class WebSocketRequest(Request):
     """
 
     raw_head: Optional[bytes] = None
+    wsmux_body_cap: int = 0
+    _body_read = 0
+
+    def gotLength(self, length: Optional[int]) -> None:
+        # Bodies are capped (max_body_size): a capped body is held in memory
+        # rather than spooled to a temporary file that would stay open
+        # (deleted) until the garbage collector found the request.
+        cap = self.wsmux_body_cap
+        if cap and cap <= _IN_MEMORY_BODY:
+            self.content = BytesIO()
+        else:
+            super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self._body_read += len(data)
+        cap = self.wsmux_body_cap
+        if cap and self._body_read > cap:
+            if self._body_read - len(data) <= cap:
+                self.channel.body_too_large()  # type: ignore[attr-defined]
+            return
+        super().handleContentChunk(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        # The absolute form (GET http://host/path HTTP/1.1), which RFC 7230
+        # 5.3.2 says a server must accept: the path is what routes, and
+        # the URI's authority replaces the Host header (5.4).
+        if path[:1] != b"/" and b"://" in path[:8]:
+            parts = urlsplit(path.decode("latin-1"))
+            if parts.scheme.lower() in ("http", "https", "ws", "wss") and parts.netloc:
+                target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+                path = target.encode("latin-1")
+                authority = parts.netloc.rpartition("@")[2]
+                self.requestHeaders.setRawHeaders(b"host", [authority.encode("latin-1")])
+                self.raw_head = None  # the head Autobahn sees is written out again
+        super().requestReceived(command, path, version)
+
+    def _close_content(self) -> None:
+        content = self.content
+        if content is not None:
+            try:
+                content.close()
+            except Exception:  # pragma: no cover - a resource's own file object
+                pass
+
+    def finish(self) -> None:
+        super().finish()
+        self._close_content()
+
+    def connectionLost(self, reason: Any) -> None:
+        super().connectionLost(reason)
+        self._close_content()
 
     def process(self) -> None:
         # Twisted's Request.process, but for the two headers (see write).
@@ -411,6 +537,9 @@ class WebSocketSite(Site):
         kwargs.setdefault("timeout", KEEPALIVE_IDLE)
         super().__init__(resource, **kwargs)
         self.limits = limits or getattr(resource, "limits", None) or ServerLimits()
+        # Where requests with a body hold their place in the connection
+        # caps: the route tree's registry, when the resource is one.
+        self.registry = getattr(resource, "registry", None)
         self.head_timeout = head_timeout
         self.head_deadlines = HeadDeadlines(head_timeout, self.reactor) if head_timeout else None
         self.displayTracebacks = False

@@ -59,7 +59,23 @@ _DEFAULT_FLAGS = (
     "max-send-queue",
     "slow-consumer",
 )
-_LIMIT_FLAGS = ("max-connections", "max-connections-per-ip", "trusted-proxies", "drain-timeout")
+_LIMIT_FLAGS = (
+    "max-connections",
+    "max-connections-per-ip",
+    "max-body-size",
+    "trusted-proxies",
+    "trusted-proxy-networks",
+    "forwarded-header",
+    "drain-timeout",
+)
+
+
+def _networks(value: str) -> tuple[str, ...]:
+    """
+    A comma-separated list of addresses or networks (checked with the
+    other limits).
+    """
+    return tuple(item.strip() for item in value.split(",") if item.strip())
 
 
 class Options(usage.Options):
@@ -123,7 +139,27 @@ class Options(usage.Options):
             "Most WebSocket connections from one address.",
             _count,
         ],
-        ["trusted-proxies", None, None, "Proxies to trust in X-Forwarded-For / Forwarded.", _count],
+        [
+            "trusted-proxies",
+            None,
+            None,
+            "How many proxies to trust, counted back along the forwarded header.",
+            _count,
+        ],
+        [
+            "trusted-proxy-networks",
+            None,
+            None,
+            "Comma-separated addresses or networks of the proxies to believe (e.g. 127.0.0.1,10.0.0.0/8).",
+            _networks,
+        ],
+        [
+            "forwarded-header",
+            None,
+            None,
+            "The header the proxies write: x-forwarded-for, forwarded or both [default: x-forwarded-for]",
+        ],
+        ["max-body-size", None, None, "Largest plain-HTTP request body, in bytes.", _size],
         [
             "drain-timeout",
             None,
