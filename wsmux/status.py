@@ -15,6 +15,7 @@ import json
 import time
 from collections import Counter
 from typing import Any, Optional, Sequence
+from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
@@ -40,7 +41,19 @@ class StatusGuard:
         ]
 
     def permits(self, address: str, token: Optional[str]) -> bool:
-        if self.token and token and hmac.compare_digest(self.token, token):
+        """
+        Whether a client at C{address}, presenting C{token} (or none), may
+        see the status.
+        """
+        # Compared as bytes: compare_digest refuses text that is not ASCII,
+        # and whatever a client sends must be a plain "no".
+        if (
+            self.token
+            and token
+            and hmac.compare_digest(
+                self.token.encode("utf-8"), token.encode("utf-8", "surrogateescape")
+            )
+        ):
             return True
         try:
             ip = ipaddress.ip_address(address)
@@ -150,9 +163,35 @@ class StatusPage(_Guarded):
         return STATUS_HTML.encode("utf-8")
 
 
+def same_origin(origin: Optional[str], host: Optional[str]) -> bool:
+    """
+    Whether a browser's C{Origin} names the site the request went to
+    (C{Host}), default ports aside.  No C{Origin} (not a browser, or not
+    a cross-site request) counts as the same origin.
+    """
+    if not origin:
+        return True
+    parts = urlsplit(origin)
+    if parts.scheme not in ("http", "https") or not parts.hostname or not host:
+        return False
+    default = 443 if parts.scheme == "https" else 80
+    try:
+        origin_port = parts.port or default
+        ours = urlsplit("//" + host)
+        host_port = ours.port or default
+    except ValueError:
+        return False
+    return (parts.hostname, origin_port) == ((ours.hostname or "").lower(), host_port)
+
+
 class StatusLiveHandler(WebSocketServerProtocol):
     """
     Sends a status snapshot as JSON every C{interval} seconds.
+
+    Only to pages of the same origin: a WebSocket is not bound by the
+    same-origin policy, so without this check any page an operator opens
+    could read the live status through the operator's own browser (and
+    from an allowed address).
     """
 
     guard: StatusGuard
@@ -165,6 +204,8 @@ class StatusLiveHandler(WebSocketServerProtocol):
             request.headers.get("authorization")
         )
         address = getattr(self, "client_address", "") or ""
+        if not same_origin(request.origin, request.headers.get("host")):
+            raise ConnectionDeny(403, "the live status is served to pages of its own origin only")
         if not self.guard.permits(address, token):
             raise ConnectionDeny(403, "the status needs an allowed address or the token")
 

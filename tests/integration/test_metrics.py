@@ -138,3 +138,33 @@ def test_health_is_503_while_draining(start_server):
     during = keepalive.getresponse()
     assert (during.status, during.read()) == (503, b"draining\n")
     assert server.process.wait(timeout=10) == 0
+
+
+def test_status_refuses_bad_tokens_and_foreign_pages_plainly(start_server):
+    from tests.hostile.rawws import Peer, request
+
+    server = start_server("--status-path", "/status", "--status-token", "s3cret")
+    # Tokens that are not ASCII are a plain 403, not a 500 with a traceback.
+    for path, extra in (
+        ("/status/json?token=%C3%A9", ""),
+        ("/status/json", "Authorization: Bearer \u00e9\r\n"),
+    ):
+        p = Peer(server.port)
+        p.send(f"GET {path} HTTP/1.1\r\nHost: x\r\n{extra}\r\n".encode())
+        assert p.status() == 403
+    p = Peer(server.port)
+    p.send(request("/status/live?token=%C3%A9"))
+    head = p.response()
+    assert head.startswith("HTTP/1.1 403 ") and "Error" not in head.splitlines()[0]
+    # Even with the token, the live status goes to a page of its own origin,
+    # never to another site's page open in the operator's browser.
+    p = Peer(server.port)
+    p.send(request("/status/live?token=s3cret", "Origin: https://evil.example\r\n"))
+    assert p.status() == 403
+    p = Peer(server.port)
+    same = request("/status/live?token=s3cret", f"Origin: http://127.0.0.1:{server.port}\r\n")
+    p.send(same.replace(b"Host: 127.0.0.1\r\n", f"Host: 127.0.0.1:{server.port}\r\n".encode()))
+    assert p.status() == 101
+    with connect(server.url("/status/live?token=s3cret")) as live:  # no Origin: not a browser
+        assert "connections" in live.recv(timeout=5)
+    assert "Traceback" not in server.log() and "critical" not in server.log()
