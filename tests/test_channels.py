@@ -31,9 +31,9 @@ class NewsHandler(WebSocketServerProtocol):
             self.channels.unsubscribe(self, self.wanted)
 
 
-def test_channels_reach_every_subscriber_across_routes():
-    tree = RouteTree([Route("/a", NewsHandler), Route("/b", NewsHandler)])
-    a, b = connect(tree, "/a?channel=news"), connect(tree, "/b?channel=news")
+def test_channels_reach_every_subscriber_of_the_route():
+    tree = RouteTree([Route("/a", NewsHandler)])
+    a, b = connect(tree, "/a?channel=news"), connect(tree, "/a?channel=news")
     other = connect(tree, "/a?channel=sport")
     a.client.sendMessage(b"!headline")
     for c in (a, b, other):
@@ -46,10 +46,67 @@ def test_channels_reach_every_subscriber_across_routes():
     for c in (a, b):
         c.flush()
     assert b.client.messages == [(b"headline", False)]
-    assert tree.registry.channels.subscribers("news") == 1
+    channels = tree.registry.channels.namespace("/a")
+    assert channels.subscribers("news") == 1
     a.client.sendClose(1000)
     a.flush()
-    assert tree.registry.channels.subscribers("news") == 0
+    assert channels.subscribers("news") == 0
+
+
+def test_each_route_has_its_own_channels_unless_they_share_a_namespace():
+    tree = RouteTree(
+        [
+            Route("/a", NewsHandler),
+            Route("/b", NewsHandler),
+            Route("/c", NewsHandler, {"channel_namespace": "shared"}),
+            Route("/d", NewsHandler, {"channel_namespace": "shared"}),
+        ]
+    )
+    conns = {path: connect(tree, f"{path}?channel=news") for path in "/a /b /c /d".split()}
+    conns["/a"].client.sendMessage(b"!from a")
+    conns["/c"].client.sendMessage(b"!from c")
+    for c in conns.values():
+        c.flush()
+    assert conns["/a"].client.messages == [(b"from a", False)]
+    assert conns["/b"].client.messages == []
+    assert conns["/c"].client.messages == conns["/d"].client.messages == [(b"from c", False)]
+
+
+def test_a_pubsub_client_cannot_reach_a_guarded_rooms_channels():
+    # The deployment docs' pair of routes: broadcast rooms that admit one
+    # origin, and a pubsub route. Whatever a pubsub client subscribes to,
+    # it reads nothing of the rooms and publishes nothing into them.
+    from wsmux import BroadcastHandler
+
+    tree = RouteTree(
+        [
+            Route("/rooms/{room}", BroadcastHandler, {"allowed_origins": ["https://app.example"]}),
+            Route("/ps", PubSubHandler),
+        ]
+    )
+    member = connect(tree, "/rooms/staff", origin="https://app.example")
+    assert member.client.opened
+    spy = pubsub(tree)
+    for name in ("staff", "/rooms/{room}?room=staff", "room=staff"):
+        send(spy, {"action": "subscribe", "channel": name})
+        send(spy, {"action": "publish", "channel": name, "data": "injected"})
+    member.client.sendMessage(b"staff only")
+    member.flush()
+    spy.flush()
+    assert member.client.messages == [(b"staff only", False)]
+    assert all(b"staff only" not in payload for payload, _ in spy.client.messages)
+
+
+def test_a_room_name_too_long_is_refused_at_the_handshake():
+    from wsmux import BroadcastHandler
+
+    tree = RouteTree([Route("/rooms/{room}", BroadcastHandler)])
+    ok = connect(tree, "/rooms/" + "%C3%A9" * 190)  # 190 non-ASCII characters
+    assert ok.client.opened
+    long = connect(tree, "/rooms/" + "r" * 1100)
+    assert not long.client.opened
+    assert tree.registry.stats.handshakes[("/rooms/{room}", "414")] == 1
+    assert tree.registry.stats.handler_errors == {}
 
 
 def test_a_publish_respects_each_subscribers_policy():
@@ -100,7 +157,10 @@ def test_pubsub_protocol():
         ([1, 2], "expected a JSON object"),
         ({"action": "shout", "channel": "x"}, "unknown action 'shout'"),
         ({"action": "subscribe"}, "non-empty string"),
-        ({"action": "subscribe", "channel": "x" * 201}, "at most 200 characters"),
+        ({"action": "subscribe", "channel": "x" * 1025}, "at most 1024 bytes"),
+        ({"action": "subscribe", "channel": "\ud800"}, "valid Unicode"),
+        ({"action": "subscribe", "channel": "a\nb"}, "control characters"),
+        ({"action": "x" * 900_000, "channel": "c"}, "unknown action 'xxxxxxxx"),
         ({"action": "publish", "channel": "x"}, "publish needs data"),
     ],
 )
@@ -108,6 +168,7 @@ def test_pubsub_errors_answer_and_keep_the_connection(request_, error):
     conn = pubsub(RouteTree([Route("/ps", PubSubHandler)]))
     answer = send(conn, request_)
     assert error in answer["error"]
+    assert len(answer["error"]) < 200  # never the whole request back
     assert conn.client.close is None
     assert send(conn, {"action": "subscribe", "channel": "ok"})["ok"] == "subscribe"
 
@@ -122,8 +183,19 @@ def test_pubsub_channel_cap():
     )
 
 
+def test_pubsub_allowed_channels():
+    tree = RouteTree([Route("/ps", PubSubHandler, {"allowed_channels": ["news.*", "chat"]})])
+    conn = pubsub(tree)
+    assert send(conn, {"action": "subscribe", "channel": "news.eu"})["ok"] == "subscribe"
+    assert send(conn, {"action": "subscribe", "channel": "chat"})["ok"] == "subscribe"
+    assert (
+        "not allowed" in send(conn, {"action": "publish", "channel": "admin", "data": 1})["error"]
+    )
+
+
 def test_channel_names():
     assert check_channel_name("news") == "news"
-    for bad in ("", None, 5, "x" * 201):
+    assert check_channel_name("é" * 512) == "é" * 512
+    for bad in ("", None, 5, "x" * 1025, "é" * 513, "\ud800", "tab\there", "\x7f"):
         with pytest.raises(ChannelError):
             check_channel_name(bad)

@@ -151,12 +151,12 @@ def test_broadcast_rooms_are_separate_and_framed_once(monkeypatch):
     assert a2.client.messages == [(b"to a", False)]
     assert b1.client.messages == []
     assert len(prepared) == 1
-    hub = tree.registry.channels
-    assert hub.subscribers("/rooms/{room}?room=a") == 2
+    rooms = tree.registry.channels.namespace("/rooms/{room}")
+    assert rooms.subscribers("a") == 2
     a2.client.sendClose(1000)
     for c in (a1, a2, b1):
         c.flush()
-    assert hub.subscribers("/rooms/{room}?room=a") == 1
+    assert rooms.subscribers("a") == 1
 
 
 def test_handler_chain_first_acceptor_wins_else_unhandled():

@@ -5,15 +5,24 @@ A publish frames the message once (an Autobahn C{PreparedMessage}) and
 hands the same bytes to every subscriber; each subscriber's backpressure
 policy applies as for any other send.  Channels are local to the process
 unless Redis is configured (L{wsmux.redis_channels}).
+
+Each route has channels of its own: its handlers see a L{RouteChannels}
+bound to the route's I{namespace} (the route's path pattern unless its
+C{channel_namespace} option names another), so a client of one route can
+never subscribe to, or publish into, the channels of a route whose checks
+(allowed origins, TLS, C{onConnect}) it did not pass.  Routes share
+channels only when their settings say so, by naming the same namespace.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 from autobahn.websocket.protocol import PreparedMessage
 
-MAX_CHANNEL_NAME = 200
+# The longest channel name, in UTF-8 bytes (a room name made of a path
+# parameter fits well within it).
+MAX_CHANNEL_NAME = 1024
 
 
 class ChannelError(ValueError):
@@ -24,89 +33,199 @@ class ChannelError(ValueError):
 
 def check_channel_name(name: object) -> str:
     """
-    Return C{name} if it is a usable channel name.
+    Return C{name} if it is a usable channel name: a non-empty string of at
+    most L{MAX_CHANNEL_NAME} bytes of UTF-8, with no control characters.
 
     @raise ChannelError: saying why not.
     """
     if not isinstance(name, str) or not name:
         raise ChannelError("a channel name must be a non-empty string")
-    if len(name) > MAX_CHANNEL_NAME:
-        raise ChannelError(f"a channel name must be at most {MAX_CHANNEL_NAME} characters")
+    try:
+        encoded = name.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate, which JSON's \ud800 escape can carry.
+        raise ChannelError("a channel name must be valid Unicode text") from None
+    if len(encoded) > MAX_CHANNEL_NAME:
+        raise ChannelError(f"a channel name must be at most {MAX_CHANNEL_NAME} bytes of UTF-8")
+    if not name.isprintable():
+        raise ChannelError("a channel name must not contain control characters")
     return name
+
+
+Key = tuple[str, str]
 
 
 class ChannelHub:
     """
-    The channels of one route tree.
+    The channels of one route tree, in namespaces (one per route, unless
+    routes share one).
 
-    Handlers reach it as C{self.channels}::
+    Handlers reach their route's channels as C{self.channels} (a
+    L{RouteChannels})::
 
         self.channels.subscribe(self, "news")
         self.channels.publish("news", b"hello", isBinary=False)
     """
 
     def __init__(self) -> None:
-        self._members: dict[str, set[Any]] = {}
-        self._channels_of: dict[Any, set[str]] = {}
+        self._members: dict[Key, set[Any]] = {}
+        self._channels_of: dict[Any, set[Key]] = {}
+        self._views: dict[str, RouteChannels] = {}
         # Where publishes also go for other processes (wsmux.redis_channels).
         self.remote: Any = None
 
-    def subscribe(self, protocol: Any, channel: str) -> None:
+    def namespace(self, name: str) -> RouteChannels:
         """
-        Add C{protocol} to C{channel}.
+        The channels of namespace C{name}, as the routes that use it see them.
         """
-        check_channel_name(channel)
-        self._members.setdefault(channel, set()).add(protocol)
-        self._channels_of.setdefault(protocol, set()).add(channel)
+        view = self._views.get(name)
+        if view is None:
+            view = self._views[name] = RouteChannels(self, name)
+        return view
 
-    def unsubscribe(self, protocol: Any, channel: str | None = None) -> None:
+    def subscribe(self, protocol: Any, channel: str, namespace: str = "") -> None:
         """
-        Remove C{protocol} from C{channel}, or from every channel.
+        Add C{protocol} to C{channel} of C{namespace}.
+
+        @raise ChannelError: if the name is not acceptable.
         """
-        names = self._channels_of.get(protocol, set())
-        for name in [channel] if channel is not None else list(names):
-            members = self._members.get(name)
+        key = (namespace, check_channel_name(channel))
+        self._members.setdefault(key, set()).add(protocol)
+        self._channels_of.setdefault(protocol, set()).add(key)
+
+    def unsubscribe(
+        self, protocol: Any, channel: Optional[str] = None, namespace: Optional[str] = None
+    ) -> None:
+        """
+        Remove C{protocol} from C{channel} of C{namespace}, from every channel
+        of C{namespace} (no channel named), or from every channel it is in
+        (neither named).
+        """
+        keys = self._channels_of.get(protocol)
+        if not keys:
+            return
+        if channel is not None:
+            chosen: Iterable[Key] = [(namespace or "", channel)]
+        elif namespace is not None:
+            chosen = [key for key in keys if key[0] == namespace]
+        else:
+            chosen = list(keys)
+        for key in chosen:
+            members = self._members.get(key)
             if members is not None:
                 members.discard(protocol)
                 if not members:
-                    del self._members[name]
-            names.discard(name)
-        if not names:
+                    del self._members[key]
+            keys.discard(key)
+        if not keys:
             self._channels_of.pop(protocol, None)
 
-    def channels_of(self, protocol: Any) -> frozenset[str]:
+    def channels_of(self, protocol: Any, namespace: str = "") -> frozenset[str]:
         """
-        The channels C{protocol} is subscribed to.
+        The channels of C{namespace} that C{protocol} is subscribed to.
         """
-        return frozenset(self._channels_of.get(protocol, ()))
+        return frozenset(
+            name for space, name in self._channels_of.get(protocol, ()) if space == namespace
+        )
 
-    def members(self, channel: str) -> frozenset[Any]:
+    def members(self, channel: str, namespace: str = "") -> frozenset[Any]:
         """
-        The connections subscribed to C{channel}.
+        The connections subscribed to C{channel} of C{namespace}.
         """
-        return frozenset(self._members.get(channel, ()))
+        return frozenset(self._members.get((namespace, channel), ()))
 
-    def subscribers(self, channel: str) -> int:
+    def subscribers(self, channel: str, namespace: str = "") -> int:
         """
-        How many connections are subscribed to C{channel}.
+        How many connections are subscribed to C{channel} of C{namespace}.
         """
-        return len(self._members.get(channel, ()))
+        return len(self._members.get((namespace, channel), ()))
 
-    def publish(self, channel: str, payload: bytes, isBinary: bool = False) -> int:
+    def publish(
+        self, channel: str, payload: bytes, isBinary: bool = False, namespace: str = ""
+    ) -> int:
         """
-        Send one message to every subscriber of C{channel}, framed once.
+        Send one message to every subscriber of C{channel} of C{namespace},
+        framed once.
 
         With Redis configured, the message also goes to every other wsmux
         connected to the same Redis.
 
         @return: how many local subscribers it was handed to.
+        @raise ChannelError: if the name is not acceptable.
         """
+        check_channel_name(channel)
         if self.remote is not None:
-            self.remote.publish(channel, payload, isBinary)
-        members = self._members.get(channel)
+            self.remote.publish(namespace, channel, payload, isBinary)
+        return self.deliver_local(namespace, channel, payload, isBinary)
+
+    def deliver_local(self, namespace: str, channel: str, payload: bytes, isBinary: bool) -> int:
+        """
+        Hand a message to this process's subscribers only (what arrives
+        from Redis).
+
+        @return: how many subscribers it was handed to.
+        """
+        members = self._members.get((namespace, channel))
         if not members:
             return 0
         return deliver(PreparedMessage(payload, isBinary, False, False), members)
+
+
+class RouteChannels:
+    """
+    The channels of one namespace: what a route's handlers see as
+    C{self.channels}.  The same methods as L{ChannelHub}, without the
+    namespace argument.
+
+    @ivar name: the namespace.
+    @ivar hub: the tree's L{ChannelHub}.
+    """
+
+    def __init__(self, hub: ChannelHub, name: str) -> None:
+        self.hub = hub
+        self.name = name
+
+    def subscribe(self, protocol: Any, channel: str) -> None:
+        """
+        Add C{protocol} to C{channel}.
+
+        @raise ChannelError: if the name is not acceptable.
+        """
+        self.hub.subscribe(protocol, channel, self.name)
+
+    def unsubscribe(self, protocol: Any, channel: Optional[str] = None) -> None:
+        """
+        Remove C{protocol} from C{channel}, or from every channel here.
+        """
+        self.hub.unsubscribe(protocol, channel, self.name)
+
+    def channels_of(self, protocol: Any) -> frozenset[str]:
+        """
+        The channels here that C{protocol} is subscribed to.
+        """
+        return self.hub.channels_of(protocol, self.name)
+
+    def members(self, channel: str) -> frozenset[Any]:
+        """
+        The connections subscribed to C{channel}.
+        """
+        return self.hub.members(channel, self.name)
+
+    def subscribers(self, channel: str) -> int:
+        """
+        How many connections are subscribed to C{channel}.
+        """
+        return self.hub.subscribers(channel, self.name)
+
+    def publish(self, channel: str, payload: bytes, isBinary: bool = False) -> int:
+        """
+        Send one message to every subscriber of C{channel}, framed once
+        (and through Redis to other processes, when configured).
+
+        @return: how many local subscribers it was handed to.
+        @raise ChannelError: if the name is not acceptable.
+        """
+        return self.hub.publish(channel, payload, isBinary, self.name)
 
 
 def deliver(prepared: PreparedMessage, members: Iterable[Any]) -> int:

@@ -125,9 +125,20 @@ class ProtocolOptions:
         "What happens to a client past max_send_queue: 'close' it (1008) or "
         "'drop' the messages it cannot take (counted).",
     )
+    channel_namespace: str = _option(
+        "",
+        "The channels (broadcast rooms, pubsub channels) this route's handlers "
+        "reach. Empty: the route's own, which no other route can reach. Routes "
+        "that name the same namespace share their channels.",
+    )
+    allowed_channels: tuple[str, ...] = _option(
+        (),
+        "Channel names the pubsub handler accepts on this route (shell-style "
+        "patterns such as 'news.*'). Empty allows any name.",
+    )
 
     def __post_init__(self) -> None:
-        for name in ("allowed_origins", "subprotocols"):
+        for name in ("allowed_origins", "subprotocols", "allowed_channels"):
             value = getattr(self, name)
             if not isinstance(value, tuple):
                 object.__setattr__(self, name, tuple(value))
@@ -198,6 +209,8 @@ _FIELD_TYPES: dict[str, type] = {
     "send_delay": float,
     "max_send_queue": int,
     "slow_consumer": str,
+    "channel_namespace": str,
+    "allowed_channels": tuple,
 }
 _TYPE_WORDS = {
     int: "a whole number",

@@ -7,11 +7,13 @@ the ones C{--route PATH=NAME} can name.
 
 from __future__ import annotations
 
+import fnmatch
 import json
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 from urllib.parse import urlencode
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny
 from twisted.python.reflect import namedAny
 
 from wsmux.channels import ChannelError, ChannelHub, check_channel_name
@@ -26,13 +28,29 @@ class EchoHandler(WebSocketServerProtocol):
         self.sendMessage(payload, isBinary)
 
 
-def _hub(protocol: Any) -> ChannelHub:
-    # The tree's channels; a handler used outside a route tree (a plain
+def _hub(protocol: Any) -> Any:
+    # The route's channels; a handler used outside a route tree (a plain
     # Autobahn factory) gets channels of its own factory.
     hub = getattr(protocol, "channels", None)
     if hub is None:
-        hub = protocol.factory.__dict__.setdefault("channels", ChannelHub())
+        hub = protocol.factory.__dict__.setdefault("channels", ChannelHub().namespace(""))
     return hub
+
+
+def room_name(params: Mapping[str, str]) -> str:
+    """
+    The channel of a broadcast room: its path parameters (the route's own
+    channels hold no other rooms).
+    """
+    if len(params) == 1:
+        return next(iter(params.values()))
+    return urlencode(sorted(params.items())) or "/"
+
+
+def _brief(value: object, limit: int = 40) -> str:
+    # A value from a request, shown in a reply: never the whole of it.
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class BroadcastHandler(WebSocketServerProtocol):
@@ -40,16 +58,25 @@ class BroadcastHandler(WebSocketServerProtocol):
     Send every message to every client on the same route and with the same
     path parameters (C{/rooms/a} and C{/rooms/b} are separate rooms).
 
-    Each room is a channel; a message is framed once and the same bytes go
-    to every member.
+    Each room is a channel of the route; a message is framed once and the
+    same bytes go to every member.  A room name longer than a channel name
+    may be is refused at the handshake (414).
     """
 
     room: Optional[str] = None
 
+    def onConnect(self, request: Any) -> Any:
+        params = getattr(self, "path_params", None)
+        room = room_name(params) if params else self.http_request_path
+        try:
+            check_channel_name(room)
+        except ChannelError as e:
+            raise ConnectionDeny(414, f"Room name not usable: {e}") from None
+        self._room = room
+        return super().onConnect(request)
+
     def onOpen(self) -> None:
-        params = sorted(getattr(self, "path_params", {}).items())
-        route = getattr(self, "route_path", "") or self.http_request_path
-        self.room = route + "?" + urlencode(params)
+        self.room = self._room
         _hub(self).subscribe(self, self.room)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
@@ -74,7 +101,9 @@ class PubSubHandler(WebSocketServerProtocol):
     Each request is answered with C{{"ok": <action>, "channel": ...}} or
     C{{"error": "<why>"}}; subscribers receive
     C{{"channel": "news", "data": ...}}.  A bad request never closes the
-    connection.
+    connection.  The channels are the route's own; its
+    C{allowed_channels} option (shell-style patterns) limits which names
+    may be used.
     """
 
     max_channels = 100
@@ -82,7 +111,7 @@ class PubSubHandler(WebSocketServerProtocol):
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         try:
             request = json.loads(payload.decode("utf-8")) if not isBinary else None
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):
             request = None
         if not isinstance(request, dict):
             return self._reply(
@@ -94,12 +123,15 @@ class PubSubHandler(WebSocketServerProtocol):
         action = request.get("action")
         if action not in ("subscribe", "unsubscribe", "publish"):
             return self._reply(
-                {"error": f"unknown action {action!r}: use subscribe, unsubscribe or publish"}
+                {"error": f"unknown action {_brief(action)}: use subscribe, unsubscribe or publish"}
             )
         try:
             channel = check_channel_name(request.get("channel"))
         except ChannelError as e:
             return self._reply({"error": str(e)})
+        allowed = _allowed_channels(self)
+        if allowed and not any(fnmatch.fnmatchcase(channel, p) for p in allowed):
+            return self._reply({"error": f"channel {_brief(channel)} is not allowed here"})
         hub = _hub(self)
         if action == "subscribe":
             if (
@@ -121,6 +153,11 @@ class PubSubHandler(WebSocketServerProtocol):
 
     def _reply(self, answer: dict[str, Any]) -> None:
         self.sendMessage(json.dumps(answer).encode("utf-8"))
+
+
+def _allowed_channels(protocol: Any) -> tuple[str, ...]:
+    options = getattr(protocol.factory, "options", None)
+    return tuple(getattr(options, "allowed_channels", ()))
 
 
 BUILTIN_HANDLERS: dict[str, type] = {

@@ -77,6 +77,17 @@ class ServerLimits:
         "The header the trusted proxies write: x-forwarded-for, forwarded (RFC 7239) or "
         "both (Forwarded read when present). The other one is never believed.",
     )
+    redis_max_message: int = _limit(
+        1048576,
+        "Largest message taken from Redis, in bytes; larger ones are dropped and counted "
+        "(wsmux_redis_dropped_total), and nobody is disconnected for them.",
+    )
+    redis_max_pending: int = _limit(
+        16777216,
+        "Most bytes of publishes waiting for Redis to take them; past this (Redis hung "
+        "or too slow) a publish reaches this process's subscribers only and counts as a "
+        "failure (wsmux_redis_publish_failures_total).",
+    )
     drain_timeout: float = _limit(
         10.0,
         "On shutdown (SIGTERM), seconds to wait for clients to answer the 1001 close "

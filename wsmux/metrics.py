@@ -39,9 +39,27 @@ class RouteStats:
 
     def closed(self, protocol: Any, code: Optional[int]) -> None:
         route = protocol.route_path
-        self.closes[(route, str(code if code is not None else 1006))] += 1
+        self.closes[(route, close_code_label(code))] += 1
         for kind, value in traffic_of(protocol).items():
             self.traffic[(route, kind)] += value
+
+
+def close_code_label(code: Optional[int]) -> str:
+    """
+    The C{code} label of a close: the code itself for the codes RFC 6455
+    defines (1000-1015), C{3xxx} or C{4xxx} for the registered and private
+    ranges a client may fill at will, C{other} for anything else; no close
+    frame counts as 1006.  One route has at most twenty label values.
+    """
+    if code is None:
+        return "1006"
+    if 1000 <= code <= 1015:
+        return str(code)
+    if 3000 <= code <= 3999:
+        return "3xxx"
+    if 4000 <= code <= 4999:
+        return "4xxx"
+    return "other"
 
 
 def traffic_of(protocol: Any) -> dict[str, int]:
@@ -111,7 +129,9 @@ class WsmuxCollector:
             yield family
 
         closes = CounterMetricFamily(
-            "wsmux_closes", "Closed connections by close code", labels=["route", "code"]
+            "wsmux_closes",
+            "Closed connections by close code (application codes as 3xxx and 4xxx)",
+            labels=["route", "code"],
         )
         for (route, code), n in sorted(stats.closes.items()):
             closes.add_metric([route, code], n)
@@ -162,6 +182,17 @@ class WsmuxCollector:
             )
             failures.add_metric([], redis.publish_failures)
             yield failures
+            pending = GaugeMetricFamily(
+                "wsmux_redis_pending_bytes", "Bytes of publishes waiting for Redis to take them"
+            )
+            pending.add_metric([], redis.pending_bytes)
+            yield pending
+            dropped_in = CounterMetricFamily(
+                "wsmux_redis_dropped",
+                "Messages from Redis dropped (malformed, too large, or invalid UTF-8 text)",
+            )
+            dropped_in.add_metric([], redis.dropped)
+            yield dropped_in
 
         if self.worker_pid is not None:
             worker = GaugeMetricFamily(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
@@ -21,7 +22,6 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import ITCPTransport
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
-from twisted.web.http import RESPONSES
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
@@ -205,7 +205,7 @@ def _plain(
     @param close: close the connection after the response (a refused
         upgrade keeps nothing).
     """
-    reason = status_reason(reason, RESPONSES.get(code, b"Error").decode("ascii"))
+    reason = status_reason(reason, _phrase(code))
     request.setResponseCode(code, reason.encode("ascii"))
     if close:
         request.setHeader(b"connection", b"close")
@@ -216,6 +216,13 @@ def _plain(
     for name, value in headers:
         request.setHeader(name, header_value(value))
     return (reason + "\n").encode("utf-8")
+
+
+def _phrase(code: int) -> str:
+    try:
+        return HTTPStatus(code).phrase
+    except ValueError:
+        return "Error"
 
 
 def _peer(request: IRequest) -> str:
@@ -569,7 +576,9 @@ def upgrade(
     protocol.selected_subprotocol = subprotocol
     protocol.registry = registry
     if registry is not None:
-        protocol.channels = registry.channels
+        options = getattr(factory, "options", None)
+        namespace = getattr(options, "channel_namespace", "") or factory.route_path
+        protocol.channels = registry.channels.namespace(namespace)
     direct = getattr(request.getClientAddress(), "host", None)
     protocol.client_address = address or str(direct)
 

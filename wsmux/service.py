@@ -135,7 +135,13 @@ def _mount_operations(
     if settings.status_path:
         mount_status(tree, settings.status_path, settings.status_token, settings.status_allow)
     if settings.redis:
-        RedisChannels(tree.registry.channels, settings.redis, reactor).setServiceParent(top)
+        RedisChannels(
+            tree.registry.channels,
+            settings.redis,
+            reactor,
+            max_message_size=settings.limits.redis_max_message,
+            max_pending=settings.limits.redis_max_pending,
+        ).setServiceParent(top)
     if settings.metrics_path or settings.metrics_port:
         metrics = MetricsResource(metrics_registry(tree, contexts, os.getpid() if worker else None))
         if settings.metrics_path:

@@ -88,3 +88,86 @@ def test_publish_reaches_another_instance_and_survives_a_redis_restart(start_ser
         pytest.fail("cross-instance delivery did not resume")
     for ws in (local, remote, publisher):
         ws.close()
+
+
+def redis_publish(port, channel, message):
+    """
+    PUBLISH straight to Redis, as anything that can reach it could.
+    """
+    import socket
+
+    command = [b"PUBLISH", channel, message]
+    data = b"*%d\r\n" % len(command) + b"".join(
+        b"$%d\r\n%s\r\n" % (len(part), part) for part in command
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(data)
+        assert s.recv(100).startswith(b":")
+
+
+def test_bad_messages_from_redis_are_dropped_and_nobody_is_disconnected(
+    start_server, redis, tmp_path
+):
+    import os
+
+    from tests.integration.test_metrics import scrape, value
+    from wsmux.redis_channels import redis_channel
+
+    config = tmp_path / "redis.toml"
+    config.write_text("[limits]\nredis_max_message = 1000\n")
+    server = start_server(
+        "--config", str(config), "--route", "/rooms/{room}=broadcast",
+        "--redis", redis.url, "--metrics-path", "/metrics",
+    )  # fmt: skip
+    assert wait_for(server, "subscribed to Redis")
+    members = [connect(server.url("/rooms/lobby")) for _ in range(10)]
+    channel = redis_channel("/rooms/{room}", "lobby")
+    origin = os.urandom(8)
+    redis_publish(redis.port, channel, origin + b"t" + b"caf\xc3 \xff")  # text, not UTF-8
+    redis_publish(redis.port, channel, origin + b"b" + b"x" * 1001)  # over redis_max_message
+    redis_publish(redis.port, b"wsmux:99:lobby", origin + b"thello")  # a malformed name
+    redis_publish(redis.port, channel, origin + b"tstill here")
+    for ws in members:
+        assert ws.recv(timeout=5) == "still here"
+    assert wait_for(server, "from Redis; ")
+    metrics = scrape(server.url("/metrics", "http"))
+    assert value(metrics, "wsmux_redis_dropped_total") == 3
+    for ws in members:
+        ws.send("and talking")
+    for ws in members:
+        assert ws.recv(timeout=5) == "and talking"
+        ws.close()
+
+
+def test_a_hung_redis_holds_a_bounded_amount(start_server, redis, tmp_path):
+    import signal
+
+    from tests.hostile.rawws import rss_kib
+    from tests.integration.test_metrics import scrape, value
+
+    config = tmp_path / "redis.toml"
+    config.write_text("[limits]\nredis_max_pending = 4194304\n")  # 4 MiB
+    server = start_server(
+        "--config", str(config), "--route", "/rooms/{room}=broadcast",
+        "--redis", redis.url, "--metrics-path", "/metrics",
+    )  # fmt: skip
+    assert wait_for(server, "subscribed to Redis")
+    ws = connect(server.url("/rooms/hung"), max_size=None)
+    payload = b"p" * (512 * 1024)
+    ws.send(payload)  # warm up the connection before measuring
+    assert ws.recv(timeout=5) == payload
+    before = rss_kib(server.process.pid)
+    redis.process.send_signal(signal.SIGSTOP)
+    try:
+        for _ in range(200):  # 100 MiB published while Redis takes nothing
+            ws.send(payload)
+            assert ws.recv(timeout=5) == payload  # local delivery goes on
+        grown = rss_kib(server.process.pid) - before
+        metrics = scrape(server.url("/metrics", "http"))
+        assert value(metrics, "wsmux_redis_pending_bytes") <= 4 * 1024 * 1024
+        assert value(metrics, "wsmux_redis_publish_failures_total") >= 150
+        # Stated bound: the 4 MiB waiting for Redis and Twisted's copies of it.
+        assert grown < 40 * 1024, grown
+    finally:
+        redis.process.send_signal(signal.SIGCONT)
+    ws.close()
