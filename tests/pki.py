@@ -56,3 +56,13 @@ def make_pki(root):
         name = "DEFAULT" if host == "default.test" else host
         (directory / f"{name}.pem").write_bytes(chain + key)
     return pki
+
+
+# A private key on secp112r1, an EC curve the crypto library cannot load
+# (made with: openssl ecparam -name secp112r1 -genkey -noout).
+UNSUPPORTED_CURVE_KEY = b"""\
+-----BEGIN EC PRIVATE KEY-----
+MD4CAQEEDssw27WfAwd0MHHRQwDsoAcGBSuBBAAGoSADHgAEsbyljBLBmT3yqOLc
+AcGOMafvTljp9Tw5A37LyA==
+-----END EC PRIVATE KEY-----
+"""

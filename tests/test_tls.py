@@ -161,6 +161,13 @@ def test_directory_mode_serves_each_file(pki):
     assert handshake(contexts, pki, None)[0] == "default.test"
 
 
+def unsupported_key(tmp_path):
+    from tests.pki import UNSUPPORTED_CURVE_KEY
+
+    (tmp_path / "weird.key").write_bytes(UNSUPPORTED_CURVE_KEY)
+    return str(tmp_path / "weird.key")
+
+
 def test_reload_swaps_certificates_and_keeps_them_on_error(pki, tmp_path):
     chain, key = pki.issue("a.test")
     chain_file, key_file = tmp_path / "a.crt", tmp_path / "a.key"
@@ -180,6 +187,10 @@ def test_reload_swaps_certificates_and_keeps_them_on_error(pki, tmp_path):
     chain_file.write_bytes(b"not a certificate")
     assert contexts.reload() is False
     assert handshake(contexts, pki, "a.test")[0] == "a.test v2"
+    chain_file.write_bytes(new_chain)
+    key_file.write_bytes(open(unsupported_key(tmp_path), "rb").read())
+    assert contexts.reload() is False
+    assert handshake(contexts, pki, "a.test")[0] == "a.test v2"
 
 
 @pytest.mark.parametrize(
@@ -190,6 +201,10 @@ def test_reload_swaps_certificates_and_keeps_them_on_error(pki, tmp_path):
         (
             lambda p, t: HostCertificate("", p.files["a.test"][0], p.files["b.test"][1]),
             "does not match",
+        ),
+        (
+            lambda p, t: HostCertificate("", p.files["a.test"][0], unsupported_key(t)),
+            "weird.key: no usable PEM private key .*not supported",
         ),
     ],
 )

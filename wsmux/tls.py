@@ -113,31 +113,59 @@ def load_certificate_options(
     chain_pem = _read(entry.cert)
     key_pem = _read(entry.key) if entry.key else chain_pem
     key_file = entry.key or entry.cert
+    # Any failure to use a file names it: the crypto libraries raise more
+    # than ValueError (UnsupportedAlgorithm for a curve they do not know,
+    # OpenSSL errors, TypeError), and none of it may reach an operator as a
+    # traceback, at start-up or on reload.
     try:
         chain = x509.load_pem_x509_certificates(chain_pem)
-    except ValueError as e:
-        raise CertificateError(f"{entry.cert}: no usable PEM certificate ({e})") from None
+        leaf = crypto.X509.from_cryptography(chain[0])
+        extra = [crypto.X509.from_cryptography(c) for c in chain[1:]]
+    except Exception as e:
+        raise CertificateError(f"{entry.cert}: no usable PEM certificate ({_why(e)})") from None
     passphrase = entry.passphrase.encode() if entry.passphrase else None
     try:
         key = serialization.load_pem_private_key(_only_key(key_pem), passphrase)
-    except (ValueError, TypeError) as e:
-        raise CertificateError(f"{key_file}: no usable PEM private key ({e})") from None
-    leaf = crypto.X509.from_cryptography(chain[0])
-    pkey = crypto.PKey.from_cryptography_key(key)  # type: ignore[arg-type]
-    options = CertificateOptions(
-        privateKey=pkey,
-        certificate=leaf,
-        extraCertChain=[crypto.X509.from_cryptography(c) for c in chain[1:]],
-        raiseMinimumTo=TLS_VERSIONS[min_version],
-        acceptableCiphers=AcceptableCiphers.fromOpenSSLCipherString(FORWARD_SECRET_CIPHERS),
-        acceptableProtocols=[b"http/1.1"],
-    )
+        pkey = crypto.PKey.from_cryptography_key(key)  # type: ignore[arg-type]
+    except Exception as e:
+        raise CertificateError(f"{key_file}: no usable PEM private key ({_why(e)})") from None
+    if not _same_public_key(chain[0], key):
+        raise CertificateError(f"{key_file}: the key does not match {entry.cert}")
     try:
+        options = CertificateOptions(
+            privateKey=pkey,
+            certificate=leaf,
+            extraCertChain=extra,
+            raiseMinimumTo=TLS_VERSIONS[min_version],
+            acceptableCiphers=AcceptableCiphers.fromOpenSSLCipherString(FORWARD_SECRET_CIPHERS),
+            acceptableProtocols=[b"http/1.1"],
+        )
         context = options.getContext()
+    except Exception as e:
+        raise CertificateError(
+            f"{key_file}: cannot be used with {entry.cert} ({_why(e)})"
+        ) from None
+    try:
         context.check_privatekey()
     except SSL.Error as e:
         raise CertificateError(f"{key_file}: the key does not match {entry.cert} ({e})") from None
     return options
+
+
+def _same_public_key(certificate: Any, key: Any) -> bool:
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    try:
+        return bool(
+            certificate.public_key().public_bytes(*spki) == key.public_key().public_bytes(*spki)
+        )
+    except Exception:  # a key type without a public half: let OpenSSL say
+        return True
+
+
+def _why(error: Exception) -> str:
+    # One line about what went wrong, for a message that names the file.
+    text = str(error).strip().splitlines()
+    return f"{error.__class__.__name__}: {text[0]}" if text else error.__class__.__name__
 
 
 def _only_key(pem: bytes) -> bytes:
@@ -280,6 +308,9 @@ class SniContextMap:
             loaded = self._load()
         except CertificateError as e:
             log.error("TLS reload failed, keeping the current certificates: {error}", error=str(e))
+            return False
+        except Exception as e:  # pragma: no cover - load_certificate_options names the file
+            log.error("TLS reload failed, keeping the current certificates: {error}", error=_why(e))
             return False
         self._install(loaded)
         log.info(

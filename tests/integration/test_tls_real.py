@@ -221,6 +221,20 @@ def test_sighup_reload(tls_server, pki):
     assert "a.crt" in tls_server.log().split("TLS reload failed")[-1].splitlines()[0]
     _, output = s_client(tls_server.tls_port, "-servername", "a.test")
     assert "CN = a.test renewed" in subject(output)
+    # So does a key the crypto library cannot load: one line, no traceback.
+    from tests.pki import UNSUPPORTED_CURVE_KEY
+
+    (tls_server.dir / "a.crt").write_bytes(chain)
+    (tls_server.dir / "a.key").write_bytes(UNSUPPORTED_CURVE_KEY)
+    tls_server.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while tls_server.log().count("TLS reload failed") < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    last = tls_server.log().split("TLS reload failed")[-1].splitlines()[0]
+    assert "a.key: no usable PEM private key" in last
+    assert "Traceback" not in tls_server.log()
+    _, output = s_client(tls_server.tls_port, "-servername", "a.test")
+    assert "CN = a.test renewed" in subject(output)
 
 
 def test_strict_mode_alert(start_server, pki):
@@ -247,6 +261,20 @@ def test_missing_certificates_are_a_usage_error(tmp_path):
     )
     result = run_twistd("wsmux", "--tls-port", str(free_port()))
     assert result.returncode != 0 and "needs certificates" in result.stdout + result.stderr
+
+
+def test_a_key_the_crypto_library_cannot_load_is_a_usage_error(pki, tmp_path):
+    from tests.pki import UNSUPPORTED_CURVE_KEY
+    from tests.twistd_process import run_twistd
+
+    (tmp_path / "weird.key").write_bytes(UNSUPPORTED_CURVE_KEY)
+    result = run_twistd(
+        "wsmux", "--tls-port", str(free_port()),
+        "--cert", pki.files["a.test"][0], "--key", str(tmp_path / "weird.key"),
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "weird.key: no usable PEM private key" in output and "Traceback" not in output
 
 
 # A wss close must take as long as a ws close: milliseconds on loopback.
