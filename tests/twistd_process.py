@@ -3,6 +3,7 @@ A real twistd wsmux process on a free loopback port.
 """
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -11,6 +12,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TWISTD = str(Path(sys.executable).with_name("twistd"))
+
+
+def default_signals():
+    """
+    In the child, before twistd starts: SIGHUP, SIGINT and SIGTERM at their
+    default dispositions, as systemd starts a service (whatever this test
+    process inherited, nohup's ignored SIGHUP say).
+    """
+    for signum in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
 
 
 def wait_port(port, timeout=20):
@@ -51,6 +62,7 @@ class Server:
             env=env,
             stdout=self.log_file,
             stderr=subprocess.STDOUT,
+            preexec_fn=default_signals,
         )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:

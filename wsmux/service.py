@@ -98,7 +98,9 @@ def make_service(
         factories["shared"] = SniffingFactory(
             factories["tls"], site, timeout=settings.defaults.open_handshake_timeout, clock=reactor
         )
-        ReloadOnHangup(contexts.reload, reactor).setServiceParent(top)
+    # Always: SIGHUP's default action ends the process, and systemd's
+    # ExecReload sends it.
+    ReloadOnHangup(contexts.reload if contexts is not None else None, reactor).setServiceParent(top)
     top.contexts = contexts  # type: ignore[attr-defined]
     _mount_operations(settings, tree, contexts, top, reactor, worker=adopted is not None)
     if adopted is not None:
@@ -183,7 +185,14 @@ class FreezeHeapService(Service):
 
 class ReloadOnHangup(Service):
     """
-    Calls C{reload} (the TLS certificates' reload) on SIGHUP.
+    Handles SIGHUP (what C{systemctl reload} sends): reloads what can be
+    reloaded in a running process, the TLS certificates (C{reload}), says
+    what it did, and never exits.  Other settings take effect when the
+    process starts (with C{--workers}, the supervisor applies a changed
+    settings file by replacing its workers).
+
+    @param reload: the TLS certificates' reload, or L{None} when no TLS
+        port is configured.
     """
 
     def __init__(self, reload: Any, reactor: Any = None) -> None:
@@ -204,6 +213,9 @@ class ReloadOnHangup(Service):
             self._previous = None
 
     def _hangup(self) -> None:
+        if self.reload is None:
+            log.info("SIGHUP: no TLS certificates to reload; other settings take effect on restart")
+            return
         log.info("SIGHUP: reloading TLS certificates")
         self.reload()
 
