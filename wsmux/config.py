@@ -157,18 +157,35 @@ def _has_ipv6() -> bool:
     return True
 
 
-def load_file(path: str) -> dict[str, Any]:
+def read_file(path: str) -> bytes:
     """
-    Read and check the shape of a TOML settings file.
+    The bytes of a settings file.
 
-    @return: the file's values, checked but not yet merged.
-    @raise ConfigError: naming the file and the key.
+    @raise ConfigError: naming the file, if it cannot be read.
     """
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            return f.read()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+
+
+def load_file(path: str, raw: Optional[bytes] = None) -> dict[str, Any]:
+    """
+    Read and check the shape of a TOML settings file.
+
+    @param raw: the file's bytes, when they have been read already (a
+        worker is given the copy its supervisor parsed); file names in it
+        are still relative to C{path}'s directory.
+    @return: the file's values, checked but not yet merged.
+    @raise ConfigError: naming the file and the key.
+    """
+    if raw is None:
+        raw = read_file(path)
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text: {e}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
 

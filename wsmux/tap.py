@@ -18,6 +18,7 @@ from wsmux.config import (
     load_file,
     parse_route_arg,
     port_description,
+    read_file,
 )
 from wsmux.logs import LOG_FORMATS, LogLevelService, log, use_json_for_twistd
 from wsmux.service import FreezeHeapService, make_service
@@ -185,6 +186,12 @@ class Options(usage.Options):
         ["workers", None, None, "Serve the ports from N worker processes (or auto: one per core)."],
         ["worker-sockets", None, None, "(internal) the sockets a worker process adopts."],
         [
+            "config-snapshot",
+            None,
+            None,
+            "(internal) the copy of --config a worker's supervisor parsed, read instead of it.",
+        ],
+        [
             "status-allow",
             None,
             None,
@@ -273,7 +280,10 @@ class Options(usage.Options):
         limits = self._given(_LIMIT_FLAGS)
         tls = self._tls_overrides()
         try:
-            file_values = load_file(self["config"]) if self["config"] else {}
+            self.config_bytes = None
+            if self["config"]:
+                self.config_bytes = read_file(self["config-snapshot"] or self["config"])
+            file_values = load_file(self["config"], self.config_bytes) if self["config"] else {}
             routes: tuple[RouteSpec, ...] = tuple(self["routes"])
             self.settings = build_settings(
                 file_values,
@@ -400,6 +410,22 @@ class Options(usage.Options):
             raise ConfigError(f"{where}: {e}") from None
 
 
+def check_worker_configuration(argv: list[str]) -> tuple[Any, ...]:
+    """
+    Parse a worker's command line as the worker will (its settings file,
+    handlers, certificates), for the supervisor to check a configuration
+    before its workers are given it.
+
+    @return: what a running supervisor cannot change without a restart:
+        the listening ports and the number of workers.
+    @raise usage.UsageError: saying what is wrong.
+    """
+    options = Options()
+    options.parseOptions(argv[argv.index("wsmux") + 1 :])
+    settings = options.settings
+    return (settings.ports, settings.tls_ports, settings.shared_ports, settings.workers)
+
+
 def makeService(options: Options) -> IService:
     """
     Build the wsmux service from parsed options: the server, or with
@@ -414,7 +440,14 @@ def makeService(options: Options) -> IService:
             + [("shared", p) for p in settings.shared_ports]
         )
         WorkerSupervisor(
-            settings.workers, ports, worker_argv(sys.argv), settings.limits.drain_timeout
+            settings.workers,
+            ports,
+            worker_argv(sys.argv),
+            settings.limits.drain_timeout,
+            config=(options["config"], options.config_bytes)
+            if options.config_bytes is not None
+            else None,
+            check=check_worker_configuration,
         ).setServiceParent(supervisor)
         if not settings.redis:
             log.info(

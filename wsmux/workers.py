@@ -13,13 +13,16 @@ them.  Channels are local to each worker unless Redis is configured.
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -137,9 +140,12 @@ def worker_argv(argv: list[str]) -> list[str]:
 
 
 class _Worker(ProcessProtocol):
-    def __init__(self, supervisor: WorkerSupervisor, index: int) -> None:
+    def __init__(self, supervisor: WorkerSupervisor, index: int, started: float) -> None:
         self.supervisor = supervisor
         self.index = index
+        self.started = started
+        self.retired = False
+        self.pid: Optional[int] = None
         self.ended: defer.Deferred[None] = defer.Deferred()
 
     def processEnded(self, reason: Any) -> None:
@@ -147,14 +153,74 @@ class _Worker(ProcessProtocol):
         self.supervisor._ended(self, reason)
 
 
+# A worker that exits within this many seconds of starting failed quickly;
+# its slot is restarted after a delay that doubles with each quick failure
+# in a row (from RESTART_DELAY up to MAX_RESTART_DELAY), and given up after
+# MAX_QUICK_FAILURES of them.
+QUICK_FAILURE = 10.0
+RESTART_DELAY = 0.5
+MAX_RESTART_DELAY = 30.0
+MAX_QUICK_FAILURES = 5
+
+
+def restart_delay(quick_failures: int) -> float:
+    """
+    How long to wait before restarting a worker that failed quickly for
+    the C{quick_failures}-th time in a row (0: it ran a while).
+    """
+    if quick_failures <= 0:
+        return RESTART_DELAY
+    return float(min(MAX_RESTART_DELAY, RESTART_DELAY * 2 ** (quick_failures - 1)))
+
+
+def exit_status_after_stop(code: int) -> None:
+    """
+    Make the process exit with C{code} once twistd has finished stopping.
+
+    twistd has no way to exit with a status of its own choosing; this
+    runs last, after its clean-up (the pid file), as the interpreter exits.
+    """
+
+    def leave() -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        os._exit(code)
+
+    atexit.register(leave)
+
+
 class WorkerSupervisor(Service):
     """
     Starts, watches and stops the worker processes.
+
+    Workers run the supervisor's configuration: the settings file is read
+    once and each worker is given that copy (a snapshot), so a worker that
+    is replaced never picks up an edit nobody asked for.  SIGHUP is how a
+    new configuration is applied: the file is read again and checked; if
+    it changed and is good, every worker is replaced by one running it (each
+    old worker drains its clients with 1001); if it is unchanged, the
+    workers reload their TLS certificates; if it is broken, the workers keep
+    what they run and the supervisor says why.
+
+    A worker that dies is restarted; one that keeps failing soon after it
+    starts is restarted less and less often, and given up after
+    L{MAX_QUICK_FAILURES} quick failures in a row.  Once stopping has begun
+    nothing is restarted, and the supervisor stops only after every
+    process it started has ended.
 
     @param count: how many workers.
     @param ports: C{(kind, --port value)} pairs, kind one of L{KINDS}.
     @param argv: the worker command line after the interpreter.
     @param drain_timeout: how long workers may take to drain on SIGTERM.
+    @param config: the settings file's path and the bytes the supervisor
+        parsed, if there is a settings file.
+    @param check: called with a worker command line to check a new
+        configuration; returns a description of its listening ports and
+        worker count (to compare with the running one) or raises
+        C{usage.UsageError} saying what is wrong.
     """
 
     def __init__(
@@ -164,16 +230,29 @@ class WorkerSupervisor(Service):
         argv: list[str],
         drain_timeout: float = 10.0,
         reactor: Any = None,
+        config: Optional[tuple[str, bytes]] = None,
+        check: Optional[Callable[[list[str]], Any]] = None,
     ) -> None:
         self.count = count
         self.ports = ports
         self.argv = argv
         self.drain_timeout = drain_timeout
         self.reactor = reactor
+        self.config = config
+        self.check = check
         self.sockets: list[list[tuple[str, socket.socket]]] = []
-        self.workers: dict[int, Any] = {}
+        self.workers: dict[int, _Worker] = {}
+        self.transports: dict[_Worker, Any] = {}
+        self.retiring: list[_Worker] = []
+        self.quick_failures: dict[int, int] = {}
+        self.given_up: set[int] = set()
         self.stopping = False
+        self._restarts: dict[int, Any] = {}
         self._previous_hup: Any = None
+        self._snapshot_dir: Optional[str] = None
+        self._snapshot: Optional[str] = None
+        self._generation = 0
+        self._running_shape: Any = None
 
     def _reactor(self) -> Any:
         if self.reactor is None:
@@ -188,6 +267,11 @@ class WorkerSupervisor(Service):
         self.sockets = [
             [(kind, open_socket(address)) for kind, address in addresses] for _ in range(self.count)
         ]
+        if self.config is not None:
+            self._snapshot_dir = tempfile.mkdtemp(prefix="wsmux-config-")
+            self._write_snapshot(self.config[1])
+            if self.check is not None:
+                self._running_shape = self.check(self._worker_args(self._snapshot))
         log.info(
             "supervisor pid {pid}: starting {n} worker(s) on {ports}",
             pid=os.getpid(),
@@ -199,12 +283,34 @@ class WorkerSupervisor(Service):
         try:
             self._previous_hup = signal.signal(
                 signal.SIGHUP,
-                lambda *_: self._reactor().callFromThread(self._signal_all, signal.SIGHUP),
+                lambda *_: self._reactor().callFromThread(self.hangup),
             )
         except ValueError:  # not the main thread
             self._previous_hup = None
 
+    def _write_snapshot(self, data: bytes) -> None:
+        assert self._snapshot_dir is not None
+        self._generation += 1
+        path = os.path.join(self._snapshot_dir, f"config-{self._generation}.toml")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        previous, self._snapshot = self._snapshot, path
+        if previous is not None:
+            # Workers read their snapshot while they start; the ones
+            # still starting from the previous one are given a moment.
+            self._reactor().callLater(60, _remove, previous)
+
+    def _worker_args(self, snapshot: Optional[str]) -> list[str]:
+        args = list(self.argv)
+        if snapshot is not None:
+            args += ["--config-snapshot", snapshot]
+        return args
+
     def _spawn(self, index: int) -> None:
+        self._restarts.pop(index, None)
+        if self.stopping:
+            return
         fds: dict[int, Any] = {0: 0, 1: 1, 2: 2}
         described = []
         for offset, (kind, sock) in enumerate(self.sockets[index]):
@@ -215,41 +321,141 @@ class WorkerSupervisor(Service):
             sys.executable,
             "-c",
             "from twisted.scripts.twistd import run; run()",
-            *self.argv,
+            *self._worker_args(self._snapshot),
             "--worker-sockets",
             ",".join(described),
         ]
-        worker = _Worker(self, index)
-        transport = self._reactor().spawnProcess(
+        reactor = self._reactor()
+        worker = _Worker(self, index, reactor.seconds())
+        transport = reactor.spawnProcess(
             worker, sys.executable, args, env=os.environ.copy(), childFDs=fds
         )
-        self.workers[index] = (worker, transport)
+        worker.pid = transport.pid
+        self.workers[index] = worker
+        self.transports[worker] = transport
         log.info("started worker {i} (pid {pid})", i=index, pid=transport.pid)
 
     def _ended(self, worker: _Worker, reason: Any) -> None:
-        if self.stopping:
+        self.transports.pop(worker, None)
+        if worker in self.retiring:
+            self.retiring.remove(worker)
+        if self.stopping or worker.retired or self.workers.get(worker.index) is not worker:
             return
         code = getattr(reason.value, "exitCode", None)
+        why = f"exit code {code}" if code is not None else reason.getErrorMessage()
+        reactor = self._reactor()
+        index = worker.index
+        if reactor.seconds() - worker.started < QUICK_FAILURE:
+            failures = self.quick_failures[index] = self.quick_failures.get(index, 0) + 1
+        else:
+            failures = self.quick_failures[index] = 0
+        if failures >= MAX_QUICK_FAILURES:
+            del self.workers[index]
+            self.given_up.add(index)
+            log.critical(
+                "worker {i} failed {n} times in a row within {t:.0f}s of starting "
+                "(last: {why}); not restarting it",
+                i=index,
+                n=failures,
+                t=QUICK_FAILURE,
+                why=why,
+            )
+            if not self.workers:
+                log.critical("no worker is left: the supervisor stops")
+                exit_status_after_stop(1)
+                reactor.stop()
+            return
+        delay = restart_delay(failures)
         log.warn(
-            "worker {i} exited ({why}); starting a new one",
-            i=worker.index,
-            why=f"exit code {code}" if code is not None else reason.getErrorMessage(),
+            "worker {i} exited ({why}); starting a new one in {d}s",
+            i=index,
+            why=why,
+            d=delay,
         )
-        self._reactor().callLater(0.5, self._spawn, worker.index)
+        self._restarts[index] = reactor.callLater(delay, self._spawn, index)
+
+    def hangup(self) -> None:
+        """
+        SIGHUP: apply a changed configuration, or reload certificates.
+        """
+        if self.config is None or self.check is None:
+            log.info("SIGHUP: asking the workers to reload their TLS certificates")
+            self._signal_all(signal.SIGHUP)
+            return
+        path = self.config[0]
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            log.error(
+                "SIGHUP: cannot read {path} ({why}); the workers keep the running configuration",
+                path=path,
+                why=e.strerror,
+            )
+            return
+        if data == self.config[1]:
+            log.info(
+                "SIGHUP: {path} is unchanged; asking the workers to reload their TLS certificates",
+                path=path,
+            )
+            self._signal_all(signal.SIGHUP)
+            return
+        candidate = tempfile.NamedTemporaryFile(
+            dir=self._snapshot_dir, suffix=".toml", delete=False
+        )
+        try:
+            with candidate:
+                candidate.write(data)
+            try:
+                shape = self.check(self._worker_args(candidate.name))
+            except Exception as e:
+                log.error(
+                    "SIGHUP: {path} is not usable, the workers keep the running "
+                    "configuration: {why}",
+                    path=path,
+                    why=str(e),
+                )
+                return
+        finally:
+            _remove(candidate.name)
+        if self._running_shape is not None and shape != self._running_shape:
+            log.error(
+                "SIGHUP: {path} changes the listening ports or the number of workers, "
+                "which takes a restart; the workers keep the running configuration",
+                path=path,
+            )
+            return
+        self.config = (path, data)
+        self._write_snapshot(data)
+        log.info(
+            "SIGHUP: {path} changed; replacing {n} worker(s), each old one drains its clients",
+            path=path,
+            n=len(self.workers),
+        )
+        for index, old in list(self.workers.items()):
+            old.retired = True
+            self.retiring.append(old)
+            self._spawn(index)
+            transport = self.transports.get(old)
+            if transport is not None:
+                _signal(transport, signal.SIGTERM)
 
     def _signal_all(self, signum: int) -> None:
-        for _, transport in self.workers.values():
-            try:
-                transport.signalProcess(signum)
-            except Exception:  # already gone
-                pass
+        for transport in list(self.transports.values()):
+            _signal(transport, signum)
 
     def stopService(self) -> Any:
         super().stopService()
         self.stopping = True
+        for call in self._restarts.values():
+            if call.active():
+                call.cancel()
+        self._restarts.clear()
         if self._previous_hup is not None:
             signal.signal(signal.SIGHUP, self._previous_hup)
-        ended = [worker.ended for worker, _ in self.workers.values()]
+        # Every process started and not yet ended: workers, and old ones
+        # still draining after a reload.
+        ended = [worker.ended for worker in self.transports]
         self._signal_all(signal.SIGTERM)
         reactor = self._reactor()
         kill = reactor.callLater(self.drain_timeout + 5, self._signal_all, signal.SIGKILL)
@@ -261,10 +467,26 @@ class WorkerSupervisor(Service):
             for row in self.sockets:
                 for _, sock in row:
                     sock.close()
+            if self._snapshot_dir is not None:
+                shutil.rmtree(self._snapshot_dir, ignore_errors=True)
             log.info("all workers stopped")
             clean_exit_after_sigterm(reactor)
 
         return done.addBoth(finished)
+
+
+def _signal(transport: Any, signum: int) -> None:
+    try:
+        transport.signalProcess(signum)
+    except Exception:  # already gone
+        pass
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def parse_worker_sockets(value: str) -> list[tuple[str, int]]:

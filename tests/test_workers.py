@@ -1,0 +1,182 @@
+"""
+The worker supervisor's decisions, on a fake reactor: restart delays,
+giving up, no restarts once stopping, configuration snapshots and SIGHUP.
+"""
+
+import signal
+
+import pytest
+from twisted.internet.error import ProcessTerminated
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
+
+from wsmux import workers
+from wsmux.workers import MAX_QUICK_FAILURES, WorkerSupervisor, restart_delay
+
+
+class FakeProcess:
+    def __init__(self, reactor, protocol, args):
+        self.reactor = reactor
+        self.protocol = protocol
+        self.args = args
+        self.pid = 1000 + len(reactor.processes)
+        self.signals = []
+
+    def signalProcess(self, signum):
+        self.signals.append(signum)
+
+    def exit(self, code=1):
+        self.protocol.processEnded(Failure(ProcessTerminated(exitCode=code)))
+
+
+class ProcessReactor(MemoryReactorClock):
+    def __init__(self):
+        super().__init__()
+        self.processes = []
+        self.stopped = False
+
+    def spawnProcess(self, protocol, executable, args, env=None, childFDs=None):
+        process = FakeProcess(self, protocol, args)
+        self.processes.append(process)
+        return process
+
+    def callFromThread(self, f, *args, **kwargs):
+        f(*args, **kwargs)
+
+    def stop(self):
+        self.stopped = True
+
+
+@pytest.fixture
+def supervise(monkeypatch):
+    started = []
+    exits = []
+    monkeypatch.setattr(workers, "exit_status_after_stop", exits.append)
+
+    def start(count=2, config=None, check=None):
+        reactor = ProcessReactor()
+        supervisor = WorkerSupervisor(
+            count,
+            [("plain", "tcp:0:interface=127.0.0.1")],
+            ["-n", "wsmux", "--config", "x.toml"],
+            drain_timeout=1,
+            reactor=reactor,
+            config=config,
+            check=check,
+        )
+        supervisor.startService()
+        started.append(supervisor)
+        supervisor.exits = exits
+        return supervisor, reactor
+
+    yield start
+    for supervisor in started:
+        if supervisor.running:
+            supervisor.stopService()
+
+
+def test_restart_delays_double_and_stop_growing():
+    assert [restart_delay(n) for n in range(0, 9)] == [
+        0.5, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0,
+    ]  # fmt: skip
+
+
+def test_a_worker_that_keeps_failing_at_start_up_is_given_up(supervise):
+    supervisor, reactor = supervise(count=1)
+    delays = []
+    for _ in range(MAX_QUICK_FAILURES - 1):
+        reactor.advance(1)
+        reactor.processes[-1].exit(1)  # a second after it started: a quick failure
+        (call,) = reactor.getDelayedCalls()
+        delays.append(call.getTime() - reactor.seconds())
+        reactor.advance(delays[-1])
+    assert delays == [0.5, 1.0, 2.0, 4.0]
+    reactor.advance(1)
+    reactor.processes[-1].exit(1)
+    assert reactor.getDelayedCalls() == []  # given up: no restart pending
+    assert len(reactor.processes) == MAX_QUICK_FAILURES
+    # No worker left: the supervisor stops, and will exit with status 1.
+    assert reactor.stopped and supervisor.exits == [1]
+
+
+def test_a_worker_that_ran_a_while_is_restarted_at_once(supervise):
+    supervisor, reactor = supervise(count=1)
+    for _ in range(10):
+        reactor.advance(60)
+        reactor.processes[-1].exit(1)
+        (call,) = reactor.getDelayedCalls()
+        assert call.getTime() - reactor.seconds() == 0.5
+        reactor.advance(0.5)
+    assert not reactor.stopped
+
+
+def test_nothing_is_restarted_once_stopping_has_begun(supervise):
+    supervisor, reactor = supervise(count=2)
+    first, second = reactor.processes
+    first.exit(-9)  # killed; its restart is due in 0.5 s
+    stopped = supervisor.stopService()
+    assert second.signals == [signal.SIGTERM]
+    reactor.advance(1)
+    assert len(reactor.processes) == 2  # the restart was cancelled
+    done = []
+    stopped.addCallback(done.append)
+    assert not done  # the second worker has not ended yet
+    second.exit(0)
+    assert done
+
+
+def test_workers_run_the_snapshot_the_supervisor_parsed(supervise, tmp_path):
+    config = tmp_path / "wsmux.toml"
+    config.write_bytes(b"log_level = 'info'\n")
+    checked = []
+
+    def check(argv):
+        checked.append(argv)
+        return ("ports", 2)
+
+    supervisor, reactor = supervise(config=(str(config), config.read_bytes()), check=check)
+    args = reactor.processes[0].args
+    snapshot = args[args.index("--config-snapshot") + 1]
+    assert open(snapshot, "rb").read() == b"log_level = 'info'\n"
+    # An edit nobody applied: a replaced worker still gets the snapshot.
+    config.write_bytes(b"log_level = 'debug'\n")
+    reactor.advance(60)
+    reactor.processes[0].exit(1)
+    reactor.advance(1)
+    args = reactor.processes[-1].args
+    assert open(args[args.index("--config-snapshot") + 1], "rb").read() == b"log_level = 'info'\n"
+
+
+def test_sighup_replaces_workers_with_a_changed_configuration(supervise, tmp_path):
+    config = tmp_path / "wsmux.toml"
+    config.write_bytes(b"log_level = 'info'\n")
+    shapes = {"ok": ("ports", 2)}
+
+    def check(argv):
+        data = open(argv[argv.index("--config-snapshot") + 1], "rb").read()
+        if b"broken" in data:
+            raise ValueError("broken.toml: not valid TOML")
+        if b"8081" in data:
+            return ("other ports", 2)
+        return shapes["ok"]
+
+    supervisor, reactor = supervise(config=(str(config), config.read_bytes()), check=check)
+    old = list(reactor.processes)
+    supervisor.hangup()  # unchanged: the workers reload their certificates
+    assert [p.signals for p in old] == [[signal.SIGHUP]] * 2 and len(reactor.processes) == 2
+    config.write_bytes(b"broken")
+    supervisor.hangup()  # broken: kept
+    config.write_bytes(b"port = 8081\n")
+    supervisor.hangup()  # new ports: a restart's job, kept
+    assert len(reactor.processes) == 2
+    config.write_bytes(b"log_level = 'debug'\n")
+    supervisor.hangup()  # changed and good: every worker replaced
+    assert len(reactor.processes) == 4
+    assert [p.signals[-1] for p in old] == [signal.SIGTERM] * 2
+    new = reactor.processes[2:]
+    snapshot = new[0].args[new[0].args.index("--config-snapshot") + 1]
+    assert open(snapshot, "rb").read() == b"log_level = 'debug'\n"
+    for process in old:  # the old ones drain and end: nothing restarts them
+        process.exit(0)
+    reactor.advance(5)
+    assert len(reactor.processes) == 4
