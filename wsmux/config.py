@@ -36,7 +36,7 @@ from typing import Any, Optional
 
 from wsmux.factory import OPTION_NAMES, ProtocolOptions
 from wsmux.limits import LIMIT_NAMES, ServerLimits
-from wsmux.routing import RouteError, check_clashes, parse_path
+from wsmux.routing import RouteClash, RouteError, check_clashes, parse_path
 from wsmux.tls import TLS_VERSIONS, HostCertificate, TlsSettings
 
 LOG_LEVELS = ("debug", "info", "warn", "error")
@@ -540,9 +540,8 @@ def build_settings(
 
 
 def _check_clashes(routes: tuple[RouteSpec, ...]) -> None:
-    # Add routes one by one so the error names the one that clashes.
-    for n, spec in enumerate(routes, 1):
-        try:
-            check_clashes([r.path for r in routes[:n]])
-        except RouteError as e:
-            raise ConfigError(f"{spec.origin}: {e}") from None
+    # One pass; the error names where the route that clashes was configured.
+    try:
+        check_clashes([r.path for r in routes])
+    except RouteClash as e:
+        raise ConfigError(f"{routes[e.index].origin}: {e}") from None

@@ -183,6 +183,8 @@ class ProtocolOptions:
         @param overrides: field name to value.
         @raise ValueError: for an unknown field name or a bad value.
         """
+        if not overrides:
+            return self  # frozen: the same options serve as their own copy
         unknown = set(overrides) - OPTION_NAMES
         if unknown:
             raise ValueError(f"unknown option {sorted(unknown)[0]!r}")

@@ -9,6 +9,7 @@ start-up, so a feature a route does not use costs nothing per message.
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from typing import Any, Mapping, Optional
 
@@ -674,6 +675,16 @@ class InflateOnlyMixin:
         self.sendData(preparedMsg.payloadHybi)  # type: ignore[attr-defined]
 
 
+@functools.cache
+def _handler_traits(handler: type) -> tuple[bool, bool, bool, tuple[str, ...]]:
+    # What route_protocol needs to know of a handler class, worked out once
+    # per class however many routes use it (start-up stays linear in routes).
+    names = getattr(handler, "CONFIG_ATTRS")  # noqa: B009 - Autobahn's, untyped
+    shared = tuple(name for name in names if not hasattr(handler, name))
+    receive_ok, send_ok = fast_path_ok(handler)
+    return direct_handshake_ok(handler), receive_ok, send_ok, shared
+
+
 def route_protocol(
     handler: type, options: ProtocolOptions, route_path: str, factory: Any = None
 ) -> type:
@@ -708,10 +719,9 @@ def route_protocol(
         namespace["_idle_timeout"] = options.idle_timeout
     if options.deflate == "inflate-only":
         bases += (InflateOnlyMixin,)
-    direct = direct_handshake_ok(handler)
+    direct, receive_ok, send_ok, shared = _handler_traits(handler)
     if direct:
         bases += (DirectHandshakeMixin,)
-    receive_ok, send_ok = fast_path_ok(handler)
     if receive_ok:
         bases += (FastReceiveMixin,)
     else:
@@ -719,8 +729,6 @@ def route_protocol(
     if send_ok:
         bases += (FastSendMixin,)
     if factory is not None:
-        names = getattr(handler, "CONFIG_ATTRS")  # noqa: B009 - Autobahn's, untyped
-        shared = tuple(name for name in names if not hasattr(handler, name))
         namespace["_factory_options"] = shared
         namespace.update((name, getattr(factory, name)) for name in shared)
         # Every option is now on the class: nothing is left for Autobahn's

@@ -149,31 +149,44 @@ def canonical_path(path: str) -> str:
     return "/" + "/".join(s.decode("utf-8") if isinstance(s, bytes) else "{}" for s in segments)
 
 
+class RouteClash(RouteError):
+    """
+    Two routes serve the same URLs.
+
+    @ivar index: the position of the second of them in the paths checked.
+    """
+
+    def __init__(self, message: str, index: int) -> None:
+        super().__init__(message)
+        self.index = index
+
+
 def check_clashes(paths: Iterable[str]) -> None:
     """
-    Check that route paths can live in one tree.
+    Check that route paths can live in one tree, in one pass.
 
-    @raise RouteError: naming the two paths, when two serve the same URLs or
-        name a parameter at the same position differently.
+    @raise RouteClash: naming the two paths, when two serve the same URLs
+        or name a parameter at the same position differently.
     """
     seen: dict[str, str] = {}
     names: dict[str, tuple[str, str]] = {}
-    for path in paths:
+    for index, path in enumerate(paths):
         prefix = ""
         for segment in parse_path(path):
             if isinstance(segment, str):
                 name, other = names.setdefault(prefix, (segment, path))
                 if name != segment:
-                    raise RouteError(
+                    raise RouteClash(
                         f"route {path} names parameter {{{segment}}} where "
-                        f"route {other} names {{{name}}}"
+                        f"route {other} names {{{name}}}",
+                        index,
                     )
                 prefix += "/{}"
             else:
                 prefix += "/" + segment.decode("utf-8")
         key = prefix or "/"
         if key in seen:
-            raise RouteError(f"route {path} clashes with route {seen[key]}")
+            raise RouteClash(f"route {path} clashes with route {seen[key]}", index)
         seen[key] = path
 
 
@@ -289,17 +302,43 @@ class WebSocketEndpoint(_UpgradeResource):
     @ivar factory: the route's L{RouteFactory}.
     """
 
+    _factory: Optional[RouteFactory] = None
+    _classes: Optional[dict[type, type]] = None
+
     def __init__(self, tree: RouteTree, route: Route, options: ProtocolOptions) -> None:
         super().__init__(tree)
         self.route = route
         self.options = options
-        self.factory = RouteFactory(route.handlers[0], options, route.path, reactor=tree.reactor)
-        self._classes = {
-            h: route_protocol(h, options, route.path, self.factory) for h in route.handlers
-        }
         self._choosy = any(hasattr(h, "accepts") for h in route.handlers)
         self._origins = tuple(options.allowed_origins)
         self.mounted = True
+
+    # The factory and the route's classes are made when the route is first
+    # used (or asked for): a tree of ten thousand routes starts in a second.
+
+    @property
+    def factory(self) -> RouteFactory:
+        """
+        The route's Autobahn factory.
+        """
+        if self._factory is None:
+            route = self.route
+            self._factory = RouteFactory(
+                route.handlers[0], self.options, route.path, reactor=self.tree.reactor
+            )
+        return self._factory
+
+    def protocol_class(self, handler: type) -> type:
+        """
+        The class wsmux instantiates for C{handler} on this route.
+        """
+        if self._classes is None:
+            factory = self.factory
+            self._classes = {
+                h: route_protocol(h, self.options, self.route.path, factory)
+                for h in self.route.handlers
+            }
+        return self._classes[handler]
 
     def render(self, request: IRequest) -> Any:
         if not self.mounted:
@@ -346,7 +385,7 @@ class WebSocketEndpoint(_UpgradeResource):
         assert place is not None
         params = getattr(request, _PARAMS_ATTR, {})
         if not self._choosy:
-            cls = self._classes[self.route.handlers[0]]
+            cls = self.protocol_class(self.route.handlers[0])
             self.tree.upgrade(request, self.factory, cls, params, subprotocol, place)
             return NOT_DONE_YET
         pending = PendingUpgrade(
@@ -381,7 +420,12 @@ class WebSocketEndpoint(_UpgradeResource):
         if accepts is None:
             if pending.settle():
                 self.tree.upgrade(
-                    request, self.factory, self._classes[handler], params, subprotocol, pending
+                    request,
+                    self.factory,
+                    self.protocol_class(handler),
+                    params,
+                    subprotocol,
+                    pending,
                 )
             return
 
@@ -389,7 +433,12 @@ class WebSocketEndpoint(_UpgradeResource):
             if ok:
                 if pending.settle():
                     self.tree.upgrade(
-                        request, self.factory, self._classes[handler], params, subprotocol, pending
+                        request,
+                        self.factory,
+                        self.protocol_class(handler),
+                        params,
+                        subprotocol,
+                        pending,
                     )
             else:
                 self._choose(request, candidates, params, subprotocol, pending)
@@ -670,6 +719,42 @@ class _Node(Resource):
         self.param: Optional[tuple[str, _Node]] = None
         self.endpoint: Optional[WebSocketEndpoint] = None
         self.http: Optional[IResource] = None
+
+    def getChildWithDefault(self, path: bytes, request: IRequest) -> IResource:
+        child = self.children.get(path)
+        if child is None:
+            return self.getChild(path, request)
+        if self.param is not None and isinstance(child, _Node):
+            # A literal segment and a parameter both match here: the literal
+            # wins, unless the rest of the path leads nowhere through it and
+            # somewhere through the parameter (with /rooms/lobby and
+            # /rooms/{room}/log, /rooms/lobby/log is the parameter route's).
+            rest = request.postpath  # type: ignore[attr-defined]
+            upgrade = is_upgrade(request)
+            if not child.leads_to(rest, upgrade) and self.param[1].leads_to(rest, upgrade):
+                return self.getChild(path, request)
+        return child
+
+    def leads_to(self, rest: Sequence[bytes], upgrade: bool) -> bool:
+        """
+        Whether the path segments C{rest}, below this node, end where
+        something serves the request (a route, or for a plain request an
+        HTTP resource); literal segments tried before parameters.
+        """
+        if not rest:
+            if upgrade:
+                return self.endpoint is not None and self.endpoint.mounted
+            return self.endpoint is not None or self.http is not None
+        segment = rest[0]
+        child = self.children.get(segment)
+        if child is not None:
+            if not isinstance(child, _Node):
+                return True  # a resource of the user's own takes it from here
+            if child.leads_to(rest[1:], upgrade):
+                return True
+        return (
+            bool(segment) and self.param is not None and self.param[1].leads_to(rest[1:], upgrade)
+        )
 
     def getChild(self, path: bytes, request: IRequest) -> IResource:
         if path == b"" and self.depth == 0:
