@@ -51,8 +51,31 @@ to everyone in the same room (open this page twice to see it).</p>
 <script>
 (function () {
   "use strict";
-  var base = (location.protocol === "https:" ? "wss://" : "ws://") + location.host;
   var params = new URLSearchParams(location.search);
+
+  // The WebSocket URL of a path on this server, or null for anything that
+  // is not such a path: the query string may name paths, never another
+  // host ("?rooms=@evil.example/x/" must not send anyone elsewhere).
+  function here(path) {
+    if (typeof path !== "string" || path.charAt(0) !== "/" || path.charAt(1) === "/"
+        || path.indexOf("\\\\") >= 0) {
+      return null;
+    }
+    var url;
+    try { url = new URL(path, location.href); } catch (e) { return null; }
+    if (url.origin !== location.origin) { return null; }
+    url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+    return url.href;
+  }
+  function pathParam(name, fallback) {
+    var value = params.get(name);
+    if (value === null) { return fallback; }
+    if (here(value) === null) {
+      console.warn("ignored ?" + name + "=" + value + ": not a path on this server");
+      return fallback;
+    }
+    return value;
+  }
 
   function panel(root, urlOf) {
     var $ = function (cls) { return root.querySelector("." + cls); };
@@ -101,10 +124,11 @@ to everyone in the same room (open this page twice to see it).</p>
   }
 
   var echo = document.getElementById("echo");
-  echo.querySelector(".url").value = base + (params.get("path") || "/echo");
+  echo.querySelector(".url").value = here(pathParam("path", "/echo"));
   panel(echo, function ($) { return $("url").value; });
+  var rooms = pathParam("rooms", "/rooms/");
   panel(document.getElementById("room"), function ($) {
-    return base + (params.get("rooms") || "/rooms/") + encodeURIComponent($("room").value || "lobby");
+    return here(rooms + encodeURIComponent($("room").value || "lobby"));
   });
 })();
 </script>

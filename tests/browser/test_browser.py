@@ -188,3 +188,25 @@ def test_wss_to_a_host_served_by_sni(start_server, tmp_path):
 
     in_browser(test, flags)
     assert "open route=/echo" in server.log()
+
+
+def test_the_demo_page_never_connects_to_another_host(start_server):
+    server = start_server()
+    here = f"ws://127.0.0.1:{server.port}/"
+
+    def test(browser):
+        page = browser.new_page()
+        opened = []
+        page.on("websocket", lambda ws: opened.append(ws.url))
+        page.goto(server.url("/?rooms=@evil.example/x/&path=//evil.example/echo", "http"))
+        echo = page.locator("#echo")
+        url = echo.locator(".url").input_value()
+        room = page.locator("#room")
+        room.locator(".room").fill("garden")
+        room.locator(".connect").click()
+        room.locator(".status").filter(has_text="connected to").wait_for(timeout=10000)
+        return url, opened
+
+    url, opened = in_browser(test)
+    assert url == here + "echo"
+    assert opened == [here + "rooms/garden"]
