@@ -118,3 +118,56 @@ class BigUpload(StreamingReceiver, WebSocketServerProtocol):
 
     def onStreamEnd(self):
         self.sendMessage(str(self.stream_size).encode())
+
+
+class SlowAccepts(WebSocketServerProtocol):
+    """
+    Echoes; decides to take a request after half a second.
+    """
+
+    @classmethod
+    def accepts(cls, request):
+        from twisted.internet import reactor
+
+        decided = defer.Deferred()
+        reactor.callLater(0.5, decided.callback, True)
+        return decided
+
+    def onMessage(self, payload, isBinary):
+        self.sendMessage(payload, isBinary)
+
+
+class NeverAccepts(WebSocketServerProtocol):
+    """
+    Never decides whether it takes a request.
+    """
+
+    @classmethod
+    def accepts(cls, request):
+        return defer.Deferred()
+
+
+def never_hook(request):
+    """
+    An unhandled hook that never answers.
+    """
+    return defer.Deferred()
+
+
+def echoing_hook(request):
+    """
+    An unhandled hook that puts the (decoded) path into its reason, as
+    people write them.
+    """
+    from urllib.parse import unquote
+
+    return Reject(404, "no room " + unquote(request.path.decode("latin-1")))
+
+
+class FailsOnOpen(WebSocketServerProtocol):
+    """
+    Raises in onOpen, after the 101.
+    """
+
+    def onOpen(self):
+        raise RuntimeError("a bug in onOpen")
