@@ -210,3 +210,19 @@ def test_one_failing_member_does_not_stop_a_broadcast():
             assert member.client.close[1] == 1011
         else:
             assert member.client.messages == [(b"to all", False)], i
+
+
+class DeniesWithNonsense(WebSocketServerProtocol):
+    def onConnect(self, request):
+        from autobahn.websocket.types import ConnectionDeny
+
+        raise ConnectionDeny(200, "all good\r\nSet-Cookie: x=1")
+
+
+def test_a_refusal_is_always_a_4xx_or_5xx_with_a_one_line_reason():
+    tree = RouteTree([Route("/d", DeniesWithNonsense)])
+    conn = raw_connect(tree)
+    conn.send(upgrade_request("/d"))
+    head = conn.received.split(b"\r\n\r\n")[0]
+    assert head.startswith(b"HTTP/1.1 500 Internal Server Error")
+    assert b"Set-Cookie" not in head

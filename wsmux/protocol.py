@@ -199,6 +199,15 @@ class RouteProtocolMixin:
         # and refusals from onConnect.  The reason goes into the status line:
         # it must not carry a line break (user code may have built it from
         # the request), nor the text of an exception.
+        if not 400 <= code <= 599:
+            # A refusal is a 4xx or 5xx: anything else from user code (a
+            # ConnectionDeny(200)) would tell the client something untrue.
+            log.error(
+                "route {route}: a refusal with status {code} (not 4xx or 5xx); answering 500",
+                route=self.route_path,
+                code=code,
+            )
+            code = 500
         if self.registry is not None:
             self.registry.stats.rejected(self.route_path, code)
         if code == 500:
@@ -278,7 +287,7 @@ class RouteProtocolMixin:
 
     def _fail_connection(self, code: int = 1001, reason: str = "going away") -> None:
         # Autobahn fails a connection for every protocol violation and limit
-        # (1002, 1007, 1009, ping timeout...); say which, where and for whom.
+        # (1002, 1007, 1009...); say which, where and for whom.
         if self.state != self.STATE_CLOSED and not self.failedByMe:  # type: ignore[attr-defined]
             log.info(
                 "failing connection route={route} peer={peer} code={code} reason={reason!r}",
@@ -288,6 +297,12 @@ class RouteProtocolMixin:
                 reason=reason,
             )
         super()._fail_connection(code, reason)  # type: ignore[misc]
+        # RFC 6455 7.1.7: to fail the connection is to send a close frame
+        # saying why and then close it, not to wait for the peer's answer (a
+        # peer that broke the protocol held its connection for the whole
+        # close timeout).  The close frame is sent before TCP closes.
+        if self.state == self.STATE_CLOSING:  # type: ignore[attr-defined]
+            self.dropConnection(abort=False)  # type: ignore[attr-defined]
 
     # Backpressure.  The transport calls these when its send buffer fills
     # up and when it has drained.
