@@ -11,7 +11,8 @@ connection was closed, and what the resources saw of each request.
 from __future__ import annotations
 
 import re
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 from unittest import mock
 
 import pytest
@@ -46,25 +47,30 @@ class Seen(Resource):
         return repr(self.requests[-1]).encode()
 
 
+@contextmanager
+def reading(one_pass: bool) -> Iterator[None]:
+    """
+    Let channels read a whole head in one pass, or make them leave every
+    head to twisted.web's line parser.
+    """
+    if one_pass:
+        yield
+        return
+    with mock.patch.object(GuardedHTTPChannel, "_whole_head", lambda self, data: False):
+        yield
+
+
 def exchange(chunks: list[bytes], one_pass: bool) -> tuple[Any, ...]:
     seen = Seen()
     limits = ServerLimits(max_request_line=200, max_headers=12, max_header_bytes=600)
     tree = RouteTree([Route("/echo", (EchoHandler,), {"ping_interval": 0})], limits=limits)
     tree.mount_resource("/info", seen)
-    line_parser_only = mock.patch.object(
-        GuardedHTTPChannel, "_whole_head", lambda self, data: False
-    )
-    if not one_pass:
-        line_parser_only.start()
-    try:
+    with reading(one_pass):
         raw = raw_connect(tree)
         for chunk in chunks:
             raw.send(chunk)
         raw.clock.advance(60)
         raw.pump.flush()
-    finally:
-        if not one_pass:
-            line_parser_only.stop()
     received = re.sub(rb"\r\nDate: [^\r]*", b"\r\nDate: -", raw.received)
     return received, raw.lost, seen.requests
 
@@ -447,21 +453,13 @@ def test_requests_with_a_body_hold_a_place_in_the_caps():
 @pytest.mark.parametrize("one_pass", [True, False])
 def test_a_header_name_over_the_cap_is_431(one_pass):
     tree, seen = body_tree(max_header_name=64)
-    line_parser_only = mock.patch.object(
-        GuardedHTTPChannel, "_whole_head", lambda self, data: False
-    )
-    if not one_pass:
-        line_parser_only.start()
-    try:
+    with reading(one_pass):
         raw = raw_connect(tree)
         raw.send(b"GET /info HTTP/1.1\r\nHost: a\r\n" + b"X" * 65 + b": v\r\n\r\n")
         assert raw.received.startswith(b"HTTP/1.1 431 ") and raw.lost
         raw = raw_connect(tree)
         raw.send(b"GET /info HTTP/1.1\r\nHost: a\r\n" + b"X" * 64 + b": v\r\n\r\n")
         assert raw.received.startswith(b"HTTP/1.1 200 ")
-    finally:
-        if not one_pass:
-            line_parser_only.stop()
 
 
 @pytest.mark.parametrize("scheme", ["http", "ws", "HTTP"])

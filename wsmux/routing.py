@@ -417,29 +417,19 @@ class WebSocketEndpoint(_UpgradeResource):
             return
         handler = candidates.pop(0)
         accepts = getattr(handler, "accepts", None)
-        if accepts is None:
+
+        def take() -> None:
             if pending.settle():
-                self.tree.upgrade(
-                    request,
-                    self.factory,
-                    self.protocol_class(handler),
-                    params,
-                    subprotocol,
-                    pending,
-                )
+                cls = self.protocol_class(handler)
+                self.tree.upgrade(request, self.factory, cls, params, subprotocol, pending)
+
+        if accepts is None:
+            take()
             return
 
         def decided(ok: object) -> None:
             if ok:
-                if pending.settle():
-                    self.tree.upgrade(
-                        request,
-                        self.factory,
-                        self.protocol_class(handler),
-                        params,
-                        subprotocol,
-                        pending,
-                    )
+                take()
             else:
                 self._choose(request, candidates, params, subprotocol, pending)
 
