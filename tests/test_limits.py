@@ -110,3 +110,14 @@ def test_a_route_cap_counts_places_on_that_route():
     assert registry.hold("192.0.2.9", route, 2) == (None, (503, "Route connection limit reached"))
     held[0].release()
     assert registry.hold("192.0.2.9", route, 2)[1] is None
+
+
+def test_ipv4_clients_on_a_dual_stack_port_count_as_themselves():
+    # The default port is dual-stack: IPv4 clients arrive as ::ffff:a.b.c.d.
+    limits = ServerLimits()
+    registry = ConnectionRegistry(ServerLimits(max_connections_per_ip=1))
+    for peer in ("::ffff:198.51.100.1", "::ffff:198.51.100.2", "::ffff:203.0.113.9"):
+        address = client_address(request_from(peer), limits)
+        assert address == peer[len("::ffff:") :]
+        assert registry.hold(address)[1] is None
+    assert registry.hold("198.51.100.1")[1] is not None

@@ -75,7 +75,8 @@ class ServerLimits:
     forwarded_header: str = _limit(
         "x-forwarded-for",
         "The header the trusted proxies write: x-forwarded-for, forwarded (RFC 7239) or "
-        "both (Forwarded read when present). The other one is never believed.",
+        "both (Forwarded read when present: only for proxies that write both, or a client "
+        "could send its own Forwarded). A header not named is never believed.",
     )
     redis_max_message: int = _limit(
         1048576,
@@ -84,9 +85,10 @@ class ServerLimits:
     )
     redis_max_pending: int = _limit(
         16777216,
-        "Most bytes of publishes waiting for Redis to take them; past this (Redis hung "
-        "or too slow) a publish reaches this process's subscribers only and counts as a "
-        "failure (wsmux_redis_publish_failures_total).",
+        "Most bytes of publishes waiting for Redis to take them, each counted with what "
+        "it holds meanwhile (its channel and message and about 3 KiB of bookkeeping); past "
+        "this (Redis hung or too slow) a publish reaches this process's subscribers only "
+        "and counts as a failure (wsmux_redis_publish_failures_total).",
     )
     drain_timeout: float = _limit(
         10.0,
@@ -217,6 +219,11 @@ def client_address(request: IRequest, limits: ServerLimits) -> str:
     networks = limits.trusted_proxy_networks
     hops = limits.trusted_proxies
     if not networks and hops <= 0:
+        if direct.startswith("::ffff:"):
+            # An IPv4 client on a dual-stack socket (the default port): it is
+            # that IPv4 address, not a member of the IPv6 network ::/64.
+            mapped = _ip(direct)
+            return str(mapped) if mapped is not None else direct
         return direct
     direct_ip = _ip(direct)
     client = str(direct_ip) if direct_ip is not None else direct

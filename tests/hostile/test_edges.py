@@ -280,3 +280,28 @@ def test_absolute_form_request_targets_are_accepted(start_server):
     s.sendall(f"GET http://127.0.0.1:{server.port}/healthz HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     assert s.recv(100).startswith(b"HTTP/1.1 200 ")
     s.close()
+
+
+def test_ipv4_clients_on_the_default_dual_stack_port_are_counted_apart(tmp_path):
+    from tests.twistd_process import Server, free_port
+
+    port = free_port()
+    server = Server(
+        ["wsmux", "--port", str(port), "--max-connections-per-ip", "1"], port, tmp_path / "log"
+    )
+    try:
+        socks = []
+        for source in ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.2"):
+            s = socket.socket()
+            s.settimeout(5)
+            s.bind((source, 0))
+            s.connect(("127.0.0.1", port))
+            s.sendall(request("/echo"))
+            socks.append(s)
+        statuses = [int(s.recv(100).split(b" ", 2)[1]) for s in socks]
+        # One each for three addresses; the fourth is the first one again.
+        assert statuses == [101, 101, 101, 429]
+        for s in socks:
+            s.close()
+    finally:
+        server.stop()
