@@ -199,3 +199,34 @@ def test_channel_names():
     for bad in ("", None, 5, "x" * 1025, "é" * 513, "\ud800", "tab\there", "\x7f"):
         with pytest.raises(ChannelError):
             check_channel_name(bad)
+
+
+def test_connections_the_hook_adopts_get_channels_per_handler():
+    from wsmux import Adopt, BroadcastHandler
+
+    def hook(request):
+        if request.path.startswith(b"/private/"):
+            return Adopt(BroadcastHandler, {"room": "secret"})
+        return Adopt(PubSubHandler)
+
+    tree = RouteTree([], unhandled=hook)
+    member = connect(tree, "/private/x")
+    spy = connect(tree, "/anything")
+    for name in ("secret", "/private/x", "room=secret"):
+        send(spy, {"action": "subscribe", "channel": name})
+    member.client.sendMessage(b"for members only")
+    member.flush()
+    spy.flush()
+    assert member.client.messages == [(b"for members only", False)]
+    assert all(b"for members only" not in payload for payload, _ in spy.client.messages)
+
+
+def test_a_connection_leaves_every_channel_it_joined_when_it_closes():
+    tree = RouteTree([Route("/a", NewsHandler)])
+    conn = connect(tree, "/a?channel=news")
+    hub = tree.registry.channels
+    hub.subscribe(conn.server, "elsewhere", "another namespace")
+    conn.client.sendClose(1000)
+    conn.flush()
+    assert hub.subscribers("elsewhere", "another namespace") == 0
+    assert hub.namespace("/a").subscribers("news") == 0

@@ -228,3 +228,10 @@ def test_limits_table_in_file(tmp_path):
 def test_bad_policy_is_a_usage_error():
     with pytest.raises(usage.UsageError, match="slow_consumer must be one of close, drop"):
         options("--slow-consumer", "panic")
+
+
+def test_channel_namespace_is_per_route_not_a_default():
+    from wsmux.config import ConfigError, build_settings
+
+    with pytest.raises(ConfigError, match="channel_namespace is set per route"):
+        build_settings({"defaults": {"channel_namespace": "all"}})

@@ -226,3 +226,141 @@ def test_a_refusal_is_always_a_4xx_or_5xx_with_a_one_line_reason():
     head = conn.received.split(b"\r\n\r\n")[0]
     assert head.startswith(b"HTTP/1.1 500 Internal Server Error")
     assert b"Set-Cookie" not in head
+
+
+class EchoesARoomHeader(EchoHandler):
+    def onConnect(self, request):
+        return (None, {"X-Room": request.params["room"][0], "Bad Name\r\nX": "v"})
+
+
+def test_headers_from_onconnect_cannot_split_the_101():
+    tree = RouteTree([Route("/r", EchoesARoomHeader)])
+    conn = raw_connect(tree)
+    conn.send(upgrade_request("/r?room=a%0d%0aSet-Cookie:%20pwn=1"))
+    head = conn.received.split(b"\r\n\r\n")[0]
+    assert head.startswith(b"HTTP/1.1 101 ")
+    lines = head.split(b"\r\n")
+    assert b"X-Room: a  Set-Cookie: pwn=1" in lines
+    assert not any(line.lower().startswith(b"set-cookie") for line in lines)
+    assert not any(line.startswith(b"Bad Name") for line in lines)
+
+
+class Later(EchoHandler):
+    """
+    Takes a request once a test says so.
+    """
+
+    decisions: list = []
+
+    @classmethod
+    def accepts(cls, request):
+        from twisted.internet.defer import Deferred
+
+        decision = Deferred()
+        cls.decisions.append(decision)
+        return decision
+
+
+def test_the_drain_answers_upgrades_still_waiting_for_a_decision():
+    from wsmux.service import DrainService
+
+    Later.decisions = []
+    tree = RouteTree([Route("/later", Later)])
+    conn = raw_connect(tree)
+    conn.send(upgrade_request("/later"))
+    assert conn.received == b"" and tree.registry.held == 1
+    DrainService(tree, 5, conn.clock).stopService()
+    conn.pump.flush()
+    assert conn.received.startswith(b"HTTP/1.1 503 ")
+    assert tree.registry.held == 0
+    assert Later.decisions[0].called  # cancelled: nobody waits for it now
+
+
+def test_a_decision_that_arrives_during_the_drain_is_not_opened():
+    Later.decisions = []
+    tree = RouteTree([Route("/later", Later)])
+    conn = raw_connect(tree)
+    conn.send(upgrade_request("/later"))
+    tree.registry.draining = True  # the drain began, and this one was missed
+    Later.decisions[0].callback(True)
+    conn.pump.flush()
+    assert conn.received.startswith(b"HTTP/1.1 503 ")
+    assert tree.registry.held == 0 and not tree.registry.connections
+
+
+class CannotBeDerived(EchoHandler):
+    def __init_subclass__(cls, **kwargs):
+        raise TypeError("no subclasses of this one")
+
+
+def test_a_handler_class_that_fails_on_first_use_keeps_no_place():
+    tree = RouteTree([Route("/x", CannotBeDerived)])
+    for _ in range(3):
+        conn = raw_connect(tree)
+        conn.send(upgrade_request("/x"))
+        assert conn.received.startswith(b"HTTP/1.1 500 ")
+    assert tree.registry.held == 0
+
+
+class FailsLater(EchoHandler):
+    def onMessage(self, payload, isBinary):
+        from twisted.internet.defer import fail
+
+        return fail(RuntimeError("a bug in an inlineCallbacks onMessage"))
+
+
+class FailsLaterSlowPath(FailsLater):
+    def onMessageFrameBegin(self, length):
+        super().onMessageFrameBegin(length)
+
+
+@pytest.mark.parametrize("handler", [FailsLater, FailsLaterSlowPath])
+def test_a_failing_deferred_from_a_handler_closes_with_1011(handler):
+    tree = RouteTree([Route("/f", handler)])
+    conn = connect(tree, "/f")
+    conn.client.sendMessage(b"boom")
+    conn.flush()
+    assert conn.client.close[1] == 1011
+    assert tree.registry.stats.handler_errors["/f"] == 1
+
+
+def test_one_failing_member_does_not_stop_a_channel_stream():
+    from wsmux.streaming import stream_to_channel
+
+    tree = RouteTree([Route("/b", BroadcastHandler)])
+    members = [connect(tree, "/b") for _ in range(3)]
+    broken = members[1].server
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("a member that cannot stream")
+
+    broken.beginMessage = fail
+    done = stream_to_channel(members[0].server.channels, "/b", [b"one ", b"two"], isBinary=False)
+    for member in members:
+        member.flush()
+    assert done.called
+    assert members[1].client.close[1] == 1011
+    for i in (0, 2):
+        assert members[i].client.messages == [(b"one two", False)]
+
+
+def test_a_member_outside_a_route_that_fails_does_not_stop_a_delivery():
+    from autobahn.websocket.protocol import PreparedMessage
+
+    from wsmux.channels import deliver
+
+    class Member:
+        STATE_OPEN = 3
+        state = 3
+
+        def __init__(self, fails):
+            self.fails, self.got = fails, []
+
+        def sendPreparedMessage(self, prepared):
+            if self.fails:
+                raise RuntimeError("no")
+            self.got.append(prepared)
+
+    members = [Member(False), Member(True), Member(False)]
+    assert deliver(PreparedMessage(b"x", False, False, False), members) == 2
+    assert members[0].got and members[2].got

@@ -20,6 +20,8 @@ from typing import Any, Iterable, Optional
 
 from autobahn.websocket.protocol import PreparedMessage
 
+from wsmux.logs import log
+
 # The longest channel name, in UTF-8 bytes (a room name made of a path
 # parameter fits well within it).
 MAX_CHANNEL_NAME = 1024
@@ -242,9 +244,10 @@ def deliver(prepared: PreparedMessage, members: Iterable[Any]) -> int:
                 member.sendPreparedMessage(prepared)
             except Exception:
                 failed = getattr(member, "handler_failed", None)
-                if failed is None:
-                    raise
-                failed("a channel delivery")
+                if failed is not None:
+                    failed("a channel delivery")
+                else:  # a protocol outside a wsmux route
+                    log.failure("a channel delivery failed for one member")
                 continue
             sent += 1
     return sent

@@ -476,6 +476,13 @@ def build_settings(
     merged_defaults.update(defaults or {})
     merged_limits = dict(file_values.get("limits", {}))
     merged_limits.update(limits or {})
+    if "channel_namespace" in merged_defaults:
+        # One namespace for every route would undo what keeping each
+        # route's channels to itself is for.
+        raise ConfigError(
+            f"{source}: channel_namespace is set per route (routes that share "
+            "channels each name the same one), not in [defaults]"
+        )
     try:
         options = ProtocolOptions().merged(merged_defaults)
         server_limits = ServerLimits().merged(merged_limits)

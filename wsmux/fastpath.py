@@ -73,6 +73,7 @@ RECEIVE_HOOKS = (
     "_onMessageFrameEnd",
     "_onMessageFrame",
     "_onMessageEnd",
+    "_onMessage",
     "onMessageBegin",
     "onMessageFrameBegin",
     "onMessageFrameData",
@@ -511,7 +512,7 @@ class FastReceiveMixin:
     def _deliver(self, messages: list[tuple[bytes, bool]]) -> None:
         open_ = self.STATE_OPEN  # type: ignore[attr-defined]
         closed = self.STATE_CLOSED  # type: ignore[attr-defined]
-        on_message = self._onMessage  # type: ignore[attr-defined]
+        on_message = self.onMessage  # type: ignore[attr-defined]
         for i, (payload, is_binary) in enumerate(messages):
             state = self.state  # type: ignore[attr-defined]
             if state != open_:
@@ -523,7 +524,9 @@ class FastReceiveMixin:
                     return
                 self._uncount(messages[i : i + 1])
             self.message_is_binary = is_binary
-            on_message(payload, is_binary)
+            result = on_message(payload, is_binary)
+            if result is not None:
+                self.watch(result, "onMessage")  # type: ignore[attr-defined]
             # Autobahn's observable "message" event, when anyone listens.
             if self._listeners or self._parent is not None:  # type: ignore[attr-defined]
                 self.fire("message", payload, is_binary=is_binary)  # type: ignore[attr-defined]

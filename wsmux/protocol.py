@@ -14,6 +14,7 @@ from collections import deque
 from typing import Any, Mapping, Optional
 
 import txaio
+from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.defer import Deferred, fail, succeed
@@ -146,7 +147,9 @@ class RouteProtocolMixin:
         if self.registry is not None:
             self.registry.remove(self, self.client_address)
         if self.channels is not None:
-            self.channels.unsubscribe(self)
+            # Every channel it joined, in any namespace (a handler may reach
+            # past its route's through the hub).
+            getattr(self.channels, "hub", self.channels).unsubscribe(self)
         super().connectionLost(reason)  # type: ignore[misc]
 
     def _ending(self) -> None:
@@ -220,6 +223,14 @@ class RouteProtocolMixin:
             status_reason(reason, "Refused"), code, headers or None
         )
 
+    def succeedHandshake(self, res: Any) -> None:
+        # The headers onConnect returned go into the 101 as they are: a
+        # value built from the request (a room name, say) must not carry a
+        # line break into it.
+        if isinstance(res, tuple) and len(res) > 1 and res[1]:
+            res = (res[0], _safe_headers(res[1])) + tuple(res[2:])
+        super().succeedHandshake(res)  # type: ignore[misc]
+
     def onOpen(self) -> None:
         if self.registry is not None:
             self.registry.stats.accepted(self.route_path)
@@ -230,9 +241,12 @@ class RouteProtocolMixin:
             path=self.http_request_path,  # type: ignore[attr-defined]
         )
         try:
-            super().onOpen()  # type: ignore[misc]
+            result = super().onOpen()  # type: ignore[misc]
         except Exception:
             self.handler_failed("onOpen")
+        else:
+            if result is not None:
+                self.watch(result, "onOpen")
 
     def onClose(self, wasClean: bool, code: Optional[int], reason: Optional[str]) -> None:
         if getattr(self, "http_response_data", None) is not None:  # it was open
@@ -249,6 +263,20 @@ class RouteProtocolMixin:
             super().onClose(wasClean, code, reason)  # type: ignore[misc]
         except Exception:
             self.handler_failed("onClose")
+
+    def _onMessage(self, payload: bytes, isBinary: bool) -> None:
+        # Autobahn's path; the fast path does the same in _deliver.
+        result = self.onMessage(payload, isBinary)  # type: ignore[attr-defined]
+        if result is not None:
+            self.watch(result, "onMessage")
+
+    def watch(self, result: Any, where: str) -> None:
+        """
+        A handler callback returned a Deferred (an C{inlineCallbacks}
+        handler, say): if it fails, that is the handler failing there.
+        """
+        if isinstance(result, Deferred):
+            result.addErrback(lambda failure: self.handler_failed(where, failure))
 
     def handler_failed(self, where: str, failure: Optional[Failure] = None) -> None:
         """
@@ -499,6 +527,27 @@ class RouteProtocolMixin:
         self.dropConnection(abort=True)  # type: ignore[attr-defined]
 
 
+_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def _safe_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
+    """
+    Headers from user code, fit for a response head: names that are HTTP
+    tokens (others dropped, with a log line), values without control
+    characters.
+    """
+    safe: dict[str, Any] = {}
+    for name, value in headers.items():
+        if not isinstance(name, str) or not name or not _TOKEN.issuperset(name):
+            log.error(
+                "onConnect returned a header name that is not a token: {name!r}; dropped", name=name
+            )
+            continue
+        values = [value] if isinstance(value, (str, bytes)) else list(value)
+        safe[name] = [header_value(v).decode("latin-1") for v in values]
+    return safe
+
+
 def close_with(protocol: Any, code: int, reason: str) -> None:
     """
     Start the closing handshake with any valid close code.
@@ -743,6 +792,10 @@ def route_protocol(
         bases = (ReceiveGuardMixin,) + bases
     if send_ok:
         bases += (FastSendMixin,)
+    if handler._onMessage is not WebSocketServerProtocol._onMessage:  # type: ignore[attr-defined]
+        # The handler's own (Autobahn-private) hook keeps its place in front
+        # of wsmux's, which only adds watching a returned Deferred.
+        namespace["_onMessage"] = handler._onMessage  # type: ignore[attr-defined]
     if factory is not None:
         namespace["_factory_options"] = shared
         namespace.update((name, getattr(factory, name)) for name in shared)

@@ -385,7 +385,14 @@ class WebSocketEndpoint(_UpgradeResource):
         assert place is not None
         params = getattr(request, _PARAMS_ATTR, {})
         if not self._choosy:
-            cls = self.protocol_class(self.route.handlers[0])
+            try:
+                cls = self.protocol_class(self.route.handlers[0])
+            except Exception:
+                # Made on first use: a handler class that cannot be derived
+                # fails here, per request, and must not keep the place.
+                place.release()
+                log.failure("route {route}: cannot make the handler's class", route=self.route.path)
+                return self.reject(request, 500, "Internal Server Error", self.route.path)
             self.tree.upgrade(request, self.factory, cls, params, subprotocol, place)
             return NOT_DONE_YET
         pending = PendingUpgrade(
@@ -419,9 +426,14 @@ class WebSocketEndpoint(_UpgradeResource):
         accepts = getattr(handler, "accepts", None)
 
         def take() -> None:
-            if pending.settle():
+            if not pending.proceed():
+                return
+            try:
                 cls = self.protocol_class(handler)
-                self.tree.upgrade(request, self.factory, cls, params, subprotocol, pending)
+            except Exception:
+                pending.fail(Failure(), f"route {self.route.path}: making the handler's class")
+                return
+            self.tree.upgrade(request, self.factory, cls, params, subprotocol, pending)
 
         if accepts is None:
             take()
@@ -434,18 +446,12 @@ class WebSocketEndpoint(_UpgradeResource):
                 self._choose(request, candidates, params, subprotocol, pending)
 
         def failed(failure: Failure) -> None:
-            if not pending.settle():
-                return
-            pending.place.release()
-            log.failure(
-                "handler {handler}.accepts failed on {path}",
-                failure,
-                handler=handler.__qualname__,
-                path=request.path.decode("utf-8", "replace"),
-            )
-            self.respond(request, 500, "Internal Server Error")
+            if pending.waiting:
+                pending.fail(failure, f"handler {handler.__qualname__}.accepts")
 
-        pending.wait_for(maybeDeferred(accepts, request).addCallbacks(decided, failed))
+        decision = maybeDeferred(accepts, request)
+        pending.wait_for(decision)  # before it may decide (and move on) at once
+        decision.addCallbacks(decided, failed)
 
 
 class PendingUpgrade:
@@ -484,6 +490,7 @@ class PendingUpgrade:
         if timeout:
             self.deadline = clock.seconds() + timeout
             self._timer = clock.callLater(timeout, self._too_late, timeout)
+        tree.pending.add(self)
         request.notifyFinish().addErrback(self._gone)  # type: ignore[attr-defined]
 
     def wait_for(self, decision: Deferred[Any]) -> None:
@@ -504,20 +511,54 @@ class PendingUpgrade:
             return False
         self.waiting = False
         self._decision = None
+        self.tree.pending.discard(self)
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         return True
 
-    def _end(self) -> None:
+    def proceed(self) -> bool:
+        """
+        The decision is to take the connection: whether it still may (in
+        time, and the server not shutting down meanwhile: then 503).
+        """
+        if not self.settle():
+            return False
+        if self.tree.registry.draining:
+            self.refuse(503, "Server shutting down")
+            return False
+        return True
+
+    def refuse(self, code: int, reason: str) -> None:
+        """
+        Answer with a refusal, giving the place back.
+        """
         decision = self._decision
         self.settle()
         self.place.release()
         if decision is not None:
             decision.cancel()
+        self.tree.refused(self.request, code, reason)
+        self.via.respond(self.request, code, reason)
+
+    def fail(self, failure: Failure, what: str) -> None:
+        """
+        User code failed while deciding: log it once, answer 500.
+        """
+        log.failure(
+            "{what} failed on {path}",
+            failure,
+            what=what,
+            path=self.request.path.decode("utf-8", "replace"),
+        )
+        self.refuse(500, "Internal Server Error")
 
     def _gone(self, failure: Failure) -> None:
         if self.waiting:
-            self._end()
+            decision = self._decision
+            self.settle()
+            self.place.release()
+            if decision is not None:
+                decision.cancel()
 
     def _too_late(self, timeout: float) -> None:
         self._timer = None
@@ -530,11 +571,7 @@ class PendingUpgrade:
             path=self.request.path.decode("utf-8", "replace"),
             peer=_peer(self.request),
         )
-        self._end()
-        self.tree.refused(self.request, 503, "Handshake not decided in time")
-        self.via.respond(
-            self.request, 503, "Service Unavailable: the server did not decide in time"
-        )
+        self.refuse(503, "Service Unavailable: the server did not decide in time")
 
 
 class UnhandledUpgrade(_UpgradeResource):
@@ -572,6 +609,7 @@ def upgrade(
     address: Optional[str] = None,
     place: Optional[Place] = None,
     deadline: Optional[float] = None,
+    namespace: Optional[str] = None,
 ) -> Optional[WebSocketServerProtocol]:
     """
     Take the connection of C{request} away from C{twisted.web} and continue
@@ -600,7 +638,21 @@ def upgrade(
         if place is not None:
             place.release()
         return None
-    protocol = cls()
+    try:
+        protocol = cls()
+    except Exception:
+        # Still twisted.web's connection: it answers 500.
+        if place is not None:
+            place.release()
+        log.failure(
+            "route {route}: the handler could not be made",
+            route=getattr(factory, "route_path", "?"),
+        )
+        if registry is not None:
+            registry.stats.rejected(getattr(factory, "route_path", "-"), 500)
+        request.write(_plain(request, 500, "Internal Server Error", close=True))
+        request.finish()
+        return None
     protocol.factory = factory
     protocol.wsmux_place = place
     if deadline is not None and protocol.openHandshakeTimeout > 0:
@@ -615,8 +667,9 @@ def upgrade(
     protocol.selected_subprotocol = subprotocol
     protocol.registry = registry
     if registry is not None:
-        options = getattr(factory, "options", None)
-        namespace = getattr(options, "channel_namespace", "") or factory.route_path
+        if namespace is None:
+            options = getattr(factory, "options", None)
+            namespace = getattr(options, "channel_namespace", "") or factory.route_path
         protocol.channels = registry.channels.namespace(namespace)
     direct = getattr(request.getClientAddress(), "host", None)
     protocol.client_address = address or str(direct)
@@ -820,6 +873,8 @@ class RouteTree(_Node):
         self.fallback = fallback
         self.reactor = reactor
         self.unhandled_resource = UnhandledUpgrade(self)
+        # Upgrades waiting for a handler chain or the hook to decide.
+        self.pending: set[PendingUpgrade] = set()
         self._adopt_factory: Optional[RouteFactory] = None
         self._adopt_classes: dict[type, type] = {}
         self.endpoints: dict[str, WebSocketEndpoint] = {}
@@ -957,10 +1012,14 @@ class RouteTree(_Node):
         params: Mapping[str, str],
         subprotocol: Optional[str] = None,
         held: Union[Place, PendingUpgrade, None] = None,
+        namespace: Optional[str] = None,
     ) -> Optional[WebSocketServerProtocol]:
         """
         L{upgrade} C{request}, counting the connection in this tree's
         registry (in the place it L{hold}s, when given).
+
+        @param namespace: the channels the connection reaches, when not
+            those its factory's route names.
         """
         address = client_address(request, self.limits)
         deadline = None
@@ -970,7 +1029,16 @@ class RouteTree(_Node):
         else:
             place = held
         return upgrade(
-            request, factory, cls, params, subprotocol, self.registry, address, place, deadline
+            request,
+            factory,
+            cls,
+            params,
+            subprotocol,
+            self.registry,
+            address,
+            place,
+            deadline,
+            namespace,
         )
 
     def render_unhandled(self, request: IRequest) -> Any:
@@ -987,18 +1055,24 @@ class RouteTree(_Node):
         """
         path = request.path.decode("utf-8", "replace")
         if self.unhandled is None:
-            if pending.settle():
-                pending.place.release()
-                self._finish_reject(request, via, 404, NO_ROUTE)
+            if pending.waiting:
+                pending.refuse(404, NO_ROUTE)
             return
 
         def act(result: object) -> None:
-            if not pending.settle():
+            if not pending.waiting:
                 return
             if isinstance(result, Adopt) or (
                 isinstance(result, type) and issubclass(result, WebSocketServerProtocol)
             ):
                 adopt = result if isinstance(result, Adopt) else Adopt(result)
+                if not pending.proceed():
+                    return
+                try:
+                    cls = self._adopt_class(adopt.handler)
+                except Exception:
+                    pending.fail(Failure(), f"the unhandled hook's handler {adopt.handler!r}")
+                    return
                 log.info(
                     "unhandled hook adopted path={path} handler={handler}",
                     path=path,
@@ -1007,17 +1081,17 @@ class RouteTree(_Node):
                 self.upgrade(
                     request,
                     self._adoption_factory(),
-                    self._adopt_class(adopt.handler),
+                    cls,
                     adopt.path_params,
                     None,
                     pending,
+                    namespace=f"(unhandled) {adopt.handler.__module__}.{adopt.handler.__qualname__}",
                 )
                 return
-            pending.place.release()
             if result is None:
-                self._finish_reject(request, via, 404, NO_ROUTE)
+                pending.refuse(404, NO_ROUTE)
             elif isinstance(result, Reject) and 400 <= result.code <= 599:
-                self._finish_reject(request, via, result.code, result.reason)
+                pending.refuse(result.code, result.reason)
             else:
                 log.error(
                     "unhandled hook returned {result!r} for {path}; expected None, "
@@ -1025,22 +1099,22 @@ class RouteTree(_Node):
                     result=result,
                     path=path,
                 )
-                via.respond(request, 500, "Internal Server Error")
+                pending.refuse(500, "Internal Server Error")
 
         def failed(failure: Failure) -> None:
-            if not pending.settle():
-                return
-            pending.place.release()
-            log.failure("unhandled hook failed for {path}", failure, path=path)
-            via.respond(request, 500, "Internal Server Error")
+            if pending.waiting:
+                pending.fail(failure, "the unhandled hook")
 
-        pending.wait_for(maybeDeferred(self.unhandled, request).addCallbacks(act, failed))
+        decision = maybeDeferred(self.unhandled, request)
+        pending.wait_for(decision)
+        decision.addCallbacks(act, failed)
 
-    def _finish_reject(
-        self, request: IRequest, via: _UpgradeResource, code: int, reason: str
-    ) -> None:
-        self.refused(request, code, reason)
-        via.respond(request, code, reason)
+    def refuse_pending(self, code: int, reason: str) -> None:
+        """
+        Answer every upgrade still waiting for a decision (the drain).
+        """
+        for pending in list(self.pending):
+            pending.refuse(code, reason)
 
     def _adoption_factory(self) -> RouteFactory:
         if self._adopt_factory is None:

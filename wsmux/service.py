@@ -221,7 +221,9 @@ class ReloadOnHangup(Service):
 
     def stopService(self) -> None:
         if self._previous is not None:
-            signal.signal(signal.SIGHUP, self._previous)
+            # Ignored, not the previous disposition (systemd's default ends
+            # the process): a reload during the drain must not cut it short.
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
         super().stopService()
 
 
@@ -247,6 +249,9 @@ class DrainService(Service):
             from twisted.internet import reactor  # type: ignore[no-redef]
         registry = self.tree.registry
         registry.draining = True
+        # Upgrades still waiting for a handler chain or the hook are told
+        # now, not opened into a server that is going away.
+        self.tree.refuse_pending(503, "Server shutting down")
         connections = list(registry.connections)
         if not connections:
             clean_exit_after_sigterm(reactor)

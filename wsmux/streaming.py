@@ -21,6 +21,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IConsumer
 from zope.interface import implementer
 
+from wsmux.logs import log
 from wsmux.protocol import _clock
 
 Chunks = Union[Iterable[bytes], AsyncIterable[bytes]]
@@ -86,9 +87,12 @@ def stream_to_channel(
 
 
 async def _stream_to_channel(hub: Any, channel: str, chunks: Chunks, isBinary: bool) -> int:
-    members = [m for m in hub.members(channel) if m.state == m.STATE_OPEN]
-    for member in members:
-        member.beginMessage(isBinary=isBinary)
+    members = []
+    for member in hub.members(channel):
+        if member.state == member.STATE_OPEN and _each(
+            member, member.beginMessage, isBinary=isBinary
+        ):
+            members.append(member)
     produced = 0
 
     def frame(chunk: bytes) -> None:
@@ -97,8 +101,7 @@ async def _stream_to_channel(hub: Any, channel: str, chunks: Chunks, isBinary: b
                 continue
             if member._paused and not member._room_for(len(chunk)):
                 continue
-            member.beginMessageFrame(len(chunk))
-            member.sendMessageFrameData(chunk)
+            _each(member, _send_frame, member, chunk)
 
     if hasattr(chunks, "__aiter__"):
         async for chunk in chunks:  # type: ignore[union-attr]
@@ -112,8 +115,29 @@ async def _stream_to_channel(hub: Any, channel: str, chunks: Chunks, isBinary: b
                 produced += len(chunk)
     for member in members:
         if member.state == member.STATE_OPEN:
-            member.endMessage()
+            _each(member, member.endMessage)
     return produced
+
+
+def _send_frame(member: Any, chunk: bytes) -> None:
+    member.beginMessageFrame(len(chunk))
+    member.sendMessageFrameData(chunk)
+
+
+def _each(member: Any, call: Any, *args: Any, **kwargs: Any) -> bool:
+    # One member's failure (already streaming another message, a handler
+    # that raises in an override) closes that member with 1011 and leaves
+    # the others' stream alone.
+    try:
+        call(*args, **kwargs)
+    except Exception:
+        failed = getattr(member, "handler_failed", None)
+        if failed is not None:
+            failed("a channel stream")
+        else:
+            log.failure("a channel stream failed for one member")
+        return False
+    return True
 
 
 @implementer(IConsumer)
