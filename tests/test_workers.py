@@ -15,10 +15,11 @@ from wsmux.workers import MAX_QUICK_FAILURES, WorkerSupervisor, restart_delay
 
 
 class FakeProcess:
-    def __init__(self, reactor, protocol, args):
+    def __init__(self, reactor, protocol, args, child_fds):
         self.reactor = reactor
         self.protocol = protocol
         self.args = args
+        self.child_fds = child_fds
         self.pid = 1000 + len(reactor.processes)
         self.signals = []
 
@@ -36,7 +37,7 @@ class ProcessReactor(MemoryReactorClock):
         self.stopped = False
 
     def spawnProcess(self, protocol, executable, args, env=None, childFDs=None):
-        process = FakeProcess(self, protocol, args)
+        process = FakeProcess(self, protocol, args, childFDs)
         self.processes.append(process)
         return process
 
@@ -45,6 +46,17 @@ class ProcessReactor(MemoryReactorClock):
 
     def stop(self):
         self.stopped = True
+
+
+def snapshot_of(process):
+    """
+    The settings a worker would read: its --config-snapshot, a descriptor
+    it inherits (read here through the supervisor's end of it).
+    """
+    where = process.args[process.args.index("--config-snapshot") + 1]
+    child_fd = int(where.rsplit("/", 1)[1])
+    with open(f"/proc/self/fd/{process.child_fds[child_fd]}", "rb") as f:
+        return f.read()
 
 
 @pytest.fixture
@@ -135,16 +147,13 @@ def test_workers_run_the_snapshot_the_supervisor_parsed(supervise, tmp_path):
         return ("ports", 2)
 
     supervisor, reactor = supervise(config=(str(config), config.read_bytes()), check=check)
-    args = reactor.processes[0].args
-    snapshot = args[args.index("--config-snapshot") + 1]
-    assert open(snapshot, "rb").read() == b"log_level = 'info'\n"
+    assert snapshot_of(reactor.processes[0]) == b"log_level = 'info'\n"
     # An edit nobody applied: a replaced worker still gets the snapshot.
     config.write_bytes(b"log_level = 'debug'\n")
     reactor.advance(60)
     reactor.processes[0].exit(1)
     reactor.advance(1)
-    args = reactor.processes[-1].args
-    assert open(args[args.index("--config-snapshot") + 1], "rb").read() == b"log_level = 'info'\n"
+    assert snapshot_of(reactor.processes[-1]) == b"log_level = 'info'\n"
 
 
 def test_sighup_replaces_workers_with_a_changed_configuration(supervise, tmp_path):
@@ -153,7 +162,8 @@ def test_sighup_replaces_workers_with_a_changed_configuration(supervise, tmp_pat
     shapes = {"ok": ("ports", 2)}
 
     def check(argv):
-        data = open(argv[argv.index("--config-snapshot") + 1], "rb").read()
+        with open(argv[argv.index("--config-snapshot") + 1], "rb") as f:
+            data = f.read()
         if b"broken" in data:
             raise ValueError("broken.toml: not valid TOML")
         if b"8081" in data:
@@ -172,11 +182,55 @@ def test_sighup_replaces_workers_with_a_changed_configuration(supervise, tmp_pat
     config.write_bytes(b"log_level = 'debug'\n")
     supervisor.hangup()  # changed and good: every worker replaced
     assert len(reactor.processes) == 4
-    assert [p.signals[-1] for p in old] == [signal.SIGTERM] * 2
     new = reactor.processes[2:]
-    snapshot = new[0].args[new[0].args.index("--config-snapshot") + 1]
-    assert open(snapshot, "rb").read() == b"log_level = 'debug'\n"
-    for process in old:  # the old ones drain and end: nothing restarts them
+    assert snapshot_of(new[0]) == b"log_level = 'debug'\n"
+    # The old ones go on accepting while the new ones start, then drain.
+    assert [p.signals[-1] for p in old] == [signal.SIGHUP] * 2
+    reactor.advance(workers.RETIRE_DELAY)
+    assert [p.signals[-1] for p in old] == [signal.SIGTERM] * 2
+    supervisor.hangup()  # unchanged now: only the current workers reload
+    assert [p.signals[-1] for p in old] == [signal.SIGTERM] * 2
+    assert [p.signals for p in new] == [[signal.SIGHUP]] * 2
+    for process in old:  # the old ones end: nothing restarts them
         process.exit(0)
     reactor.advance(5)
     assert len(reactor.processes) == 4
+
+
+def test_a_reload_during_a_restart_delay_starts_one_worker_for_the_slot(supervise, tmp_path):
+    config = tmp_path / "wsmux.toml"
+    config.write_bytes(b"log_level = 'info'\n")
+    supervisor, reactor = supervise(
+        count=1, config=(str(config), config.read_bytes()), check=lambda argv: ("ports", 1)
+    )
+    reactor.advance(1)
+    reactor.processes[0].exit(1)  # a quick failure: restart due in 0.5 s
+    config.write_bytes(b"log_level = 'debug'\n")
+    supervisor.hangup()  # the slot starts now, with the new settings...
+    assert len(reactor.processes) == 2
+    reactor.advance(10)
+    assert len(reactor.processes) == 2  # ...and not a second time
+
+
+def test_a_reload_revives_a_slot_that_was_given_up(supervise, tmp_path):
+    config = tmp_path / "wsmux.toml"
+    config.write_bytes(b"broken = 1\n")
+    supervisor, reactor = supervise(
+        count=2, config=(str(config), config.read_bytes()), check=lambda argv: ("ports", 2)
+    )
+    for _ in range(MAX_QUICK_FAILURES):
+        reactor.advance(1)
+        supervisor.transports[supervisor.workers[0]].exit(1)
+        reactor.advance(30)
+    assert supervisor.given_up == {0}
+    config.write_bytes(b"fixed = 1\n")
+    supervisor.hangup()
+    assert supervisor.given_up == set() and 0 in supervisor.workers
+    assert snapshot_of(supervisor.transports[supervisor.workers[0]]) == b"fixed = 1\n"
+
+
+def test_sighup_is_ignored_once_stopping_has_begun(supervise):
+    supervisor, reactor = supervise(count=1)
+    supervisor.stopService()
+    assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)

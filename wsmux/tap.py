@@ -410,6 +410,16 @@ class Options(usage.Options):
             raise ConfigError(f"{where}: {e}") from None
 
 
+def _ignore_hangup() -> None:
+    import signal
+
+    try:
+        if signal.getsignal(signal.SIGHUP) == signal.SIG_DFL:
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        pass
+
+
 def check_worker_configuration(argv: list[str]) -> tuple[Any, ...]:
     """
     Parse a worker's command line as the worker will (its settings file,
@@ -432,6 +442,9 @@ def makeService(options: Options) -> IService:
     C{--workers N} the supervisor of N worker processes.
     """
     settings = options.settings
+    # Until the services install their SIGHUP handler, a reload must not
+    # end the process (SIGHUP's default action).
+    _ignore_hangup()
     if settings.workers > 1 and options.adopted is None:
         supervisor = MultiService()
         ports = (

@@ -16,7 +16,6 @@ from __future__ import annotations
 import atexit
 import os
 import re
-import shutil
 import signal
 import socket
 import sys
@@ -192,6 +191,53 @@ def exit_status_after_stop(code: int) -> None:
     atexit.register(leave)
 
 
+class ConfigSnapshot:
+    """
+    The bytes of a settings file as the supervisor parsed them, for its
+    workers to read: an anonymous in-memory file (C{memfd}) each worker
+    inherits, or where there is none a private temporary file.  Nothing a
+    temporary-file cleaner or an edit of the real file does can change what
+    a worker is given.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self.fd: Optional[int] = None
+        self.path: Optional[str] = None
+        memfd_create = getattr(os, "memfd_create", None)
+        if memfd_create is not None:
+            self.fd = memfd_create("wsmux-config", 0)
+            os.write(self.fd, data)
+        else:  # pragma: no cover - systems without memfd
+            handle, self.path = tempfile.mkstemp(prefix="wsmux-config-", suffix=".toml")
+            with os.fdopen(handle, "wb") as f:
+                f.write(data)
+
+    def here(self) -> str:
+        """
+        Where this process reads it.
+        """
+        return f"/proc/self/fd/{self.fd}" if self.fd is not None else str(self.path)
+
+    def in_child(self, child_fd: int) -> str:
+        """
+        Where a child that inherits it as C{child_fd} reads it.
+        """
+        return f"/proc/self/fd/{child_fd}" if self.fd is not None else str(self.path)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        elif self.path is not None:  # pragma: no cover - systems without memfd
+            _remove(self.path)
+            self.path = None
+
+
+# Seconds an old worker keeps accepting beside its replacement, on a reload,
+# while the new one starts (both accept from the same socket).
+RETIRE_DELAY = 2.0
+
+
 class WorkerSupervisor(Service):
     """
     Starts, watches and stops the worker processes.
@@ -249,9 +295,7 @@ class WorkerSupervisor(Service):
         self.stopping = False
         self._restarts: dict[int, Any] = {}
         self._previous_hup: Any = None
-        self._snapshot_dir: Optional[str] = None
-        self._snapshot: Optional[str] = None
-        self._generation = 0
+        self._snapshot: Optional[ConfigSnapshot] = None
         self._running_shape: Any = None
 
     def _reactor(self) -> Any:
@@ -268,10 +312,9 @@ class WorkerSupervisor(Service):
             [(kind, open_socket(address)) for kind, address in addresses] for _ in range(self.count)
         ]
         if self.config is not None:
-            self._snapshot_dir = tempfile.mkdtemp(prefix="wsmux-config-")
-            self._write_snapshot(self.config[1])
+            self._snapshot = ConfigSnapshot(self.config[1])
             if self.check is not None:
-                self._running_shape = self.check(self._worker_args(self._snapshot))
+                self._running_shape = self.check(self._worker_args(self._snapshot.here()))
         log.info(
             "supervisor pid {pid}: starting {n} worker(s) on {ports}",
             pid=os.getpid(),
@@ -288,19 +331,6 @@ class WorkerSupervisor(Service):
         except ValueError:  # not the main thread
             self._previous_hup = None
 
-    def _write_snapshot(self, data: bytes) -> None:
-        assert self._snapshot_dir is not None
-        self._generation += 1
-        path = os.path.join(self._snapshot_dir, f"config-{self._generation}.toml")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        previous, self._snapshot = self._snapshot, path
-        if previous is not None:
-            # Workers read their snapshot while they start; the ones
-            # still starting from the previous one are given a moment.
-            self._reactor().callLater(60, _remove, previous)
-
     def _worker_args(self, snapshot: Optional[str]) -> list[str]:
         args = list(self.argv)
         if snapshot is not None:
@@ -308,20 +338,33 @@ class WorkerSupervisor(Service):
         return args
 
     def _spawn(self, index: int) -> None:
-        self._restarts.pop(index, None)
+        call = self._restarts.pop(index, None)
+        if call is not None and call.active():
+            call.cancel()  # started now (a reload): not a second time later
         if self.stopping:
             return
+        self.given_up.discard(index)
         fds: dict[int, Any] = {0: 0, 1: 1, 2: 2}
         described = []
         for offset, (kind, sock) in enumerate(self.sockets[index]):
             child_fd = 3 + offset
             fds[child_fd] = sock.fileno()
             described.append(f"{kind}:{child_fd}")
+        snapshot = None
+        if self._snapshot is not None and self._snapshot.fd is not None:
+            child_fd = 3 + len(described)
+            fds[child_fd] = self._snapshot.fd
+            snapshot = self._snapshot.in_child(child_fd)
+        elif self._snapshot is not None:  # pragma: no cover - systems without memfd
+            snapshot = self._snapshot.here()
         args = [
             sys.executable,
             "-c",
+            # A SIGHUP forwarded before the worker's own handler is in place
+            # must not end it.
+            "import signal; signal.signal(signal.SIGHUP, signal.SIG_IGN); "
             "from twisted.scripts.twistd import run; run()",
-            *self._worker_args(self._snapshot),
+            *self._worker_args(snapshot),
             "--worker-sockets",
             ",".join(described),
         ]
@@ -380,7 +423,7 @@ class WorkerSupervisor(Service):
         """
         if self.config is None or self.check is None:
             log.info("SIGHUP: asking the workers to reload their TLS certificates")
-            self._signal_all(signal.SIGHUP)
+            self._signal_all(signal.SIGHUP, retiring=False)
             return
         path = self.config[0]
         try:
@@ -398,27 +441,21 @@ class WorkerSupervisor(Service):
                 "SIGHUP: {path} is unchanged; asking the workers to reload their TLS certificates",
                 path=path,
             )
-            self._signal_all(signal.SIGHUP)
+            self._signal_all(signal.SIGHUP, retiring=False)
             return
-        candidate = tempfile.NamedTemporaryFile(
-            dir=self._snapshot_dir, suffix=".toml", delete=False
-        )
+        candidate = ConfigSnapshot(data)
         try:
-            with candidate:
-                candidate.write(data)
-            try:
-                shape = self.check(self._worker_args(candidate.name))
-            except Exception as e:
-                log.error(
-                    "SIGHUP: {path} is not usable, the workers keep the running "
-                    "configuration: {why}",
-                    path=path,
-                    why=str(e),
-                )
-                return
-        finally:
-            _remove(candidate.name)
+            shape = self.check(self._worker_args(candidate.here()))
+        except Exception as e:
+            candidate.close()
+            log.error(
+                "SIGHUP: {path} is not usable, the workers keep the running configuration: {why}",
+                path=path,
+                why=str(e),
+            )
+            return
         if self._running_shape is not None and shape != self._running_shape:
+            candidate.close()
             log.error(
                 "SIGHUP: {path} changes the listening ports or the number of workers, "
                 "which takes a restart; the workers keep the running configuration",
@@ -426,23 +463,35 @@ class WorkerSupervisor(Service):
             )
             return
         self.config = (path, data)
-        self._write_snapshot(data)
+        if self._snapshot is not None:
+            # Workers started from it have their own copy of the descriptor.
+            self._snapshot.close()
+        self._snapshot = candidate
+        slots = sorted(set(self.workers) | self.given_up | set(self._restarts))
         log.info(
             "SIGHUP: {path} changed; replacing {n} worker(s), each old one drains its clients",
             path=path,
-            n=len(self.workers),
+            n=len(slots),
         )
-        for index, old in list(self.workers.items()):
-            old.retired = True
-            self.retiring.append(old)
+        reactor = self._reactor()
+        for index in slots:
+            self.quick_failures[index] = 0
+            old = self.workers.get(index)
             self._spawn(index)
-            transport = self.transports.get(old)
-            if transport is not None:
-                _signal(transport, signal.SIGTERM)
+            if old is not None and old in self.transports:
+                old.retired = True
+                self.retiring.append(old)
+                reactor.callLater(RETIRE_DELAY, self._retire, old)
 
-    def _signal_all(self, signum: int) -> None:
-        for transport in list(self.transports.values()):
-            _signal(transport, signum)
+    def _retire(self, worker: _Worker) -> None:
+        transport = self.transports.get(worker)
+        if transport is not None:
+            _signal(transport, signal.SIGTERM)
+
+    def _signal_all(self, signum: int, retiring: bool = True) -> None:
+        for worker, transport in list(self.transports.items()):
+            if retiring or not worker.retired:
+                _signal(transport, signum)
 
     def stopService(self) -> Any:
         super().stopService()
@@ -452,7 +501,9 @@ class WorkerSupervisor(Service):
                 call.cancel()
         self._restarts.clear()
         if self._previous_hup is not None:
-            signal.signal(signal.SIGHUP, self._previous_hup)
+            # Not the previous disposition (systemd's default ends the
+            # process): a reload during the drain must not stop the stop.
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
         # Every process started and not yet ended: workers, and old ones
         # still draining after a reload.
         ended = [worker.ended for worker in self.transports]
@@ -467,8 +518,8 @@ class WorkerSupervisor(Service):
             for row in self.sockets:
                 for _, sock in row:
                     sock.close()
-            if self._snapshot_dir is not None:
-                shutil.rmtree(self._snapshot_dir, ignore_errors=True)
+            if self._snapshot is not None:
+                self._snapshot.close()
             log.info("all workers stopped")
             clean_exit_after_sigterm(reactor)
 
