@@ -36,9 +36,32 @@ class StatusGuard:
 
     def __init__(self, token: Optional[str] = None, allow: Sequence[str] = ()) -> None:
         self.token = token
+        # Loopback only (the default): the request must also name a
+        # loopback host, or a web page whose domain was re-pointed at
+        # 127.0.0.1 (DNS rebinding) would be "same origin" and local.
+        self.loopback_only = not allow and not token
         self.networks = [
             ipaddress.ip_network(a, strict=False) for a in (allow or (() if token else LOOPBACK))
         ]
+
+    def host_ok(self, host: Optional[str]) -> bool:
+        """
+        Whether the C{Host} a request names is acceptable: anything, unless
+        the status is open to loopback clients only, when it must be a
+        loopback address or C{localhost}.
+        """
+        if not self.loopback_only:
+            return True
+        try:
+            name = urlsplit("//" + (host or "")).hostname or ""
+        except ValueError:
+            return False
+        if name == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(name).is_loopback
+        except ValueError:
+            return False
 
     def permits(self, address: str, token: Optional[str]) -> bool:
         """
@@ -130,7 +153,8 @@ class _Guarded(Resource):
             (request.getHeader(b"authorization") or b"").decode("latin-1")
         )
         address = client_address(request, self.tree.limits)
-        if self.guard.permits(address, token):
+        host = (request.getHeader(b"host") or b"").decode("latin-1")
+        if self.guard.host_ok(host) and self.guard.permits(address, token):
             return True
         request.setResponseCode(403)
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
@@ -206,6 +230,8 @@ class StatusLiveHandler(WebSocketServerProtocol):
         address = getattr(self, "client_address", "") or ""
         if not same_origin(request.origin, request.headers.get("host")):
             raise ConnectionDeny(403, "the live status is served to pages of its own origin only")
+        if not self.guard.host_ok(request.headers.get("host")):
+            raise ConnectionDeny(403, "the status answers to a loopback host name only")
         if not self.guard.permits(address, token):
             raise ConnectionDeny(403, "the status needs an allowed address or the token")
 

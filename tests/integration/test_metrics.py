@@ -168,3 +168,25 @@ def test_status_refuses_bad_tokens_and_foreign_pages_plainly(start_server):
     with connect(server.url("/status/live?token=s3cret")) as live:  # no Origin: not a browser
         assert "connections" in live.recv(timeout=5)
     assert "Traceback" not in server.log() and "critical" not in server.log()
+
+
+def test_the_loopback_only_status_answers_loopback_host_names_only(start_server):
+    # DNS rebinding: a page on evil.example whose name now points at
+    # 127.0.0.1 is same-origin with itself and comes from loopback.
+    from tests.hostile.rawws import Peer, request
+
+    server = start_server("--status-path", "/status")
+    for host, status in (
+        ("evil.example", 403),
+        (f"evil.example:{server.port}", 403),
+        (f"127.0.0.1:{server.port}", 200),
+        (f"localhost:{server.port}", 200),
+        (f"[::1]:{server.port}", 200),
+    ):
+        p = Peer(server.port)
+        p.send(f"GET /status/json HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        assert p.status() == status, host
+    p = Peer(server.port)
+    live = request("/status/live", f"Origin: http://evil.example:{server.port}\r\n")
+    p.send(live.replace(b"Host: 127.0.0.1", f"Host: evil.example:{server.port}".encode()))
+    assert p.status() == 403
