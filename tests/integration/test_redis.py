@@ -171,3 +171,37 @@ def test_a_hung_redis_holds_a_bounded_amount(start_server, redis, tmp_path):
     finally:
         redis.process.send_signal(signal.SIGCONT)
     ws.close()
+
+
+def test_many_tiny_publishes_to_a_hung_redis_hold_a_bounded_amount(start_server, redis, tmp_path):
+    import signal
+
+    from tests.hostile.rawws import rss_kib
+    from tests.integration.test_metrics import scrape, value
+
+    config = tmp_path / "redis.toml"
+    config.write_text("[limits]\nredis_max_pending = 1048576\n")  # 1 MiB
+    server = start_server(
+        "--config", str(config), "--route", "/rooms/{room}=broadcast",
+        "--redis", redis.url, "--metrics-path", "/metrics",
+    )  # fmt: skip
+    assert wait_for(server, "subscribed to Redis")
+    ws = connect(server.url("/rooms/tiny"))
+    ws.send("warm up")
+    assert ws.recv(timeout=5) == "warm up"
+    before = rss_kib(server.process.pid)
+    redis.process.send_signal(signal.SIGSTOP)
+    try:
+        for _ in range(20):  # 20,000 publishes of one byte
+            for _ in range(1000):
+                ws.send("x")
+            for _ in range(1000):
+                assert ws.recv(timeout=5) == "x"
+        metrics = scrape(server.url("/metrics", "http"))
+        # Each waiting publish counts what it holds, framing and reply
+        # included, not its one byte: the cap ends the backlog early.
+        assert value(metrics, "wsmux_redis_publish_failures_total") >= 19_000
+        assert rss_kib(server.process.pid) - before < 10 * 1024
+    finally:
+        redis.process.send_signal(signal.SIGCONT)
+    ws.close()
