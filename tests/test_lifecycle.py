@@ -364,3 +364,108 @@ def test_a_member_outside_a_route_that_fails_does_not_stop_a_delivery():
     members = [Member(False), Member(True), Member(False)]
     assert deliver(PreparedMessage(b"x", False, False, False), members) == 2
     assert members[0].got and members[2].got
+
+
+class CountsInAHeader(EchoHandler):
+    def onConnect(self, request):
+        return (None, {"X-Count": 5, "X-Many": ["a", "b"]})
+
+
+def test_header_values_that_are_not_text_are_written_as_autobahn_writes_them():
+    tree = RouteTree([Route("/c", CountsInAHeader)])
+    conn = raw_connect(tree)
+    conn.send(upgrade_request("/c"))
+    head = conn.received.split(b"\r\n\r\n")[0]
+    assert head.startswith(b"HTTP/1.1 101 ")
+    assert b"\r\nX-Count: 5" in head and b"\r\nX-Many: a\r\nX-Many: b" in head
+
+
+class ChoosesAnUnofferedSubprotocol(EchoHandler):
+    def processHandshake(self):  # Autobahn's own handshake path
+        super().processHandshake()
+
+    def onConnect(self, request):
+        return "never.offered"
+
+
+def test_a_failing_handshake_on_autobahns_path_is_a_500_not_a_hang():
+    tree = RouteTree([Route("/s", ChoosesAnUnofferedSubprotocol)])
+    conn = raw_connect(tree)
+    conn.send(upgrade_request("/s"))
+    assert conn.received.startswith(b"HTTP/1.1 500 ")
+    assert tree.registry.stats.handler_errors["/s"] == 1
+
+
+def test_concurrent_channel_streams_leave_busy_members_out_and_close_nobody():
+    from twisted.internet.defer import Deferred
+
+    from wsmux.streaming import stream_to_channel
+
+    tree = RouteTree([Route("/b", BroadcastHandler)])
+    members = [connect(tree, "/b") for _ in range(3)]
+    hub = members[0].server.channels
+    gate: Deferred = Deferred()
+
+    async def slow():
+        yield b"first "
+        await gate
+        yield b"stream"
+
+    first = stream_to_channel(hub, "/b", slow(), isBinary=False)
+    second = stream_to_channel(hub, "/b", [b"second"], isBinary=False)
+    gate.callback(None)
+    for member in members:
+        member.flush()
+    assert first.called and second.called
+    for member in members:
+        assert member.client.close is None
+        assert member.client.messages == [(b"first stream", False)]
+
+
+def test_a_publish_during_a_stream_goes_out_after_it():
+    from twisted.internet.defer import Deferred
+
+    from wsmux.streaming import stream_to_channel
+
+    tree = RouteTree([Route("/b", BroadcastHandler)])
+    members = [connect(tree, "/b") for _ in range(2)]
+    hub = members[0].server.channels
+    gate: Deferred = Deferred()
+
+    async def slow():
+        yield b"streamed "
+        await gate
+        yield b"whole"
+
+    stream_to_channel(hub, "/b", slow(), isBinary=False)
+    hub.publish("/b", b"published", isBinary=False)
+    gate.callback(None)
+    for member in members:
+        member.flush()
+    for member in members:
+        assert member.client.close is None
+        assert member.client.messages == [(b"streamed whole", False), (b"published", False)]
+
+
+def test_a_pull_producer_is_stopped_when_the_connection_ends(tmp_path):
+    from twisted.protocols.basic import FileSender
+
+    from wsmux.streaming import MessageConsumer
+
+    tree = RouteTree([Route("/e", EchoHandler)])
+    conn = connect(tree, "/e")
+    server = conn.server
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * (1 << 20))
+    source = open(big, "rb")
+    server.pauseProducing()  # the client stopped reading
+    consumer = MessageConsumer(server)
+    sender = FileSender()
+    sent = sender.beginFileTransfer(source, consumer)
+    sent.addErrback(lambda failure: None)
+    outcome = []
+    consumer.done.addBoth(outcome.append)
+    conn.client.transport.abortConnection()
+    conn.flush()
+    assert sender.deferred is None  # stopped: FileSender let go of the file
+    assert outcome and outcome[0].check(Exception)

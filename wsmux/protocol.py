@@ -92,6 +92,7 @@ class RouteProtocolMixin:
     _linger_call: Any = None
     wsmux_place: Any = None
     _inflate_only: bool = False
+    _queued_after_message: Optional[tuple[Any, ...]] = None
 
     def connectionMade(self) -> None:
         super().connectionMade()  # type: ignore[misc]
@@ -216,8 +217,9 @@ class RouteProtocolMixin:
         if code == 500:
             reason = "Internal Server Error"
         headers = [
-            (status_reason(name, "X"), header_value(value).decode("latin-1"))
-            for name, value in (responseHeaders or ())
+            (name, value)
+            for name, values in _safe_headers(dict(responseHeaders or ())).items()
+            for value in values
         ]
         super().failHandshake(  # type: ignore[misc]
             status_reason(reason, "Refused"), code, headers or None
@@ -227,9 +229,15 @@ class RouteProtocolMixin:
         # The headers onConnect returned go into the 101 as they are: a
         # value built from the request (a room name, say) must not carry a
         # line break into it.
-        if isinstance(res, tuple) and len(res) > 1 and res[1]:
-            res = (res[0], _safe_headers(res[1])) + tuple(res[2:])
-        super().succeedHandshake(res)  # type: ignore[misc]
+        try:
+            if isinstance(res, tuple) and len(res) > 1 and res[1]:
+                res = (res[0], _safe_headers(res[1])) + tuple(res[2:])
+            super().succeedHandshake(res)  # type: ignore[misc]
+        except Exception:
+            # On Autobahn's own handshake path this runs in a Deferred's
+            # callback: an exception would be an unhandled error and the
+            # client left waiting.  Before the 101, a 500; after it, 1011.
+            self.handler_failed("the opening handshake")
 
     def onOpen(self) -> None:
         if self.registry is not None:
@@ -302,7 +310,13 @@ class RouteProtocolMixin:
             route=self.route_path,
             peer=getattr(self, "peer", "?"),
             where=where,
-            action="closing with 1011" if state == self.STATE_OPEN else "dropping the connection",  # type: ignore[attr-defined]
+            action=(
+                "closing with 1011"
+                if state == self.STATE_OPEN  # type: ignore[attr-defined]
+                else "answering 500"
+                if getattr(self, "http_response_data", None) is None
+                else "dropping the connection"
+            ),
         )
         if self.registry is not None:
             self.registry.stats.handler_errors[self.route_path] += 1
@@ -453,6 +467,12 @@ class RouteProtocolMixin:
     def sendPreparedMessage(self, preparedMsg: PreparedMessage) -> None:
         if self.state != _OPEN:  # type: ignore[attr-defined]
             return
+        if self.send_state:  # type: ignore[attr-defined]
+            # In the middle of a message being streamed to this client: a
+            # whole message in between would break it (RFC 6455 5.4).  It
+            # goes out after the stream's last frame.
+            self._after_message(preparedMsg)
+            return
         if self._paused and not self._room_for(len(preparedMsg.payloadHybi)):
             return
         if (
@@ -468,6 +488,19 @@ class RouteProtocolMixin:
         # Autobahn counts messages sent with sendMessage only.
         self.prepared_sent += 1
         super().sendPreparedMessage(preparedMsg)  # type: ignore[misc]
+
+    def _after_message(self, preparedMsg: PreparedMessage) -> None:
+        queued = self._queued_after_message
+        waiting = sum(len(p.payloadHybi) for p in queued) if queued else 0
+        if not self._room_for(len(preparedMsg.payloadHybi), waiting):
+            return
+        self._queued_after_message = (queued or ()) + (preparedMsg,)
+
+    def endMessage(self) -> None:
+        super().endMessage()  # type: ignore[misc]
+        queued, self._queued_after_message = self._queued_after_message, None
+        for prepared in queued or ():
+            self.sendPreparedMessage(prepared)
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: Optional[int] = None) -> None:
         if self._paused:
@@ -543,7 +576,13 @@ def _safe_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
                 "onConnect returned a header name that is not a token: {name!r}; dropped", name=name
             )
             continue
-        values = [value] if isinstance(value, (str, bytes)) else list(value)
+        if isinstance(value, (str, bytes)):
+            values = [value]
+        else:
+            try:
+                values = list(value)
+            except TypeError:  # a number, say: Autobahn writes it as text
+                values = [value]
         safe[name] = [header_value(v).decode("latin-1") for v in values]
     return safe
 

@@ -88,11 +88,24 @@ def stream_to_channel(
 
 async def _stream_to_channel(hub: Any, channel: str, chunks: Chunks, isBinary: bool) -> int:
     members = []
+    busy = 0
     for member in hub.members(channel):
-        if member.state == member.STATE_OPEN and _each(
-            member, member.beginMessage, isBinary=isBinary
-        ):
+        if member.state != member.STATE_OPEN:
+            continue
+        if member.send_state != member.SEND_STATE_GROUND:
+            # Sending a message of its own (or another stream): a second
+            # message cannot begin inside it, and being busy is no failure.
+            busy += 1
+            continue
+        if _each(member, member.beginMessage, isBinary=isBinary):
             members.append(member)
+    if busy:
+        log.info(
+            "channel stream on {channel!r}: {n} member(s) busy sending another message "
+            "were left out",
+            channel=channel,
+            n=busy,
+        )
     produced = 0
 
     def frame(chunk: bytes) -> None:
@@ -174,11 +187,24 @@ class MessageConsumer:
 
     def _pull(self) -> None:
         def more(_: object) -> None:
-            if self._producer is not None and self.protocol.state == self.protocol.STATE_OPEN:
-                # On the next turn: the producer is still inside write().
-                _clock().callLater(0, self._resume)
+            if self._producer is None:
+                return
+            if self.protocol.state != self.protocol.STATE_OPEN:
+                self._connection_ended()
+                return
+            # On the next turn: the producer is still inside write().
+            _clock().callLater(0, self._resume)
 
-        self.protocol.writable().addCallbacks(more, lambda _: None)
+        self.protocol.writable().addCallbacks(more, lambda _: self._connection_ended())
+
+    def _connection_ended(self) -> None:
+        # A pull producer waits to be asked for more: asked never again, it
+        # is stopped (a FileSender closes its file), and done fails.
+        producer, self._producer = self._producer, None
+        if producer is not None and not self._streaming:
+            producer.stopProducing()
+        if not self.done.called:
+            self.done.errback(ConnectionDone("the connection closed while a message was streaming"))
 
     def _resume(self) -> None:
         if self._producer is not None:
@@ -188,6 +214,8 @@ class MessageConsumer:
         if self._streaming and self._producer is not None:
             self.protocol.unregisterProducer(self._producer)
         self._producer = None
+        if self.done.called:
+            return
         if self.protocol.state != self.protocol.STATE_OPEN:
             self.done.errback(ConnectionDone("the connection closed while a message was streaming"))
             return
