@@ -172,6 +172,9 @@ def test_sighup_replaces_workers_with_a_changed_configuration(supervise, tmp_pat
 
     supervisor, reactor = supervise(config=(str(config), config.read_bytes()), check=check)
     old = list(reactor.processes)
+    supervisor.hangup()  # workers that have just started are left alone
+    assert [p.signals for p in old] == [[], []]
+    reactor.advance(workers.FRESH)
     supervisor.hangup()  # unchanged: the workers reload their certificates
     assert [p.signals for p in old] == [[signal.SIGHUP]] * 2 and len(reactor.processes) == 2
     config.write_bytes(b"broken")
@@ -191,6 +194,8 @@ def test_sighup_replaces_workers_with_a_changed_configuration(supervise, tmp_pat
     supervisor.hangup()  # unchanged now: only the current workers reload
     assert [p.signals[-1] for p in old] == [signal.SIGTERM] * 2
     assert [p.signals for p in new] == [[signal.SIGHUP]] * 2
+    supervisor.stopService()  # the old ones, told already, are not told again
+    assert [p.signals.count(signal.SIGTERM) for p in old + new] == [1, 1, 1, 1]
     for process in old:  # the old ones end: nothing restarts them
         process.exit(0)
     reactor.advance(5)
@@ -234,3 +239,16 @@ def test_sighup_is_ignored_once_stopping_has_begun(supervise):
     supervisor.stopService()
     assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
+def test_a_worker_retiring_when_the_supervisor_stops_is_told_once(supervise, tmp_path):
+    config = tmp_path / "wsmux.toml"
+    config.write_bytes(b"log_level = 'info'\n")
+    supervisor, reactor = supervise(
+        count=1, config=(str(config), config.read_bytes()), check=lambda argv: ("ports", 1)
+    )
+    config.write_bytes(b"log_level = 'debug'\n")
+    supervisor.hangup()  # the old worker retires in RETIRE_DELAY...
+    supervisor.stopService()  # ...but the stop comes first
+    reactor.advance(workers.RETIRE_DELAY + 1)
+    assert [p.signals for p in reactor.processes] == [[signal.SIGTERM], [signal.SIGTERM]]

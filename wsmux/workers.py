@@ -144,6 +144,8 @@ class _Worker(ProcessProtocol):
         self.index = index
         self.started = started
         self.retired = False
+        self.terminated = False
+        self.retire_call: Any = None
         self.pid: Optional[int] = None
         self.ended: defer.Deferred[None] = defer.Deferred()
 
@@ -236,6 +238,9 @@ class ConfigSnapshot:
 # Seconds an old worker keeps accepting beside its replacement, on a reload,
 # while the new one starts (both accept from the same socket).
 RETIRE_DELAY = 2.0
+
+# Seconds after its start during which a worker is not sent SIGHUP.
+FRESH = 2.0
 
 
 class WorkerSupervisor(Service):
@@ -481,17 +486,28 @@ class WorkerSupervisor(Service):
             if old is not None and old in self.transports:
                 old.retired = True
                 self.retiring.append(old)
-                reactor.callLater(RETIRE_DELAY, self._retire, old)
+                old.retire_call = reactor.callLater(RETIRE_DELAY, self._terminate, old)
 
-    def _retire(self, worker: _Worker) -> None:
+    def _terminate(self, worker: _Worker) -> None:
+        # SIGTERM once per worker: a second one makes Twisted stop a
+        # reactor that is already stopping (a traceback in the worker).
+        worker.retire_call = None
         transport = self.transports.get(worker)
-        if transport is not None:
+        if transport is not None and not worker.terminated:
+            worker.terminated = True
             _signal(transport, signal.SIGTERM)
 
     def _signal_all(self, signum: int, retiring: bool = True) -> None:
+        now = self._reactor().seconds()
         for worker, transport in list(self.transports.items()):
-            if retiring or not worker.retired:
-                _signal(transport, signum)
+            if not retiring and worker.retired:
+                continue
+            if signum == signal.SIGHUP and now - worker.started < FRESH:
+                # Started a moment ago, with the current settings and
+                # certificates, and perhaps not yet ignoring SIGHUP (a new
+                # process starts with the signal at its default action).
+                continue
+            _signal(transport, signum)
 
     def stopService(self) -> Any:
         super().stopService()
@@ -505,9 +521,12 @@ class WorkerSupervisor(Service):
             # process): a reload during the drain must not stop the stop.
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
         # Every process started and not yet ended: workers, and old ones
-        # still draining after a reload.
+        # still draining after a reload (each told once).
         ended = [worker.ended for worker in self.transports]
-        self._signal_all(signal.SIGTERM)
+        for worker in list(self.transports):
+            if worker.retire_call is not None and worker.retire_call.active():
+                worker.retire_call.cancel()
+            self._terminate(worker)
         reactor = self._reactor()
         kill = reactor.callLater(self.drain_timeout + 5, self._signal_all, signal.SIGKILL)
         done = defer.DeferredList(ended, consumeErrors=True)
