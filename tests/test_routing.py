@@ -173,3 +173,28 @@ def test_start_up_is_linear_in_routes(monkeypatch):
     assert counts["route_protocol"] == 0
     tree.route_for("/r7/{x}").protocol_class(tree.route_for("/r7/{x}").route.handlers[0])
     assert counts["route_protocol"] == 1
+
+
+def test_an_unmounted_route_stays_unhandled_beside_a_parameter_route():
+    tree = tree_of("/rooms/lobby", "/rooms/{room}")
+    tree.unmount("/rooms/lobby")
+    resource, _ = resolved(tree, "/rooms/lobby")
+    assert isinstance(resource, UnhandledUpgrade)
+
+
+def test_the_most_specific_full_match_wins_for_plain_requests_too():
+    from twisted.web.resource import Resource
+
+    tree = tree_of("/rooms/lobby", "/{y}")
+    health = Resource()
+    tree.mount_resource("/healthz", health)
+    # /rooms leads nowhere through the literal segment: the parameter route
+    # serves it (a plain GET to a route is its 426).
+    resource, request = resolved(tree, "/rooms", upgrade=False)
+    assert isinstance(resource, WebSocketEndpoint) and resource.route.path == "/{y}"
+    # An HTTP resource is a full match for a plain request...
+    resource, _ = resolved(tree, "/healthz", upgrade=False)
+    assert resource is health
+    # ...but not for an upgrade, which the WebSocket route takes.
+    resource, request = resolved(tree, "/healthz")
+    assert isinstance(resource, WebSocketEndpoint) and request.wsmux_path_params == {"y": "healthz"}

@@ -785,8 +785,11 @@ class _Node(Resource):
         HTTP resource); literal segments tried before parameters.
         """
         if not rest:
+            # A route here, even unmounted: an unmounted path stays
+            # unhandled (404, or the hook), as unmount promises, rather
+            # than falling to a parameter route beside it.
             if upgrade:
-                return self.endpoint is not None and self.endpoint.mounted
+                return self.endpoint is not None
             return self.endpoint is not None or self.http is not None
         segment = rest[0]
         child = self.children.get(segment)
