@@ -172,11 +172,12 @@ def test_sighup_replaces_workers_with_a_changed_configuration(supervise, tmp_pat
 
     supervisor, reactor = supervise(config=(str(config), config.read_bytes()), check=check)
     old = list(reactor.processes)
-    supervisor.hangup()  # workers that have just started are left alone
+    supervisor.hangup()  # workers that have just started get it a little later
     assert [p.signals for p in old] == [[], []]
     reactor.advance(workers.FRESH)
+    assert [p.signals for p in old] == [[signal.SIGHUP]] * 2
     supervisor.hangup()  # unchanged: the workers reload their certificates
-    assert [p.signals for p in old] == [[signal.SIGHUP]] * 2 and len(reactor.processes) == 2
+    assert [p.signals for p in old] == [[signal.SIGHUP] * 2] * 2 and len(reactor.processes) == 2
     config.write_bytes(b"broken")
     supervisor.hangup()  # broken: kept
     config.write_bytes(b"port = 8081\n")
@@ -193,7 +194,7 @@ def test_sighup_replaces_workers_with_a_changed_configuration(supervise, tmp_pat
     assert [p.signals[-1] for p in old] == [signal.SIGTERM] * 2
     supervisor.hangup()  # unchanged now: only the current workers reload
     assert [p.signals[-1] for p in old] == [signal.SIGTERM] * 2
-    assert [p.signals for p in new] == [[signal.SIGHUP]] * 2
+    assert [p.signals for p in new] == [[signal.SIGHUP]] * 2  # they are FRESH seconds old
     supervisor.stopService()  # the old ones, told already, are not told again
     assert [p.signals.count(signal.SIGTERM) for p in old + new] == [1, 1, 1, 1]
     for process in old:  # the old ones end: nothing restarts them

@@ -545,7 +545,7 @@ class PendingUpgrade:
         User code failed while deciding: log it once, answer 500.
         """
         log.failure(
-            "{what} failed on {path}",
+            "{what} failed for {path}",
             failure,
             what=what,
             path=self.request.path.decode("utf-8", "replace"),

@@ -239,7 +239,8 @@ class ConfigSnapshot:
 # while the new one starts (both accept from the same socket).
 RETIRE_DELAY = 2.0
 
-# Seconds after its start during which a worker is not sent SIGHUP.
+# Seconds after its start before a worker is sent SIGHUP (one sent sooner
+# waits until then).
 FRESH = 2.0
 
 
@@ -502,12 +503,19 @@ class WorkerSupervisor(Service):
         for worker, transport in list(self.transports.items()):
             if not retiring and worker.retired:
                 continue
-            if signum == signal.SIGHUP and now - worker.started < FRESH:
-                # Started a moment ago, with the current settings and
-                # certificates, and perhaps not yet ignoring SIGHUP (a new
-                # process starts with the signal at its default action).
+            age = now - worker.started
+            if signum == signal.SIGHUP and age < FRESH:
+                # Started a moment ago and perhaps not yet ignoring SIGHUP
+                # (a new process starts with it at its default action, which
+                # ends it): it gets the signal once it is FRESH seconds old.
+                self._reactor().callLater(FRESH - age, self._hup_later, worker)
                 continue
             _signal(transport, signum)
+
+    def _hup_later(self, worker: _Worker) -> None:
+        transport = self.transports.get(worker)
+        if transport is not None and not self.stopping and not worker.retired:
+            _signal(transport, signal.SIGHUP)
 
     def stopService(self) -> Any:
         super().stopService()
