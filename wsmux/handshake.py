@@ -48,6 +48,7 @@ from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
 from wsmux.fastpath import idle_tcp, release_held
+from wsmux.responses import safe_accept
 
 # Methods a handler must not override for the direct handshake: they see
 # (or parse) the request bytes that the direct handshake never replays.
@@ -71,6 +72,22 @@ def _has_token(value: str, token: str) -> bool:
     if value.lower() == token:
         return True
     return any(part.strip().lower() == token for part in value.split(","))
+
+
+class GuardedHandshakeMixin:
+    """
+    For a handler on Autobahn's own handshake path: C{succeedHandshake}
+    runs in a Deferred's callback there, where an exception would be an
+    unhandled error and the client left waiting; before the 101 it is a
+    500, after it a 1011.  (The direct handshake does the same in
+    L{DirectHandshakeMixin}.)
+    """
+
+    def succeedHandshake(self, res: Any) -> None:
+        try:
+            super().succeedHandshake(safe_accept(res))  # type: ignore[misc]
+        except Exception:
+            self.handler_failed("the opening handshake")  # type: ignore[attr-defined]
 
 
 class DirectHandshakeMixin:
@@ -229,7 +246,10 @@ class DirectHandshakeMixin:
         if me.state != me.STATE_CONNECTING:
             return  # the client left (or timed out) while onConnect thought
         try:
-            me.succeedHandshake(result)
+            # Past the route class's guard, which is for Autobahn's path.
+            if type(result) is tuple:
+                result = safe_accept(result)
+            super(GuardedHandshakeMixin, me).succeedHandshake(result)  # type: ignore[misc]
         except Exception:
             # Autobahn leaves this in a Deferred nobody reads (and the
             # client waiting for the open-handshake timeout).  Before the

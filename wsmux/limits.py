@@ -215,7 +215,8 @@ def client_address(request: IRequest, limits: ServerLimits) -> str:
 
     @return: the address, normalized (IPv4-mapped IPv6 as IPv4).
     """
-    direct = _host_of(request.getClientAddress())
+    peer = request.getClientAddress()
+    direct = getattr(peer, "host", None) or _host_of(peer)
     networks = limits.trusted_proxy_networks
     hops = limits.trusted_proxies
     if not networks and hops <= 0:
@@ -302,10 +303,10 @@ class Place:
 
     __slots__ = ("registry", "key", "route", "address", "released")
 
-    def __init__(self, registry: ConnectionRegistry, address: str, route: Any) -> None:
+    def __init__(self, registry: ConnectionRegistry, address: str, route: Any, key: str) -> None:
         self.registry = registry
         self.address = address
-        self.key = address_key(address)
+        self.key = key
         self.route = route
         self.released = False
 
@@ -313,9 +314,25 @@ class Place:
         """
         Give the place back (once; later calls do nothing).
         """
-        if not self.released:
-            self.released = True
-            self.registry._release(self)
+        if self.released:
+            return
+        self.released = True
+        registry = self.registry
+        registry.held -= 1
+        counts = registry.per_address
+        left = counts.get(self.key, 0) - 1
+        if left > 0:
+            counts[self.key] = left
+        else:
+            counts.pop(self.key, None)
+        route = self.route
+        if route is not None:
+            counts = registry.per_route
+            left = counts.get(route, 0) - 1
+            if left > 0:
+                counts[route] = left
+            else:
+                counts.pop(route, None)
 
 
 @dataclass
@@ -361,8 +378,10 @@ class ConnectionRegistry:
         if route_cap and route is not None and self.per_route[route] >= route_cap:
             return (503, "Route connection limit reached")
         cap = self.limits.max_connections_per_ip
-        if cap and self.per_address[address_key(address)] >= cap:
-            return (429, "Too many connections from your address")
+        if cap:
+            key = address_key(address) if ":" in address else address
+            if self.per_address.get(key, 0) >= cap:
+                return (429, "Too many connections from your address")
         return None
 
     def hold(
@@ -375,28 +394,39 @@ class ConnectionRegistry:
             to the protocol that takes the connection over) and L{None};
             or L{None} and the status and reason to refuse with.
         """
-        refusal = self.admit(address, route, route_cap)
-        if refusal is not None:
-            return None, refusal
-        return self._take(address, route), None
+        # admit's checks, written out: this runs for every upgrade.
+        if self.draining or (
+            self.limits.max_connections and self.held >= self.limits.max_connections
+        ):
+            return None, self.admit(address, route, route_cap)
+        if route_cap and route is not None and self.per_route.get(route, 0) >= route_cap:
+            return None, self.admit(address, route, route_cap)
+        cap = self.limits.max_connections_per_ip
+        key = address_key(address) if ":" in address else address
+        counts = self.per_address
+        taken = counts.get(key, 0)
+        if cap and taken >= cap:
+            return None, self.admit(address, route, route_cap)
+        place = Place(self, address, route, key)
+        self.held += 1
+        counts[key] = taken + 1
+        if route is not None:
+            counts = self.per_route
+            counts[route] = counts.get(route, 0) + 1
+        return place, None
+
+    # Counted with dict methods: Counter's own += and del run in Python,
+    # and these run twice per connection.
 
     def _take(self, address: str, route: Any) -> Place:
-        place = Place(self, address, route)
+        place = Place(self, address, route, address_key(address))
         self.held += 1
-        self.per_address[place.key] += 1
+        counts = self.per_address
+        counts[place.key] = counts.get(place.key, 0) + 1
         if route is not None:
-            self.per_route[route] += 1
+            counts = self.per_route
+            counts[route] = counts.get(route, 0) + 1
         return place
-
-    def _release(self, place: Place) -> None:
-        self.held -= 1
-        self.per_address[place.key] -= 1
-        if self.per_address[place.key] <= 0:
-            del self.per_address[place.key]
-        if place.route is not None:
-            self.per_route[place.route] -= 1
-            if self.per_route[place.route] <= 0:
-                del self.per_route[place.route]
 
     def add(self, protocol: Any, address: str, place: Optional[Place] = None) -> None:
         """

@@ -39,7 +39,9 @@ class RouteStats:
 
     def closed(self, protocol: Any, code: Optional[int]) -> None:
         route = protocol.route_path
-        self.closes[(route, close_code_label(code))] += 1
+        label = _CODE_LABELS.get(code) or close_code_label(code)
+        key = (route, label)
+        self.closes[key] = self.closes.get(key, 0) + 1
         for kind, value in traffic_of(protocol).items():
             self.traffic[(route, kind)] += value
 
@@ -60,6 +62,9 @@ def close_code_label(code: Optional[int]) -> str:
     if 4000 <= code <= 4999:
         return "4xxx"
     return "other"
+
+
+_CODE_LABELS: dict[Any, str] = {code: str(code) for code in range(1000, 1016)}
 
 
 def traffic_of(protocol: Any) -> dict[str, int]:

@@ -17,6 +17,7 @@ import txaio
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
 from autobahn.websocket.types import ConnectionRequest
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer
@@ -25,9 +26,14 @@ from zope.interface import implementer
 
 from wsmux.factory import ProtocolOptions
 from wsmux.fastpath import FastReceiveMixin, FastSendMixin, fast_path_ok
-from wsmux.handshake import DirectHandshakeMixin, LeanServerProtocol, direct_handshake_ok
+from wsmux.handshake import (
+    DirectHandshakeMixin,
+    GuardedHandshakeMixin,
+    LeanServerProtocol,
+    direct_handshake_ok,
+)
 from wsmux.logs import log
-from wsmux.responses import header_value, status_reason
+from wsmux.responses import safe_headers, status_reason
 
 _EMPTY: Mapping[str, str] = {}
 _MISSING = object()
@@ -69,7 +75,7 @@ class RouteProtocolMixin:
     @ivar client_address: the client's address (behind trusted proxies).
     @ivar dropped_messages: messages not sent because the client was too
         slow (with the C{drop} policy).
-    @ivar channels: the tree's L{wsmux.channels.ChannelHub}.
+    @ivar channels: the route's channels (a L{wsmux.channels.RouteChannels}).
     """
 
     transport: Any
@@ -78,7 +84,8 @@ class RouteProtocolMixin:
     selected_subprotocol: Optional[str] = None
     client_address: str = ""
     registry: Any = None
-    channels: Any = None
+    _channel_namespace: str = ""
+    _lost: bool = False
     dropped_messages: int = 0
     prepared_sent: int = 0
     _paused: bool = False
@@ -93,6 +100,22 @@ class RouteProtocolMixin:
     wsmux_place: Any = None
     _inflate_only: bool = False
     _queued_after_message: Optional[tuple[Any, ...]] = None
+
+    @property
+    def channels(self) -> Any:
+        """
+        The route's channels, made on first use (most connections never
+        touch a channel).
+        """
+        view = self.__dict__.get("_channels")
+        if view is None and self.registry is not None:
+            view = self.registry.channels.namespace(self._channel_namespace or self.route_path)
+            self.__dict__["_channels"] = view
+        return view
+
+    @channels.setter
+    def channels(self, value: Any) -> None:
+        self.__dict__["_channels"] = value
 
     def connectionMade(self) -> None:
         super().connectionMade()  # type: ignore[misc]
@@ -117,17 +140,15 @@ class RouteProtocolMixin:
     def dropConnection(self, abort: bool = False) -> None:
         self._ending()
         super().dropConnection(abort)  # type: ignore[misc]
-        transport: Any = self.transport
-        if not abort and transport is not None and self._linger_call is None:
+        if not (abort or self._lost) and self._linger_call is None and self.transport is not None:
             # Closing politely waits for what is still to be sent and, over
             # TLS, for the peer's close_notify: a peer that never reads or
-            # never answers must not hold the connection for ever.
-            transport = self.transport
-            if getattr(transport, "connected", False) or getattr(transport, "disconnecting", False):
-                self._linger_call = _clock().callLater(
-                    max(1.0, self.closeHandshakeTimeout or 0.0),  # type: ignore[attr-defined]
-                    self._linger_expired,
-                )
+            # never answers must not hold the connection for ever.  (Plain
+            # TCP with nothing left to send has closed already: no timer.)
+            self._linger_call = _clock().callLater(
+                max(1.0, self.closeHandshakeTimeout or 0.0),  # type: ignore[attr-defined]
+                self._linger_expired,
+            )
 
     def _linger_expired(self) -> None:
         self._linger_call = None
@@ -140,17 +161,19 @@ class RouteProtocolMixin:
         self._ending()
 
     def connectionLost(self, reason: Any = None) -> None:
-        self._ending()
+        if not self._ended:
+            self._ending()
         if self._linger_call is not None:
             if self._linger_call.active():
                 self._linger_call.cancel()
             self._linger_call = None
         if self.registry is not None:
             self.registry.remove(self, self.client_address)
-        if self.channels is not None:
+        self._lost = True
+        if self.registry is not None:
             # Every channel it joined, in any namespace (a handler may reach
             # past its route's through the hub).
-            getattr(self.channels, "hub", self.channels).unsubscribe(self)
+            self.registry.channels.unsubscribe(self)
         super().connectionLost(reason)  # type: ignore[misc]
 
     def _ending(self) -> None:
@@ -167,7 +190,10 @@ class RouteProtocolMixin:
             return
         self._ended = True
         transport: Any = self.transport
-        if self._on_transport and transport is not None:
+        # Twisted's plain TCP transport closes with a producer registered
+        # (and stops it when the connection is lost): only the others (TLS
+        # above all) need letting go of.
+        if self._on_transport and transport is not None and transport.__class__ is not tcp.Server:
             self._on_transport = False
             transport.unregisterProducer()
             if self._paused:
@@ -218,26 +244,12 @@ class RouteProtocolMixin:
             reason = "Internal Server Error"
         headers = [
             (name, value)
-            for name, values in _safe_headers(dict(responseHeaders or ())).items()
+            for name, values in safe_headers(dict(responseHeaders or ())).items()
             for value in values
         ]
         super().failHandshake(  # type: ignore[misc]
             status_reason(reason, "Refused"), code, headers or None
         )
-
-    def succeedHandshake(self, res: Any) -> None:
-        # The headers onConnect returned go into the 101 as they are: a
-        # value built from the request (a room name, say) must not carry a
-        # line break into it.
-        try:
-            if isinstance(res, tuple) and len(res) > 1 and res[1]:
-                res = (res[0], _safe_headers(res[1])) + tuple(res[2:])
-            super().succeedHandshake(res)  # type: ignore[misc]
-        except Exception:
-            # On Autobahn's own handshake path this runs in a Deferred's
-            # callback: an exception would be an unhandled error and the
-            # client left waiting.  Before the 101, a 500; after it, 1011.
-            self.handler_failed("the opening handshake")
 
     def onOpen(self) -> None:
         if self.registry is not None:
@@ -431,16 +443,13 @@ class RouteProtocolMixin:
             return
         if self._paused and not self._room_for(len(payload)):
             return
-        if self.maxMessagePayloadSize and len(payload) >= self._near_limit():  # type: ignore[attr-defined]
+        limit = self.maxMessagePayloadSize  # type: ignore[attr-defined]
+        # Near the limit (compressing can make a message slightly larger:
+        # incompressible data, about 5 bytes per 16 KiB block, plus a few).
+        if limit and len(payload) >= limit - (limit >> 9) - 64:
             self._send_past_incoming_limit(payload, isBinary, fragmentSize, sync, doNotCompress)
             return
         super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress)  # type: ignore[misc]
-
-    def _near_limit(self) -> int:
-        # Compressing can make a message slightly larger (incompressible
-        # data: about 5 bytes per 16 KiB block, plus a few).
-        limit: int = self.maxMessagePayloadSize  # type: ignore[attr-defined]
-        return limit - (limit >> 9) - 64
 
     def _send_past_incoming_limit(
         self,
@@ -558,33 +567,6 @@ class RouteProtocolMixin:
         )
         self._send_cap = 0
         self.dropConnection(abort=True)  # type: ignore[attr-defined]
-
-
-_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
-
-
-def _safe_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
-    """
-    Headers from user code, fit for a response head: names that are HTTP
-    tokens (others dropped, with a log line), values without control
-    characters.
-    """
-    safe: dict[str, Any] = {}
-    for name, value in headers.items():
-        if not isinstance(name, str) or not name or not _TOKEN.issuperset(name):
-            log.error(
-                "onConnect returned a header name that is not a token: {name!r}; dropped", name=name
-            )
-            continue
-        if isinstance(value, (str, bytes)):
-            values = [value]
-        else:
-            try:
-                values = list(value)
-            except TypeError:  # a number, say: Autobahn writes it as text
-                values = [value]
-        safe[name] = [header_value(v).decode("latin-1") for v in values]
-    return safe
 
 
 def close_with(protocol: Any, code: int, reason: str) -> None:
@@ -789,7 +771,11 @@ def _handler_traits(handler: type) -> tuple[bool, bool, bool, tuple[str, ...]]:
 
 
 def route_protocol(
-    handler: type, options: ProtocolOptions, route_path: str, factory: Any = None
+    handler: type,
+    options: ProtocolOptions,
+    route_path: str,
+    factory: Any = None,
+    channel_namespace: Optional[str] = None,
 ) -> type:
     """
     Derive the class wsmux instantiates for C{handler} on one route.
@@ -797,6 +783,8 @@ def route_protocol(
     @param handler: the user's C{WebSocketServerProtocol} subclass.
     @param options: the route's options.
     @param route_path: the route's path pattern, for logs.
+    @param channel_namespace: the channels its connections reach: by
+        default the route's C{channel_namespace} option, or the route's own.
     @param factory: the route's L{wsmux.factory.RouteFactory}.  Autobahn
         copies about thirty options from the factory into every connection
         unless the class already has them; the derived class carries them
@@ -813,6 +801,7 @@ def route_protocol(
         "__module__": handler.__module__,
         "__qualname__": handler.__qualname__,
         "_send_delay": options.send_delay,
+        "_channel_namespace": channel_namespace or options.channel_namespace or route_path,
     }
     if options.max_fragments:
         bases += (FragmentCapMixin,)
@@ -823,6 +812,9 @@ def route_protocol(
     if options.deflate == "inflate-only":
         bases += (InflateOnlyMixin,)
     direct, receive_ok, send_ok, shared = _handler_traits(handler)
+    # Both: a handler whose class admits no direct handshake (below) still
+    # takes Autobahn's path, guarded.
+    bases = (GuardedHandshakeMixin,) + bases
     if direct:
         bases += (DirectHandshakeMixin,)
     if receive_ok:

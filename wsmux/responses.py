@@ -12,6 +12,9 @@ such text passes through here first.
 from __future__ import annotations
 
 import re
+from typing import Any, Mapping
+
+from wsmux.logs import log
 
 # The longest reason phrase wsmux writes; the full text stays in the log.
 MAX_REASON = 200
@@ -42,3 +45,41 @@ def header_value(value: object) -> bytes:
     """
     raw = value if isinstance(value, bytes) else str(value).encode("utf-8")
     return bytes(32 if (b < 32 and b != 9) or b == 127 else b for b in raw).strip()
+
+
+_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def safe_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
+    """
+    Headers from user code, fit for a response head: names that are HTTP
+    tokens (others dropped, with a log line), values without control
+    characters.
+    """
+    safe: dict[str, Any] = {}
+    for name, value in headers.items():
+        if not isinstance(name, str) or not name or not _TOKEN.issuperset(name):
+            log.error(
+                "onConnect returned a header name that is not a token: {name!r}; dropped", name=name
+            )
+            continue
+        if isinstance(value, (str, bytes)):
+            values = [value]
+        else:
+            try:
+                values = list(value)
+            except TypeError:  # a number, say: Autobahn writes it as text
+                values = [value]
+        safe[name] = [header_value(v).decode("latin-1") for v in values]
+    return safe
+
+
+def safe_accept(result: Any) -> Any:
+    """
+    What C{onConnect} returned, with the headers it adds to the 101 made
+    safe: a value built from the request (a room name, say) must not carry
+    a line break into the response head.
+    """
+    if isinstance(result, tuple) and len(result) > 1 and result[1]:
+        return (result[0], safe_headers(result[1])) + tuple(result[2:])
+    return result

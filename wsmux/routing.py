@@ -304,6 +304,7 @@ class WebSocketEndpoint(_UpgradeResource):
 
     _factory: Optional[RouteFactory] = None
     _classes: Optional[dict[type, type]] = None
+    _single: Optional[type] = None
 
     def __init__(self, tree: RouteTree, route: Route, options: ProtocolOptions) -> None:
         super().__init__(tree)
@@ -379,14 +380,21 @@ class WebSocketEndpoint(_UpgradeResource):
                     + ")",
                     self.route.path,
                 )
-        place, refusal = self.tree.hold(request, self)
+        tree = self.tree
+        place, refusal = tree.registry.hold(
+            client_address(request, tree.limits), self, self.options.max_connections
+        )
         if refusal is not None:
             return self.reject(request, *refusal, route=self.route.path)
         assert place is not None
         params = getattr(request, _PARAMS_ATTR, {})
         if not self._choosy:
+            cls = self._single
+            if cls is not None:
+                self.tree.upgrade(request, self._factory, cls, params, subprotocol, place)  # type: ignore[arg-type]
+                return NOT_DONE_YET
             try:
-                cls = self.protocol_class(self.route.handlers[0])
+                cls = self._single = self.protocol_class(self.route.handlers[0])
             except Exception:
                 # Made on first use: a handler class that cannot be derived
                 # fails here, per request, and must not keep the place.
@@ -609,7 +617,6 @@ def upgrade(
     address: Optional[str] = None,
     place: Optional[Place] = None,
     deadline: Optional[float] = None,
-    namespace: Optional[str] = None,
 ) -> Optional[WebSocketServerProtocol]:
     """
     Take the connection of C{request} away from C{twisted.web} and continue
@@ -666,11 +673,6 @@ def upgrade(
         protocol.path_params = dict(params)
     protocol.selected_subprotocol = subprotocol
     protocol.registry = registry
-    if registry is not None:
-        if namespace is None:
-            options = getattr(factory, "options", None)
-            namespace = getattr(options, "channel_namespace", "") or factory.route_path
-        protocol.channels = registry.channels.namespace(namespace)
     direct = getattr(request.getClientAddress(), "host", None)
     protocol.client_address = address or str(direct)
 
@@ -1015,22 +1017,19 @@ class RouteTree(_Node):
         params: Mapping[str, str],
         subprotocol: Optional[str] = None,
         held: Union[Place, PendingUpgrade, None] = None,
-        namespace: Optional[str] = None,
     ) -> Optional[WebSocketServerProtocol]:
         """
         L{upgrade} C{request}, counting the connection in this tree's
         registry (in the place it L{hold}s, when given).
-
-        @param namespace: the channels the connection reaches, when not
-            those its factory's route names.
         """
-        address = client_address(request, self.limits)
         deadline = None
         if isinstance(held, PendingUpgrade):
             place: Optional[Place] = held.place
             deadline = held.deadline
         else:
             place = held
+        # The address the place was taken for (worked out once).
+        address = place.address if place is not None else client_address(request, self.limits)
         return upgrade(
             request,
             factory,
@@ -1041,7 +1040,6 @@ class RouteTree(_Node):
             address,
             place,
             deadline,
-            namespace,
         )
 
     def render_unhandled(self, request: IRequest) -> Any:
@@ -1088,7 +1086,6 @@ class RouteTree(_Node):
                     adopt.path_params,
                     None,
                     pending,
-                    namespace=f"(unhandled) {adopt.handler.__module__}.{adopt.handler.__qualname__}",
                 )
                 return
             if result is None:
@@ -1129,7 +1126,10 @@ class RouteTree(_Node):
     def _adopt_class(self, handler: type) -> type:
         cls = self._adopt_classes.get(handler)
         if cls is None:
+            # Channels per adopted handler class: a hook that adopts a
+            # guarded room here and a pubsub handler there keeps them apart.
+            namespace = f"(unhandled) {handler.__module__}.{handler.__qualname__}"
             cls = self._adopt_classes[handler] = route_protocol(
-                handler, self.defaults, "(unhandled)", self._adoption_factory()
+                handler, self.defaults, "(unhandled)", self._adoption_factory(), namespace
             )
         return cls

@@ -217,17 +217,21 @@ class GuardedHTTPChannel(HTTPChannel):
         self.requests.append(request)
         request.raw_head = data[: end + 4]
         self._HTTPChannel__first_line = 0
-        self._command, self._path, self._version = command, path, version
         add = request.requestHeaders.addRawHeader
         for name, value in headers:
             add(name, value)
+        if path[:1] != b"/":
+            path = origin_form(request, path)
+        self._command, self._path, self._version = command, path, version
         # What follows the head waits where LineReceiver keeps it, and goes
         # where it would go (the WebSocket protocol, after an upgrade).
         self._buffer = data[end + 4 :]
         self._busyReceiving = True
         try:
-            self.allHeadersReceived()
-            self.allContentReceived()
+            # twisted.web's own: this head has no body, its deadline is
+            # disarmed and its target is in origin form already.
+            HTTPChannel.allHeadersReceived(self)
+            HTTPChannel.allContentReceived(self)
         finally:
             self._busyReceiving = False
         # LineReceiver stops once the transport is closing, and so do we.
@@ -329,6 +333,11 @@ class GuardedHTTPChannel(HTTPChannel):
                     return
                 self._body_place = place
             request.wsmux_body_cap = cap
+            if cap and cap <= _IN_MEMORY_BODY:
+                # A capped body is held in memory, not spooled to a
+                # temporary file that would stay open (deleted) until the
+                # garbage collector found the request.
+                request.gotLength = lambda length: _in_memory(request)  # type: ignore[method-assign]
         super().allHeadersReceived()
 
     def allContentReceived(self) -> None:
@@ -336,6 +345,9 @@ class GuardedHTTPChannel(HTTPChannel):
         # longer holds a place in the caps.
         self._disarm_deadline()
         self._release_body_place()
+        path = self._path
+        if path[:1] != b"/":
+            self._path = origin_form(self.requests[-1], path)
         super().allContentReceived()
 
     def body_too_large(self) -> None:
@@ -402,6 +414,30 @@ class GuardedHTTPChannel(HTTPChannel):
         self._abortingCall = self.callLater(1, self.forceAbortClient)
 
 
+def origin_form(request: Any, path: bytes) -> bytes:
+    """
+    The path of an absolute-form target (C{GET http://host/path
+    HTTP/1.1}), which RFC 7230 5.3.2 says a server must accept: the path is
+    what routes, and the URI's authority replaces C{Host} (5.4).  Any other
+    target is returned as it is.
+    """
+    if b"://" not in path[:8]:
+        return path
+    parts = urlsplit(path.decode("latin-1"))
+    if parts.scheme.lower() not in ("http", "https", "ws", "wss") or not parts.netloc:
+        return path
+    authority = parts.netloc.rpartition("@")[2]
+    request.requestHeaders.setRawHeaders(b"host", [authority.encode("latin-1")])
+    request.raw_head = None  # the head Autobahn sees is written out again
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return target.encode("latin-1")
+
+
+def _in_memory(request: Any) -> None:
+    # Request.gotLength for a capped body.
+    request.content = BytesIO()
+
+
 _date: tuple[int, bytes] = (0, b"")
 
 
@@ -434,16 +470,6 @@ class WebSocketRequest(Request):
     wsmux_body_cap: int = 0
     _body_read = 0
 
-    def gotLength(self, length: Optional[int]) -> None:
-        # Bodies are capped (max_body_size): a capped body is held in memory
-        # rather than spooled to a temporary file that would stay open
-        # (deleted) until the garbage collector found the request.
-        cap = self.wsmux_body_cap
-        if cap and cap <= _IN_MEMORY_BODY:
-            self.content = BytesIO()
-        else:
-            super().gotLength(length)
-
     def handleContentChunk(self, data: bytes) -> None:
         self._body_read += len(data)
         cap = self.wsmux_body_cap
@@ -452,20 +478,6 @@ class WebSocketRequest(Request):
                 self.channel.body_too_large()  # type: ignore[attr-defined]
             return
         super().handleContentChunk(data)
-
-    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
-        # The absolute form (GET http://host/path HTTP/1.1), which RFC 7230
-        # 5.3.2 says a server must accept: the path is what routes, and
-        # the URI's authority replaces the Host header (5.4).
-        if path[:1] != b"/" and b"://" in path[:8]:
-            parts = urlsplit(path.decode("latin-1"))
-            if parts.scheme.lower() in ("http", "https", "ws", "wss") and parts.netloc:
-                target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-                path = target.encode("latin-1")
-                authority = parts.netloc.rpartition("@")[2]
-                self.requestHeaders.setRawHeaders(b"host", [authority.encode("latin-1")])
-                self.raw_head = None  # the head Autobahn sees is written out again
-        super().requestReceived(command, path, version)
 
     def _close_content(self) -> None:
         content = self.content
