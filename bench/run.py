@@ -2,6 +2,7 @@
 Run every benchmark scenario against wsmux and its peers in the same run.
 
     python bench/run.py [--repeat 3] [--seconds 5] [--only wsmux,node-ws] [--scenarios a,d]
+                        [--baseline DIR]
 
 Peers: raw Autobahn on Twisted through twisted.web's WebSocketResource,
 Python websockets on asyncio and on uvloop, and Node's ws (npm install in
@@ -9,7 +10,11 @@ bench/).  The load generator is bench/loadgen.c (C, one thread on epoll;
 built here with cc, zlib and OpenSSL's libcrypto) in a process of its own;
 it reports the CPU it and the server used, so the table shows which side
 was the limit.  Results (medians) go to docs/benchmarks/results.json, a
-table (results.rst) and a plot (ratios.png).  Loopback only; every run is
+table (results.rst) and a plot (ratios.png).  --baseline DIR adds one more
+peer, wsmux-baseline: the wsmux of another checkout (a worktree of the
+commit a change started from), interleaved with the others, so that
+wsmux / wsmux-baseline is the change's own effect, measured in one run
+(the docs are left alone then).  Loopback only; every run is
 bounded in time and count.
 """
 
@@ -82,10 +87,18 @@ def build_loadgen():
                  "OpenSSL headers: apt-get install gcc zlib1g-dev libssl-dev")  # fmt: skip
 
 
+# The checkout --baseline names, served as the peer wsmux-baseline.
+BASELINE: "Path | None" = None
+
+
 def run_once(peer, scenario, deflate, seconds):
     port = free_port()
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    server = subprocess.Popen(peer_command(peer, port, deflate), cwd=ROOT, env=env,
+    root = ROOT
+    if peer == "wsmux-baseline":
+        assert BASELINE is not None
+        peer, root = "wsmux", BASELINE
+    env = dict(os.environ, PYTHONPATH=str(root))
+    server = subprocess.Popen(peer_command(peer, port, deflate), cwd=root, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         wait_port(port)
@@ -124,9 +137,15 @@ def main():
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--only", default=",".join(PEERS))
     parser.add_argument("--scenarios", default=",".join(s[0] for s in SCENARIOS))
+    parser.add_argument("--baseline", type=Path, help="another wsmux checkout to compare with")
     options = parser.parse_args()
     build_loadgen()
     peers = options.only.split(",")
+    if options.baseline is not None:
+        global BASELINE
+        BASELINE = options.baseline.resolve()
+        PEERS.insert(1, "wsmux-baseline")
+        peers.insert(1, "wsmux-baseline")
     results = {}
     wanted = options.scenarios.split(",")
     for label, scenario, deflate, _metric in SCENARIOS:
@@ -152,7 +171,11 @@ def main():
     report = Report(results)
     print()
     print(report.text())
-    if options.scenarios == parser.get_default("scenarios") and options.only == ",".join(PEERS):
+    if (
+        options.scenarios == parser.get_default("scenarios")
+        and options.only == parser.get_default("only")
+        and options.baseline is None
+    ):
         write(report)
     else:
         print(
