@@ -396,22 +396,33 @@ def test_a_failing_handshake_on_autobahns_path_is_a_500_not_a_hang():
     assert tree.registry.stats.handler_errors["/s"] == 1
 
 
-def test_concurrent_channel_streams_leave_busy_members_out_and_close_nobody():
+def room_streaming(members, first, last):
+    """
+    A broadcast room of C{members} connections and a channel stream to it
+    that has sent C{first} and waits to send C{last}; the stream's Deferred,
+    the room's channels and the Deferred that lets it finish.
+    """
     from twisted.internet.defer import Deferred
 
     from wsmux.streaming import stream_to_channel
 
     tree = RouteTree([Route("/b", BroadcastHandler)])
-    members = [connect(tree, "/b") for _ in range(3)]
-    hub = members[0].server.channels
+    conns = [connect(tree, "/b") for _ in range(members)]
+    hub = conns[0].server.channels
     gate: Deferred = Deferred()
 
     async def slow():
-        yield b"first "
+        yield first
         await gate
-        yield b"stream"
+        yield last
 
-    first = stream_to_channel(hub, "/b", slow(), isBinary=False)
+    return conns, stream_to_channel(hub, "/b", slow(), isBinary=False), hub, gate
+
+
+def test_concurrent_channel_streams_leave_busy_members_out_and_close_nobody():
+    from wsmux.streaming import stream_to_channel
+
+    members, first, hub, gate = room_streaming(3, b"first ", b"stream")
     second = stream_to_channel(hub, "/b", [b"second"], isBinary=False)
     gate.callback(None)
     for member in members:
@@ -423,21 +434,7 @@ def test_concurrent_channel_streams_leave_busy_members_out_and_close_nobody():
 
 
 def test_a_publish_during_a_stream_goes_out_after_it():
-    from twisted.internet.defer import Deferred
-
-    from wsmux.streaming import stream_to_channel
-
-    tree = RouteTree([Route("/b", BroadcastHandler)])
-    members = [connect(tree, "/b") for _ in range(2)]
-    hub = members[0].server.channels
-    gate: Deferred = Deferred()
-
-    async def slow():
-        yield b"streamed "
-        await gate
-        yield b"whole"
-
-    stream_to_channel(hub, "/b", slow(), isBinary=False)
+    members, _, hub, gate = room_streaming(2, b"streamed ", b"whole")
     hub.publish("/b", b"published", isBinary=False)
     gate.callback(None)
     for member in members:

@@ -105,6 +105,21 @@ def redis_publish(port, channel, message):
         assert s.recv(100).startswith(b":")
 
 
+def room_server(start_server, redis, tmp_path, limits):
+    """
+    A wsmux with broadcast rooms, Redis, metrics and C{limits} (TOML
+    lines for the [limits] table), subscribed to Redis.
+    """
+    config = tmp_path / "redis.toml"
+    config.write_text("[limits]\n" + limits)
+    server = start_server(
+        "--config", str(config), "--route", "/rooms/{room}=broadcast",
+        "--redis", redis.url, "--metrics-path", "/metrics",
+    )  # fmt: skip
+    assert wait_for(server, "subscribed to Redis")
+    return server
+
+
 def test_bad_messages_from_redis_are_dropped_and_nobody_is_disconnected(
     start_server, redis, tmp_path
 ):
@@ -113,13 +128,7 @@ def test_bad_messages_from_redis_are_dropped_and_nobody_is_disconnected(
     from tests.integration.test_metrics import scrape, value
     from wsmux.redis_channels import redis_channel
 
-    config = tmp_path / "redis.toml"
-    config.write_text("[limits]\nredis_max_message = 1000\n")
-    server = start_server(
-        "--config", str(config), "--route", "/rooms/{room}=broadcast",
-        "--redis", redis.url, "--metrics-path", "/metrics",
-    )  # fmt: skip
-    assert wait_for(server, "subscribed to Redis")
+    server = room_server(start_server, redis, tmp_path, "redis_max_message = 1000\n")
     members = [connect(server.url("/rooms/lobby")) for _ in range(10)]
     channel = redis_channel("/rooms/{room}", "lobby")
     origin = os.urandom(8)
@@ -145,13 +154,7 @@ def test_a_hung_redis_holds_a_bounded_amount(start_server, redis, tmp_path):
     from tests.hostile.rawws import rss_kib
     from tests.integration.test_metrics import scrape, value
 
-    config = tmp_path / "redis.toml"
-    config.write_text("[limits]\nredis_max_pending = 4194304\n")  # 4 MiB
-    server = start_server(
-        "--config", str(config), "--route", "/rooms/{room}=broadcast",
-        "--redis", redis.url, "--metrics-path", "/metrics",
-    )  # fmt: skip
-    assert wait_for(server, "subscribed to Redis")
+    server = room_server(start_server, redis, tmp_path, "redis_max_pending = 4194304\n")  # 4 MiB
     ws = connect(server.url("/rooms/hung"), max_size=None)
     payload = b"p" * (512 * 1024)
     ws.send(payload)  # warm up the connection before measuring
@@ -179,13 +182,7 @@ def test_many_tiny_publishes_to_a_hung_redis_hold_a_bounded_amount(start_server,
     from tests.hostile.rawws import rss_kib
     from tests.integration.test_metrics import scrape, value
 
-    config = tmp_path / "redis.toml"
-    config.write_text("[limits]\nredis_max_pending = 1048576\n")  # 1 MiB
-    server = start_server(
-        "--config", str(config), "--route", "/rooms/{room}=broadcast",
-        "--redis", redis.url, "--metrics-path", "/metrics",
-    )  # fmt: skip
-    assert wait_for(server, "subscribed to Redis")
+    server = room_server(start_server, redis, tmp_path, "redis_max_pending = 1048576\n")  # 1 MiB
     ws = connect(server.url("/rooms/tiny"))
     ws.send("warm up")
     assert ws.recv(timeout=5) == "warm up"
