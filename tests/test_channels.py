@@ -72,6 +72,23 @@ def test_each_route_has_its_own_channels_unless_they_share_a_namespace():
     assert conns["/c"].client.messages == conns["/d"].client.messages == [(b"from c", False)]
 
 
+def spy_learns_nothing(member, spy, names, publish=False):
+    """
+    A pubsub C{spy} subscribes to (and, if C{publish}, publishes into) every
+    one of C{names}; then C{member} talks in its room: the member hears only
+    itself, and the spy hears nothing of it.
+    """
+    for name in names:
+        send(spy, {"action": "subscribe", "channel": name})
+        if publish:
+            send(spy, {"action": "publish", "channel": name, "data": "injected"})
+    member.client.sendMessage(b"for members only")
+    member.flush()
+    spy.flush()
+    assert member.client.messages == [(b"for members only", False)]
+    assert all(b"for members only" not in payload for payload, _ in spy.client.messages)
+
+
 def test_a_pubsub_client_cannot_reach_a_guarded_rooms_channels():
     # The deployment docs' pair of routes: broadcast rooms that admit one
     # origin, and a pubsub route. Whatever a pubsub client subscribes to,
@@ -86,15 +103,9 @@ def test_a_pubsub_client_cannot_reach_a_guarded_rooms_channels():
     )
     member = connect(tree, "/rooms/staff", origin="https://app.example")
     assert member.client.opened
-    spy = pubsub(tree)
-    for name in ("staff", "/rooms/{room}?room=staff", "room=staff"):
-        send(spy, {"action": "subscribe", "channel": name})
-        send(spy, {"action": "publish", "channel": name, "data": "injected"})
-    member.client.sendMessage(b"staff only")
-    member.flush()
-    spy.flush()
-    assert member.client.messages == [(b"staff only", False)]
-    assert all(b"staff only" not in payload for payload, _ in spy.client.messages)
+    spy_learns_nothing(
+        member, pubsub(tree), ("staff", "/rooms/{room}?room=staff", "room=staff"), publish=True
+    )
 
 
 def test_a_room_name_too_long_is_refused_at_the_handshake():
@@ -211,14 +222,7 @@ def test_connections_the_hook_adopts_get_channels_per_handler():
 
     tree = RouteTree([], unhandled=hook)
     member = connect(tree, "/private/x")
-    spy = connect(tree, "/anything")
-    for name in ("secret", "/private/x", "room=secret"):
-        send(spy, {"action": "subscribe", "channel": name})
-    member.client.sendMessage(b"for members only")
-    member.flush()
-    spy.flush()
-    assert member.client.messages == [(b"for members only", False)]
-    assert all(b"for members only" not in payload for payload, _ in spy.client.messages)
+    spy_learns_nothing(member, connect(tree, "/anything"), ("secret", "/private/x", "room=secret"))
 
 
 def test_a_connection_leaves_every_channel_it_joined_when_it_closes():

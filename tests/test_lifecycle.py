@@ -212,6 +212,16 @@ def test_one_failing_member_does_not_stop_a_broadcast():
             assert member.client.messages == [(b"to all", False)], i
 
 
+def response_head(handler, target):
+    """
+    The response head a route of C{handler} answers an upgrade to C{target} with.
+    """
+    path = target.split("?")[0]
+    conn = raw_connect(RouteTree([Route(path, handler)]))
+    conn.send(upgrade_request(target))
+    return conn.received.split(b"\r\n\r\n")[0]
+
+
 class DeniesWithNonsense(WebSocketServerProtocol):
     def onConnect(self, request):
         from autobahn.websocket.types import ConnectionDeny
@@ -220,10 +230,7 @@ class DeniesWithNonsense(WebSocketServerProtocol):
 
 
 def test_a_refusal_is_always_a_4xx_or_5xx_with_a_one_line_reason():
-    tree = RouteTree([Route("/d", DeniesWithNonsense)])
-    conn = raw_connect(tree)
-    conn.send(upgrade_request("/d"))
-    head = conn.received.split(b"\r\n\r\n")[0]
+    head = response_head(DeniesWithNonsense, "/d")
     assert head.startswith(b"HTTP/1.1 500 Internal Server Error")
     assert b"Set-Cookie" not in head
 
@@ -234,10 +241,7 @@ class EchoesARoomHeader(EchoHandler):
 
 
 def test_headers_from_onconnect_cannot_split_the_101():
-    tree = RouteTree([Route("/r", EchoesARoomHeader)])
-    conn = raw_connect(tree)
-    conn.send(upgrade_request("/r?room=a%0d%0aSet-Cookie:%20pwn=1"))
-    head = conn.received.split(b"\r\n\r\n")[0]
+    head = response_head(EchoesARoomHeader, "/r?room=a%0d%0aSet-Cookie:%20pwn=1")
     assert head.startswith(b"HTTP/1.1 101 ")
     lines = head.split(b"\r\n")
     assert b"X-Room: a  Set-Cookie: pwn=1" in lines
@@ -372,10 +376,7 @@ class CountsInAHeader(EchoHandler):
 
 
 def test_header_values_that_are_not_text_are_written_as_autobahn_writes_them():
-    tree = RouteTree([Route("/c", CountsInAHeader)])
-    conn = raw_connect(tree)
-    conn.send(upgrade_request("/c"))
-    head = conn.received.split(b"\r\n\r\n")[0]
+    head = response_head(CountsInAHeader, "/c")
     assert head.startswith(b"HTTP/1.1 101 ")
     assert b"\r\nX-Count: 5" in head and b"\r\nX-Many: a\r\nX-Many: b" in head
 

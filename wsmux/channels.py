@@ -243,11 +243,20 @@ def deliver(prepared: PreparedMessage, members: Iterable[Any]) -> int:
             try:
                 member.sendPreparedMessage(prepared)
             except Exception:
-                failed = getattr(member, "handler_failed", None)
-                if failed is not None:
-                    failed("a channel delivery")
-                else:  # a protocol outside a wsmux route
-                    log.failure("a channel delivery failed for one member")
+                member_failed(member, "a channel delivery")
                 continue
             sent += 1
     return sent
+
+
+def member_failed(member: Any, where: str) -> None:
+    """
+    One member of a channel raised while taking a message (in C{where}):
+    its connection alone is closed with 1011 and logged; a protocol outside
+    a wsmux route is only logged.  Call it from the C{except} block.
+    """
+    failed = getattr(member, "handler_failed", None)
+    if failed is not None:
+        failed(where)
+    else:
+        log.failure("{where} failed for one member", where=where)

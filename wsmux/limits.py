@@ -403,23 +403,14 @@ class ConnectionRegistry:
             return None, self.admit(address, route, route_cap)
         cap = self.limits.max_connections_per_ip
         key = address_key(address) if ":" in address else address
-        counts = self.per_address
-        taken = counts.get(key, 0)
-        if cap and taken >= cap:
+        if cap and self.per_address.get(key, 0) >= cap:
             return None, self.admit(address, route, route_cap)
-        place = Place(self, address, route, key)
-        self.held += 1
-        counts[key] = taken + 1
-        if route is not None:
-            counts = self.per_route
-            counts[route] = counts.get(route, 0) + 1
-        return place, None
+        return self._take(address, route, key), None
 
-    # Counted with dict methods: Counter's own += and del run in Python,
-    # and these run twice per connection.
-
-    def _take(self, address: str, route: Any) -> Place:
-        place = Place(self, address, route, address_key(address))
+    def _take(self, address: str, route: Any, key: Optional[str] = None) -> Place:
+        # Counted with dict methods: Counter's own += and del run in Python,
+        # and these run twice per connection.
+        place = Place(self, address, route, key if key is not None else address_key(address))
         self.held += 1
         counts = self.per_address
         counts[place.key] = counts.get(place.key, 0) + 1

@@ -167,13 +167,13 @@ class RouteProtocolMixin:
             if self._linger_call.active():
                 self._linger_call.cancel()
             self._linger_call = None
-        if self.registry is not None:
-            self.registry.remove(self, self.client_address)
         self._lost = True
-        if self.registry is not None:
+        registry = self.registry
+        if registry is not None:
+            registry.remove(self, self.client_address)
             # Every channel it joined, in any namespace (a handler may reach
             # past its route's through the hub).
-            self.registry.channels.unsubscribe(self)
+            registry.channels.unsubscribe(self)
         super().connectionLost(reason)  # type: ignore[misc]
 
     def _ending(self) -> None:
@@ -812,8 +812,8 @@ def route_protocol(
     if options.deflate == "inflate-only":
         bases += (InflateOnlyMixin,)
     direct, receive_ok, send_ok, shared = _handler_traits(handler)
-    # Both: a handler whose class admits no direct handshake (below) still
-    # takes Autobahn's path, guarded.
+    # Every class, the direct-handshake ones too: where the bases admit no
+    # direct handshake (the TypeError below), Autobahn's path is taken.
     bases = (GuardedHandshakeMixin,) + bases
     if direct:
         bases += (DirectHandshakeMixin,)

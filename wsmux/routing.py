@@ -390,18 +390,19 @@ class WebSocketEndpoint(_UpgradeResource):
         params = getattr(request, _PARAMS_ATTR, {})
         if not self._choosy:
             cls = self._single
-            if cls is not None:
-                self.tree.upgrade(request, self._factory, cls, params, subprotocol, place)  # type: ignore[arg-type]
-                return NOT_DONE_YET
-            try:
-                cls = self._single = self.protocol_class(self.route.handlers[0])
-            except Exception:
-                # Made on first use: a handler class that cannot be derived
-                # fails here, per request, and must not keep the place.
-                place.release()
-                log.failure("route {route}: cannot make the handler's class", route=self.route.path)
-                return self.reject(request, 500, "Internal Server Error", self.route.path)
-            self.tree.upgrade(request, self.factory, cls, params, subprotocol, place)
+            if cls is None:
+                try:
+                    cls = self._single = self.protocol_class(self.route.handlers[0])
+                except Exception:
+                    # Made on first use: a handler class that cannot be
+                    # derived fails here, per request, and keeps no place.
+                    place.release()
+                    log.failure(
+                        "route {route}: cannot make the handler's class", route=self.route.path
+                    )
+                    return self.reject(request, 500, "Internal Server Error", self.route.path)
+            # protocol_class made the factory.
+            tree.upgrade(request, self._factory, cls, params, subprotocol, place)  # type: ignore[arg-type]
             return NOT_DONE_YET
         pending = PendingUpgrade(
             self.tree,
@@ -540,13 +541,18 @@ class PendingUpgrade:
         """
         Answer with a refusal, giving the place back.
         """
+        self._withdraw()
+        self.tree.refused(self.request, code, reason)
+        self.via.respond(self.request, code, reason)
+
+    def _withdraw(self) -> None:
+        # Nobody waits for the decision any more: stop the deadline, give
+        # the place back, and cancel what user code may still be doing.
         decision = self._decision
         self.settle()
         self.place.release()
         if decision is not None:
             decision.cancel()
-        self.tree.refused(self.request, code, reason)
-        self.via.respond(self.request, code, reason)
 
     def fail(self, failure: Failure, what: str) -> None:
         """
@@ -562,11 +568,7 @@ class PendingUpgrade:
 
     def _gone(self, failure: Failure) -> None:
         if self.waiting:
-            decision = self._decision
-            self.settle()
-            self.place.release()
-            if decision is not None:
-                decision.cancel()
+            self._withdraw()
 
     def _too_late(self, timeout: float) -> None:
         self._timer = None

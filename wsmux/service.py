@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gc
 import os
-import signal
 from typing import Any, Optional
 
 from twisted.application import strports
@@ -26,7 +25,7 @@ from wsmux.routing import Route, RouteTree
 from wsmux.site import WebSocketSite
 from wsmux.status import mount_status
 from wsmux.tls import SniContextMap, SniffingFactory, tls_factory
-from wsmux.workers import AdoptedPort, clean_exit_after_sigterm
+from wsmux.workers import AdoptedPort, clean_exit_after_sigterm, ignore_hangup, on_hangup
 
 
 def build_tree(settings: Settings, reactor: Any = None) -> RouteTree:
@@ -198,19 +197,14 @@ class ReloadOnHangup(Service):
     def __init__(self, reload: Any, reactor: Any = None) -> None:
         self.reload = reload
         self.reactor = reactor
-        self._previous: Any = None
+        self._installed = False
 
     def startService(self) -> None:
         super().startService()
         reactor = self.reactor
         if reactor is None:
             from twisted.internet import reactor  # type: ignore[no-redef]
-        try:
-            self._previous = signal.signal(
-                signal.SIGHUP, lambda *_: reactor.callFromThread(self._hangup)
-            )
-        except ValueError:  # not the main thread (a test): no signals
-            self._previous = None
+        self._installed = on_hangup(self._hangup, reactor)
 
     def _hangup(self) -> None:
         if self.reload is None:
@@ -220,10 +214,8 @@ class ReloadOnHangup(Service):
         self.reload()
 
     def stopService(self) -> None:
-        if self._previous is not None:
-            # Ignored, not the previous disposition (systemd's default ends
-            # the process): a reload during the drain must not cut it short.
-            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        if self._installed:
+            ignore_hangup()
         super().stopService()
 
 

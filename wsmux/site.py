@@ -31,6 +31,7 @@ from twisted.web.server import Request, Site
 
 from wsmux.limits import ServerLimits, client_address
 from wsmux.logs import log
+from wsmux.routing import is_upgrade
 
 # How long a kept-alive HTTP connection may sit idle between requests.
 KEEPALIVE_IDLE = 60
@@ -312,8 +313,7 @@ class GuardedHTTPChannel(HTTPChannel):
         request = self.requests[-1]
         if self.length != 0:  # a Content-Length, or chunked (None)
             limits = self.site.limits
-            upgrade = request.getHeader(b"upgrade")
-            if upgrade is not None and b"websocket" in upgrade.lower():
+            if is_upgrade(request):
                 self._refuse(400, b"Bad Request", "a WebSocket upgrade with a request body")
                 return
             cap = limits.max_body_size

@@ -21,6 +21,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IConsumer
 from zope.interface import implementer
 
+from wsmux.channels import member_failed
 from wsmux.logs import log
 from wsmux.protocol import _clock
 
@@ -144,11 +145,7 @@ def _each(member: Any, call: Any, *args: Any, **kwargs: Any) -> bool:
     try:
         call(*args, **kwargs)
     except Exception:
-        failed = getattr(member, "handler_failed", None)
-        if failed is not None:
-            failed("a channel stream")
-        else:
-            log.failure("a channel stream failed for one member")
+        member_failed(member, "a channel stream")
         return False
     return True
 

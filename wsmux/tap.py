@@ -23,7 +23,13 @@ from wsmux.config import (
 from wsmux.logs import LOG_FORMATS, LogLevelService, log, use_json_for_twistd
 from wsmux.service import FreezeHeapService, make_service
 from wsmux.tls import TLS_VERSIONS, CertificateError, HostCertificate, SniContextMap
-from wsmux.workers import WorkerSupervisor, parse_worker_sockets, tcp_address, worker_argv
+from wsmux.workers import (
+    WorkerSupervisor,
+    ignore_hangup,
+    parse_worker_sockets,
+    tcp_address,
+    worker_argv,
+)
 
 
 def _non_negative(convert: Any, what: str) -> Any:
@@ -410,16 +416,6 @@ class Options(usage.Options):
             raise ConfigError(f"{where}: {e}") from None
 
 
-def _ignore_hangup() -> None:
-    import signal
-
-    try:
-        if signal.getsignal(signal.SIGHUP) == signal.SIG_DFL:
-            signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    except ValueError:  # not the main thread
-        pass
-
-
 def check_worker_configuration(argv: list[str]) -> tuple[Any, ...]:
     """
     Parse a worker's command line as the worker will (its settings file,
@@ -444,7 +440,7 @@ def makeService(options: Options) -> IService:
     settings = options.settings
     # Until the services install their SIGHUP handler, a reload must not
     # end the process (SIGHUP's default action).
-    _ignore_hangup()
+    ignore_hangup(only_default=True)
     if settings.workers > 1 and options.adopted is None:
         supervisor = MultiService()
         ports = (

@@ -98,6 +98,34 @@ def clean_exit_after_sigterm(reactor: Any) -> None:
         reactor._exitSignal = None
 
 
+def on_hangup(callback: Callable[[], Any], reactor: Any) -> bool:
+    """
+    Call C{callback} in the reactor on every SIGHUP.
+
+    @return: whether the handler is installed (not outside the main
+        thread, where a test may run a service).
+    """
+    try:
+        signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(callback))
+    except ValueError:
+        return False
+    return True
+
+
+def ignore_hangup(only_default: bool = False) -> None:
+    """
+    Ignore SIGHUP (C{systemctl reload}) from now on: when a service stops,
+    rather than put back a default disposition that ends the process (a
+    reload during the drain must not cut it short), and before the services
+    start (C{only_default}: unless someone installed a handler already).
+    """
+    try:
+        if not only_default or signal.getsignal(signal.SIGHUP) == signal.SIG_DFL:
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        pass
+
+
 def resolve_workers(value: str) -> int:
     """
     C{--workers}: a count, or C{auto} for one per core.
@@ -295,12 +323,11 @@ class WorkerSupervisor(Service):
         self.sockets: list[list[tuple[str, socket.socket]]] = []
         self.workers: dict[int, _Worker] = {}
         self.transports: dict[_Worker, Any] = {}
-        self.retiring: list[_Worker] = []
         self.quick_failures: dict[int, int] = {}
         self.given_up: set[int] = set()
         self.stopping = False
         self._restarts: dict[int, Any] = {}
-        self._previous_hup: Any = None
+        self._hup_installed = False
         self._snapshot: Optional[ConfigSnapshot] = None
         self._running_shape: Any = None
 
@@ -329,13 +356,7 @@ class WorkerSupervisor(Service):
         )
         for index in range(self.count):
             self._spawn(index)
-        try:
-            self._previous_hup = signal.signal(
-                signal.SIGHUP,
-                lambda *_: self._reactor().callFromThread(self.hangup),
-            )
-        except ValueError:  # not the main thread
-            self._previous_hup = None
+        self._hup_installed = on_hangup(self.hangup, self._reactor())
 
     def _worker_args(self, snapshot: Optional[str]) -> list[str]:
         args = list(self.argv)
@@ -386,8 +407,6 @@ class WorkerSupervisor(Service):
 
     def _ended(self, worker: _Worker, reason: Any) -> None:
         self.transports.pop(worker, None)
-        if worker in self.retiring:
-            self.retiring.remove(worker)
         if self.stopping or worker.retired or self.workers.get(worker.index) is not worker:
             return
         code = getattr(reason.value, "exitCode", None)
@@ -486,7 +505,6 @@ class WorkerSupervisor(Service):
             self._spawn(index)
             if old is not None and old in self.transports:
                 old.retired = True
-                self.retiring.append(old)
                 old.retire_call = reactor.callLater(RETIRE_DELAY, self._terminate, old)
 
     def _terminate(self, worker: _Worker) -> None:
@@ -524,10 +542,8 @@ class WorkerSupervisor(Service):
             if call.active():
                 call.cancel()
         self._restarts.clear()
-        if self._previous_hup is not None:
-            # Not the previous disposition (systemd's default ends the
-            # process): a reload during the drain must not stop the stop.
-            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        if self._hup_installed:
+            ignore_hangup()
         # Every process started and not yet ended: workers, and old ones
         # still draining after a reload (each told once).
         ended = [worker.ended for worker in self.transports]
