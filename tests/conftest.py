@@ -10,6 +10,29 @@ from tests.twistd_process import ROOT, Server, free_port
 SUMMARY_LINES: list[str] = []
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "uses_internal(name): tests wsmux's use of another package's internal "
+        "(wsmux._compat); skipped in a run where that internal is switched off",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    from wsmux import _compat, _compat_autobahn, _compat_twisted  # noqa: F401 - declare them
+
+    for item in items:
+        for marker in item.iter_markers("uses_internal"):
+            internal = _compat.INTERNALS[marker.args[0]]
+            if not internal.enabled:
+                item.add_marker(
+                    pytest.mark.skip(
+                        reason=f"{internal.name} is off in this run ({internal.problem}); "
+                        f"its public path is what runs: {internal.fallback}"
+                    )
+                )
+
+
 def pytest_terminal_summary(terminalreporter):
     if SUMMARY_LINES:
         terminalreporter.section("wsmux")

@@ -15,9 +15,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wsmux import BroadcastHandler, EchoHandler, Route, RouteTree, fastpath
-from wsmux.fastpath import HOLD_MAX, fast_path_ok, frame_header, unmask
+from wsmux import BroadcastHandler, EchoHandler, Route, RouteTree, _writes
+from wsmux._compat_autobahn import fast_path_ok
+from wsmux._frames import frame_header, unmask
+from wsmux._writes import HOLD_MAX
 from wsmux.testing import masked_frame, raw_connect, upgrade_request
+
+
+def nothing_held():
+    # No reactor's write scheduler holds anything (or keeps a transport).
+    schedulers = [_writes._default, *_writes._schedulers.values()]
+    return all(s.held is None and not s.held_bytes for s in schedulers)
 
 
 class AutobahnPath:
@@ -77,6 +85,7 @@ def both(chunks: list[bytes], **options: Any) -> tuple[bytes, bool, dict[str, in
     return fast
 
 
+@pytest.mark.uses_internal("autobahn.fast_frames")
 def test_which_handlers_take_the_fast_path():
     assert fast_path_ok(EchoHandler) == (True, True)
     assert fast_path_ok(AutobahnPathEcho) == (False, False)
@@ -187,6 +196,7 @@ class ReentrantEcho(EchoHandler):
         self.sendMessage(payload, isBinary)
 
 
+@pytest.mark.uses_internal("autobahn.fast_frames")
 def test_data_fed_from_inside_a_handler_waits_its_turn():
     received, _, _ = run(ReentrantEcho, [masked_frame(b"first") + masked_frame(b"second")])
     body = received.split(b"\r\n\r\n", 1)[1]
@@ -271,6 +281,7 @@ def count_writes(transport: Any) -> list[bytes]:
     return writes
 
 
+@pytest.mark.uses_internal("autobahn.fast_frames")
 def test_a_batch_is_answered_in_one_write():
     raw = raw_connect(RouteTree([Route("/echo", (EchoHandler,), {"ping_interval": 0})]))
     raw.send(upgrade_request("/echo"))
@@ -286,7 +297,7 @@ def test_a_batch_is_answered_in_one_write():
     assert writes[2:] == [b"\x81\x04abcd" * 3]
     # Nothing is held, or counted, once a read is handled (no transport is
     # kept alive by it).
-    assert fastpath._held is None and not fastpath._held_bytes
+    assert nothing_held()
 
 
 class Chatty(EchoHandler):
@@ -299,6 +310,7 @@ class Chatty(EchoHandler):
             self.sendMessage(b"x" * 1024, isBinary=True)
 
 
+@pytest.mark.uses_internal("autobahn.fast_frames")
 def test_no_more_than_hold_max_is_held_for_a_connection():
     raw = raw_connect(RouteTree([Route("/echo", (Chatty,), {"ping_interval": 0})]))
     raw.send(upgrade_request("/echo"))
@@ -311,6 +323,7 @@ def test_no_more_than_hold_max_is_held_for_a_connection():
     ]
 
 
+@pytest.mark.uses_internal("autobahn.fast_frames")
 def test_a_batch_of_publishes_reaches_each_member_in_one_write():
     tree = RouteTree([Route("/rooms/{room}", (BroadcastHandler,), {"ping_interval": 0})])
     members = [raw_connect(tree) for _ in range(3)]
@@ -383,6 +396,7 @@ def test_held_writes_go_out_before_the_connection_is_dropped():
     assert held[1]
 
 
+@pytest.mark.uses_internal("autobahn.fast_frames")
 def test_on_tcp_writes_wait_for_the_end_of_the_reactor_turn():
     # Twisted's own TCP transport, on real loopback sockets, driven by hand:
     # what reads make handlers write goes out after the reactor's turn (its
@@ -418,7 +432,7 @@ def test_on_tcp_writes_wait_for_the_end_of_the_reactor_turn():
         clock.advance(0)
         client.settimeout(5)
         assert client.recv(4096) == b"\x81\x03one\x81\x03two\x81\x05three"
-        assert fastpath._held is None and not fastpath._held_bytes
+        assert nothing_held()
     finally:
         client.close()
         server_socket.close()

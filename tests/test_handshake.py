@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from autobahn.websocket.types import ConnectionDeny
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred, succeed
 
 from wsmux import EchoHandler, Route, RouteTree
-from wsmux.handshake import DirectHandshakeMixin, direct_handshake_ok
+from wsmux._compat_autobahn import DirectHandshakeMixin, direct_handshake_ok
 from wsmux.testing import masked_frame, raw_connect
 
 ATTRS = (
@@ -105,6 +106,7 @@ GOOD = [
 ]
 
 
+@pytest.mark.uses_internal("autobahn.direct_handshake")
 def test_which_handlers_open_directly():
     assert direct_handshake_ok(Recording)
     assert not direct_handshake_ok(Replayed)
@@ -333,7 +335,7 @@ def test_transport_details_are_autobahns():
     from twisted.internet.protocol import Protocol
     from twisted.internet.testing import MemoryReactor
 
-    from wsmux.handshake import transport_details
+    from wsmux._compat_autobahn import transport_details
 
     one, other = socket.socketpair()
     try:

@@ -101,6 +101,7 @@ def test_an_upgrade_and_the_frame_sent_with_it():
     assert not lost
 
 
+@pytest.mark.uses_internal("twisted.one_pass_head")
 def test_the_one_pass_read_is_the_one_taken():
     # The patch in exchange() must change which parser runs, or the
     # comparisons above prove nothing.

@@ -3,6 +3,8 @@ SNI host selection, strict mode, odd names and reload, in memory: TLS on
 both sides through TLSMemoryBIOFactory and iosim.
 """
 
+import sys
+
 import pytest
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import Certificate, optionsForClientTLS
@@ -98,7 +100,8 @@ def test_no_sni_and_unknown_names_get_the_default(pki):
     assert contexts.options_for("wild.test")[1] is None
 
 
-def test_strict_mode_refuses_unknown_names(pki):
+def test_strict_mode_refuses_unknown_names(pki, capsys):
+    hook = sys.excepthook
     contexts = SniContextMap(settings(pki, strict=True))
     clock = Clock()
     server_factory = TLSMemoryBIOFactory(contexts, False, Factory.forProtocol(Greeter), clock=clock)
@@ -118,6 +121,9 @@ def test_strict_mode_refuses_unknown_names(pki):
     pump.flush()
     assert recorder.data == b""
     assert "unrecognized name" in str(recorder.lost.value).lower()
+    # The refusal printed nothing and left the process's hook as it was.
+    assert sys.excepthook is hook
+    assert "_UnrecognizedName" not in capsys.readouterr().err
     # Known names still work in strict mode.
     assert handshake(contexts, pki, "a.test")[0] == "a.test"
 

@@ -23,6 +23,8 @@ from twisted.logger import (
     globalLogPublisher,
 )
 
+from wsmux._compat_twisted import observers_of
+
 _TWISTED_LEVELS = {
     "debug": LogLevel.debug,
     "info": LogLevel.info,
@@ -98,7 +100,7 @@ def filter_log_level(level: str, publisher: LogPublisher = globalLogPublisher) -
     predicate = level_predicate(level)
     # LogPublisher has no public way to list its observers; twistd has
     # added its own by the time services start, so wrap each of them.
-    for observer in list(getattr(publisher, "_observers", ())):
+    for observer in observers_of(publisher):
         if isinstance(observer, FilteringLogObserver):
             continue
         publisher.removeObserver(observer)

@@ -14,7 +14,6 @@ from collections import deque
 from typing import Any, Mapping, Optional
 
 import txaio
-from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet import tcp
@@ -24,14 +23,20 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from wsmux.factory import ProtocolOptions
-from wsmux.fastpath import FastReceiveMixin, FastSendMixin, fast_path_ok
-from wsmux.handshake import (
+from wsmux._compat_autobahn import (
+    LEAN_PROTOCOL,
     DirectHandshakeMixin,
+    FastReceiveMixin,
+    FastSendMixin,
     GuardedHandshakeMixin,
     LeanServerProtocol,
+    compressing,
     direct_handshake_ok,
+    fail_connection,
+    fast_path_ok,
 )
+from wsmux._writes import scheduler_for
+from wsmux.factory import ProtocolOptions
 from wsmux.logs import log
 from wsmux.responses import safe_headers, status_reason
 
@@ -284,9 +289,9 @@ class RouteProtocolMixin:
         except Exception:
             self.handler_failed("onClose")
 
-    def _onMessage(self, payload: bytes, isBinary: bool) -> None:
-        # Autobahn's path; the fast path does the same in _deliver.
-        result = self.onMessage(payload, isBinary)  # type: ignore[attr-defined]
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        # The handler's; a Deferred it returns is watched for failure.
+        result = super().onMessage(payload, isBinary)  # type: ignore[misc]
         if result is not None:
             self.watch(result, "onMessage")
 
@@ -339,23 +344,25 @@ class RouteProtocolMixin:
         elif state != self.STATE_CLOSED:  # type: ignore[attr-defined]
             self.dropConnection(abort=True)  # type: ignore[attr-defined]
 
-    def _fail_connection(self, code: int = 1001, reason: str = "going away") -> None:
-        # Autobahn fails a connection for every protocol violation and limit
-        # (1002, 1007, 1009...); say which, where and for whom.
-        if self.state != self.STATE_CLOSED and not self.failedByMe:  # type: ignore[attr-defined]
+    def sendCloseFrame(
+        self, code: Optional[int] = None, reasonUtf8: Optional[bytes] = None, isReply: bool = False
+    ) -> None:
+        super().sendCloseFrame(code, reasonUtf8, isReply)  # type: ignore[misc]
+        if self.failedByMe and not isReply and self.state == self.STATE_CLOSING:  # type: ignore[attr-defined]
+            # Autobahn failed the connection (a protocol violation or a
+            # limit: 1002, 1007, 1009...); say which, where and for whom.
             log.info(
                 "failing connection route={route} peer={peer} code={code} reason={reason!r}",
                 route=self.route_path,
                 peer=self.peer,  # type: ignore[attr-defined]
                 code=code,
-                reason=reason,
+                reason=(reasonUtf8 or b"").decode("utf-8", "replace"),
             )
-        super()._fail_connection(code, reason)  # type: ignore[misc]
-        # RFC 6455 7.1.7: to fail the connection is to send a close frame
-        # saying why and then close it, not to wait for the peer's answer (a
-        # peer that broke the protocol held its connection for the whole
-        # close timeout).  The close frame is sent before TCP closes.
-        if self.state == self.STATE_CLOSING:  # type: ignore[attr-defined]
+            # RFC 6455 7.1.7: to fail the connection is to send a close
+            # frame saying why and then close it, not to wait for the
+            # peer's answer (a peer that broke the protocol held its
+            # connection for the whole close timeout).  The close frame is
+            # sent before TCP closes.
             self.dropConnection(abort=False)  # type: ignore[attr-defined]
 
     # Backpressure.  The transport calls these when its send buffer fills
@@ -484,11 +491,7 @@ class RouteProtocolMixin:
             return
         if self._paused and not self._room_for(len(preparedMsg.payloadHybi)):
             return
-        if (
-            self._perMessageCompress is not None  # type: ignore[attr-defined]
-            and not preparedMsg.doNotCompress
-            and not self._inflate_only
-        ):
+        if compressing(self) and not preparedMsg.doNotCompress and not self._inflate_only:
             # Compressed for this connection: Autobahn sends (and counts)
             # it as an ordinary message.  Past the pacing, which this
             # prepared message has been through already.
@@ -612,8 +615,8 @@ class FragmentCapMixin:
         self._fragments += 1
         if self._fragments > self._max_fragments:
             if not self.failedByMe:  # type: ignore[attr-defined]
-                self._fail_connection(  # type: ignore[attr-defined]
-                    1009, f"message split into more than {self._max_fragments} frames"
+                fail_connection(
+                    self, 1009, f"message split into more than {self._max_fragments} frames"
                 )
             return
         super().onMessageFrameBegin(length)  # type: ignore[misc]
@@ -823,11 +826,8 @@ def route_protocol(
         bases = (ReceiveGuardMixin,) + bases
     if send_ok:
         bases += (FastSendMixin,)
-    if handler._onMessage is not WebSocketServerProtocol._onMessage:  # type: ignore[attr-defined]
-        # The handler's own (Autobahn-private) hook keeps its place in front
-        # of wsmux's, which only adds watching a returned Deferred.
-        namespace["_onMessage"] = handler._onMessage  # type: ignore[attr-defined]
     if factory is not None:
+        namespace["_writes"] = scheduler_for(getattr(factory, "reactor", None))
         namespace["_factory_options"] = shared
         namespace.update((name, getattr(factory, name)) for name in shared)
         # Every option is now on the class: nothing is left for Autobahn's
@@ -837,7 +837,8 @@ def route_protocol(
         namespace["CONFIG_ATTRS"] = ()
     try:
         # LeanServerProtocol goes right above Autobahn, below the handler.
-        cls = type(handler.__name__, bases + (handler, LeanServerProtocol), namespace)
+        lean = (LeanServerProtocol,) if LEAN_PROTOCOL else ()
+        cls = type(handler.__name__, bases + (handler, *lean), namespace)
     except TypeError:  # a handler whose bases admit no such order
         bases = tuple(b for b in bases if b is not DirectHandshakeMixin)
         cls = type(handler.__name__, bases + (handler,), namespace)

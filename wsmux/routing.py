@@ -26,6 +26,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 
+from wsmux._compat_twisted import take_http_buffer
 from wsmux.factory import ProtocolOptions, RouteFactory
 from wsmux.limits import ConnectionRegistry, Place, ServerLimits, client_address
 from wsmux.logs import log
@@ -624,7 +625,7 @@ def upgrade(
     Take the connection of C{request} away from C{twisted.web} and continue
     it as a WebSocket connection served by an instance of C{cls}.
 
-    A handler class with L{wsmux.handshake.DirectHandshakeMixin} opens
+    A handler class with L{wsmux._compat_autobahn.DirectHandshakeMixin} opens
     from the parsed request; otherwise, and for any request the direct
     handshake leaves to Autobahn, the request head is replayed into the new
     protocol for Autobahn to validate (as the client sent it, when it was
@@ -727,8 +728,8 @@ def _start(
     content = request.content.read() if request.content is not None else b""
     # Bytes twisted.web read past the request head: already buffered ones,
     # and those still in the line parser, which it hands to rawDataReceived.
-    buffered = b"".join(channel._dataBuffer)
-    channel._dataBuffer = []
+    take = getattr(channel, "take_upgrade_rest", None)  # wsmux's own channel
+    buffered = take() if take is not None else take_http_buffer(channel)
     channel.rawDataReceived = protocol.dataReceived
     if open_direct is not None and open_direct(request, raw, content + buffered):
         return

@@ -25,7 +25,7 @@ from wsmux.routing import Route, RouteTree
 from wsmux.site import WebSocketSite
 from wsmux.status import mount_status
 from wsmux.tls import SniContextMap, SniffingFactory, tls_factory
-from wsmux.workers import AdoptedPort, clean_exit_after_sigterm, ignore_hangup, on_hangup
+from wsmux.workers import AdoptedPort, ignore_hangup, on_hangup
 
 
 def build_tree(settings: Settings, reactor: Any = None) -> RouteTree:
@@ -246,7 +246,6 @@ class DrainService(Service):
         self.tree.refuse_pending(503, "Server shutting down")
         connections = list(registry.connections)
         if not connections:
-            clean_exit_after_sigterm(reactor)
             return succeed(None)
         log.info(
             "shutting down: closing {n} WebSocket connection(s) with 1001, waiting up to {t}s",
@@ -271,5 +270,4 @@ class DrainService(Service):
 
         timer = reactor.callLater(self.timeout, give_up)
         done.addBoth(lambda _: timer.cancel() if timer.active() else None)
-        done.addBoth(lambda _: clean_exit_after_sigterm(reactor))
         return done

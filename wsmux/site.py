@@ -16,19 +16,16 @@ unusual takes C{twisted.web}'s own line parser (L{GuardedHTTPChannel}).
 
 from __future__ import annotations
 
-import time
 from http import HTTPStatus
 from io import BytesIO
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
-from twisted.protocols.basic import LineReceiver
-from twisted.python.failure import Failure
-from twisted.web.http import HTTPChannel, datetimeToString, unquote
-from twisted.web.iweb import INonQueuedRequestFactory
-from twisted.web.resource import _IEncodingResource
+from twisted.web import server
+from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
+from wsmux._compat_twisted import parse_whole_head, start_parsed_request
 from wsmux.limits import ServerLimits, client_address
 from wsmux.logs import log
 from wsmux.routing import is_upgrade
@@ -36,24 +33,12 @@ from wsmux.routing import is_upgrade
 # How long a kept-alive HTTP connection may sit idle between requests.
 KEEPALIVE_IDLE = 60
 
-try:
-    # twisted.web's own request-line and header-name checks, so that a head
-    # read in one pass is held to exactly the rules of its line parser.
-    from twisted.web.http import _nameEncoder, _parseRequestLine
-    from twisted.web.http_headers import InvalidHeaderName
-except ImportError:  # pragma: no cover - another Twisted: the line parser only
-    _parseRequestLine = None  # type: ignore[assignment]
+# Bytes after an upgrade's head read while its route decides, before
+# reading stops (twisted.web's own figure for pipelined requests).
+_UPGRADE_REST_MAX = 16384
 
 # Capped bodies up to this size are read into memory, not a temporary file.
 _IN_MEMORY_BODY = 1024 * 1024
-
-# Header lines a one-pass read leaves to twisted.web: a body to read.
-_BODY_HEADERS = (b"Content-Length", b"Transfer-Encoding")
-
-# Bytes looked for as integers: CPython 3.11 tries a bytes needle as an
-# integer first and formats the TypeError it gets before searching (four
-# times the cost, measured; nine per cent of a handshake's instructions).
-_NUL, _LF, _CR = 0, 10, 13
 
 
 class HeadDeadlines:
@@ -131,6 +116,11 @@ class GuardedHTTPChannel(HTTPChannel):
     _head_bytes = 0
     _idle_timeout: Optional[int] = None
     _body_place: Any = None
+    _refused_abort: Any = None
+    # Bytes a client sent after an upgrade request's head, kept for the
+    # WebSocket protocol while a route decides (None: not an upgrade).
+    _upgrade_rest: Optional[list[bytes]] = None
+    _upgrade_rest_size = 0
 
     def connectionMade(self) -> None:
         site = self.site
@@ -156,89 +146,22 @@ class GuardedHTTPChannel(HTTPChannel):
         The result is what C{twisted.web}'s line parser makes of it (the
         same request-line and header checks, the same request object, then
         its own C{allHeadersReceived} and C{allContentReceived}), without a
-        call per line through three layers.  Only a plain case qualifies:
-        nothing read yet of this request, a C{GET} head within every cap,
-        no folded or malformed line, no body; anything else returns
+        call per line through three layers.  Only a plain case qualifies
+        (L{wsmux._compat_twisted.parse_whole_head}); anything else returns
         C{False} having changed nothing, for the line parser to read (and
         refuse, when it must).
         """
-        if (
-            data[:4] != b"GET "
-            or _parseRequestLine is None
-            or self._in_head
-            or self._buffer
-            or self._busyReceiving
-            or not self.line_mode
-            or self.paused
-            or self._handlingRequest
-            or not self.persistent
-            or getattr(self, "_HTTPChannel__first_line", None) != 1
-        ):
+        if self._in_head:
             return False
-        end = data.find(b"\r\n\r\n")
-        if end < 0:
+        parsed = parse_whole_head(self, data, self.site.limits)
+        if parsed is None:
             return False
-        limits = self.site.limits
-        lines = data[:end].split(b"\r\n")
-        if (
-            len(lines[0]) > limits.max_request_line
-            or len(lines) - 1 > limits.max_headers
-            or end - len(lines[0]) > limits.max_header_bytes
-        ):
-            return False
-        try:
-            command, path, version = _parseRequestLine(lines[0])
-        except ValueError:
-            return False
-        headers = []
-        max_name = limits.max_header_name
-        for line in lines[1:]:
-            name, colon, value = line.partition(b":")
-            if not colon or _LF in line or len(name) > max_name:
-                return False
-            try:
-                # Refuses a folded line too (its name starts with a space).
-                name = _nameEncoder.encode(name)
-            except InvalidHeaderName:
-                return False
-            value = value.strip(b" \t")
-            if _NUL in value or _CR in value or name in _BODY_HEADERS:
-                return False
-            headers.append((name, value))
-
+        command, path, version, headers, end = parsed
         # From here on, what HTTPChannel.dataReceived and lineReceived do
         # for these lines.
         self.resetTimeout()
         self._disarm_deadline()
-        factory = self.requestFactory
-        if INonQueuedRequestFactory.providedBy(factory):
-            request = factory(self)
-        else:
-            request = factory(self, len(self.requests))
-        self.requests.append(request)
-        request.raw_head = data[: end + 4]
-        self._HTTPChannel__first_line = 0
-        add = request.requestHeaders.addRawHeader
-        for name, value in headers:
-            add(name, value)
-        if path[:1] != b"/":
-            path = origin_form(request, path)
-        self._command, self._path, self._version = command, path, version
-        # What follows the head waits where LineReceiver keeps it, and goes
-        # where it would go (the WebSocket protocol, after an upgrade).
-        self._buffer = data[end + 4 :]
-        self._busyReceiving = True
-        try:
-            # twisted.web's own: this head has no body, its deadline is
-            # disarmed and its target is in origin form already.
-            HTTPChannel.allHeadersReceived(self)
-            HTTPChannel.allContentReceived(self)
-        finally:
-            self._busyReceiving = False
-        # LineReceiver stops once the transport is closing, and so do we.
-        transport: Any = self.transport
-        if self._buffer and not (transport is not None and transport.disconnecting):
-            LineReceiver.dataReceived(self, b"")
+        start_parsed_request(self, data, end, command, path, version, headers)
         return True
 
     def _arm_deadline(self) -> None:
@@ -311,7 +234,10 @@ class GuardedHTTPChannel(HTTPChannel):
         # The head is complete and no byte of a body has been read: refuse
         # here what must not be read at all.
         request = self.requests[-1]
-        if self.length != 0:  # a Content-Length, or chunked (None)
+        if self.length == 0 and is_upgrade(request):
+            self._upgrade_rest = []
+            self._upgrade_rest_size = 0
+        elif self.length != 0:  # a Content-Length, or chunked (None)
             limits = self.site.limits
             if is_upgrade(request):
                 self._refuse(400, b"Bad Request", "a WebSocket upgrade with a request body")
@@ -345,10 +271,29 @@ class GuardedHTTPChannel(HTTPChannel):
         # longer holds a place in the caps.
         self._disarm_deadline()
         self._release_body_place()
-        path = self._path
-        if path[:1] != b"/":
-            self._path = origin_form(self.requests[-1], path)
         super().allContentReceived()
+
+    def rawDataReceived(self, data: bytes) -> None:
+        rest = self._upgrade_rest
+        if rest is None:
+            super().rawDataReceived(data)
+            return
+        # An upgrade waits for its route: keep what follows its head for
+        # the WebSocket protocol, and stop reading past a little of it (as
+        # twisted.web does for pipelined requests).
+        rest.append(data)
+        self._upgrade_rest_size += len(data)
+        transport: Any = self.transport
+        if self._upgrade_rest_size > _UPGRADE_REST_MAX and transport is not None:
+            transport.pauseProducing()
+
+    def take_upgrade_rest(self) -> bytes:
+        """
+        Take the bytes the client sent after its upgrade request's head
+        (the route taking the connection over calls this once).
+        """
+        rest, self._upgrade_rest = self._upgrade_rest, None
+        return b"".join(rest) if rest else b""
 
     def body_too_large(self) -> None:
         """
@@ -372,13 +317,21 @@ class GuardedHTTPChannel(HTTPChannel):
             self._refuse(414, b"URI Too Long", "request line too long")
 
     def requestDone(self, request: Any) -> None:
+        # An upgrade answered over HTTP (refused) on a connection kept
+        # alive: what followed its head is the next request's.
+        rest = self.take_upgrade_rest()
         super().requestDone(request)
         if self.transport is not None and self.persistent:
             self._arm_deadline()
+            if rest:
+                self.dataReceived(rest)
 
     def connectionLost(self, reason: Any = None) -> None:
         self._disarm_deadline()
         self._release_body_place()
+        abort, self._refused_abort = self._refused_abort, None
+        if abort is not None and abort.active():
+            abort.cancel()
         super().connectionLost(reason)
 
     def _head_too_slow(self) -> None:
@@ -411,7 +364,13 @@ class GuardedHTTPChannel(HTTPChannel):
         self.allContentReceived = lambda: None  # type: ignore[method-assign]
         self.persistent = False
         self.loseConnection()
-        self._abortingCall = self.callLater(1, self.forceAbortClient)
+        self._refused_abort = self.callLater(1, self._abort_refused)
+
+    def _abort_refused(self) -> None:
+        self._refused_abort = None
+        transport: Any = self.transport
+        if transport is not None:
+            transport.abortConnection()
 
 
 def origin_form(request: Any, path: bytes) -> bytes:
@@ -438,28 +397,14 @@ def _in_memory(request: Any) -> None:
     request.content = BytesIO()
 
 
-_date: tuple[int, bytes] = (0, b"")
-
-
-def http_date() -> bytes:
-    """
-    The C{Date} header value for now, formatted once a second.
-    """
-    global _date
-    now = int(time.time())
-    if _date[0] != now:
-        _date = (now, datetimeToString(now))
-    return _date[1]
+# The Server header Request.process sets.
+_TWISTED_BANNER = [server.version]
 
 
 class WebSocketRequest(Request):
     """
-    C{twisted.web}'s request, processed the same way with two default
-    headers made cheaper: C{Server} says C{wsmux} (no version) and C{Date}
-    is formatted once a second rather than per request, and both are added
-    when the response is written (unless a resource set its own), rather
-    than to every request: most requests to a WebSocket server are
-    upgrades, which never send them.
+    C{twisted.web}'s request with a capped body, an absolute-form target
+    routed by its path, and C{Server: wsmux} (no version) on responses.
 
     @ivar raw_head: the request head as the client sent it (request line,
         headers and the empty line), when it was read in one pass; L{None}
@@ -495,33 +440,20 @@ class WebSocketRequest(Request):
         super().connectionLost(reason)
         self._close_content()
 
-    def process(self) -> None:
-        # Twisted's Request.process, but for the two headers (see write).
-        self.site = self.channel.site  # type: ignore[attr-defined]
-        self.prepath = []
-        self.postpath = list(map(unquote, self.path[1:].split(b"/")))
-        if self.path == b"*":
-            self._handleStar()
-            return
-        try:
-            resource = self.site.getResourceFor(self)
-            if _IEncodingResource.providedBy(resource):
-                encoder = resource.getEncoder(self)
-                if encoder is not None:
-                    self._encoder = encoder
-            self.render(resource)
-        except BaseException:
-            self.processingFailed(Failure())
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if path[:1] != b"/":
+            path = origin_form(self, path)
+        super().requestReceived(command, path, version)
 
     def write(self, data: bytes) -> None:
         # The first write sends the response head: every response, even an
         # empty one (finish writes b""), passes here first.
         if not self.startedWriting:
             headers = self.responseHeaders
-            if not headers.hasHeader(b"server"):
+            # Request.process names twisted.web and its version; a
+            # resource's own Server header stays.
+            if headers.getRawHeaders(b"server") == _TWISTED_BANNER:
                 headers.setRawHeaders(b"server", [b"wsmux"])
-            if not headers.hasHeader(b"date"):
-                headers.setRawHeaders(b"date", [http_date()])
         super().write(data)
 
 

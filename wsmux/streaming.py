@@ -21,6 +21,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IConsumer
 from zope.interface import implementer
 
+from wsmux._compat_autobahn import fail_connection
 from wsmux.channels import member_failed
 from wsmux.logs import log
 from wsmux.protocol import _clock
@@ -277,9 +278,7 @@ class StreamingReceiver:
     def onMessageFrameBegin(self, length: int) -> None:
         self.stream_size += length
         if 0 < self.max_stream_size < self.stream_size:
-            self._fail_connection(  # type: ignore[attr-defined]
-                1009, f"message over {self.max_stream_size} bytes"
-            )
+            fail_connection(self, 1009, f"message over {self.max_stream_size} bytes")
 
     def onMessageFrameData(self, payload: bytes) -> None:
         if not self.failedByMe:  # type: ignore[attr-defined]

@@ -24,6 +24,7 @@ from wsmux.logs import LOG_FORMATS, LogLevelService, log, use_json_for_twistd
 from wsmux.service import FreezeHeapService, make_service
 from wsmux.tls import TLS_VERSIONS, CertificateError, HostCertificate, SniContextMap
 from wsmux.workers import (
+    StopOnTerm,
     WorkerSupervisor,
     ignore_hangup,
     parse_worker_sockets,
@@ -464,8 +465,10 @@ def makeService(options: Options) -> IService:
                 "use --redis to reach clients on every worker"
             )
         LogLevelService(settings.log_level).setServiceParent(supervisor)
+        StopOnTerm().setServiceParent(supervisor)
         return supervisor
     service = make_service(options.settings, contexts=options.contexts, adopted=options.adopted)
     LogLevelService(options.settings.log_level).setServiceParent(service)
     FreezeHeapService().setServiceParent(service)
+    StopOnTerm().setServiceParent(service)
     return service

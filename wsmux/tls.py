@@ -17,7 +17,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -203,22 +203,27 @@ class _UnrecognizedName(Exception):
     """
 
 
-def _quiet_unrecognized_name() -> None:
-    # pyOpenSSL reports an exception from the server-name callback through
-    # sys.excepthook and then fails the handshake with OpenSSL's default
-    # alert for that callback, unrecognized_name: exactly the strict-mode
-    # answer.  Keep that expected exception out of stderr.
+def _refuse_unrecognized_name() -> NoReturn:
+    """
+    Fail the TLS handshake in the server-name callback with
+    unrecognized_name.
+
+    pyOpenSSL hands an exception from that callback to C{sys.excepthook}
+    and then fails the handshake with the alert OpenSSL sends for it,
+    unrecognized_name: exactly the strict-mode answer.  The exception is
+    expected, not an error to print: a hook set for this one exception
+    keeps it out of stderr and puts the process's own hook back at once
+    (any other exception that reaches it goes to that hook).
+    """
     previous = sys.excepthook
-    if getattr(previous, "_wsmux_quiet", False):
-        return
 
-    def hook(kind: Any, value: Any, tb: Any) -> None:
-        if kind is _UnrecognizedName:
-            return
-        previous(kind, value, tb)
+    def once(kind: Any, value: Any, tb: Any) -> None:
+        sys.excepthook = previous
+        if kind is not _UnrecognizedName:
+            previous(kind, value, tb)
 
-    hook._wsmux_quiet = True  # type: ignore[attr-defined]
-    sys.excepthook = hook
+    sys.excepthook = once
+    raise _UnrecognizedName()
 
 
 def normalize_server_name(raw: Optional[bytes]) -> Optional[str]:
@@ -255,7 +260,6 @@ class SniContextMap:
         self._exact: dict[str, CertificateOptions] = {}
         self._wildcard: dict[str, CertificateOptions] = {}
         self.handshakes: dict[str, int] = {}
-        _quiet_unrecognized_name()
         self._install(self._load())
 
     def _entries(self) -> list[HostCertificate]:
@@ -347,7 +351,7 @@ class SniContextMap:
                 "TLS handshake refused: unrecognized server name {name!r}",
                 name=raw[:64].decode("ascii", "replace"),
             )
-            raise _UnrecognizedName()
+            _refuse_unrecognized_name()
         self.handshakes[label] = self.handshakes.get(label, 0) + 1
         if options is not None:
             connection.set_context(options.getContext())

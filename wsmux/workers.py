@@ -86,18 +86,6 @@ def open_socket(address: TcpAddress) -> socket.socket:
     return sock
 
 
-def clean_exit_after_sigterm(reactor: Any) -> None:
-    """
-    Let twistd exit 0 after a SIGTERM whose graceful shutdown completed.
-
-    twistd re-raises the signal that stopped it, so a SIGTERM stop exits
-    with status 143; a drain that ran to its end is a clean stop.
-    (C{_exitSignal} is how twistd learns the signal; there is no public API.)
-    """
-    if getattr(reactor, "_exitSignal", None) == signal.SIGTERM:
-        reactor._exitSignal = None
-
-
 def on_hangup(callback: Callable[[], Any], reactor: Any) -> bool:
     """
     Call C{callback} in the reactor on every SIGHUP.
@@ -110,6 +98,35 @@ def on_hangup(callback: Callable[[], Any], reactor: Any) -> bool:
     except ValueError:
         return False
     return True
+
+
+class StopOnTerm(Service):
+    """
+    SIGTERM stops the reactor, and twistd then exits 0: a SIGTERM is the
+    ordinary way to stop wsmux (systemd, Kubernetes), and its graceful
+    drain is a clean stop.
+
+    Twisted's own SIGTERM handler makes twistd re-raise the signal once the
+    reactor has stopped (exit status 143); this handler, installed once the
+    reactor runs (after Twisted's own), stops the reactor the same way
+    without noting the signal.  SIGINT keeps Twisted's handler.
+    """
+
+    def __init__(self, reactor: Any = None) -> None:
+        self.reactor = reactor
+
+    def startService(self) -> None:
+        super().startService()
+        reactor = self.reactor
+        if reactor is None:
+            from twisted.internet import reactor  # type: ignore[no-redef]
+        reactor.callWhenRunning(self._install, reactor)
+
+    def _install(self, reactor: Any) -> None:
+        try:
+            signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(reactor.stop))
+        except ValueError:  # not the main thread (a test running the service)
+            pass
 
 
 def ignore_hangup(only_default: bool = False) -> None:
@@ -564,7 +581,6 @@ class WorkerSupervisor(Service):
             if self._snapshot is not None:
                 self._snapshot.close()
             log.info("all workers stopped")
-            clean_exit_after_sigterm(reactor)
 
         return done.addBoth(finished)
 

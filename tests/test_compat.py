@@ -1,0 +1,130 @@
+"""
+The canary for the seam (L{wsmux._compat}): every internal of Twisted,
+Autobahn and txaio that wsmux touches still looks as wsmux expects on the
+installed versions, and no module outside the seam touches one.
+
+When a test here fails after an upgrade, wsmux still works (it takes the
+public path for that internal and logs a line saying so); the message
+says which internal changed and where to look.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import twisted
+
+from wsmux import _compat, _compat_autobahn, _compat_twisted
+
+ROOT = Path(__file__).resolve().parent.parent
+SEAM = {"_compat.py", "_compat_twisted.py", "_compat_autobahn.py"}
+
+# Every internal, by the name the seam gives it.
+EXPECTED = [
+    "twisted.one_pass_head",
+    "twisted.direct_send",
+    "twisted.log_observers",
+    "twisted.http_buffer",
+    "autobahn.lean_protocol",
+    "autobahn.direct_handshake",
+    "autobahn.fast_frames",
+    "autobahn.nvx_masker",
+    "autobahn.fail_connection",
+    "autobahn.per_message_compress",
+]
+
+
+def test_the_seam_lists_every_internal():
+    assert list(_compat.INTERNALS) == EXPECTED
+    for internal in _compat.INTERNALS.values():
+        assert internal.touches and internal.why and internal.checked and internal.fallback
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_each_internal_still_looks_as_expected(name):
+    # The check itself, whatever WSMUX_PUBLIC_PATH says for this run.
+    internal = _compat.INTERNALS[name]
+    problem = internal.check()
+    assert problem is None, (
+        f"{name} changed in the installed version ({problem}). wsmux now takes its "
+        f"public path ({internal.fallback}); see what it touches ({internal.touches}) "
+        f"in wsmux/_compat_{name.split('.')[0]}.py"
+    )
+
+
+def private_tokens() -> set[str]:
+    tokens: set[str] = set()
+    for internal in _compat.INTERNALS.values():
+        for text in internal.touches:
+            tokens.update(re.findall(r"\b_[A-Za-z]\w+", text))
+    return tokens
+
+
+def test_no_module_outside_the_seam_touches_an_internal():
+    tokens = private_tokens()
+    assert {"_dataBuffer", "_tempDataLen", "_perMessageCompress", "_fail_connection"} <= tokens
+    leaks = []
+    for path in sorted((ROOT / "wsmux").glob("*.py")):
+        if path.name in SEAM:
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            for token in tokens:
+                if re.search(rf"[.\s]{token}\b", line):
+                    leaks.append(f"wsmux/{path.name}:{number}: {token}")
+    assert not leaks, "private names outside the seam:\n" + "\n".join(leaks)
+
+
+def test_a_failed_check_takes_the_public_path_and_says_so():
+    # A fresh interpreter where one internal is gone: wsmux logs one line
+    # naming it and serves without it.
+    code = """
+import sys
+from twisted.logger import globalLogPublisher
+lines = []
+globalLogPublisher.addObserver(lambda e: lines.append(e))
+import twisted.web.http as http
+del http.HTTPChannel._HTTPChannel__first_line
+from twisted.logger import formatEvent
+from wsmux import _compat, _compat_twisted
+assert not _compat.enabled("twisted.one_pass_head")
+assert _compat.enabled("twisted.direct_send")
+said = [formatEvent(e) for e in lines if "one_pass_head" in formatEvent(e)]
+print(said[0])
+"""
+    env = {k: v for k, v in os.environ.items() if k != "WSMUX_PUBLIC_PATH"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    line = out.stdout.strip()
+    assert "not using twisted.one_pass_head" in line
+    assert "HTTPChannel has no _HTTPChannel__first_line" in line
+    assert "line parser" in line
+
+
+def test_the_environment_switches_every_internal_off():
+    code = "from wsmux import _compat, _compat_autobahn, _compat_twisted\n" \
+        "print(sorted(n for n, i in _compat.INTERNALS.items() if i.enabled))"  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={"WSMUX_PUBLIC_PATH": "1", "PATH": "/usr/bin:/bin"},
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_versions_checked_are_said():
+    # The seam's modules name the versions they were checked against; the
+    # installed Twisted is one a matrix run covers (tox.ini).
+    for module in (_compat_twisted, _compat_autobahn):
+        assert "Checked against" in (module.__doc__ or "")
+    assert twisted.__version__

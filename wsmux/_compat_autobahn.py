@@ -1,0 +1,966 @@
+"""
+Every use wsmux makes of Autobahn's and txaio's private names (see
+L{wsmux._compat}).
+
+Checked against Autobahn 26.7.1 and 26.10.2 (txaio 25.x and 26.x).  Each
+internal below is used only while its check passes and
+C{WSMUX_PUBLIC_PATH} is unset; otherwise wsmux takes Autobahn's own path.
+
+  - L{DirectHandshakeMixin}: the opening handshake from the request
+    C{twisted.web} already parsed (else Autobahn parses it again);
+  - L{LeanServerProtocol}: Autobahn's connection entry points without
+    their debug-log formatting, and a clean close without a reactor turn
+    (else Autobahn's own);
+  - L{FastReceiveMixin} and L{FastSendMixin}: whole small frames without
+    Autobahn's per-frame hooks (else Autobahn's frame path);
+  - L{fail_connection}: a route fails a connection as Autobahn does (else
+    by sending the close frame itself);
+  - L{compressing}: whether a connection deflates (else read from the
+    public C{websocket_extensions_in_use}).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, Optional
+from urllib import parse
+
+import txaio
+from autobahn.twisted.util import create_transport_details
+from autobahn.twisted.websocket import WebSocketServerProtocol
+from autobahn.wamp.types import TransportDetails
+from autobahn.websocket import protocol as _ws
+from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet import tcp
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.main import CONNECTION_DONE
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
+
+from wsmux._compat import all_of, code_names, declare, missing_names
+from wsmux._compat_twisted import close_idle_tcp
+from wsmux._frames import _BIG, _BINARY, _CLOSE, _TEXT, frame_header, unmask
+from wsmux._writes import WriteScheduler, scheduler_for
+from wsmux.responses import safe_accept
+
+try:
+    from autobahn.util import _is_tls_error, _maybe_tls_reason
+except ImportError:  # pragma: no cover - another Autobahn: the check says so
+    _is_tls_error = _maybe_tls_reason = None  # type: ignore[assignment]
+
+_P = WebSocketServerProtocol
+
+
+# -- the connection's entry points ---------------------------------------------
+
+LEAN_PROTOCOL = declare(
+    "autobahn.lean_protocol",
+    touches=(
+        "WebSocketProtocol._connectionMade / _connectionLost / _closeConnection",
+        "WebSocketAdapterProtocol._transport_details",
+        "autobahn.util._is_tls_error / _maybe_tls_reason",
+        "factory._batched_timer",
+    ),
+    why=(
+        "the connection starts and ends without Autobahn's eager debug-log "
+        "formatting (qualified names, peer addresses) and without building an "
+        "address object per connection; a clean close closes at once"
+    ),
+    checked="Autobahn 26.7.1, 26.10.2",
+    fallback="connections start and end through Autobahn's own entry points",
+    check=lambda: all_of(
+        missing_names(WebSocketProtocol, ("_connectionMade", "_connectionLost")),
+        missing_names(_P, ("_closeConnection",)),
+        code_names(_P.connectionMade, ("_transport_details", "_connectionMade", "tcpNoDelay")),
+        code_names(_P.connectionLost, ("_is_tls_error", "_maybe_tls_reason", "_connectionLost")),
+        code_names(_ws.WebSocketServerProtocol._connectionMade, ("countConnections",)),
+        code_names(_ws.WebSocketServerProtocol._connectionLost, ("countConnections",)),
+        code_names(WebSocketProtocol._connectionMade, ("openHandshakeTimeout",)),
+        None if _is_tls_error is not None else "autobahn.util has no _is_tls_error",
+        missing_names(_ws.WebSocketServerFactory(), ("_batched_timer",)),
+    ),
+)
+
+DIRECT_HANDSHAKE = declare(
+    "autobahn.direct_handshake",
+    touches=(
+        "autobahn.websocket.protocol._url_to_origin / _is_same_origin",
+        "WebSocketProtocol._parseExtensionsHeader",
+        "WebSocketServerProtocol._wskey and the http_* / websocket_* attributes "
+        "processHandshake sets",
+    ),
+    why=(
+        "the opening handshake is checked on the request twisted.web already "
+        "parsed, instead of written out again and parsed a second time"
+    ),
+    checked="Autobahn 26.7.1, 26.10.2",
+    fallback="every opening handshake takes Autobahn's own processHandshake",
+    needs=("autobahn.lean_protocol",),
+    check=lambda: all_of(
+        missing_names(_ws, ("_url_to_origin", "_is_same_origin")),
+        missing_names(_P, ("_parseExtensionsHeader", "succeedHandshake", "failHandshake")),
+        code_names(
+            _P.processHandshake,
+            (
+                "_wskey",
+                "_parseExtensionsHeader",
+                "_url_to_origin",
+                "_is_same_origin",
+                "http_request_uri",
+                "http_request_path",
+                "http_request_params",
+                "http_request_host",
+                "websocket_version",
+                "websocket_protocols",
+                "websocket_origin",
+                "websocket_extensions",
+            ),
+        ),
+        code_names(_P.succeedHandshake, ("_wskey",)),
+    ),
+)
+
+# Methods a handler must not override for the direct handshake: they see
+# (or parse) the request bytes that the direct handshake never replays.
+HANDSHAKE_HOOKS = ("processHandshake", "dataReceived", "_dataReceived", "consumeData")
+
+_KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+/")
+
+
+def direct_handshake_ok(handler: type) -> bool:
+    """
+    Whether C{handler} leaves every hook the direct handshake skips alone.
+    """
+    return DIRECT_HANDSHAKE and all(
+        getattr(handler, name, None) is getattr(WebSocketServerProtocol, name)
+        for name in HANDSHAKE_HOOKS
+    )
+
+
+def _has_token(value: str, token: str) -> bool:
+    # Whether the comma-separated header value lists token (any case).
+    if value.lower() == token:
+        return True
+    return any(part.strip().lower() == token for part in value.split(","))
+
+
+class GuardedHandshakeMixin:
+    """
+    For a handler on Autobahn's own handshake path: C{succeedHandshake}
+    runs in a Deferred's callback there, where an exception would be an
+    unhandled error and the client left waiting; before the 101 it is a
+    500, after it a 1011.  (The direct handshake does the same in
+    L{DirectHandshakeMixin}.)
+    """
+
+    def succeedHandshake(self, res: Any) -> None:
+        try:
+            super().succeedHandshake(safe_accept(res))  # type: ignore[misc]
+        except Exception:
+            self.handler_failed("the opening handshake")  # type: ignore[attr-defined]
+
+
+class DirectHandshakeMixin:
+    """
+    Open a connection from the request C{twisted.web} already parsed.
+    """
+
+    def handshake_from(self, request: Any, head: bytes, rest: bytes) -> bool:
+        """
+        Validate C{request} as Autobahn would and, if it passes, carry the
+        handshake through to C{onConnect} and the 101 response.
+
+        @param request: the C{twisted.web} request of the upgrade.
+        @param head: the request head as bytes (kept as
+            C{http_request_data}, as Autobahn keeps it).
+        @param rest: bytes the client sent after the request head.
+        @return: C{False}, having changed nothing but armed the
+            open-handshake timer, when the request must take Autobahn's own
+            handshake (replayed from C{head}).
+        """
+        me: Any = self
+        checked = self._check(request)
+        if checked is None:
+            me.arm_open_timeout()
+            return False
+        uri, headers, host, version, protocols, origin, key = checked
+
+        # The request passes: from here on, what Autobahn's processHandshake
+        # does after its checks.
+        path, _, query = uri.partition("?")
+        if ";" in path:
+            path = parse.urlparse(uri).path
+        params = parse.parse_qs(query) if query else {}
+        offered = headers.get("sec-websocket-extensions")
+        extensions = me._parseExtensionsHeader(offered) if offered is not None else []
+        me.http_request_data = head
+        me.http_status_line = f"GET {uri} HTTP/1.1"
+        me.http_headers = headers
+        me.http_request_uri = uri
+        me.http_request_path = path
+        me.http_request_params = params
+        me.http_request_host = host
+        me.websocket_version = version
+        me.websocket_protocols = protocols
+        me.websocket_origin = origin
+        me.websocket_extensions = extensions
+        me.data = rest
+        me._wskey = key
+        connection = ConnectionRequest(
+            me.peer, headers, host, path, params, version, origin, protocols, extensions
+        )
+        # Autobahn runs onConnect through txaio.as_future and a Deferred
+        # even when it answers at once, as most handlers do.
+        try:
+            result = me.onConnect(connection)
+        except Exception:
+            self._connect_failed(Failure())
+            return True
+        if result is None or type(result) in (str, tuple):
+            self._connect_answered(result)
+        else:
+            me.arm_open_timeout()
+            deferred = result if isinstance(result, Deferred) else ensureDeferred(result)
+            deferred.addCallbacks(self._connect_answered, self._connect_failed)
+        return True
+
+    def _check(
+        self, request: Any
+    ) -> Optional[tuple[str, dict[str, str], str, int, list[str], str, str]]:
+        """
+        Autobahn's checks of an opening handshake, on the parsed request.
+
+        @return: the URI, headers (Autobahn's form: lower-case names, repeated
+            headers joined with commas), host, version, offered subprotocols,
+            origin and key; or L{None} when the request needs Autobahn's own
+            handshake (to be refused, or for a case it treats specially).
+        """
+        me: Any = self
+        if me.logOctets or me.trustXForwardedFor or me.state != me.STATE_CONNECTING:
+            return None
+        if request.clientproto != b"HTTP/1.1" or request.method != b"GET":
+            return None
+        uri = request.uri.decode("iso-8859-1")
+        if uri[:1] != "/" or uri[:2] == "//" or "#" in uri:
+            return None
+        headers: dict[str, str] = {}
+        counts: dict[str, int] = {}
+        for name, values in request.requestHeaders.getAllRawHeaders():
+            key = name.decode("iso-8859-1").lower()
+            if len(values) == 1:
+                headers[key] = values[0].decode("iso-8859-1").strip()
+            else:
+                headers[key] = ", ".join(v.decode("iso-8859-1").strip() for v in values)
+            counts[key] = len(values)
+
+        if counts.get("host") != 1:
+            return None
+        host = headers["host"]
+        if ":" in host and not host.endswith("]"):
+            host, port = host.rsplit(":", 1)
+            try:
+                number = int(port.strip())
+            except ValueError:
+                return None
+            external = me.factory.externalPort
+            if external and number != external:
+                return None
+        if not _has_token(headers.get("upgrade", ""), "websocket"):
+            return None
+        if not _has_token(headers.get("connection", ""), "upgrade"):
+            return None
+        if counts.get("sec-websocket-version") != 1:
+            return None
+        try:
+            version = int(headers["sec-websocket-version"])
+        except ValueError:
+            return None
+        if version not in me.versions or version < 13:
+            return None
+        protocols: list[str] = []
+        if "sec-websocket-protocol" in headers:
+            protocols = [p.strip() for p in headers["sec-websocket-protocol"].split(",")]
+            if len(set(protocols)) != len(protocols):
+                return None
+        origin = ""
+        if "origin" in headers:
+            if counts["origin"] > 1:
+                return None
+            origin = headers["origin"]
+            try:
+                origin_tuple = _ws._url_to_origin(origin)
+            except ValueError:
+                return None
+            if not (origin_tuple == "null" and me.factory.allowNullOrigin) and not (
+                _ws._is_same_origin(
+                    origin_tuple,
+                    "https" if me.factory.isSecure else "http",
+                    me.factory.externalPort or me.factory.port,
+                    me.allowedOriginsPatterns,
+                )
+            ):
+                return None
+        if counts.get("sec-websocket-key") != 1:
+            return None
+        key = headers["sec-websocket-key"]
+        if len(key) != 24 or key[-2:] != "==" or not _KEY_CHARS.issuperset(key[:-2]):
+            return None
+        if counts.get("sec-websocket-extensions", 0) > 1:
+            return None
+        if me.maxConnections > 0 and me.factory.countConnections > me.maxConnections:
+            return None
+        return uri, headers, host, version, protocols, origin, key
+
+    def _connect_answered(self, result: Any) -> None:
+        me: Any = self
+        if me.state != me.STATE_CONNECTING:
+            return  # the client left (or timed out) while onConnect thought
+        try:
+            # Past the route class's guard, which is for Autobahn's path.
+            if type(result) is tuple:
+                result = safe_accept(result)
+            super(GuardedHandshakeMixin, me).succeedHandshake(result)  # type: ignore[misc]
+        except Exception:
+            # Autobahn leaves this in a Deferred nobody reads (and the
+            # client waiting for the open-handshake timeout).  Before the
+            # 101 the client gets 500; after it, a close with 1011.
+            me.handler_failed("the opening handshake")
+
+    def _connect_failed(self, failure: Failure) -> Optional[Failure]:
+        me: Any = self
+        if isinstance(failure.value, ConnectionDeny):
+            me.failHandshake(failure.value.reason, failure.value.code)
+            return None
+        # What Autobahn does with an unexpected error in onConnect.
+        me.log.warn("Unexpected exception in onConnect ['{err.value}']", err=failure)
+        me.log.warn("{tb}", tb=txaio.failure_format_traceback(failure))  # type: ignore[attr-defined]
+        me.failHandshake("Internal Server Error", ConnectionDeny.INTERNAL_SERVER_ERROR)
+        return None
+
+
+_MISSING = object()
+
+
+def transport_details(transport: Any, is_server: bool) -> TransportDetails:
+    """
+    Autobahn's C{create_transport_details}, for the WebSocket framing; for
+    Twisted's own TCP server transport, without building an address object
+    to describe the peer (C{peer2str} calls C{getPeer}, which makes one and
+    checks its fields each time).
+    """
+    if transport.__class__ is not tcp.Server:
+        details = create_transport_details(transport, is_server)
+        details.channel_framing = TransportDetails.CHANNEL_FRAMING_WEBSOCKET
+        return details
+    client = transport.client  # (host, port), or four items for IPv6
+    return TransportDetails(
+        channel_type=TransportDetails.CHANNEL_TYPE_TCP,
+        channel_framing=TransportDetails.CHANNEL_FRAMING_WEBSOCKET,
+        peer=f"{'tcp4' if len(client) == 2 else 'tcp6'}:{client[0]}:{client[1]}",
+        is_server=is_server,
+        own_pid=os.getpid(),
+        own_tid=threading.get_native_id(),
+        own_fd=-1,
+        is_secure=False,
+        channel_id={},
+        peer_cert=None,
+    )
+
+
+# One failure for every clean close, as Twisted's reactor keeps one.
+_CLOSED_CLEANLY = Failure(CONNECTION_DONE)
+
+
+class LeanServerProtocol(WebSocketServerProtocol):
+    """
+    Autobahn's connection entry points, minus eager debug-log formatting.
+
+    Autobahn's own versions format their debug arguments (qualified
+    function names, the close reason's text, a pretty-printed option list)
+    before the logger decides to drop them, on every connection.  These do
+    the same work and log what Autobahn logs above debug level.  wsmux puts this class right above
+    Autobahn in every route class, so a handler's own overrides (and their
+    C{super()} calls) run as before.
+
+    @ivar wsmux_direct_open: set by wsmux before the connection starts when
+        L{DirectHandshakeMixin} will open it; the open-handshake timer is
+        then armed only if the handshake does not finish at once.
+    @ivar wsmux_tcp_nodelay: what the transport's C{TCP_NODELAY} already
+        is, when known (C{twisted.web} turns it on); L{None} otherwise.
+    """
+
+    wsmux_direct_open = False
+    wsmux_tcp_nodelay: Optional[bool] = None
+    _writes: WriteScheduler = scheduler_for(None)
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        details = transport_details(transport, bool(self.is_server))
+        self._transport_details = details
+        self.peer = details.peer
+        # twisted.web has already turned Nagle off on a connection it hands
+        # over (wsmux_tcp_nodelay says so): one system call fewer.
+        nodelay = self.tcpNoDelay  # type: ignore[attr-defined]
+        if self.wsmux_tcp_nodelay is None or self.wsmux_tcp_nodelay != nodelay:
+            try:
+                transport.setTcpNoDelay(nodelay)
+            except Exception:  # Unix sockets and other transports without it
+                pass
+        self._connectionMade()
+
+    def _connectionMade(self) -> None:
+        if not self.wsmux_direct_open:
+            WebSocketProtocol._connectionMade(self)
+        else:
+            saved = self.__dict__.get("openHandshakeTimeout", _MISSING)
+            self.openHandshakeTimeout = 0
+            WebSocketProtocol._connectionMade(self)
+            if saved is _MISSING:
+                del self.openHandshakeTimeout
+            else:
+                self.openHandshakeTimeout = saved
+        self.factory.countConnections += 1
+
+    def arm_open_timeout(self) -> None:
+        """
+        Arm Autobahn's open-handshake timer, if it is configured and not
+        armed yet.
+        """
+        if self.openHandshakeTimeout > 0 and self.openHandshakeTimeoutCall is None:
+            self.openHandshakeTimeoutCall = self.factory._batched_timer.call_later(
+                self.openHandshakeTimeout, self.onOpenHandshakeTimeout
+            )
+
+    def _closeConnection(self, abort: bool = False) -> None:
+        transport: Any = self.transport
+        # Writes held for this connection go out before it closes.
+        self._writes.release(transport)
+        # The closing handshake is over and everything is sent: close now.
+        if not abort and self.wasClean and close_idle_tcp(transport, _CLOSED_CLEANLY):
+            return
+        super()._closeConnection(abort)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if _is_tls_error(reason.value):  # type: ignore[misc]
+            self.log.error(_maybe_tls_reason(reason.value))  # type: ignore[misc]
+        self._connectionLost(reason)
+
+    def _connectionLost(self, reason: Any) -> None:
+        WebSocketProtocol._connectionLost(self, reason)
+        self.factory.countConnections -= 1
+
+    def onConnect(self, request: ConnectionRequest) -> Any:
+        return None
+
+
+# -- whole small frames --------------------------------------------------------
+
+FAST_FRAMES = declare(
+    "autobahn.fast_frames",
+    touches=(
+        "WebSocketProtocol._dataReceived / processData / data / current_frame / inside_message",
+        "WebSocketProtocol._perMessageCompress / send_queue / trafficStats",
+        "WebSocketProtocol._cancelAutoPingTimeoutCall",
+        "txaio ObservableMixin._listeners / _parent",
+    ),
+    why=(
+        "whole small masked frames are cut out of the buffer and delivered, and "
+        "whole messages sent, without a dozen hooks per frame (the most of an echo)"
+    ),
+    checked="Autobahn 26.7.1, 26.10.2; txaio 25.x, 26.x",
+    fallback="every frame takes Autobahn's own frame path",
+    needs=("autobahn.lean_protocol",),
+    check=lambda: all_of(
+        missing_names(
+            _P, ("_dataReceived", "processData", "onCloseFrame", "_cancelAutoPingTimeoutCall")
+        ),
+        code_names(_P._dataReceived, ("data", "consumeData")),
+        code_names(_P.consumeData, ("processData",)),
+        code_names(_P.processData, ("current_frame", "data", "inside_message", "onFrameBegin")),
+        code_names(
+            WebSocketProtocol._connectionMade,
+            ("_perMessageCompress", "trafficStats", "send_queue", "data"),
+        ),
+        code_names(_P.sendMessage, ("_perMessageCompress", "autoFragmentSize")),
+        code_names(_P.sendData, ("send_queue",)),
+        code_names(_P.fire, ("_listeners", "_parent")),
+    ),
+)
+
+# Receive-side hooks a handler must not override for the fast path.
+RECEIVE_HOOKS = (
+    "dataReceived",
+    "_dataReceived",
+    "consumeData",
+    "processData",
+    "processControlFrame",
+    "onFrameBegin",
+    "onFrameData",
+    "onFrameEnd",
+    "_onMessageBegin",
+    "_onMessageFrameBegin",
+    "_onMessageFrameData",
+    "_onMessageFrameEnd",
+    "_onMessageFrame",
+    "_onMessageEnd",
+    "_onMessage",
+    "onMessageBegin",
+    "onMessageFrameBegin",
+    "onMessageFrameData",
+    "onMessageFrameEnd",
+    "onMessageFrame",
+    "onMessageEnd",
+)
+
+# Send-side methods a handler must not override for the fast path.
+SEND_HOOKS = ("sendMessage", "sendPreparedMessage", "sendFrame", "sendData")
+
+
+def _overrides(handler: type, names: tuple[str, ...]) -> bool:
+    return any(
+        getattr(handler, name, None) is not getattr(WebSocketServerProtocol, name) for name in names
+    )
+
+
+def fast_path_ok(handler: type) -> tuple[bool, bool]:
+    """
+    Whether the receive and the send fast paths keep C{handler}'s
+    behaviour: true for each unless C{handler} overrides one of the hooks
+    the path skips.
+    """
+    if not FAST_FRAMES:
+        return False, False
+    return not _overrides(handler, RECEIVE_HOOKS), not _overrides(handler, SEND_HOOKS)
+
+
+def _nvx_unmask_in_place() -> Any:
+    # Autobahn's C masker (NVX), driven directly so that it can work in
+    # place on a bytearray; None when this Autobahn build lacks it, and big
+    # frames then take Autobahn's path.
+    try:
+        from _nvx_xormasker import ffi, lib  # type: ignore[import-not-found]
+    except ImportError:  # pragma: no cover - Autobahn without NVX
+        return None
+
+    def unmask_in_place(buffer: bytes, mask: bytes) -> None:
+        # Writes into C{buffer}: only for a bytes object just made and not
+        # yet seen by anyone else.
+        key = ffi.new("uint8_t[4]", mask)
+        masker = ffi.gc(lib.nvx_xormask_new(key), lib.nvx_xormask_free)
+        lib.nvx_xormask_set_impl(masker, 2)  # SSE2
+        lib.nvx_xormask_process(masker, ffi.from_buffer("uint8_t[]", buffer), len(buffer))
+
+    return unmask_in_place
+
+
+NVX_MASKER = declare(
+    "autobahn.nvx_masker",
+    touches=("_nvx_xormasker (Autobahn's C XOR masker, driven in place)",),
+    why="a big binary frame is unmasked where it lies, in one pass, without copies",
+    checked="Autobahn 26.7.1, 26.10.2",
+    fallback="big binary frames take Autobahn's own frame path",
+    needs=("autobahn.fast_frames",),
+    check=lambda: all_of(
+        None if _nvx_unmask_in_place() is not None else "no _nvx_xormasker module",
+    ),
+)
+
+unmask_in_place = _nvx_unmask_in_place() if NVX_MASKER else None
+
+
+class FastReceiveMixin:
+    """
+    Take whole small data frames without Autobahn's per-frame hooks.
+
+    Sits directly in front of the handler class.
+    """
+
+    _fast_busy: bool = False
+    _fast_again: bool = False
+    # A big binary frame being gathered: pieces so far, their size, the
+    # frame's length and mask.
+    _big: Optional[list[bytes]] = None
+    _big_have: int = 0
+    _big_length: int = 0
+    _big_mask: bytes = b""
+    _idle_timeout: float = 0.0
+    _idle_call: Any = None
+    _writes: WriteScheduler
+
+    def dataReceived(self, data: bytes) -> None:
+        # Autobahn's adapter formats a debug-log line per read here.  What
+        # this read makes anyone write is held (see _held), whichever path
+        # (this one or Autobahn's) handles it.  A handler that raises ends
+        # its own connection (RouteProtocolMixin.handler_failed), never the
+        # read loop of another.
+        writes = self._writes
+        try:
+            if writes.held is not None:  # held already: this turn's, or a read inside a read
+                self._dataReceived(data)  # type: ignore[attr-defined]
+                return
+            writes.held = {}
+            transport: Any = self.transport  # type: ignore[attr-defined]
+            if transport.__class__ is tcp.Server:
+                transport.reactor.callLater(0, writes.send_held)  # type: ignore[attr-defined]
+                self._dataReceived(data)  # type: ignore[attr-defined]
+                return
+            try:
+                self._dataReceived(data)  # type: ignore[attr-defined]
+            finally:
+                writes.send_held()
+        except Exception:
+            self.handler_failed("a message callback")  # type: ignore[attr-defined]
+
+    def consumeData(self) -> None:
+        if self.state != self.STATE_OPEN and self._big is None:  # type: ignore[attr-defined]
+            super().consumeData()  # type: ignore[misc]
+            return
+        if self._fast_busy:
+            # Called again from inside a handler (an in-memory transport can
+            # deliver synchronously): the outer loop below takes the new
+            # bytes, in order, after the messages it has already cut out.
+            self._fast_again = True
+            return
+        self._fast_busy = True
+        try:
+            open_ = self.STATE_OPEN  # type: ignore[attr-defined]
+            closing = self.STATE_CLOSING  # type: ignore[attr-defined]
+            while True:
+                self._fast_again = False
+                state = self.state  # type: ignore[attr-defined]
+                if state != open_ and state != closing:
+                    return
+                if self._big is not None:
+                    if not self._gather_big():
+                        return
+                    continue
+                if state == open_ and self.current_frame is None:  # type: ignore[attr-defined]
+                    messages = self._cut_messages()
+                    if messages:
+                        self._deliver(messages)
+                        continue
+                    if self._start_big() or self._close_frame():
+                        continue
+                if not self.processData() and not self._fast_again:  # type: ignore[attr-defined]
+                    return
+        finally:
+            self._fast_busy = False
+
+    def _receive_ok(self) -> bool:
+        # Between messages, and nothing asked of Autobahn's path.
+        return not (
+            self.inside_message  # type: ignore[attr-defined]
+            or self.logFrames  # type: ignore[attr-defined]
+            or self.trackedTimings  # type: ignore[attr-defined]
+            or not self.applyMask  # type: ignore[attr-defined]
+        )
+
+    def _cut_messages(self) -> list[tuple[bytes, bool]]:
+        """
+        Cut the whole fast-path frames at the head of the buffer out of it.
+        """
+        if not self._receive_ok():
+            return []
+        data: bytes = self.data  # type: ignore[has-type]
+        end = len(data)
+        max_message = self.maxMessagePayloadSize  # type: ignore[attr-defined]
+        max_frame = self.maxFramePayloadSize  # type: ignore[attr-defined]
+        validate = self.utf8validateIncoming  # type: ignore[attr-defined]
+        messages: list[tuple[bytes, bool]] = []
+        octets = 0
+        i = 0
+        while end - i >= 6:
+            b0 = data[i]
+            b1 = data[i + 1]
+            if (b0 != _TEXT and b0 != _BINARY) or b1 < 0x80:
+                break  # not a whole data frame, or not masked
+            length = b1 & 0x7F
+            if length < 126:
+                start = i + 6
+            elif length == 126:
+                if end - i < 8:
+                    break
+                length = (data[i + 2] << 8) | data[i + 3]
+                if length < 126:
+                    break  # not minimal: Autobahn's path fails it
+                start = i + 8
+            else:
+                break  # 64-bit lengths: big frames gain nothing here
+            stop = start + length
+            if stop > end:
+                break
+            if (0 < max_message < length) or (0 < max_frame < length):
+                break
+            payload = data[start:stop]
+            if length:
+                payload = unmask(payload, data[start - 4 : start])
+            if b0 == _TEXT and validate:
+                try:
+                    payload.decode("utf-8")
+                except UnicodeDecodeError:
+                    break  # Autobahn's path closes with 1007 and says where
+            messages.append((payload, b0 == _BINARY))
+            octets += length
+            i = stop
+        if messages:
+            self.data = data[i:]
+            self._received(len(messages), octets)
+        return messages
+
+    def _close_frame(self) -> bool:
+        """
+        Take a whole close frame that begins the buffer and hand its code
+        and reason to Autobahn's C{onCloseFrame}, as Autobahn's frame
+        machinery would (it checks both and answers).
+        """
+        data: bytes = self.data  # type: ignore[has-type]
+        if len(data) < 6 or data[0] != _CLOSE or not self._receive_ok():
+            return False
+        b1 = data[1]
+        length = b1 & 0x7F
+        if b1 < 0x80 or length > 125 or length == 1 or len(data) < 6 + length:
+            return False  # unmasked, too long, a lone code byte, or not all here
+        payload = unmask(data[6 : 6 + length], data[2:6]) if length else b""
+        self.data = data[6 + length :]
+        code = (payload[0] << 8) | payload[1] if length else None
+        self.onCloseFrame(code, payload[2:] if length > 2 else None)  # type: ignore[attr-defined]
+        return True
+
+    def _start_big(self) -> bool:
+        """
+        Start gathering a big whole binary frame if one begins the buffer.
+
+        Text stays on Autobahn's path, which checks UTF-8 as the bytes
+        arrive and fails a bad message before the rest of it comes.
+        """
+        data: bytes = self.data  # type: ignore[has-type]
+        if (
+            unmask_in_place is None
+            or len(data) < 14
+            or data[0] != _BINARY
+            or data[1] != 0xFF  # masked, 64-bit length
+            or not self._receive_ok()
+        ):
+            return False
+        length = int.from_bytes(data[2:10], "big")
+        max_message = self.maxMessagePayloadSize  # type: ignore[attr-defined]
+        max_frame = self.maxFramePayloadSize  # type: ignore[attr-defined]
+        if length < _BIG or length >> 63 or 0 < max_message < length or 0 < max_frame < length:
+            return False
+        first = data[14 : 14 + length]
+        self._big = [first]
+        self._big_have = len(first)
+        self._big_length = length
+        self._big_mask = data[10:14]
+        self.data = data[14 + len(first) :]
+        self._activity()
+        return True
+
+    def _gather_big(self) -> bool:
+        """
+        Add buffered bytes to the big frame; deliver it once whole.
+        """
+        assert self._big is not None
+        data: bytes = self.data  # type: ignore[has-type]
+        need = self._big_length - self._big_have
+        if len(data) <= need:
+            self._big.append(data)
+            self._big_have += len(data)
+            self.data = b""
+        else:
+            self._big.append(data[:need])
+            self._big_have = self._big_length
+            self.data = data[need:]
+        if self._big_have < self._big_length:
+            return False
+        # One copy into a new bytes object (the empty piece makes sure join
+        # never hands back one of the pieces), unmasked where it lies.
+        self._big.append(b"")
+        payload, self._big = b"".join(self._big), None
+        assert unmask_in_place is not None
+        unmask_in_place(payload, self._big_mask)
+        self._received(1, self._big_length)
+        self._deliver([(payload, True)])
+        return True
+
+    def _received(self, messages: int, octets: int) -> None:
+        # Autobahn's counters for whole single-frame messages, and activity.
+        stats = self.trafficStats  # type: ignore[attr-defined]
+        stats.incomingOctetsWebSocketLevel += octets
+        stats.incomingOctetsAppLevel += octets
+        stats.incomingWebSocketFrames += messages
+        stats.incomingWebSocketMessages += messages
+        self._activity()
+
+    def _uncount(self, messages: list[tuple[bytes, bool]]) -> None:
+        # Take back what _received counted for these messages.
+        stats = self.trafficStats  # type: ignore[attr-defined]
+        octets = sum(len(payload) for payload, _ in messages)
+        stats.incomingOctetsWebSocketLevel -= octets
+        stats.incomingOctetsAppLevel -= octets
+        stats.incomingWebSocketFrames -= len(messages)
+        stats.incomingWebSocketMessages -= len(messages)
+
+    def _activity(self) -> None:
+        # What Autobahn and the idle timeout do when a data frame arrives.
+        if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:  # type: ignore[attr-defined]
+            self._cancelAutoPingTimeoutCall()  # type: ignore[attr-defined]
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.reset(self._idle_timeout)
+
+    def _deliver(self, messages: list[tuple[bytes, bool]]) -> None:
+        open_ = self.STATE_OPEN  # type: ignore[attr-defined]
+        closed = self.STATE_CLOSED  # type: ignore[attr-defined]
+        on_message = self.onMessage  # type: ignore[attr-defined]
+        for i, (payload, is_binary) in enumerate(messages):
+            state = self.state  # type: ignore[attr-defined]
+            if state != open_:
+                # The handler closed during the batch.  Autobahn parses a
+                # frame only after delivering the one before, and counts it
+                # only while open; it parses none once closed.
+                if state == closed or self.failedByMe:  # type: ignore[attr-defined]
+                    self._uncount(messages[i:])
+                    return
+                self._uncount(messages[i : i + 1])
+            self.message_is_binary = is_binary
+            # (wsmux's onMessage watches what the handler's returns.)
+            on_message(payload, is_binary)
+            # Autobahn's observable "message" event, when anyone listens.
+            if self._listeners or self._parent is not None:  # type: ignore[attr-defined]
+                self.fire("message", payload, is_binary=is_binary)  # type: ignore[attr-defined]
+
+
+class FastSendMixin:
+    """
+    Send an unfragmented, uncompressed message as one write.
+
+    Sits directly in front of the handler class, behind wsmux's
+    backpressure checks (which apply only while the client is not reading,
+    when this path stands aside).
+    """
+
+    _paused: bool = False
+    _writes: WriteScheduler
+
+    def _write(self, *pieces: bytes) -> None:
+        self._writes.hold(self.transport, pieces)  # type: ignore[attr-defined]
+
+    def _fast_send_ok(self) -> bool:
+        return (
+            not self._paused
+            and self.state == self.STATE_OPEN  # type: ignore[attr-defined]
+            and not self.send_queue  # type: ignore[attr-defined]
+            and not self.logFrames  # type: ignore[attr-defined]
+            and not self.logOctets  # type: ignore[attr-defined]
+            and not self.trackedTimings  # type: ignore[attr-defined]
+            and not self.maskServerFrames  # type: ignore[attr-defined]
+        )
+
+    def sendMessage(
+        self,
+        payload: bytes,
+        isBinary: bool = False,
+        fragmentSize: Optional[int] = None,
+        sync: bool = False,
+        doNotCompress: bool = False,
+    ) -> None:
+        length = len(payload)
+        if (
+            fragmentSize is None
+            and not sync
+            and type(payload) is bytes
+            and (doNotCompress or self._perMessageCompress is None)  # type: ignore[attr-defined]
+            and not (0 < self.autoFragmentSize < length)  # type: ignore[attr-defined]
+            and self._fast_send_ok()
+        ):
+            header = frame_header(_BINARY if isBinary else _TEXT, length)
+            if length < 65536:
+                self._write(header + payload)
+            else:
+                # The header and a big payload go out together, uncopied.
+                self._write(header, payload)
+            stats = self.trafficStats  # type: ignore[attr-defined]
+            stats.outgoingWebSocketMessages += 1
+            stats.outgoingWebSocketFrames += 1
+            stats.outgoingOctetsAppLevel += length
+            stats.outgoingOctetsWebSocketLevel += length
+            stats.outgoingOctetsWireLevel += len(header) + length
+            return
+        super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress)  # type: ignore[misc]
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: Optional[int] = None) -> None:
+        # Autobahn's own writes (the handshake response, prepared
+        # broadcast messages, pongs, close frames, fragments): the same as
+        # Autobahn's, without its debug-log
+        # formatting, and sent at once when the socket has room.
+        state = self.state  # type: ignore[attr-defined]
+        if (
+            sync
+            or chopsize
+            or self._paused
+            or self.send_queue  # type: ignore[attr-defined]
+            or self.logOctets  # type: ignore[attr-defined]
+        ):
+            # Autobahn writes to the transport itself: what is held for
+            # this connection goes first.
+            self._writes.release(self.transport)  # type: ignore[attr-defined]
+            super().sendData(data, sync, chopsize)  # type: ignore[misc]
+            return
+        self._write(data)
+        if state == self.STATE_OPEN:  # type: ignore[attr-defined]
+            self.trafficStats.outgoingOctetsWireLevel += len(data)  # type: ignore[attr-defined]
+        elif state == self.STATE_CONNECTING:  # type: ignore[attr-defined]
+            self.trafficStats.preopenOutgoingOctetsWireLevel += len(data)  # type: ignore[attr-defined]
+
+
+# -- failing a connection ------------------------------------------------------
+
+FAIL_CONNECTION = declare(
+    "autobahn.fail_connection",
+    touches=("WebSocketProtocol._fail_connection (called)",),
+    why=(
+        "a route fails a connection (1009 for too many fragments or too big a "
+        "stream) exactly as Autobahn fails one for a protocol violation"
+    ),
+    checked="Autobahn 26.7.1, 26.10.2",
+    fallback="the route marks the connection failed and sends the close frame itself",
+    check=lambda: all_of(
+        missing_names(WebSocketProtocol, ("_fail_connection",)),
+        code_names(WebSocketProtocol._fail_connection, ("failedByMe", "sendCloseFrame")),
+    ),
+)
+
+
+def fail_connection(protocol: Any, code: int, reason: str) -> None:
+    """
+    Fail C{protocol}'s connection with C{code}, as Autobahn fails one for a
+    protocol violation.
+    """
+    if FAIL_CONNECTION:
+        protocol._fail_connection(code, reason)
+    elif protocol.state == protocol.STATE_OPEN:
+        protocol.failedByMe = True
+        protocol.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:123], isReply=False)
+
+
+# -- whether a connection deflates ---------------------------------------------
+
+PER_MESSAGE_COMPRESS = declare(
+    "autobahn.per_message_compress",
+    touches=("WebSocketProtocol._perMessageCompress",),
+    why="one attribute read says whether a connection deflates its messages",
+    checked="Autobahn 26.7.1, 26.10.2",
+    fallback="read from the public websocket_extensions_in_use list",
+    check=lambda: code_names(WebSocketProtocol._connectionMade, ("_perMessageCompress",)),
+)
+
+
+def compressing(protocol: Any) -> bool:
+    """
+    Whether C{protocol}'s connection compresses messages (permessage-deflate).
+    """
+    if PER_MESSAGE_COMPRESS:
+        return protocol._perMessageCompress is not None
+    return bool(getattr(protocol, "websocket_extensions_in_use", None))

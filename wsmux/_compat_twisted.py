@@ -1,0 +1,353 @@
+"""
+Every use wsmux makes of Twisted's private names (see L{wsmux._compat}).
+
+Checked against Twisted 24.7.0 and 26.10.0.  Each internal below is used
+only while its check passes and C{WSMUX_PUBLIC_PATH} is unset; otherwise
+the function that wraps it takes Twisted's public path.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+from twisted.internet import abstract, tcp
+from twisted.logger import LogPublisher
+from twisted.protocols.basic import LineReceiver
+from twisted.web import http
+from twisted.web.iweb import INonQueuedRequestFactory
+
+from wsmux._compat import all_of, code_names, declare, missing_names
+
+try:
+    from twisted.web.http import _nameEncoder, _parseRequestLine
+    from twisted.web.http_headers import InvalidHeaderName
+except ImportError:  # pragma: no cover - another Twisted: the check says so
+    _nameEncoder = _parseRequestLine = InvalidHeaderName = None  # type: ignore[assignment,misc]
+
+
+# -- twisted.web: a request head read in one pass -----------------------------
+
+ONE_PASS_HEAD = declare(
+    "twisted.one_pass_head",
+    touches=(
+        "twisted.web.http._parseRequestLine",
+        "twisted.web.http._nameEncoder",
+        "twisted.web.http_headers.InvalidHeaderName",
+        "HTTPChannel._HTTPChannel__first_line",
+        "HTTPChannel._handlingRequest",
+        "HTTPChannel._command / _path / _version",
+        "LineReceiver._buffer / _busyReceiving",
+    ),
+    why=(
+        "a request head that arrives whole in one read is parsed in one pass, "
+        "with twisted.web's own request-line and header-name checks, instead of "
+        "a call per line through three layers (a fifth of a handshake)"
+    ),
+    checked="Twisted 24.7.0, 26.10.0",
+    fallback="every request head takes twisted.web's line parser",
+    check=lambda: all_of(
+        None if _parseRequestLine is not None else "twisted.web.http has no _parseRequestLine",
+        missing_names(_nameEncoder, ("encode",)),
+        missing_names(http.HTTPChannel, ("_HTTPChannel__first_line", "_buffer", "_busyReceiving")),
+        code_names(http.HTTPChannel.__init__, ("_handlingRequest",)),
+        code_names(
+            http.HTTPChannel.lineReceived,
+            ("_HTTPChannel__first_line", "_parseRequestLine", "_command", "_path", "_version"),
+        ),
+        code_names(http.HTTPChannel.allContentReceived, ("_command", "_path", "_version")),
+        code_names(LineReceiver.dataReceived, ("_busyReceiving", "_buffer", "paused", "line_mode")),
+    ),
+)
+
+# Header lines a one-pass read leaves to twisted.web: a body to read.
+_BODY_HEADERS = (b"Content-Length", b"Transfer-Encoding")
+
+# Bytes looked for as integers: CPython 3.11 tries a bytes needle as an
+# integer first and formats the TypeError it gets before searching (four
+# times the cost, measured; nine per cent of a handshake's instructions).
+_NUL, _LF, _CR = 0, 10, 13
+
+
+def parse_whole_head(
+    channel: Any, data: bytes, limits: Any
+) -> Optional[tuple[bytes, bytes, bytes, list[tuple[bytes, bytes]], int]]:
+    """
+    Parse a request head that arrived whole, and alone, in one read.
+
+    Only a plain case qualifies: nothing read yet of this request on
+    C{channel}, a C{GET} head within every cap of C{limits}, no folded or
+    malformed line, no body.  Anything else gives L{None} having changed
+    nothing, for the line parser to read (and refuse, when it must).
+
+    @return: the method, target, version, headers and the offset where the
+        head ends (before its empty line).
+    """
+    if (
+        not ONE_PASS_HEAD
+        or data[:4] != b"GET "
+        or channel._buffer
+        or channel._busyReceiving
+        or not channel.line_mode
+        or channel.paused
+        or channel._handlingRequest
+        or not channel.persistent
+        or channel._HTTPChannel__first_line != 1
+    ):
+        return None
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    lines = data[:end].split(b"\r\n")
+    if (
+        len(lines[0]) > limits.max_request_line
+        or len(lines) - 1 > limits.max_headers
+        or end - len(lines[0]) > limits.max_header_bytes
+    ):
+        return None
+    try:
+        command, path, version = _parseRequestLine(lines[0])
+    except ValueError:
+        return None
+    headers = []
+    max_name = limits.max_header_name
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon or _LF in line or len(name) > max_name:
+            return None
+        try:
+            # Refuses a folded line too (its name starts with a space).
+            name = _nameEncoder.encode(name)
+        except InvalidHeaderName:
+            return None
+        value = value.strip(b" \t")
+        if _NUL in value or _CR in value or name in _BODY_HEADERS:
+            return None
+        headers.append((name, value))
+    return command, path, version, headers, end
+
+
+def start_parsed_request(
+    channel: Any,
+    data: bytes,
+    end: int,
+    command: bytes,
+    path: bytes,
+    version: bytes,
+    headers: list[tuple[bytes, bytes]],
+) -> Any:
+    """
+    Make C{channel}'s request from a head L{parse_whole_head} accepted and
+    run it, as C{HTTPChannel.dataReceived} and C{lineReceived} would have.
+
+    @return: the request (it has run by the time this returns).
+    """
+    factory = channel.requestFactory
+    if INonQueuedRequestFactory.providedBy(factory):
+        request = factory(channel)
+    else:
+        request = factory(channel, len(channel.requests))
+    channel.requests.append(request)
+    request.raw_head = data[: end + 4]
+    channel._HTTPChannel__first_line = 0
+    add = request.requestHeaders.addRawHeader
+    for name, value in headers:
+        add(name, value)
+    channel._command, channel._path, channel._version = command, path, version
+    # What follows the head waits where LineReceiver keeps it, and goes
+    # where it would go (the WebSocket protocol, after an upgrade).
+    channel._buffer = data[end + 4 :]
+    channel._busyReceiving = True
+    try:
+        # twisted.web's own: this head has no body, and its target is in
+        # origin form already (the caller saw to both).
+        http.HTTPChannel.allHeadersReceived(channel)
+        http.HTTPChannel.allContentReceived(channel)
+    finally:
+        channel._busyReceiving = False
+    # LineReceiver stops once the transport is closing, and so do we.
+    transport: Any = channel.transport
+    if channel._buffer and not (transport is not None and transport.disconnecting):
+        LineReceiver.dataReceived(channel, b"")
+    return request
+
+
+def origin_target(channel: Any) -> bytes:
+    """
+    The target of the request C{channel} is reading.
+    """
+    return channel._path  # type: ignore[no-any-return]
+
+
+def set_origin_target(channel: Any, path: bytes) -> None:
+    """
+    Replace the target of the request C{channel} is reading, before
+    C{allContentReceived} hands it to the request.
+    """
+    channel._path = path
+
+
+# -- twisted.internet: sending at once on a plain TCP transport ---------------
+
+DIRECT_SEND = declare(
+    "twisted.direct_send",
+    touches=(
+        "tcp.Server.socket",
+        "FileDescriptor._tempDataLen",
+        "FileDescriptor.dataBuffer / offset",
+        "tcp.Server.connectionLost (called directly for a clean close)",
+    ),
+    why=(
+        "a write to a plain TCP connection with nothing buffered goes to the socket at "
+        "once (one send, no epoll_ctl pair), and a clean WebSocket close closes at once"
+    ),
+    checked="Twisted 24.7.0, 26.10.0",
+    fallback="writes go through the transport's write and writeSequence",
+    check=lambda: all_of(
+        missing_names(abstract.FileDescriptor, ("dataBuffer", "offset")),
+        code_names(abstract.FileDescriptor.write, ("_tempDataLen",)),
+        code_names(abstract.FileDescriptor.doWrite, ("dataBuffer", "offset", "_tempDataLen")),
+        missing_names(tcp.Server, ("TLS", "connected", "disconnecting")),
+        code_names(tcp.Connection.writeSomeData, ("socket",)),
+    ),
+)
+
+
+def idle_tcp(transport: Any) -> bool:
+    """
+    Whether C{transport} is Twisted's own plain TCP server transport, open,
+    with nothing waiting in its send buffers (always C{False} without
+    L{DIRECT_SEND}).
+    """
+    return bool(
+        DIRECT_SEND
+        and transport.__class__ is tcp.Server
+        and not transport.TLS
+        and transport.connected
+        and not transport.disconnecting
+        # Twisted's buffers, both empty (no public API says so).
+        and not transport._tempDataLen
+        and transport.offset == len(transport.dataBuffer)
+    )
+
+
+def write_now(transport: Any, pieces: Sequence[bytes]) -> None:
+    """
+    Write C{pieces} in order, sending at once when nothing is waiting
+    before them.
+
+    Twisted's TCP transport never sends from C{write}: it buffers, asks the
+    reactor to watch for writability and sends on the next turn, which costs
+    two C{epoll_ctl} calls per write; to a thousand subscribers of a
+    broadcast that is most of the work.  Like asyncio and uWebSockets, this
+    tries the socket first (several pieces in one C{sendmsg}, without
+    joining them); whatever does not fit goes to the transport's buffer as
+    usual, behind nothing, so order is kept, and Twisted's producer pausing
+    and error handling take over from there.  Only for plain TCP transports
+    with an empty buffer; anything else (TLS, a closing connection,
+    in-memory transports) uses the transport's own C{write}.
+    """
+    if idle_tcp(transport):
+        try:
+            if len(pieces) == 1:
+                sent = transport.socket.send(pieces[0])
+            else:
+                sent = transport.socket.sendmsg(pieces)
+        except OSError:
+            # EAGAIN, too many pieces for one call, or an error Twisted's
+            # own write path will meet and report properly.
+            sent = 0
+        if sent:
+            i = 0
+            while i < len(pieces) and sent >= len(pieces[i]):
+                sent -= len(pieces[i])
+                i += 1
+            if i == len(pieces):
+                return
+            pieces = [pieces[i][sent:], *pieces[i + 1 :]]
+    if len(pieces) == 1:
+        transport.write(pieces[0])
+    else:
+        transport.writeSequence(pieces)
+
+
+def close_idle_tcp(transport: Any, reason: Any) -> bool:
+    """
+    Close C{transport} at once if L{idle_tcp} says it has nothing to send,
+    as Twisted's C{loseConnection} itself does once nothing is left to
+    write, instead of asking the reactor to wait for the socket to be
+    writable first (three system calls and a turn).
+
+    @return: whether it was closed.
+    """
+    if not idle_tcp(transport):
+        return False
+    transport.stopReading()
+    transport.stopWriting()
+    transport.connectionLost(reason)
+    return True
+
+
+# -- twisted.logger: filtering the observers twistd installed -----------------
+
+LOG_OBSERVERS = declare(
+    "twisted.log_observers",
+    touches=("LogPublisher._observers",),
+    why=(
+        "the log level applies to the observers twistd installed (its log file, "
+        "stdout), which LogPublisher gives no public way to list"
+    ),
+    checked="Twisted 24.7.0, 26.10.0",
+    fallback=(
+        "the log level applies to wsmux's and Autobahn's own loggers only; other "
+        "packages' events below it still reach twistd's log"
+    ),
+    check=lambda: (
+        None
+        if isinstance(getattr(LogPublisher(), "_observers", None), list)
+        else "LogPublisher keeps no _observers list"
+    ),
+)
+
+
+def observers_of(publisher: LogPublisher) -> list[Any]:
+    """
+    The observers C{publisher} sends events to (none known without
+    L{LOG_OBSERVERS}).
+    """
+    if not LOG_OBSERVERS:
+        return []
+    return list(getattr(publisher, "_observers", ()))
+
+
+# -- twisted.web: bytes after an upgrade's head, on another Site's channel ----
+
+HTTP_BUFFER = declare(
+    "twisted.http_buffer",
+    touches=("HTTPChannel._dataBuffer",),
+    why=(
+        "on a plain twisted.web HTTPChannel (a route tree in an application's own "
+        "Site), bytes a client sent after its upgrade request while the route was "
+        "deciding wait there; wsmux's own channel keeps them itself"
+    ),
+    checked="Twisted 24.7.0, 26.10.0",
+    fallback=(
+        "on a plain HTTPChannel, bytes sent before the 101 while a route decides "
+        "asynchronously are not seen (a client must wait for the 101 anyway)"
+    ),
+    check=lambda: all_of(
+        code_names(http.HTTPChannel.__init__, ("_dataBuffer",)),
+        code_names(http.HTTPChannel.rawDataReceived, ("_dataBuffer", "_handlingRequest")),
+    ),
+)
+
+
+def take_http_buffer(channel: Any) -> bytes:
+    """
+    Take the bytes a plain C{HTTPChannel} buffered while its request was
+    being handled.
+    """
+    if not HTTP_BUFFER:
+        return b""
+    buffered = b"".join(getattr(channel, "_dataBuffer", ()))
+    channel._dataBuffer = []
+    return buffered

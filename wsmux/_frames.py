@@ -1,0 +1,46 @@
+"""
+WebSocket frame bits wsmux needs outside Autobahn's frame machinery: frame
+headers and unmasking (RFC 6455, 5.2 and 5.3).
+"""
+
+from __future__ import annotations
+
+import struct
+
+from autobahn.websocket.xormasker import create_xor_masker
+
+# Payloads up to this size are unmasked with an integer XOR; larger ones
+# with Autobahn's C masker (faster past about 2 KiB).
+_INT_XOR_MAX = 2048
+
+# Whole binary frames from this size on are gathered into one buffer and
+# unmasked in place, in one pass, instead of chunk by chunk.
+_BIG = 65536
+
+# Frames the fast path takes: FIN set, no RSV bits, text or binary (and
+# a close frame).
+_TEXT = 0x81
+_BINARY = 0x82
+_CLOSE = 0x88
+
+
+def unmask(payload: bytes, mask: bytes) -> bytes:
+    """
+    XOR C{payload} with the 4-byte C{mask} repeated (RFC 6455, 5.3).
+    """
+    n = len(payload)
+    if n > _INT_XOR_MAX:
+        return create_xor_masker(mask, n).process(payload)  # type: ignore[no-any-return]
+    key = (mask * ((n >> 2) + 1))[:n]
+    return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+
+
+def frame_header(opcode_byte: int, length: int) -> bytes:
+    """
+    An unmasked frame header (server to client).
+    """
+    if length < 126:
+        return bytes((opcode_byte, length))
+    if length < 65536:
+        return bytes((opcode_byte, 126, length >> 8, length & 0xFF))
+    return struct.pack("!BBQ", opcode_byte, 127, length)
