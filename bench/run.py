@@ -4,7 +4,9 @@ Run every benchmark scenario against wsmux and its peers in the same run.
     python bench/run.py [--repeat 3] [--seconds 5] [--only wsmux,node-ws] [--scenarios a,d]
                         [--baseline DIR]
 
-Peers: raw Autobahn on Twisted through twisted.web's WebSocketResource,
+Peers: wsmux on twistd's asyncio reactor (wsmux-asyncio; and, with --only,
+wsmux-public: every internal of the seam switched off), raw Autobahn on
+Twisted through twisted.web's WebSocketResource,
 Python websockets on asyncio and on uvloop, and Node's ws (npm install in
 bench/).  The load generator is bench/loadgen.c (C, one thread on epoll;
 built here with cc, zlib and OpenSSL's libcrypto) in a process of its own;
@@ -60,7 +62,14 @@ def peer_command(peer, port, deflate):
     }[peer]  # fmt: skip
 
 
-PEERS = ["wsmux", "autobahn-web", "websockets", "websockets-uvloop", "node-ws"]
+PEERS = ["wsmux", "wsmux-asyncio", "autobahn-web", "websockets", "websockets-uvloop", "node-ws"]
+
+# wsmux itself, run another way: on twistd's asyncio reactor, and with every
+# internal of the seam switched off (its public paths; --only wsmux-public).
+VARIANTS = {
+    "wsmux-asyncio": (["-r", "asyncio"], {}),
+    "wsmux-public": ([], {"WSMUX_PUBLIC_PATH": "1"}),
+}
 SCENARIOS = [
     ("a", "echo", False, "messages_per_s"),
     ("b", "big", False, "mb_per_s"),
@@ -94,11 +103,16 @@ BASELINE: "Path | None" = None
 def run_once(peer, scenario, deflate, seconds):
     port = free_port()
     root = ROOT
+    extra_args, extra_env = VARIANTS.get(peer, ([], {}))
     if peer == "wsmux-baseline":
         assert BASELINE is not None
         peer, root = "wsmux", BASELINE
-    env = dict(os.environ, PYTHONPATH=str(root))
-    server = subprocess.Popen(peer_command(peer, port, deflate), cwd=root, env=env,
+    elif peer in VARIANTS:
+        peer = "wsmux"
+    env = dict(os.environ, PYTHONPATH=str(root), **extra_env)
+    command = peer_command(peer, port, deflate)
+    command[1:1] = extra_args
+    server = subprocess.Popen(command, cwd=root, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         wait_port(port)
@@ -141,6 +155,7 @@ def main():
     options = parser.parse_args()
     build_loadgen()
     peers = options.only.split(",")
+    PEERS.extend(peer for peer in peers if peer in VARIANTS and peer not in PEERS)
     if options.baseline is not None:
         global BASELINE
         BASELINE = options.baseline.resolve()

@@ -95,7 +95,29 @@ class CommandLineDirective(ProtocolOptionsDirective):
         return self._parse(_table(("flag", "meaning"), rows))
 
 
+class InternalsDirective(ProtocolOptionsDirective):
+    """
+    ``.. wsmux-internals::`` renders every internal of other packages that
+    wsmux touches, from the seam's own declarations (wsmux._compat).
+    """
+
+    def run(self):
+        from wsmux import _compat, _compat_autobahn, _compat_twisted  # noqa: F401
+
+        rows = [
+            (
+                f"``{internal.name}``",
+                "; ".join(f"``{touch}``" for touch in internal.touches),
+                internal.why,
+                internal.fallback,
+            )
+            for internal in _compat.INTERNALS.values()
+        ]
+        return self._parse(_table(("internal", "touches", "why", "without it"), rows))
+
+
 def setup(app):
+    app.add_directive("wsmux-internals", InternalsDirective)
     app.add_directive("wsmux-protocol-options", ProtocolOptionsDirective)
     app.add_directive("wsmux-command-line", CommandLineDirective)
     app.add_directive("wsmux-defaults", DefaultsDirective)

@@ -40,6 +40,19 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.write_line(line)
 
 
+@pytest.fixture(autouse=True)
+def txaio_loop_restored():
+    """
+    txaio's loop after each test is what it was before (wsmux.testing's
+    helpers point it at a test's clock).
+    """
+    import txaio
+
+    before = txaio.config.loop
+    yield
+    txaio.config.loop = before
+
+
 @pytest.fixture
 def start_server(tmp_path):
     """

@@ -45,11 +45,24 @@ def test_the_seam_lists_every_internal():
         assert internal.touches and internal.why and internal.checked and internal.fallback
 
 
+# Internals an older supported version lacks: the release that brought them.
+SINCE = {"twisted.one_pass_head": (twisted, (24, 10))}
+
+
+def version_of(module) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", module.__version__)[:2])
+
+
 @pytest.mark.parametrize("name", EXPECTED)
 def test_each_internal_still_looks_as_expected(name):
     # The check itself, whatever WSMUX_PUBLIC_PATH says for this run.
     internal = _compat.INTERNALS[name]
     problem = internal.check()
+    if name in SINCE and version_of(SINCE[name][0]) < SINCE[name][1]:
+        # Not there yet in this release: the check must say so, and wsmux
+        # takes the public path.
+        assert problem is not None and not internal.enabled
+        return
     assert problem is None, (
         f"{name} changed in the installed version ({problem}). wsmux now takes its "
         f"public path ({internal.fallback}); see what it touches ({internal.touches}) "
@@ -87,13 +100,13 @@ import sys
 from twisted.logger import globalLogPublisher
 lines = []
 globalLogPublisher.addObserver(lambda e: lines.append(e))
-import twisted.web.http as http
-del http.HTTPChannel._HTTPChannel__first_line
+from twisted.internet import abstract
+del abstract.FileDescriptor.dataBuffer
 from twisted.logger import formatEvent
-from wsmux import _compat, _compat_twisted
-assert not _compat.enabled("twisted.one_pass_head")
-assert _compat.enabled("twisted.direct_send")
-said = [formatEvent(e) for e in lines if "one_pass_head" in formatEvent(e)]
+from wsmux import _compat, _compat_autobahn, _compat_twisted
+assert not _compat.enabled("twisted.direct_send")
+assert _compat.enabled("autobahn.lean_protocol")
+said = [formatEvent(e) for e in lines if "direct_send" in formatEvent(e)]
 print(said[0])
 """
     env = {k: v for k, v in os.environ.items() if k != "WSMUX_PUBLIC_PATH"}
@@ -102,9 +115,9 @@ print(said[0])
     )
     assert out.returncode == 0, out.stderr
     line = out.stdout.strip()
-    assert "not using twisted.one_pass_head" in line
-    assert "HTTPChannel has no _HTTPChannel__first_line" in line
-    assert "line parser" in line
+    assert "not using twisted.direct_send" in line
+    assert "FileDescriptor has no dataBuffer" in line
+    assert "writes go through the transport's write" in line
 
 
 def test_the_environment_switches_every_internal_off():

@@ -13,6 +13,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 
+# The reactor every twistd of the suite runs on (WSMUX_TEST_REACTOR, e.g.
+# "asyncio"; twistd's default, epoll here, when unset).
+REACTOR = os.environ.get("WSMUX_TEST_REACTOR", "")
+
+
+def reactor_args():
+    return ["-r", REACTOR] if REACTOR else []
+
 
 def default_signals():
     """
@@ -57,7 +65,7 @@ class Server:
         env = dict(os.environ, PYTHONPATH=str(ROOT), WSMUX_PORT=str(port))
         self.log_file = open(log_path, "wb")
         self.process = subprocess.Popen(
-            [TWISTD, "-n", "--pidfile=", *args],
+            [TWISTD, *reactor_args(), "-n", "--pidfile=", *args],
             cwd=cwd,
             env=env,
             stdout=self.log_file,
@@ -99,7 +107,7 @@ def run_twistd(*args, timeout=30):
     """
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.run(
-        [TWISTD, "-n", "--pidfile=", *args],
+        [TWISTD, *reactor_args(), "-n", "--pidfile=", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -7,10 +7,16 @@ framing.  Run it with C{twistd -n wsmux}, or build the pieces yourself::
     from wsmux import Route, RouteTree, EchoHandler
     tree = RouteTree([Route("/echo", (EchoHandler,))])
     site = Site(tree)
+
+Importing wsmux installs no reactor and imports neither the TLS code, Redis
+client nor twistd's options: the configuration names (C{Settings},
+C{build_settings}, C{load_file}...) and C{build_tree}/C{make_service} are
+loaded on first use.
 """
 
+from typing import Any
+
 from wsmux.channels import ChannelHub
-from wsmux.config import ConfigError, RouteSpec, Settings, build_settings, load_file
 from wsmux.factory import ProtocolOptions, RouteFactory
 from wsmux.handlers import BroadcastHandler, EchoHandler, PubSubHandler
 from wsmux.limits import ServerLimits
@@ -24,7 +30,6 @@ from wsmux.routing import (
     WebSocketEndpoint,
     path_params,
 )
-from wsmux.service import build_tree, make_service
 from wsmux.site import WebSocketSite
 from wsmux.streaming import MessageConsumer, StreamingReceiver, stream_message
 
@@ -55,4 +60,31 @@ __all__ = [
     "make_service",
     "path_params",
     "stream_message",
+    "testing",
 ]
+
+# Names loaded on first use (see the module docstring), and where from.
+_LAZY = {
+    "ConfigError": "wsmux.config",
+    "RouteSpec": "wsmux.config",
+    "Settings": "wsmux.config",
+    "build_settings": "wsmux.config",
+    "load_file": "wsmux.config",
+    "build_tree": "wsmux.service",
+    "make_service": "wsmux.service",
+}
+
+
+def __getattr__(name: str) -> Any:
+    import importlib
+
+    if name == "testing":  # in-memory test helpers (wsmux.testing)
+        value = importlib.import_module("wsmux.testing")
+        globals()[name] = value
+        return value
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'wsmux' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

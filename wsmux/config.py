@@ -28,6 +28,7 @@ key.
 from __future__ import annotations
 
 import dataclasses
+import os
 import socket
 import tomllib
 from dataclasses import dataclass, field
@@ -341,8 +342,6 @@ def _tls_table(table: Any, path: str, bad: Any) -> dict[str, Any]:
 
 
 def _workers(value: Any, bad: Any) -> int:
-    from wsmux.workers import resolve_workers
-
     try:
         return resolve_workers(str(value))
     except ValueError:
@@ -552,3 +551,17 @@ def _check_clashes(routes: tuple[RouteSpec, ...]) -> None:
         check_clashes([r.path for r in routes])
     except RouteClash as e:
         raise ConfigError(f"{routes[e.index].origin}: {e}") from None
+
+
+def resolve_workers(value: str) -> int:
+    """
+    C{--workers}: a count, or C{auto} for one per core.
+
+    @raise ValueError: for anything else.
+    """
+    if value == "auto":
+        return os.cpu_count() or 1
+    count = int(value)
+    if count < 1:
+        raise ValueError("--workers must be at least 1 (or auto)")
+    return count

@@ -31,6 +31,16 @@ from twisted.test import iosim
 from twisted.web.resource import IResource
 from twisted.web.server import Site
 
+__all__ = [
+    "MemoryConnection",
+    "RawConnection",
+    "RecordingClient",
+    "connect",
+    "masked_frame",
+    "raw_connect",
+    "upgrade_request",
+]
+
 
 class RecordingClient(WebSocketClientProtocol):
     """
@@ -62,8 +72,30 @@ class RecordingClient(WebSocketClientProtocol):
         self.close = (wasClean, code, reason)
 
 
+class _LoopRestoring:
+    """
+    txaio's loop is the connection's clock while it is in use (Autobahn's
+    timers and wsmux's run on it); L{restore_loop}, or leaving a C{with}
+    block, puts back the loop it replaced.
+    """
+
+    previous_loop: Any = None
+
+    def restore_loop(self) -> None:
+        """
+        Point txaio back at the loop it had before this connection.
+        """
+        txaio.config.loop = self.previous_loop  # type: ignore[attr-defined]
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.restore_loop()
+
+
 @dataclass
-class MemoryConnection:
+class MemoryConnection(_LoopRestoring):
     """
     A client connected to a route tree in memory.
 
@@ -116,11 +148,13 @@ def connect(
     @param protocols: subprotocols to offer.
     @param deflate: offer permessage-deflate.
     @param clock: the reactor for timers; a new L{MemoryReactorClock} by
-        default.  txaio is pointed at it too.
+        default.  txaio is pointed at it too, until the connection's
+        C{restore_loop} (or the end of its C{with} block).
     @param origin: the Origin header to send.
     @return: the connection, already flushed once.
     """
     clock = clock or MemoryReactorClock()
+    previous = txaio.config.loop  # type: ignore[attr-defined]
     txaio.config.loop = clock  # type: ignore[attr-defined]
     factory = WebSocketClientFactory(
         f"ws://127.0.0.1:8080{path}",
@@ -142,7 +176,9 @@ def connect(
     pump = iosim.connect(
         server, server_transport, client, client_transport, greet=True, clock=clock
     )
-    return MemoryConnection(client, pump, clock, server_transport)
+    connection = MemoryConnection(client, pump, clock, server_transport)
+    connection.previous_loop = previous
+    return connection
 
 
 _SERVER_ADDRESS = IPv4Address("TCP", "127.0.0.1", 8080)
@@ -179,7 +215,7 @@ class _RawClient(Protocol):
 
 
 @dataclass
-class RawConnection:
+class RawConnection(_LoopRestoring):
     """
     Raw bytes to and from a resource in memory, for hostile input.
 
@@ -221,6 +257,7 @@ def raw_connect(resource: IResource, clock: Optional[MemoryReactorClock] = None)
     Connect a client that sends raw bytes to C{resource} in memory.
     """
     clock = clock or MemoryReactorClock()
+    previous = txaio.config.loop  # type: ignore[attr-defined]
     txaio.config.loop = clock  # type: ignore[attr-defined]
     site = _site(resource, clock)
     server = site.buildProtocol(_CLIENT_ADDRESS)
@@ -229,7 +266,9 @@ def raw_connect(resource: IResource, clock: Optional[MemoryReactorClock] = None)
     pump = iosim.connect(
         server, server_transport, client, client_transport, greet=True, clock=clock
     )
-    return RawConnection(client, pump, clock, server_transport)
+    connection = RawConnection(client, pump, clock, server_transport)
+    connection.previous_loop = previous
+    return connection
 
 
 def upgrade_request(path: str, extra: str = "", key: str = "dGhlIHNhbXBsZSBub25jZQ==") -> bytes:

@@ -27,6 +27,7 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.protocol import ProcessProtocol
 
+from wsmux.config import port_description
 from wsmux.logs import log
 
 # The kinds of port a worker serves, in the order of --worker-sockets.
@@ -56,8 +57,6 @@ def tcp_address(description: str) -> TcpAddress:
 
     @raise ValueError: for any other kind of endpoint.
     """
-    from wsmux.config import port_description
-
     parts = [p.replace("\\:", ":") for p in _SPLIT.split(port_description(description))]
     kind, rest = parts[0], parts[1:]
     if kind not in ("tcp", "tcp6"):
@@ -141,20 +140,6 @@ def ignore_hangup(only_default: bool = False) -> None:
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
     except ValueError:  # not the main thread
         pass
-
-
-def resolve_workers(value: str) -> int:
-    """
-    C{--workers}: a count, or C{auto} for one per core.
-
-    @raise ValueError: for anything else.
-    """
-    if value == "auto":
-        return os.cpu_count() or 1
-    count = int(value)
-    if count < 1:
-        raise ValueError("--workers must be at least 1 (or auto)")
-    return count
 
 
 def worker_argv(argv: list[str]) -> list[str]:

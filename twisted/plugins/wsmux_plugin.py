@@ -2,7 +2,7 @@ from twisted.application.service import ServiceMaker
 
 wsmux = ServiceMaker(
     "wsmux",
-    "wsmux.tap",
+    "wsmux._twistd",
     "A WebSocket server: many endpoints by URL path on one port.",
     "wsmux",
 )
