@@ -148,6 +148,8 @@ def test_start_up_is_linear_in_routes(monkeypatch):
     # before it. Count the work per route instead of timing it: parsing a
     # path stays a few calls per route, and no route class is made before a
     # route is used.
+    import wsmux._endpoint
+    import wsmux._paths
     import wsmux.config
     import wsmux.protocol
     import wsmux.routing
@@ -164,8 +166,10 @@ def test_start_up_is_linear_in_routes(monkeypatch):
         monkeypatch.setattr(module, name, wrapper)
 
     counting("parse_path", wsmux.routing, wsmux.routing.parse_path)
+    counting("parse_path", wsmux._paths, wsmux._paths.parse_path)
     counting("parse_path", wsmux.config, wsmux.config.parse_path)
     counting("route_protocol", wsmux.routing, wsmux.routing.route_protocol)
+    counting("route_protocol", wsmux._endpoint, wsmux._endpoint.route_protocol)
     n = 2000
     routes = tuple(RouteSpec(f"/r{i}/{{x}}", ("echo",)) for i in range(n))
     tree = build_tree(build_settings({}, routes=routes))

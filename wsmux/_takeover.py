@@ -1,0 +1,164 @@
+"""
+The take-over: the route's protocol gets the connection from twisted.web,
+with the request head and the bytes that followed it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+from autobahn.twisted.websocket import WebSocketServerProtocol
+from twisted.internet.interfaces import ITCPTransport
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.web.iweb import IRequest
+
+from wsmux._compat_twisted import take_http_buffer
+from wsmux._upgrades import _plain
+from wsmux.factory import RouteFactory
+from wsmux.limits import ConnectionRegistry, Place
+from wsmux.logs import log
+
+
+def upgrade(
+    request: IRequest,
+    factory: RouteFactory,
+    cls: type,
+    params: Mapping[str, str],
+    subprotocol: Optional[str] = None,
+    registry: Optional[ConnectionRegistry] = None,
+    address: Optional[str] = None,
+    place: Optional[Place] = None,
+    deadline: Optional[float] = None,
+) -> Optional[WebSocketServerProtocol]:
+    """
+    Take the connection of C{request} away from C{twisted.web} and continue
+    it as a WebSocket connection served by an instance of C{cls}.
+
+    A handler class with L{wsmux._compat_autobahn.DirectHandshakeMixin} opens
+    from the parsed request; otherwise, and for any request the direct
+    handshake leaves to Autobahn, the request head is replayed into the new
+    protocol for Autobahn to validate (as the client sent it, when it was
+    read in one pass; else written out from what C{twisted.web} parsed),
+    followed by any bytes the client sent after it (a first frame that
+    arrived in the same packet as the handshake).
+
+    @param registry: where the connection is counted while open.
+    @param address: the client's address (behind trusted proxies), when it
+        differs from the address that connected.
+    @param place: the connection's place in the caps, which the protocol
+        keeps until the connection ends.
+    @param deadline: when the opening handshake must be over (reactor
+        time), when a decision has used part of its time already.
+    @return: the new protocol, or L{None} if the client is already gone.
+    """
+    channel: Any = getattr(request, "channel", None)
+    transport = channel.transport if channel is not None else None
+    if transport is None:
+        if place is not None:
+            place.release()
+        return None
+    try:
+        protocol = cls()
+    except Exception:
+        # Still twisted.web's connection: it answers 500.
+        if place is not None:
+            place.release()
+        log.failure(
+            "route {route}: the handler could not be made",
+            route=getattr(factory, "route_path", "?"),
+        )
+        if registry is not None:
+            registry.stats.rejected(getattr(factory, "route_path", "-"), 500)
+        request.write(_plain(request, 500, "Internal Server Error", close=True))
+        request.finish()
+        return None
+    protocol.factory = factory
+    protocol.wsmux_place = place
+    if deadline is not None and protocol.openHandshakeTimeout > 0:
+        protocol.openHandshakeTimeout = max(0.001, deadline - factory.reactor.seconds())
+    open_direct = getattr(protocol, "handshake_from", None)
+    if open_direct is not None:
+        protocol.wsmux_direct_open = True
+    if ITCPTransport.providedBy(transport):
+        protocol.wsmux_tcp_nodelay = True  # set by twisted.web's HTTPChannel
+    if params:
+        protocol.path_params = dict(params)
+    protocol.selected_subprotocol = subprotocol
+    protocol.registry = registry
+    direct = getattr(request.getClientAddress(), "host", None)
+    protocol.client_address = address or str(direct)
+
+    channel.transport = None
+    # The channel registered itself as the transport's producer; the
+    # WebSocket protocol owns the connection from now on.
+    try:
+        transport.unregisterProducer()
+    except Exception:  # pragma: no cover - transports without producers
+        pass
+    if isinstance(transport, ProtocolWrapper):
+        transport.wrappedProtocol = protocol
+    elif isinstance(getattr(transport, "protocol", None), ProtocolWrapper):
+        transport.protocol.wrappedProtocol = protocol
+    else:
+        transport.protocol = protocol
+    try:
+        _start(protocol, transport, request, channel, address, direct, open_direct)
+    except Exception:
+        # A handler that raises in connectionMade (or on the first frame)
+        # must not send twisted.web to answer on a connection it gave away.
+        log.failure(
+            "route {route}: the handler failed while taking the connection over",
+            route=getattr(factory, "route_path", "?"),
+        )
+        getattr(transport, "abortConnection", transport.loseConnection)()
+        if place is not None and (registry is None or protocol not in registry.connections):
+            place.release()
+        return None
+    return protocol
+
+
+def _start(
+    protocol: Any,
+    transport: Any,
+    request: IRequest,
+    channel: Any,
+    address: Optional[str],
+    direct: Optional[str],
+    open_direct: Any,
+) -> None:
+    # The second half of upgrade: the protocol starts on the transport and
+    # gets the handshake, directly or replayed, and what followed it.
+    protocol.makeConnection(transport)
+    if address is not None and address != direct:
+        protocol.peer = address
+    transport.resumeProducing()
+
+    raw = getattr(request, "raw_head", None) or _head_of(request)
+    content = request.content.read() if request.content is not None else b""
+    # Bytes twisted.web read past the request head: already buffered ones,
+    # and those still in the line parser, which it hands to rawDataReceived.
+    take = getattr(channel, "take_upgrade_rest", None)  # wsmux's own channel
+    buffered = take() if take is not None else take_http_buffer(channel)
+    channel.rawDataReceived = protocol.dataReceived
+    if open_direct is not None and open_direct(request, raw, content + buffered):
+        return
+    protocol.dataReceived(raw + content)
+    if buffered:
+        protocol.dataReceived(buffered)
+
+
+def _head_of(request: IRequest) -> bytes:
+    # The request head written out again from what twisted.web parsed.
+    head = [
+        request.method,
+        b" ",
+        request.uri,
+        b" ",
+        getattr(request, "clientproto", b"HTTP/1.1"),
+        b"\r\n",
+    ]
+    for name, values in request.requestHeaders.getAllRawHeaders():
+        for value in values:
+            head += [name, b": ", value, b"\r\n"]
+    head.append(b"\r\n")
+    return b"".join(head)
