@@ -32,6 +32,7 @@ EXPECTED = [
     "twisted.http_buffer",
     "autobahn.lean_protocol",
     "autobahn.direct_handshake",
+    "autobahn.lazy_pformat",
     "autobahn.fast_frames",
     "autobahn.nvx_masker",
     "autobahn.fail_connection",

@@ -14,7 +14,7 @@ from zope.interface import implementer
 
 from wsmux import BroadcastHandler, EchoHandler, Route, RouteTree
 from wsmux.protocol import close_with
-from wsmux.testing import connect, raw_connect, upgrade_request
+from wsmux.testing import connect, masked_frame, raw_connect, upgrade_request
 
 
 @implementer(IPushProducer)
@@ -263,6 +263,28 @@ class Later(EchoHandler):
         decision = Deferred()
         cls.decisions.append(decision)
         return decision
+
+
+@pytest.mark.parametrize("one_read", [True, False])
+def test_frames_sent_with_an_upgrade_that_waits_for_its_decision_arrive(one_read):
+    # The client sends frames right behind its request head (on one read,
+    # which the one-pass reader takes, or byte by byte, which the line
+    # parser takes); the route decides later; the frames are not lost.
+    Later.decisions = []
+    tree = RouteTree([Route("/later", Later)])
+    conn = raw_connect(tree)
+    data = upgrade_request("/later") + masked_frame(b"early") + masked_frame(b"bird")
+    if one_read:
+        conn.send(data)
+    else:
+        for i in range(len(data)):
+            conn.send(data[i : i + 1])
+    assert conn.received == b""
+    Later.decisions[0].callback(True)
+    conn.pump.flush()
+    head, _, rest = conn.received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101 ")
+    assert rest == b"\x81\x05early\x81\x04bird"
 
 
 def test_the_drain_answers_upgrades_still_waiting_for_a_decision():

@@ -3,6 +3,7 @@ A real twistd wsmux process on a free loopback port.
 """
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -48,10 +49,27 @@ def wait_port(port, timeout=20):
     raise RuntimeError(f"nothing listens on {port}")
 
 
+def eventually(predicate, timeout=10.0, interval=0.05):
+    """
+    Whether C{predicate()} became true within C{timeout} seconds (polled).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# The line twisted.web's Site logs once it listens (the port it got).
+_LISTENING = re.compile(r"WebSocketSite starting on (\d+)")
 
 
 class Server:
@@ -60,6 +78,10 @@ class Server:
     """
 
     def __init__(self, args, port, log_path, cwd=ROOT):
+        """
+        @param port: the port C{args} listen on, or 0 when they listen on
+            port 0: the port the kernel chose is read from the log.
+        """
         self.port = port
         self.log_path = log_path
         env = dict(os.environ, PYTHONPATH=str(ROOT), WSMUX_PORT=str(port))
@@ -76,6 +98,12 @@ class Server:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"twistd exited early:\n{self.log()}")
+            if not self.port:
+                found = _LISTENING.search(self.log())
+                if found is None:
+                    time.sleep(0.05)
+                    continue
+                self.port = port = int(found.group(1))
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
                 return

@@ -8,6 +8,8 @@ C{WSMUX_PUBLIC_PATH} is unset; otherwise wsmux takes Autobahn's own path.
 
   - L{DirectHandshakeMixin}: the opening handshake from the request
     C{twisted.web} already parsed (else Autobahn parses it again);
+  - C{LAZY_PFORMAT}: Autobahn's per-connection debug line formats its
+    option list only when it is written (else on every connection);
   - L{LeanServerProtocol}: Autobahn's connection entry points without
     their debug-log formatting, and a clean close without a reactor turn
     (else Autobahn's own);
@@ -22,6 +24,7 @@ C{WSMUX_PUBLIC_PATH} is unset; otherwise wsmux takes Autobahn's own path.
 from __future__ import annotations
 
 import os
+import pprint
 import threading
 from typing import Any, Optional
 from urllib import parse
@@ -453,6 +456,46 @@ class LeanServerProtocol(WebSocketServerProtocol):
 
     def onConnect(self, request: ConnectionRequest) -> Any:
         return None
+
+
+# -- Autobahn's debug line at every connection ---------------------------------
+
+
+class _Pformat:
+    """
+    C{pprint.pformat}'s result, made only if someone formats it.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def __str__(self) -> str:
+        return pprint.pformat(self.value)
+
+    __repr__ = __str__
+
+
+LAZY_PFORMAT = declare(
+    "autobahn.lazy_pformat",
+    touches=("autobahn.websocket.protocol.pformat (the module's global, replaced)",),
+    why=(
+        "WebSocketProtocol._connectionMade pretty-prints the connection's options for "
+        "a debug line on every connection, logged or not (a tenth of a handshake); "
+        "the debug line formats them itself when it is written"
+    ),
+    checked="Autobahn 26.7.1, 26.10.2",
+    fallback="every connection pretty-prints its options for the debug line",
+    check=lambda: all_of(
+        code_names(WebSocketProtocol._connectionMade, ("pformat",)),
+        None
+        if getattr(_ws, "pformat", None) in (pprint.pformat, _Pformat)
+        else "autobahn.websocket.protocol.pformat is not pprint.pformat",
+    ),
+)
+if LAZY_PFORMAT:
+    _ws.pformat = _Pformat  # type: ignore[attr-defined,assignment]
 
 
 # -- whole small frames --------------------------------------------------------

@@ -13,7 +13,7 @@ from typing import Any, Optional, Sequence
 from twisted.internet import abstract, tcp
 from twisted.logger import LogPublisher
 from twisted.protocols.basic import LineReceiver
-from twisted.web import http
+from twisted.web.http import HTTPChannel
 from twisted.web.iweb import INonQueuedRequestFactory
 
 from wsmux._compat import all_of, code_names, declare, missing_names
@@ -48,13 +48,13 @@ ONE_PASS_HEAD = declare(
     check=lambda: all_of(
         None if _parseRequestLine is not None else "twisted.web.http has no _parseRequestLine",
         missing_names(_nameEncoder, ("encode",)),
-        missing_names(http.HTTPChannel, ("_HTTPChannel__first_line", "_buffer", "_busyReceiving")),
-        code_names(http.HTTPChannel.__init__, ("_handlingRequest",)),
+        missing_names(HTTPChannel, ("_HTTPChannel__first_line", "_buffer", "_busyReceiving")),
+        code_names(HTTPChannel.__init__, ("_handlingRequest",)),
         code_names(
-            http.HTTPChannel.lineReceived,
+            HTTPChannel.lineReceived,
             ("_HTTPChannel__first_line", "_parseRequestLine", "_command", "_path", "_version"),
         ),
-        code_names(http.HTTPChannel.allContentReceived, ("_command", "_path", "_version")),
+        code_names(HTTPChannel.allContentReceived, ("_command", "_path", "_version")),
         code_names(LineReceiver.dataReceived, ("_busyReceiving", "_buffer", "paused", "line_mode")),
     ),
 )
@@ -160,8 +160,8 @@ def start_parsed_request(
     try:
         # twisted.web's own: this head has no body, and its target is in
         # origin form already (the caller saw to both).
-        http.HTTPChannel.allHeadersReceived(channel)
-        http.HTTPChannel.allContentReceived(channel)
+        HTTPChannel.allHeadersReceived(channel)
+        HTTPChannel.allContentReceived(channel)
     finally:
         channel._busyReceiving = False
     # LineReceiver stops once the transport is closing, and so do we.
@@ -335,8 +335,8 @@ HTTP_BUFFER = declare(
         "asynchronously are not seen (a client must wait for the 101 anyway)"
     ),
     check=lambda: all_of(
-        code_names(http.HTTPChannel.__init__, ("_dataBuffer",)),
-        code_names(http.HTTPChannel.rawDataReceived, ("_dataBuffer", "_handlingRequest")),
+        code_names(HTTPChannel.__init__, ("_dataBuffer",)),
+        code_names(HTTPChannel.rawDataReceived, ("_dataBuffer", "_handlingRequest")),
     ),
 )
 

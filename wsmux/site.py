@@ -16,13 +16,15 @@ unusual takes C{twisted.web}'s own line parser (L{GuardedHTTPChannel}).
 
 from __future__ import annotations
 
+import time
 from http import HTTPStatus
 from io import BytesIO
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
+from twisted.python.failure import Failure
 from twisted.web import server
-from twisted.web.http import HTTPChannel
+from twisted.web.http import HTTPChannel, datetimeToString, unquote
 from twisted.web.server import Request, Site
 
 from wsmux._compat_twisted import parse_whole_head, start_parsed_request
@@ -234,10 +236,7 @@ class GuardedHTTPChannel(HTTPChannel):
         # The head is complete and no byte of a body has been read: refuse
         # here what must not be read at all.
         request = self.requests[-1]
-        if self.length == 0 and is_upgrade(request):
-            self._upgrade_rest = []
-            self._upgrade_rest_size = 0
-        elif self.length != 0:  # a Content-Length, or chunked (None)
+        if self.length != 0:  # a Content-Length, or chunked (None)
             limits = self.site.limits
             if is_upgrade(request):
                 self._refuse(400, b"Bad Request", "a WebSocket upgrade with a request body")
@@ -286,6 +285,15 @@ class GuardedHTTPChannel(HTTPChannel):
         transport: Any = self.transport
         if self._upgrade_rest_size > _UPGRADE_REST_MAX and transport is not None:
             transport.pauseProducing()
+
+    def expect_upgrade(self) -> None:
+        """
+        The request being handled is an upgrade: keep what follows its head
+        (once twisted.web reads past the head in raw mode) for the
+        WebSocket protocol, until a route takes it (L{take_upgrade_rest}).
+        """
+        self._upgrade_rest = []
+        self._upgrade_rest_size = 0
 
     def take_upgrade_rest(self) -> bytes:
         """
@@ -400,6 +408,19 @@ def _in_memory(request: Any) -> None:
 # The Server header Request.process sets.
 _TWISTED_BANNER = [server.version]
 
+_date: tuple[int, bytes] = (0, b"")
+
+
+def http_date() -> bytes:
+    """
+    The C{Date} header value for now, formatted once a second.
+    """
+    global _date
+    now = int(time.time())
+    if _date[0] != now:
+        _date = (now, datetimeToString(now))
+    return _date[1]
+
 
 class WebSocketRequest(Request):
     """
@@ -440,6 +461,27 @@ class WebSocketRequest(Request):
         super().connectionLost(reason)
         self._close_content()
 
+    def process(self) -> None:
+        if self.method == b"GET" and is_upgrade(self):
+            # An upgrade: the route answers it (a 101 from Autobahn, or a
+            # refusal through write below), so the Server and Date headers
+            # twisted.web's process sets on every request would only be
+            # made to be thrown away (a fifth of a handshake's own work).
+            # The rest is process's own public steps.
+            channel: Any = self.channel
+            self.site = channel.site
+            expect = getattr(channel, "expect_upgrade", None)
+            if expect is not None:
+                expect()
+            self.prepath = []
+            self.postpath = list(map(unquote, self.path[1:].split(b"/")))
+            try:
+                self.render(self.site.getResourceFor(self))
+            except BaseException:
+                self.processingFailed(Failure())
+            return
+        super().process()
+
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         if path[:1] != b"/":
             path = origin_form(self, path)
@@ -452,8 +494,11 @@ class WebSocketRequest(Request):
             headers = self.responseHeaders
             # Request.process names twisted.web and its version; a
             # resource's own Server header stays.
-            if headers.getRawHeaders(b"server") == _TWISTED_BANNER:
+            server_header = headers.getRawHeaders(b"server")
+            if server_header is None or server_header == _TWISTED_BANNER:
                 headers.setRawHeaders(b"server", [b"wsmux"])
+            if not headers.hasHeader(b"date"):  # a refused upgrade
+                headers.setRawHeaders(b"date", [http_date()])
         super().write(data)
 
 

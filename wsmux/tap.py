@@ -5,7 +5,7 @@ The C{twistd wsmux} command line.
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, NoReturn, Optional
 
 from twisted.application.service import IService, MultiService
 from twisted.python import usage
@@ -329,12 +329,9 @@ class Options(usage.Options):
                 self._check_ports()
                 if self.settings.workers > 1:
                     self._check_worker_ports()
+            # Certificates are read when the service is made (makeService),
+            # not here: parsing options does no I/O.
             self.contexts = None
-            if self.settings.tls_ports or self.settings.shared_ports:
-                try:
-                    self.contexts = SniContextMap(self.settings.tls)
-                except CertificateError as e:
-                    raise ConfigError(str(e)) from None
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
 
@@ -430,7 +427,31 @@ def check_worker_configuration(argv: list[str]) -> tuple[Any, ...]:
     options = Options()
     options.parseOptions(argv[argv.index("wsmux") + 1 :])
     settings = options.settings
+    try:
+        load_certificates(settings)
+    except CertificateError as e:
+        raise usage.UsageError(str(e)) from None
     return (settings.ports, settings.tls_ports, settings.shared_ports, settings.workers)
+
+
+def load_certificates(settings: Any) -> Optional[SniContextMap]:
+    """
+    The TLS contexts C{settings} serve with, read from their files; L{None}
+    without TLS ports.
+
+    @raise CertificateError: naming the file that cannot be used.
+    """
+    if settings.tls_ports or settings.shared_ports:
+        return SniContextMap(settings.tls)
+    return None
+
+
+def _usage_exit(options: Options, error: Exception) -> NoReturn:
+    # A certificate that cannot be used, found as the service is made: said
+    # as twistd says a usage error, and the same exit status.
+    print(options)
+    print(f"{' '.join(sys.argv[0:2])}: {error}")
+    raise SystemExit(1)
 
 
 def makeService(options: Options) -> IService:
@@ -439,6 +460,12 @@ def makeService(options: Options) -> IService:
     C{--workers N} the supervisor of N worker processes.
     """
     settings = options.settings
+    try:
+        # The supervisor reads them too: a bad file stops it before any
+        # worker starts.
+        contexts = load_certificates(settings) if options.contexts is None else options.contexts
+    except CertificateError as e:
+        _usage_exit(options, e)
     # Until the services install their SIGHUP handler, a reload must not
     # end the process (SIGHUP's default action).
     ignore_hangup(only_default=True)
@@ -467,7 +494,7 @@ def makeService(options: Options) -> IService:
         LogLevelService(settings.log_level).setServiceParent(supervisor)
         StopOnTerm().setServiceParent(supervisor)
         return supervisor
-    service = make_service(options.settings, contexts=options.contexts, adopted=options.adopted)
+    service = make_service(options.settings, contexts=contexts, adopted=options.adopted)
     LogLevelService(options.settings.log_level).setServiceParent(service)
     FreezeHeapService().setServiceParent(service)
     StopOnTerm().setServiceParent(service)

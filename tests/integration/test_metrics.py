@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from tests.twistd_process import free_port
+from tests.twistd_process import eventually, free_port
 
 
 def scrape(url):
@@ -50,7 +50,13 @@ def test_metrics_move_with_traffic(start_server):
     b.close()
     with pytest.raises(InvalidStatus):
         connect(server.url("/nope"))
-    time.sleep(0.3)
+    # The closes and the refusal are counted once the server has seen them.
+    assert eventually(
+        lambda: (
+            value(scrape(url), "wsmux_connections_open", route="/rooms/{room}") == 0
+            and value(scrape(url), "wsmux_handshakes_total", route="-", outcome="404") == 1
+        )
+    )
     after = scrape(url)
     assert value(after, "wsmux_messages_in_total", route="/echo") == 3
     assert value(after, "wsmux_messages_out_total", route="/echo") == 3

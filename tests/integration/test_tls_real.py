@@ -242,7 +242,7 @@ def test_strict_mode_alert(start_server, pki):
     start_server(
         "--tls-port", f"tcp:{port}:interface=127.0.0.1", "--certs", str(pki.directory), "--tls-strict"
     )  # fmt: skip
-    time.sleep(0.5)
+    wait_port(port)
     code, output = s_client(port, "-servername", "unknown.test")
     assert code != 0 and "unrecognized name" in output
     _, output = s_client(port, "-servername", "a.test")
