@@ -121,6 +121,42 @@ print(said[0])
     assert "writes go through the transport's write" in line
 
 
+def wsmux_private_names() -> set[str]:
+    # Every underscore name wsmux itself defines: attributes it sets, class
+    # attributes, functions and methods.
+    names: set[str] = set()
+    for path in (ROOT / "wsmux").glob("*.py"):
+        text = path.read_text()
+        names.update(re.findall(r"\.(_[A-Za-z]\w*)\s*(?::[^=\n]*)?=[^=]", text))
+        names.update(re.findall(r"^\s*(_[A-Za-z]\w*)\s*[:=]", text, re.M))
+        names.update(re.findall(r"def (_[A-Za-z]\w*)", text))
+        names.update(re.findall(r"class (_[A-Za-z]\w*)", text))
+        names.update(re.findall(r"\[[\"'](_[A-Za-z]\w*)[\"']\]\s*=", text))
+        names.add(path.stem)  # its private modules
+    return names
+
+
+# The standard library's documented underscore names wsmux uses.
+DOCUMENTED = {"_exit"}  # os._exit
+
+
+def test_outside_the_seam_every_private_name_read_is_wsmux_own():
+    # A private name wsmux reads outside the seam, by attribute or by
+    # getattr, is one wsmux defines itself (else it is another package's,
+    # and belongs in the seam).
+    own = wsmux_private_names() | DOCUMENTED
+    foreign = []
+    for path in sorted((ROOT / "wsmux").glob("*.py")):
+        if path.name in SEAM:
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#", 1)[0]
+            used = re.findall(r"\.(_[A-Za-z]\w*)", code)
+            used += re.findall(r"getattr\([^,]+,\s*[\"'](_[A-Za-z]\w*)", code)
+            foreign += [f"wsmux/{path.name}:{number}: {name}" for name in used if name not in own]
+    assert not foreign, "private names of other packages outside the seam:\n" + "\n".join(foreign)
+
+
 def test_the_environment_switches_every_internal_off():
     code = "from wsmux import _compat, _compat_autobahn, _compat_twisted\n" \
         "print(sorted(n for n, i in _compat.INTERNALS.items() if i.enabled))"  # fmt: skip
@@ -142,3 +178,22 @@ def test_the_versions_checked_are_said():
     for module in (_compat_twisted, _compat_autobahn):
         assert "Checked against" in (module.__doc__ or "")
     assert twisted.__version__
+
+
+def test_autobahn_timings_still_format_after_connections():
+    # autobahn.lazy_pformat replaces Autobahn's pformat only while a
+    # connection is set up; its other users (Timings) get a str as before.
+    import pprint
+
+    from autobahn.websocket import protocol as ws
+    from autobahn.websocket.protocol import Timings
+
+    from wsmux import EchoHandler, Route, RouteTree
+    from wsmux.testing import connect
+
+    with connect(RouteTree([Route("/echo", EchoHandler)]), "/echo") as conn:
+        assert conn.client.opened
+    assert ws.pformat is pprint.pformat
+    timings = Timings()
+    timings.track("opened")
+    assert "opened" in str(timings)

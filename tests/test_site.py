@@ -482,3 +482,89 @@ def upgrade_head(target: str) -> bytes:
         f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUpgrade: websocket\r\n"
         f"Connection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
     ).encode()
+
+
+class Slow(Resource):
+    """
+    Answers each request when the test says so.
+    """
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting: list = []
+
+    def render_GET(self, request: Any) -> Any:
+        from twisted.web.server import NOT_DONE_YET
+
+        self.waiting.append(request)
+        return NOT_DONE_YET
+
+
+def test_a_pipelined_request_in_progress_gets_no_head_deadline():
+    # The second request's head is whole; while a slow resource answers it,
+    # the head deadline must not fire in the middle of its response.
+    slow = Slow()
+    tree = RouteTree([Route("/echo", EchoHandler)])
+    tree.mount_resource("/slow", slow)
+    raw = raw_connect(tree)
+    one = b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n"
+    raw.send(one + one)
+    slow.waiting[0].write(b"first")
+    slow.waiting[0].finish()
+    raw.pump.flush()
+    raw.clock.advance(11)  # past the 10 s head deadline
+    raw.pump.flush()
+    assert b" 408 " not in raw.received
+    slow.waiting[1].write(b"second")
+    slow.waiting[1].finish()
+    raw.pump.flush()
+    assert raw.received.count(b"HTTP/1.1 200 ") == 2
+    assert raw.received.endswith(b"6\r\nsecond\r\n0\r\n\r\n")
+
+
+def test_an_upgrade_to_the_star_target_is_not_routed():
+    tree = RouteTree([Route("/", EchoHandler)])
+    raw = raw_connect(tree)
+    raw.send(
+        b"GET * HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    assert raw.received.startswith(b"HTTP/1.1 4")
+
+
+def test_frames_behind_an_upgrade_survive_a_plain_request_class():
+    # A site made with twisted.web's own Request class: the channel, not the
+    # request, keeps what follows the head while the route decides.
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.defer import Deferred
+    from twisted.test import iosim
+    from twisted.web.server import Request
+
+    from wsmux.testing import _RawClient, upgrade_request
+
+    decisions: list = []
+    tree = RouteTree(
+        [Route("/echo", EchoHandler)],
+        unhandled=lambda request: decisions.append(Deferred()) or decisions[-1],
+    )
+    clock = MemoryReactorClock()
+    site = WebSocketSite(tree, reactor=clock, requestFactory=Request)
+    server = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    client = _RawClient()
+    server_transport = iosim.FakeTransport(server, isServer=True)
+    client_transport = iosim.FakeTransport(client, isServer=False)
+    pump = iosim.connect(
+        server, server_transport, client, client_transport, greet=True, clock=clock
+    )
+    client.transport.write(
+        upgrade_request("/other") + masked_frame(b"early") + masked_frame(b"bird")
+    )
+    pump.flush()
+    assert decisions and client.received == b""
+    decisions[0].callback(EchoHandler)
+    pump.flush()
+    head, _, rest = client.received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101 ")
+    assert rest == b"\x81\x05early\x81\x04bird"

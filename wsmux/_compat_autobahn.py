@@ -415,11 +415,11 @@ class LeanServerProtocol(WebSocketServerProtocol):
 
     def _connectionMade(self) -> None:
         if not self.wsmux_direct_open:
-            WebSocketProtocol._connectionMade(self)
+            _connection_made(self)
         else:
             saved = self.__dict__.get("openHandshakeTimeout", _MISSING)
             self.openHandshakeTimeout = 0
-            WebSocketProtocol._connectionMade(self)
+            _connection_made(self)
             if saved is _MISSING:
                 del self.openHandshakeTimeout
             else:
@@ -479,7 +479,10 @@ class _Pformat:
 
 LAZY_PFORMAT = declare(
     "autobahn.lazy_pformat",
-    touches=("autobahn.websocket.protocol.pformat (the module's global, replaced)",),
+    touches=(
+        "autobahn.websocket.protocol.pformat (the module's global, replaced while "
+        "WebSocketProtocol._connectionMade runs)",
+    ),
     why=(
         "WebSocketProtocol._connectionMade pretty-prints the connection's options for "
         "a debug line on every connection, logged or not (a tenth of a handshake); "
@@ -490,12 +493,24 @@ LAZY_PFORMAT = declare(
     check=lambda: all_of(
         code_names(WebSocketProtocol._connectionMade, ("pformat",)),
         None
-        if getattr(_ws, "pformat", None) in (pprint.pformat, _Pformat)
+        if getattr(_ws, "pformat", None) is pprint.pformat
         else "autobahn.websocket.protocol.pformat is not pprint.pformat",
     ),
 )
-if LAZY_PFORMAT:
+
+
+def _connection_made(protocol: Any) -> None:
+    # Autobahn's own set-up of a connection, with its debug line's option
+    # list formatted only if the line is written.  The module's pformat is
+    # put back at once: Autobahn's other users of it (Timings) need a str.
+    if not LAZY_PFORMAT:
+        WebSocketProtocol._connectionMade(protocol)
+        return
     _ws.pformat = _Pformat  # type: ignore[attr-defined,assignment]
+    try:
+        WebSocketProtocol._connectionMade(protocol)
+    finally:
+        _ws.pformat = pprint.pformat  # type: ignore[attr-defined]
 
 
 # -- whole small frames --------------------------------------------------------

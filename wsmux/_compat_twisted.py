@@ -158,10 +158,10 @@ def start_parsed_request(
     channel._buffer = data[end + 4 :]
     channel._busyReceiving = True
     try:
-        # twisted.web's own: this head has no body, and its target is in
-        # origin form already (the caller saw to both).
+        # twisted.web's own headers step (this head has no body), then the
+        # channel's own end of the request.
         HTTPChannel.allHeadersReceived(channel)
-        HTTPChannel.allContentReceived(channel)
+        channel.allContentReceived()
     finally:
         channel._busyReceiving = False
     # LineReceiver stops once the transport is closing, and so do we.
@@ -169,21 +169,6 @@ def start_parsed_request(
     if channel._buffer and not (transport is not None and transport.disconnecting):
         LineReceiver.dataReceived(channel, b"")
     return request
-
-
-def origin_target(channel: Any) -> bytes:
-    """
-    The target of the request C{channel} is reading.
-    """
-    return channel._path  # type: ignore[no-any-return]
-
-
-def set_origin_target(channel: Any, path: bytes) -> None:
-    """
-    Replace the target of the request C{channel} is reading, before
-    C{allContentReceived} hands it to the request.
-    """
-    channel._path = path
 
 
 # -- twisted.internet: sending at once on a plain TCP transport ---------------

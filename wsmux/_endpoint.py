@@ -44,7 +44,8 @@ class _UpgradeResource(Resource):
         Finish a deferred request with an error status, unless the client
         went away meanwhile.
         """
-        if getattr(request, "_disconnected", False) or getattr(request, "finished", False):
+        # Twisted's Request forgets its channel once the connection is lost.
+        if getattr(request, "channel", None) is None or getattr(request, "finished", False):
             return
         body = _plain(request, code, reason, headers, close=True)
         request.write(body)

@@ -22,6 +22,7 @@ from twisted.web.resource import IResource, Resource
 from wsmux._endpoint import PendingUpgrade, UnhandledUpgrade, WebSocketEndpoint, _UpgradeResource
 from wsmux._paths import (
     Adopt,
+    HookResult,
     Reject,
     Route,
     RouteClash,
@@ -43,6 +44,7 @@ from wsmux.protocol import route_protocol
 __all__ = [
     "NO_ROUTE",
     "Adopt",
+    "HookResult",
     "PendingUpgrade",
     "Reject",
     "Route",

@@ -270,6 +270,10 @@ class GuardedHTTPChannel(HTTPChannel):
         # longer holds a place in the caps.
         self._disarm_deadline()
         self._release_body_place()
+        request = self.requests[-1]
+        if is_upgrade(request):
+            request.wsmux_upgrade = True
+            self.expect_upgrade()
         super().allContentReceived()
 
     def rawDataReceived(self, data: bytes) -> None:
@@ -328,11 +332,13 @@ class GuardedHTTPChannel(HTTPChannel):
         # An upgrade answered over HTTP (refused) on a connection kept
         # alive: what followed its head is the next request's.
         rest = self.take_upgrade_rest()
-        super().requestDone(request)
+        # The next request's deadline starts now; twisted.web may go on to
+        # read a pipelined request in requestDone, which disarms it again.
         if self.transport is not None and self.persistent:
             self._arm_deadline()
-            if rest:
-                self.dataReceived(rest)
+        super().requestDone(request)
+        if rest and self.transport is not None and self.persistent:
+            self.dataReceived(rest)
 
     def connectionLost(self, reason: Any = None) -> None:
         self._disarm_deadline()
@@ -433,6 +439,9 @@ class WebSocketRequest(Request):
     """
 
     raw_head: Optional[bytes] = None
+    # Whether the request is a WebSocket upgrade, as wsmux's channel found
+    # when the request was complete (None: not found by it).
+    wsmux_upgrade: Optional[bool] = None
     wsmux_body_cap: int = 0
     _body_read = 0
 
@@ -462,17 +471,16 @@ class WebSocketRequest(Request):
         self._close_content()
 
     def process(self) -> None:
-        if self.method == b"GET" and is_upgrade(self):
+        upgrade = self.wsmux_upgrade
+        if upgrade is None:  # not read by wsmux's channel
+            upgrade = is_upgrade(self)
+        if upgrade and self.method == b"GET" and self.path != b"*":
             # An upgrade: the route answers it (a 101 from Autobahn, or a
             # refusal through write below), so the Server and Date headers
             # twisted.web's process sets on every request would only be
             # made to be thrown away (a fifth of a handshake's own work).
             # The rest is process's own public steps.
-            channel: Any = self.channel
-            self.site = channel.site
-            expect = getattr(channel, "expect_upgrade", None)
-            if expect is not None:
-                expect()
+            self.site = self.channel.site  # type: ignore[attr-defined]
             self.prepath = []
             self.postpath = list(map(unquote, self.path[1:].split(b"/")))
             try:

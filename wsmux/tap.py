@@ -330,7 +330,7 @@ class Options(usage.Options):
                 if self.settings.workers > 1:
                     self._check_worker_ports()
             # Certificates are read when the service is made (makeService),
-            # not here: parsing options does no I/O.
+            # not here: parsing options opens no certificate or key file.
             self.contexts = None
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None

@@ -122,8 +122,12 @@ class StopOnTerm(Service):
         reactor.callWhenRunning(self._install, reactor)
 
     def _install(self, reactor: Any) -> None:
+        def stop(*_: Any) -> None:
+            log.info("Received SIGTERM, shutting down.")
+            reactor.callFromThread(reactor.stop)
+
         try:
-            signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(reactor.stop))
+            signal.signal(signal.SIGTERM, stop)
         except ValueError:  # not the main thread (a test running the service)
             pass
 
