@@ -646,6 +646,8 @@ class FastReceiveMixin:
     _idle_timeout: float = 0.0
     _idle_call: Any = None
     _writes: WriteScheduler
+    # The handler class's onMessage function (set per route class).
+    _handler_on_message: Any = None
 
     def dataReceived(self, data: bytes) -> None:
         # Autobahn's adapter formats a debug-log line per read here.  What
@@ -871,7 +873,9 @@ class FastReceiveMixin:
     def _deliver(self, messages: list[tuple[bytes, bool]]) -> None:
         open_ = self.STATE_OPEN  # type: ignore[attr-defined]
         closed = self.STATE_CLOSED  # type: ignore[attr-defined]
-        on_message = self.onMessage  # type: ignore[attr-defined]
+        # The handler's own onMessage, called directly (wsmux's watching
+        # wrapper in front of it is done here, without a call per message).
+        on_message = self._handler_on_message
         for i, (payload, is_binary) in enumerate(messages):
             state = self.state  # type: ignore[attr-defined]
             if state != open_:
@@ -883,8 +887,9 @@ class FastReceiveMixin:
                     return
                 self._uncount(messages[i : i + 1])
             self.message_is_binary = is_binary
-            # (wsmux's onMessage watches what the handler's returns.)
-            on_message(payload, is_binary)
+            result = on_message(payload, is_binary)
+            if result is not None:
+                self.watch(result, "onMessage")  # type: ignore[attr-defined]
             # Autobahn's observable "message" event, when anyone listens.
             if self._listeners or self._parent is not None:  # type: ignore[attr-defined]
                 self.fire("message", payload, is_binary=is_binary)  # type: ignore[attr-defined]

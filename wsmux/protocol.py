@@ -842,6 +842,13 @@ def route_protocol(
     except TypeError:  # a handler whose bases admit no such order
         bases = tuple(b for b in bases if b is not DirectHandshakeMixin)
         cls = type(handler.__name__, bases + (handler,), namespace)
+    # What the fast path calls for a message: the onMessage behind wsmux's
+    # watching wrapper (it watches a returned Deferred itself).
+    mro = cls.__mro__
+    behind = mro[mro.index(RouteProtocolMixin) + 1 :]
+    cls._handler_on_message = next(  # type: ignore[attr-defined]
+        k.__dict__["onMessage"] for k in behind if "onMessage" in k.__dict__
+    )
     if factory is not None:
         factory.route_classes.append(cls)
     return cls
