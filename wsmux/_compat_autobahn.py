@@ -660,7 +660,7 @@ class FastReceiveMixin:
             if writes.held is not None:  # held already: this turn's, or a read inside a read
                 self._dataReceived(data)  # type: ignore[attr-defined]
                 return
-            writes.held = {}
+            writes.start()
             transport: Any = self.transport  # type: ignore[attr-defined]
             if transport.__class__ is tcp.Server:
                 transport.reactor.callLater(0, writes.send_held)  # type: ignore[attr-defined]

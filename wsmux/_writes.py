@@ -44,13 +44,6 @@ class WriteScheduler:
         self.held: Optional[dict[Any, list[bytes]]] = None
         self.held_bytes: dict[Any, int] = {}
 
-    @property
-    def holding(self) -> bool:
-        """
-        Whether writes are held now.
-        """
-        return self.held is not None
-
     def start(self) -> None:
         """
         Hold writes until L{send_held}.
