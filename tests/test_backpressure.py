@@ -37,11 +37,11 @@ def test_paused_transport_pauses_handler_producers_and_reading():
     reading = []
     conn.server_transport.pauseProducing = lambda: reading.append(False)
     conn.server_transport.resumeProducing = lambda: reading.append(True)
-    server.pauseProducing()  # what the transport does when its buffer fills
-    server.pauseProducing()  # ...and again after every write while it is full
+    server.wsmux.pauseProducing()  # what the transport does when its buffer fills
+    server.wsmux.pauseProducing()  # ...and again after every write while it is full
     assert producer.state == "paused"
     assert reading == [False]  # stopped reading from the client, once
-    server.resumeProducing()
+    server.wsmux.resumeProducing()
     assert producer.state == "producing" and reading == [False, True]
     server.unregisterProducer(producer)
     conn.client.sendClose(1000)
@@ -54,11 +54,11 @@ def test_drop_policy_drops_and_counts():
     )
     slow, fast = connect(tree, "/b"), connect(tree, "/b")
     slow_server = server_of(slow)
-    slow_server.pauseProducing()
+    slow_server.wsmux.pauseProducing()
     for _ in range(10):
         fast.client.sendMessage(b"x" * 300)
         fast.flush()
-    slow_server.resumeProducing()
+    slow_server.wsmux.resumeProducing()
     slow.flush()
     # 300-byte messages: three fit under the 1000-byte cap, seven are dropped.
     assert slow_server.dropped_messages == 7
@@ -70,11 +70,11 @@ def test_close_policy_closes_with_1008():
     tree = RouteTree([Route("/b", BroadcastHandler, {"max_send_queue": 1000})])
     slow, fast = connect(tree, "/b"), connect(tree, "/b")
     slow_server = server_of(slow)
-    slow_server.pauseProducing()
+    slow_server.wsmux.pauseProducing()
     for _ in range(5):
         fast.client.sendMessage(b"x" * 300)
         fast.flush()
-    slow_server.resumeProducing()
+    slow_server.wsmux.resumeProducing()
     slow.flush()
     slow.clock.advance(10)
     slow.flush()

@@ -123,7 +123,7 @@ def test_a_room_name_too_long_is_refused_at_the_handshake():
 def test_a_publish_respects_each_subscribers_policy():
     tree = RouteTree([Route("/a", NewsHandler, {"max_send_queue": 500, "slow_consumer": "drop"})])
     slow, fast = connect(tree, "/a"), connect(tree, "/a")
-    slow.server.pauseProducing()
+    slow.server.wsmux.pauseProducing()
     for _ in range(5):
         fast.client.sendMessage(b"!" + b"x" * 200)
         fast.flush()

@@ -90,7 +90,7 @@ def test_a_dropped_tcp_connection_stops_the_producer_once(ticker_tree):
 def test_a_paused_producer_is_stopped_when_the_slow_consumer_is_dropped(ticker_tree):
     conn = connect(ticker_tree, "/t")
     server = conn.server
-    server.pauseProducing()  # the client stopped reading
+    server.wsmux.pauseProducing()  # the client stopped reading
     for _ in range(20):
         server.sendData(b"x" * 65536)  # far past max_send_queue and the slack
     calls = ended(conn)
@@ -113,7 +113,7 @@ def test_the_transport_is_let_go_before_it_is_closed(ticker_tree):
     # whatever ends the connection must unregister it first.
     conn = connect(ticker_tree, "/t")
     transport = conn.server_transport
-    assert transport.producer is conn.server
+    assert transport.producer is conn.server.wsmux
     conn.client.sendClose(1000)
     conn.flush()
     assert transport.producer is None
@@ -478,7 +478,7 @@ def test_a_pull_producer_is_stopped_when_the_connection_ends(tmp_path):
     big = tmp_path / "big"
     big.write_bytes(b"x" * (1 << 20))
     source = open(big, "rb")
-    server.pauseProducing()  # the client stopped reading
+    server.wsmux.pauseProducing()  # the client stopped reading
     consumer = MessageConsumer(server)
     sender = FileSender()
     sent = sender.beginFileTransfer(source, consumer)

@@ -76,14 +76,14 @@ def test_stream_message_is_one_message_of_many_frames():
 
 def test_stream_waits_while_the_client_is_not_reading():
     conn = connect(RouteTree([Route("/s", Streamer)]), "/s")
-    conn.server.pauseProducing()  # the transport's buffer is full
+    conn.server.wsmux.pauseProducing()  # the transport's buffer is full
     conn.client.sendMessage(b"go")
     conn.flush()
     assert conn.client.messages == []
     sent = conn.server.trafficStats.outgoingOctetsWireLevel
     conn.flush()
     assert conn.server.trafficStats.outgoingOctetsWireLevel - sent < 2048  # at most a chunk
-    conn.server.resumeProducing()
+    conn.server.wsmux.resumeProducing()
     conn.flush()
     assert conn.client.messages == [(b"z" * 65536, True)]
 
@@ -150,7 +150,7 @@ def test_stream_fails_when_the_connection_closes():
 
     conn = connect(RouteTree([Route("/s", Streamer)]), "/s")
     server = conn.server
-    server.pauseProducing()
+    server.wsmux.pauseProducing()
     conn.client.sendMessage(b"go")
     conn.flush()
     failures = []
@@ -178,14 +178,14 @@ class ChannelStreamer(WebSocketServerProtocol):
 def test_streaming_to_a_channel_reaches_every_subscriber():
     tree = RouteTree([Route("/c", ChannelStreamer, {"max_send_queue": 4096})])
     a, b, slow = connect(tree, "/c"), connect(tree, "/c"), connect(tree, "/c")
-    slow.server.pauseProducing()  # this one stops reading
+    slow.server.wsmux.pauseProducing()  # this one stops reading
     a.client.sendMessage(b"go")
     for c in (a, b, slow):
         c.flush()
     assert a.client.messages == b.client.messages == [(b"c" * 32768, True)]
     assert a.server.result.result == 32768
     # The slow subscriber got its policy (1008) once 4 KiB were waiting.
-    slow.server.resumeProducing()
+    slow.server.wsmux.resumeProducing()
     slow.flush()
     slow.clock.advance(10)
     slow.flush()

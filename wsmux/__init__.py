@@ -17,6 +17,7 @@ loaded on first use.
 from typing import Any
 
 from wsmux.channels import ChannelHub
+from wsmux.connection import Connection, RoutePolicy
 from wsmux.factory import ProtocolOptions, RouteFactory
 from wsmux.handlers import BroadcastHandler, EchoHandler, PubSubHandler
 from wsmux.limits import ServerLimits
@@ -38,6 +39,7 @@ __all__ = [
     "BroadcastHandler",
     "ChannelHub",
     "ConfigError",
+    "Connection",
     "EchoHandler",
     "MessageConsumer",
     "ProtocolOptions",
@@ -46,6 +48,7 @@ __all__ = [
     "Route",
     "RouteError",
     "RouteFactory",
+    "RoutePolicy",
     "RouteProtocolMixin",
     "RouteSpec",
     "RouteTree",

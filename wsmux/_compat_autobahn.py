@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import pprint
 import threading
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 from urllib import parse
 
 import txaio
@@ -45,8 +45,10 @@ from twisted.python.failure import Failure
 from wsmux._compat import all_of, code_names, declare, missing_names
 from wsmux._compat_twisted import close_idle_tcp
 from wsmux._frames import _BIG, _BINARY, _CLOSE, _TEXT, frame_header, unmask
-from wsmux._writes import WriteScheduler, scheduler_for
 from wsmux.responses import safe_accept
+
+if TYPE_CHECKING:
+    from wsmux.connection import Connection
 
 try:
     from autobahn.util import _is_tls_error, _maybe_tls_reason
@@ -158,11 +160,13 @@ class GuardedHandshakeMixin:
     L{DirectHandshakeMixin}.)
     """
 
+    wsmux: Connection
+
     def succeedHandshake(self, res: Any) -> None:
         try:
             super().succeedHandshake(safe_accept(res))  # type: ignore[misc]
         except Exception:
-            self.handler_failed("the opening handshake")  # type: ignore[attr-defined]
+            self.wsmux.handler_failed("the opening handshake")
 
 
 class DirectHandshakeMixin:
@@ -170,7 +174,7 @@ class DirectHandshakeMixin:
     Open a connection from the request C{twisted.web} already parsed.
     """
 
-    def handshake_from(self, request: Any, head: bytes, rest: bytes) -> bool:
+    def _wsmux_handshake_from(self, request: Any, head: bytes, rest: bytes) -> bool:
         """
         Validate C{request} as Autobahn would and, if it passes, carry the
         handshake through to C{onConnect} and the 101 response.
@@ -184,9 +188,9 @@ class DirectHandshakeMixin:
             handshake (replayed from C{head}).
         """
         me: Any = self
-        checked = self._check(request)
+        checked = self._wsmux_check(request)
         if checked is None:
-            me.arm_open_timeout()
+            me._wsmux_arm_open_timeout()
             return False
         uri, headers, host, version, protocols, origin, key = checked
 
@@ -219,17 +223,17 @@ class DirectHandshakeMixin:
         try:
             result = me.onConnect(connection)
         except Exception:
-            self._connect_failed(Failure())
+            self._wsmux_connect_failed(Failure())
             return True
         if result is None or type(result) in (str, tuple):
-            self._connect_answered(result)
+            self._wsmux_connect_answered(result)
         else:
-            me.arm_open_timeout()
+            me._wsmux_arm_open_timeout()
             deferred = result if isinstance(result, Deferred) else ensureDeferred(result)
-            deferred.addCallbacks(self._connect_answered, self._connect_failed)
+            deferred.addCallbacks(self._wsmux_connect_answered, self._wsmux_connect_failed)
         return True
 
-    def _check(
+    def _wsmux_check(
         self, request: Any
     ) -> Optional[tuple[str, dict[str, str], str, int, list[str], str, str]]:
         """
@@ -316,7 +320,7 @@ class DirectHandshakeMixin:
             return None
         return uri, headers, host, version, protocols, origin, key
 
-    def _connect_answered(self, result: Any) -> None:
+    def _wsmux_connect_answered(self, result: Any) -> None:
         me: Any = self
         if me.state != me.STATE_CONNECTING:
             return  # the client left (or timed out) while onConnect thought
@@ -329,9 +333,9 @@ class DirectHandshakeMixin:
             # Autobahn leaves this in a Deferred nobody reads (and the
             # client waiting for the open-handshake timeout).  Before the
             # 101 the client gets 500; after it, a close with 1011.
-            me.handler_failed("the opening handshake")
+            me.wsmux.handler_failed("the opening handshake")
 
-    def _connect_failed(self, failure: Failure) -> Optional[Failure]:
+    def _wsmux_connect_failed(self, failure: Failure) -> Optional[Failure]:
         me: Any = self
         if isinstance(failure.value, ConnectionDeny):
             me.failHandshake(failure.value.reason, failure.value.code)
@@ -387,16 +391,16 @@ class LeanServerProtocol(WebSocketServerProtocol):
     Autobahn in every route class, so a handler's own overrides (and their
     C{super()} calls) run as before.
 
-    @ivar wsmux_direct_open: set by wsmux before the connection starts when
+    @ivar _wsmux_direct_open: set by wsmux before the connection starts when
         L{DirectHandshakeMixin} will open it; the open-handshake timer is
         then armed only if the handshake does not finish at once.
-    @ivar wsmux_tcp_nodelay: what the transport's C{TCP_NODELAY} already
+    @ivar _wsmux_tcp_nodelay: what the transport's C{TCP_NODELAY} already
         is, when known (C{twisted.web} turns it on); L{None} otherwise.
     """
 
-    wsmux_direct_open = False
-    wsmux_tcp_nodelay: Optional[bool] = None
-    _writes: WriteScheduler = scheduler_for(None)
+    _wsmux_direct_open = False
+    _wsmux_tcp_nodelay: Optional[bool] = None
+    wsmux: Connection
 
     def connectionMade(self) -> None:
         transport: Any = self.transport
@@ -404,9 +408,9 @@ class LeanServerProtocol(WebSocketServerProtocol):
         self._transport_details = details
         self.peer = details.peer
         # twisted.web has already turned Nagle off on a connection it hands
-        # over (wsmux_tcp_nodelay says so): one system call fewer.
+        # over (_wsmux_tcp_nodelay says so): one system call fewer.
         nodelay = self.tcpNoDelay  # type: ignore[attr-defined]
-        if self.wsmux_tcp_nodelay is None or self.wsmux_tcp_nodelay != nodelay:
+        if self._wsmux_tcp_nodelay is None or self._wsmux_tcp_nodelay != nodelay:
             try:
                 transport.setTcpNoDelay(nodelay)
             except Exception:  # Unix sockets and other transports without it
@@ -414,7 +418,7 @@ class LeanServerProtocol(WebSocketServerProtocol):
         self._connectionMade()
 
     def _connectionMade(self) -> None:
-        if not self.wsmux_direct_open:
+        if not self._wsmux_direct_open:
             _connection_made(self)
         else:
             saved = self.__dict__.get("openHandshakeTimeout", _MISSING)
@@ -426,7 +430,7 @@ class LeanServerProtocol(WebSocketServerProtocol):
                 self.openHandshakeTimeout = saved
         self.factory.countConnections += 1
 
-    def arm_open_timeout(self) -> None:
+    def _wsmux_arm_open_timeout(self) -> None:
         """
         Arm Autobahn's open-handshake timer, if it is configured and not
         armed yet.
@@ -439,7 +443,7 @@ class LeanServerProtocol(WebSocketServerProtocol):
     def _closeConnection(self, abort: bool = False) -> None:
         transport: Any = self.transport
         # Writes held for this connection go out before it closes.
-        self._writes.release(transport)
+        self.wsmux.writes.release(transport)
         # The closing handshake is over and everything is sent: close now.
         if not abort and self.wasClean and close_idle_tcp(transport, _CLOSED_CLEANLY):
             return
@@ -635,27 +639,23 @@ class FastReceiveMixin:
     Sits directly in front of the handler class.
     """
 
-    _fast_busy: bool = False
-    _fast_again: bool = False
+    _wsmux_busy: bool = False
+    _wsmux_again: bool = False
     # A big binary frame being gathered: pieces so far, their size, the
     # frame's length and mask.
-    _big: Optional[list[bytes]] = None
-    _big_have: int = 0
-    _big_length: int = 0
-    _big_mask: bytes = b""
-    _idle_timeout: float = 0.0
-    _idle_call: Any = None
-    _writes: WriteScheduler
-    # The handler class's onMessage function (set per route class).
-    _handler_on_message: Any = None
+    _wsmux_big: Optional[list[bytes]] = None
+    _wsmux_big_have: int = 0
+    _wsmux_big_length: int = 0
+    _wsmux_big_mask: bytes = b""
+    wsmux: Connection
 
     def dataReceived(self, data: bytes) -> None:
         # Autobahn's adapter formats a debug-log line per read here.  What
         # this read makes anyone write is held (see _held), whichever path
         # (this one or Autobahn's) handles it.  A handler that raises ends
-        # its own connection (RouteProtocolMixin.handler_failed), never the
+        # its own connection (Connection.handler_failed), never the
         # read loop of another.
-        writes = self._writes
+        writes = self.wsmux.writes
         try:
             if writes.held is not None:  # held already: this turn's, or a read inside a read
                 self._dataReceived(data)  # type: ignore[attr-defined]
@@ -671,44 +671,44 @@ class FastReceiveMixin:
             finally:
                 writes.send_held()
         except Exception:
-            self.handler_failed("a message callback")  # type: ignore[attr-defined]
+            self.wsmux.handler_failed("a message callback")
 
     def consumeData(self) -> None:
-        if self.state != self.STATE_OPEN and self._big is None:  # type: ignore[attr-defined]
+        if self.state != self.STATE_OPEN and self._wsmux_big is None:  # type: ignore[attr-defined]
             super().consumeData()  # type: ignore[misc]
             return
-        if self._fast_busy:
+        if self._wsmux_busy:
             # Called again from inside a handler (an in-memory transport can
             # deliver synchronously): the outer loop below takes the new
             # bytes, in order, after the messages it has already cut out.
-            self._fast_again = True
+            self._wsmux_again = True
             return
-        self._fast_busy = True
+        self._wsmux_busy = True
         try:
             open_ = self.STATE_OPEN  # type: ignore[attr-defined]
             closing = self.STATE_CLOSING  # type: ignore[attr-defined]
             while True:
-                self._fast_again = False
+                self._wsmux_again = False
                 state = self.state  # type: ignore[attr-defined]
                 if state != open_ and state != closing:
                     return
-                if self._big is not None:
-                    if not self._gather_big():
+                if self._wsmux_big is not None:
+                    if not self._wsmux_gather_big():
                         return
                     continue
                 if state == open_ and self.current_frame is None:  # type: ignore[attr-defined]
-                    messages = self._cut_messages()
+                    messages = self._wsmux_cut_messages()
                     if messages:
-                        self._deliver(messages)
+                        self._wsmux_deliver(messages)
                         continue
-                    if self._start_big() or self._close_frame():
+                    if self._wsmux_start_big() or self._wsmux_close_frame():
                         continue
-                if not self.processData() and not self._fast_again:  # type: ignore[attr-defined]
+                if not self.processData() and not self._wsmux_again:  # type: ignore[attr-defined]
                     return
         finally:
-            self._fast_busy = False
+            self._wsmux_busy = False
 
-    def _receive_ok(self) -> bool:
+    def _wsmux_receive_ok(self) -> bool:
         # Between messages, and nothing asked of Autobahn's path.
         return not (
             self.inside_message  # type: ignore[attr-defined]
@@ -717,11 +717,11 @@ class FastReceiveMixin:
             or not self.applyMask  # type: ignore[attr-defined]
         )
 
-    def _cut_messages(self) -> list[tuple[bytes, bool]]:
+    def _wsmux_cut_messages(self) -> list[tuple[bytes, bool]]:
         """
         Cut the whole fast-path frames at the head of the buffer out of it.
         """
-        if not self._receive_ok():
+        if not self._wsmux_receive_ok():
             return []
         data: bytes = self.data  # type: ignore[has-type]
         end = len(data)
@@ -766,17 +766,17 @@ class FastReceiveMixin:
             i = stop
         if messages:
             self.data = data[i:]
-            self._received(len(messages), octets)
+            self._wsmux_received(len(messages), octets)
         return messages
 
-    def _close_frame(self) -> bool:
+    def _wsmux_close_frame(self) -> bool:
         """
         Take a whole close frame that begins the buffer and hand its code
         and reason to Autobahn's C{onCloseFrame}, as Autobahn's frame
         machinery would (it checks both and answers).
         """
         data: bytes = self.data  # type: ignore[has-type]
-        if len(data) < 6 or data[0] != _CLOSE or not self._receive_ok():
+        if len(data) < 6 or data[0] != _CLOSE or not self._wsmux_receive_ok():
             return False
         b1 = data[1]
         length = b1 & 0x7F
@@ -788,7 +788,7 @@ class FastReceiveMixin:
         self.onCloseFrame(code, payload[2:] if length > 2 else None)  # type: ignore[attr-defined]
         return True
 
-    def _start_big(self) -> bool:
+    def _wsmux_start_big(self) -> bool:
         """
         Start gathering a big whole binary frame if one begins the buffer.
 
@@ -801,7 +801,7 @@ class FastReceiveMixin:
             or len(data) < 14
             or data[0] != _BINARY
             or data[1] != 0xFF  # masked, 64-bit length
-            or not self._receive_ok()
+            or not self._wsmux_receive_ok()
         ):
             return False
         length = int.from_bytes(data[2:10], "big")
@@ -810,52 +810,52 @@ class FastReceiveMixin:
         if length < _BIG or length >> 63 or 0 < max_message < length or 0 < max_frame < length:
             return False
         first = data[14 : 14 + length]
-        self._big = [first]
-        self._big_have = len(first)
-        self._big_length = length
-        self._big_mask = data[10:14]
+        self._wsmux_big = [first]
+        self._wsmux_big_have = len(first)
+        self._wsmux_big_length = length
+        self._wsmux_big_mask = data[10:14]
         self.data = data[14 + len(first) :]
-        self._activity()
+        self._wsmux_activity()
         return True
 
-    def _gather_big(self) -> bool:
+    def _wsmux_gather_big(self) -> bool:
         """
         Add buffered bytes to the big frame; deliver it once whole.
         """
-        assert self._big is not None
+        assert self._wsmux_big is not None
         data: bytes = self.data  # type: ignore[has-type]
-        need = self._big_length - self._big_have
+        need = self._wsmux_big_length - self._wsmux_big_have
         if len(data) <= need:
-            self._big.append(data)
-            self._big_have += len(data)
+            self._wsmux_big.append(data)
+            self._wsmux_big_have += len(data)
             self.data = b""
         else:
-            self._big.append(data[:need])
-            self._big_have = self._big_length
+            self._wsmux_big.append(data[:need])
+            self._wsmux_big_have = self._wsmux_big_length
             self.data = data[need:]
-        if self._big_have < self._big_length:
+        if self._wsmux_big_have < self._wsmux_big_length:
             return False
         # One copy into a new bytes object (the empty piece makes sure join
         # never hands back one of the pieces), unmasked where it lies.
-        self._big.append(b"")
-        payload, self._big = b"".join(self._big), None
+        self._wsmux_big.append(b"")
+        payload, self._wsmux_big = b"".join(self._wsmux_big), None
         assert unmask_in_place is not None
-        unmask_in_place(payload, self._big_mask)
-        self._received(1, self._big_length)
-        self._deliver([(payload, True)])
+        unmask_in_place(payload, self._wsmux_big_mask)
+        self._wsmux_received(1, self._wsmux_big_length)
+        self._wsmux_deliver([(payload, True)])
         return True
 
-    def _received(self, messages: int, octets: int) -> None:
+    def _wsmux_received(self, messages: int, octets: int) -> None:
         # Autobahn's counters for whole single-frame messages, and activity.
         stats = self.trafficStats  # type: ignore[attr-defined]
         stats.incomingOctetsWebSocketLevel += octets
         stats.incomingOctetsAppLevel += octets
         stats.incomingWebSocketFrames += messages
         stats.incomingWebSocketMessages += messages
-        self._activity()
+        self._wsmux_activity()
 
-    def _uncount(self, messages: list[tuple[bytes, bool]]) -> None:
-        # Take back what _received counted for these messages.
+    def _wsmux_uncount(self, messages: list[tuple[bytes, bool]]) -> None:
+        # Take back what _wsmux_received counted for these messages.
         stats = self.trafficStats  # type: ignore[attr-defined]
         octets = sum(len(payload) for payload, _ in messages)
         stats.incomingOctetsWebSocketLevel -= octets
@@ -863,19 +863,19 @@ class FastReceiveMixin:
         stats.incomingWebSocketFrames -= len(messages)
         stats.incomingWebSocketMessages -= len(messages)
 
-    def _activity(self) -> None:
+    def _wsmux_activity(self) -> None:
         # What Autobahn and the idle timeout do when a data frame arrives.
         if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:  # type: ignore[attr-defined]
             self._cancelAutoPingTimeoutCall()  # type: ignore[attr-defined]
-        if self._idle_call is not None and self._idle_call.active():
-            self._idle_call.reset(self._idle_timeout)
+        self.wsmux.activity()
 
-    def _deliver(self, messages: list[tuple[bytes, bool]]) -> None:
+    def _wsmux_deliver(self, messages: list[tuple[bytes, bool]]) -> None:
         open_ = self.STATE_OPEN  # type: ignore[attr-defined]
         closed = self.STATE_CLOSED  # type: ignore[attr-defined]
         # The handler's own onMessage, called directly (wsmux's watching
         # wrapper in front of it is done here, without a call per message).
-        on_message = self._handler_on_message
+        conn = self.wsmux
+        on_message = conn.policy.on_message
         for i, (payload, is_binary) in enumerate(messages):
             state = self.state  # type: ignore[attr-defined]
             if state != open_:
@@ -883,13 +883,13 @@ class FastReceiveMixin:
                 # frame only after delivering the one before, and counts it
                 # only while open; it parses none once closed.
                 if state == closed or self.failedByMe:  # type: ignore[attr-defined]
-                    self._uncount(messages[i:])
+                    self._wsmux_uncount(messages[i:])
                     return
-                self._uncount(messages[i : i + 1])
+                self._wsmux_uncount(messages[i : i + 1])
             self.message_is_binary = is_binary
-            result = on_message(payload, is_binary)
+            result = on_message(self, payload, is_binary)
             if result is not None:
-                self.watch(result, "onMessage")  # type: ignore[attr-defined]
+                conn.watch(result, "onMessage")
             # Autobahn's observable "message" event, when anyone listens.
             if self._listeners or self._parent is not None:  # type: ignore[attr-defined]
                 self.fire("message", payload, is_binary=is_binary)  # type: ignore[attr-defined]
@@ -904,15 +904,14 @@ class FastSendMixin:
     when this path stands aside).
     """
 
-    _paused: bool = False
-    _writes: WriteScheduler
+    wsmux: Connection
 
-    def _write(self, *pieces: bytes) -> None:
-        self._writes.hold(self.transport, pieces)  # type: ignore[attr-defined]
+    def _wsmux_write(self, *pieces: bytes) -> None:
+        self.wsmux.writes.hold(self.transport, pieces)  # type: ignore[attr-defined]
 
-    def _fast_send_ok(self) -> bool:
+    def _wsmux_fast_send_ok(self) -> bool:
         return (
-            not self._paused
+            not self.wsmux.paused
             and self.state == self.STATE_OPEN  # type: ignore[attr-defined]
             and not self.send_queue  # type: ignore[attr-defined]
             and not self.logFrames  # type: ignore[attr-defined]
@@ -936,14 +935,14 @@ class FastSendMixin:
             and type(payload) is bytes
             and (doNotCompress or self._perMessageCompress is None)  # type: ignore[attr-defined]
             and not (0 < self.autoFragmentSize < length)  # type: ignore[attr-defined]
-            and self._fast_send_ok()
+            and self._wsmux_fast_send_ok()
         ):
             header = frame_header(_BINARY if isBinary else _TEXT, length)
             if length < 65536:
-                self._write(header + payload)
+                self._wsmux_write(header + payload)
             else:
                 # The header and a big payload go out together, uncopied.
-                self._write(header, payload)
+                self._wsmux_write(header, payload)
             stats = self.trafficStats  # type: ignore[attr-defined]
             stats.outgoingWebSocketMessages += 1
             stats.outgoingWebSocketFrames += 1
@@ -962,16 +961,16 @@ class FastSendMixin:
         if (
             sync
             or chopsize
-            or self._paused
+            or self.wsmux.paused
             or self.send_queue  # type: ignore[attr-defined]
             or self.logOctets  # type: ignore[attr-defined]
         ):
             # Autobahn writes to the transport itself: what is held for
             # this connection goes first.
-            self._writes.release(self.transport)  # type: ignore[attr-defined]
+            self.wsmux.writes.release(self.transport)  # type: ignore[attr-defined]
             super().sendData(data, sync, chopsize)  # type: ignore[misc]
             return
-        self._write(data)
+        self._wsmux_write(data)
         if state == self.STATE_OPEN:  # type: ignore[attr-defined]
             self.trafficStats.outgoingOctetsWireLevel += len(data)  # type: ignore[attr-defined]
         elif state == self.STATE_CONNECTING:  # type: ignore[attr-defined]

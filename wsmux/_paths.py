@@ -42,7 +42,7 @@ class Adopt:
     The unhandled hook's answer that serves an upgrade with a handler.
 
     @ivar handler: a C{WebSocketServerProtocol} subclass.
-    @ivar path_params: values the handler finds in C{self.path_params}.
+    @ivar path_params: values the handler finds in C{self.wsmux.path_params}.
     """
 
     handler: type

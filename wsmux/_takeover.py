@@ -14,9 +14,12 @@ from twisted.web.iweb import IRequest
 
 from wsmux._compat_twisted import take_http_buffer
 from wsmux._upgrades import _plain
+from wsmux.connection import Connection
 from wsmux.factory import RouteFactory
 from wsmux.limits import ConnectionRegistry, Place
 from wsmux.logs import log
+
+_EMPTY: Mapping[str, str] = {}
 
 
 def upgrade(
@@ -73,20 +76,23 @@ def upgrade(
         request.finish()
         return None
     protocol.factory = factory
-    protocol.wsmux_place = place
+    direct = getattr(request.getClientAddress(), "host", None)
+    protocol.wsmux = Connection(
+        protocol,
+        cls._wsmux_policy,  # type: ignore[attr-defined]
+        dict(params) if params else _EMPTY,
+        address or str(direct),
+        subprotocol,
+        registry,
+        place,
+    )
     if deadline is not None and protocol.openHandshakeTimeout > 0:
         protocol.openHandshakeTimeout = max(0.001, deadline - factory.reactor.seconds())
-    open_direct = getattr(protocol, "handshake_from", None)
+    open_direct = getattr(protocol, "_wsmux_handshake_from", None)
     if open_direct is not None:
-        protocol.wsmux_direct_open = True
+        protocol._wsmux_direct_open = True
     if ITCPTransport.providedBy(transport):
-        protocol.wsmux_tcp_nodelay = True  # set by twisted.web's HTTPChannel
-    if params:
-        protocol.path_params = dict(params)
-    protocol.selected_subprotocol = subprotocol
-    protocol.registry = registry
-    direct = getattr(request.getClientAddress(), "host", None)
-    protocol.client_address = address or str(direct)
+        protocol._wsmux_tcp_nodelay = True  # set by twisted.web's HTTPChannel
 
     channel.transport = None
     # The channel registered itself as the transport's producer; the

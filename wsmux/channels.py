@@ -62,11 +62,11 @@ class ChannelHub:
     The channels of one route tree, in namespaces (one per route, unless
     routes share one).
 
-    Handlers reach their route's channels as C{self.channels} (a
+    Handlers reach their route's channels as C{self.wsmux.channels} (a
     L{RouteChannels})::
 
-        self.channels.subscribe(self, "news")
-        self.channels.publish("news", b"hello", isBinary=False)
+        self.wsmux.channels.subscribe(self, "news")
+        self.wsmux.channels.publish("news", b"hello", isBinary=False)
     """
 
     def __init__(self) -> None:
@@ -176,7 +176,7 @@ class ChannelHub:
 class RouteChannels:
     """
     The channels of one namespace: what a route's handlers see as
-    C{self.channels}.  The same methods as L{ChannelHub}, without the
+    C{self.wsmux.channels}.  The same methods as L{ChannelHub}, without the
     namespace argument.
 
     @ivar name: the namespace.
@@ -255,8 +255,8 @@ def member_failed(member: Any, where: str) -> None:
     its connection alone is closed with 1011 and logged; a protocol outside
     a wsmux route is only logged.  Call it from the C{except} block.
     """
-    failed = getattr(member, "handler_failed", None)
-    if failed is not None:
-        failed(where)
+    connection = getattr(member, "wsmux", None)
+    if connection is not None:
+        connection.handler_failed(where)
     else:
         log.failure("{where} failed for one member", where=where)

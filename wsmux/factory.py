@@ -289,7 +289,7 @@ class RouteFactory(WebSocketServerFactory):
     def setProtocolOptions(self, *args: Any, **options: Any) -> None:  # type: ignore[override]
         super().setProtocolOptions(*args, **options)
         for cls in getattr(self, "route_classes", ()):
-            for name in cls._factory_options:  # type: ignore[attr-defined]
+            for name in cls._wsmux_factory_options:  # type: ignore[attr-defined]
                 setattr(cls, name, getattr(self, name))
 
     def _accept_deflate(self, offers: list[Any]) -> Optional[PerMessageDeflateOfferAccept]:

@@ -31,7 +31,8 @@ class EchoHandler(WebSocketServerProtocol):
 def _hub(protocol: Any) -> Any:
     # The route's channels; a handler used outside a route tree (a plain
     # Autobahn factory) gets channels of its own factory.
-    hub = getattr(protocol, "channels", None)
+    connection = getattr(protocol, "wsmux", None)
+    hub = connection.channels if connection is not None else None
     if hub is None:
         hub = protocol.factory.__dict__.setdefault("channels", ChannelHub().namespace(""))
     return hub
@@ -66,7 +67,8 @@ class BroadcastHandler(WebSocketServerProtocol):
     room: Optional[str] = None
 
     def onConnect(self, request: Any) -> Any:
-        params = getattr(self, "path_params", None)
+        connection = getattr(self, "wsmux", None)
+        params = connection.path_params if connection is not None else None
         room = room_name(params) if params else self.http_request_path
         try:
             check_channel_name(room)

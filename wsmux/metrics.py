@@ -38,7 +38,7 @@ class RouteStats:
         self.handshakes[(route, str(status))] += 1
 
     def closed(self, protocol: Any, code: Optional[int]) -> None:
-        route = protocol.route_path
+        route = protocol.wsmux.route
         label = _CODE_LABELS.get(code) or close_code_label(code)
         key = (route, label)
         self.closes[key] = self.closes.get(key, 0) + 1
@@ -76,7 +76,7 @@ def traffic_of(protocol: Any) -> dict[str, int]:
         return {}
     return {
         "messages_in": stats.incomingWebSocketMessages,
-        "messages_out": stats.outgoingWebSocketMessages + getattr(protocol, "prepared_sent", 0),
+        "messages_out": stats.outgoingWebSocketMessages + protocol.wsmux.prepared_sent,
         "bytes_in": stats.incomingOctetsWireLevel,
         "bytes_out": stats.outgoingOctetsWireLevel,
     }
@@ -101,7 +101,7 @@ class WsmuxCollector:
         live: Counter[str] = Counter()
         traffic: Counter[tuple[str, str]] = Counter(stats.traffic)
         for protocol in list(registry.connections):
-            route = protocol.route_path
+            route = protocol.wsmux.route
             if getattr(protocol, "http_response_data", None) is not None:
                 live[route] += 1
             for kind, value in traffic_of(protocol).items():

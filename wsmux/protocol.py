@@ -1,27 +1,22 @@
 """
-What wsmux adds to a user's handler class on a route.
+The route class: a handler class with wsmux's hooks in front of it.
 
 A handler stays a plain Autobahn C{WebSocketServerProtocol} subclass.  For
 each route wsmux derives one subclass with L{RouteProtocolMixin} (and the
-optional mixins the route's options ask for) in front of it, built once at
-start-up, so a feature a route does not use costs nothing per message.
+hooks the route's options ask for) in front of it, built once at start-up,
+so a feature a route does not use costs nothing per message.  The hooks
+hold no state: each connection's lives in its L{Connection}
+(C{self.wsmux}), and the route's settings in its L{RoutePolicy}.
 """
 
 from __future__ import annotations
 
 import functools
-from collections import deque
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
-import txaio
 from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
 from autobahn.websocket.types import ConnectionRequest
-from twisted.internet import tcp
-from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IPushProducer
-from twisted.python.failure import Failure
-from zope.interface import implementer
+from twisted.internet.defer import Deferred
 
 from wsmux._compat_autobahn import (
     LEAN_PROTOCOL,
@@ -36,17 +31,15 @@ from wsmux._compat_autobahn import (
     fast_path_ok,
 )
 from wsmux._writes import scheduler_for
+from wsmux.connection import Connection, RoutePolicy, close_with
 from wsmux.factory import ProtocolOptions
 from wsmux.logs import log
 from wsmux.responses import safe_headers, status_reason
 
-_EMPTY: Mapping[str, str] = {}
+__all__ = ["RouteProtocolMixin", "close_with", "route_protocol"]
+
 _MISSING = object()
 _OPEN = WebSocketProtocol.STATE_OPEN
-
-# Bytes past max_send_queue that control frames (pongs, the close frame) may
-# still add before a client that does not read is dropped outright.
-_CONTROL_SLACK = 64 * 1024
 
 
 class SendQueue(list):  # type: ignore[type-arg]
@@ -62,171 +55,64 @@ class SendQueue(list):  # type: ignore[type-arg]
         return self.pop(0)
 
 
-@implementer(IPushProducer)
 class RouteProtocolMixin:
     """
-    Per-route behaviour placed in front of a handler class.
+    The route's part of a handler class: Autobahn's events, handed to the
+    connection's L{Connection} (C{self.wsmux}).
 
     It registers the connection, logs its open and close, selects the
-    default subprotocol, and applies backpressure: when the client stops
-    reading, wsmux stops reading from it (and pauses producers registered
-    through C{registerProducer}); messages sent meanwhile count against
+    default subprotocol, watches the handler's callbacks for failure, and
+    applies backpressure: when the client stops reading, wsmux stops
+    reading from it (and pauses producers registered through
+    C{registerProducer}); messages sent meanwhile count against
     C{max_send_queue}, past which the route's C{slow_consumer} policy
-    applies.
+    applies.  Every method here is one of Autobahn's.
 
-    @ivar path_params: the values of the route's named path parameters, for
-        example C{{"room": "lobby"}} for C{/rooms/{room}} and C{/rooms/lobby}.
-    @ivar route_path: the route's path pattern, such as C{/rooms/{room}}.
-    @ivar client_address: the client's address (behind trusted proxies).
-    @ivar dropped_messages: messages not sent because the client was too
-        slow (with the C{drop} policy).
-    @ivar channels: the route's channels (a L{wsmux.channels.RouteChannels}).
+    @ivar wsmux: the connection (see L{wsmux.connection.Connection}).
     """
 
     transport: Any
-    path_params: Mapping[str, str] = _EMPTY
-    route_path: str = ""
-    selected_subprotocol: Optional[str] = None
-    client_address: str = ""
-    registry: Any = None
-    _channel_namespace: str = ""
-    _lost: bool = False
-    dropped_messages: int = 0
-    prepared_sent: int = 0
-    _paused: bool = False
-    _backlog: int = 0
-    _producers: tuple[Any, ...] = ()
-    _writable_waiters: tuple[Any, ...] = ()
-    _send_cap: int = 0
-    _drop_slow: bool = False
-    _on_transport: bool = False
-    _ended: bool = False
-    _linger_call: Any = None
-    wsmux_place: Any = None
-    _inflate_only: bool = False
-    _queued_after_message: Optional[tuple[Any, ...]] = None
-
-    @property
-    def channels(self) -> Any:
-        """
-        The route's channels, made on first use (most connections never
-        touch a channel).
-        """
-        view = self.__dict__.get("_channels")
-        if view is None and self.registry is not None:
-            view = self.registry.channels.namespace(self._channel_namespace or self.route_path)
-            self.__dict__["_channels"] = view
-        return view
-
-    @channels.setter
-    def channels(self, value: Any) -> None:
-        self.__dict__["_channels"] = value
+    wsmux: Connection
+    _wsmux_policy: RoutePolicy
 
     def connectionMade(self) -> None:
+        if self.__dict__.get("wsmux") is None:
+            # Made by hand rather than by a route tree: a connection of its own.
+            self.wsmux = Connection(self, self._wsmux_policy)
         super().connectionMade()  # type: ignore[misc]
         # Autobahn's empty deque takes 760 bytes per connection; the queue
         # is only used for sync or chopped sends.
         self.send_queue = SendQueue()
-        if self.registry is not None:
-            self.registry.add(self, self.client_address, self.wsmux_place)
-            self.wsmux_place = None
-        options = self.factory.options  # type: ignore[attr-defined]
-        self._send_cap = options.max_send_queue
-        self._drop_slow = options.slow_consumer == "drop"
-        self.transport.registerProducer(self, True)  # type: ignore[attr-defined]
-        self._on_transport = True
+        self.wsmux.opened(self.transport)
 
     # The end of a connection.  However it ends (a closing handshake, a
     # timeout, a slow-consumer drop, the drain, the client going away), one
-    # of these runs first and _ending does the connection's part once:
-    # dropConnection (wsmux or Autobahn decided to close), stopProducing
-    # (the transport is going away under us), connectionLost (it is gone).
+    # of these runs first and the connection does its part once:
+    # dropConnection (wsmux or Autobahn decided to close), the transport
+    # stopping its producer (it is going away), connectionLost (it is gone).
 
     def dropConnection(self, abort: bool = False) -> None:
-        self._ending()
+        self.wsmux.end()
         super().dropConnection(abort)  # type: ignore[misc]
-        if not (abort or self._lost) and self._linger_call is None and self.transport is not None:
-            # Closing politely waits for what is still to be sent and, over
-            # TLS, for the peer's close_notify: a peer that never reads or
-            # never answers must not hold the connection for ever.  (Plain
-            # TCP with nothing left to send has closed already: no timer.)
-            self._linger_call = _clock().callLater(
-                max(1.0, self.closeHandshakeTimeout or 0.0),  # type: ignore[attr-defined]
-                self._linger_expired,
-            )
-
-    def _linger_expired(self) -> None:
-        self._linger_call = None
-        transport: Any = self.transport
-        if transport is not None:
-            getattr(transport, "abortConnection", transport.loseConnection)()
-
-    def stopProducing(self) -> None:
-        # The transport calls this when the connection is lost.
-        self._ending()
+        self.wsmux.dropping(abort)
 
     def connectionLost(self, reason: Any = None) -> None:
-        if not self._ended:
-            self._ending()
-        if self._linger_call is not None:
-            if self._linger_call.active():
-                self._linger_call.cancel()
-            self._linger_call = None
-        self._lost = True
-        registry = self.registry
-        if registry is not None:
-            registry.remove(self, self.client_address)
-            # Every channel it joined, in any namespace (a handler may reach
-            # past its route's through the hub).
-            registry.channels.unsubscribe(self)
+        self.wsmux.lost()
         super().connectionLost(reason)  # type: ignore[misc]
-
-    def _ending(self) -> None:
-        """
-        Let go of the transport and stop every producer, once.
-
-        The connection stops being the transport's producer (Twisted's TLS
-        transport will not close while a producer is registered), reading
-        resumes if backpressure had paused it (a TLS close needs the peer's
-        close_notify), writers waiting for room are told the connection
-        closed, and each handler producer is stopped exactly once.
-        """
-        if self._ended:
-            return
-        self._ended = True
-        transport: Any = self.transport
-        # Twisted's plain TCP transport closes with a producer registered
-        # (and stops it when the connection is lost): only the others (TLS
-        # above all) need letting go of.
-        if self._on_transport and transport is not None and transport.__class__ is not tcp.Server:
-            self._on_transport = False
-            transport.unregisterProducer()
-            if self._paused:
-                self._paused = False
-                transport.resumeProducing()
-        waiters, self._writable_waiters = self._writable_waiters, ()
-        for waiter in waiters:
-            waiter.errback(ConnectionDone("the connection closed"))
-        producers, self._producers = self._producers, ()
-        for producer in producers:
-            try:
-                producer.stopProducing()
-            except Exception:
-                log.failure("route {route}: a producer failed to stop", route=self.route_path)
 
     def onConnect(self, request: ConnectionRequest) -> Any:
         result = super().onConnect(request)  # type: ignore[misc]
-        if self.selected_subprotocol is None:
+        if self.wsmux.subprotocol is None:
             return result
         if isinstance(result, Deferred):
-            return result.addCallback(self._default_subprotocol)
-        return self._default_subprotocol(result)
+            return result.addCallback(self._wsmux_default_subprotocol)
+        return self._wsmux_default_subprotocol(result)
 
-    def _default_subprotocol(self, result: Any) -> Any:
+    def _wsmux_default_subprotocol(self, result: Any) -> Any:
         if result is None:
-            return self.selected_subprotocol
+            return self.wsmux.subprotocol
         if isinstance(result, tuple) and result and result[0] is None:
-            return (self.selected_subprotocol,) + result[1:]
+            return (self.wsmux.subprotocol,) + result[1:]
         return result
 
     def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> None:
@@ -234,17 +120,19 @@ class RouteProtocolMixin:
         # and refusals from onConnect.  The reason goes into the status line:
         # it must not carry a line break (user code may have built it from
         # the request), nor the text of an exception.
+        route = self.wsmux.route
         if not 400 <= code <= 599:
             # A refusal is a 4xx or 5xx: anything else from user code (a
             # ConnectionDeny(200)) would tell the client something untrue.
             log.error(
                 "route {route}: a refusal with status {code} (not 4xx or 5xx); answering 500",
-                route=self.route_path,
+                route=route,
                 code=code,
             )
             code = 500
-        if self.registry is not None:
-            self.registry.stats.rejected(self.route_path, code)
+        registry = self.wsmux._registry
+        if registry is not None:
+            registry.stats.rejected(route, code)
         if code == 500:
             reason = "Internal Server Error"
         headers = [
@@ -257,29 +145,31 @@ class RouteProtocolMixin:
         )
 
     def onOpen(self) -> None:
-        if self.registry is not None:
-            self.registry.stats.accepted(self.route_path)
+        conn = self.wsmux
+        if conn._registry is not None:
+            conn._registry.stats.accepted(conn.route)
         log.info(
             "open route={route} peer={peer} path={path}",
-            route=self.route_path,
+            route=conn.route,
             peer=self.peer,  # type: ignore[attr-defined]
             path=self.http_request_path,  # type: ignore[attr-defined]
         )
         try:
             result = super().onOpen()  # type: ignore[misc]
         except Exception:
-            self.handler_failed("onOpen")
+            conn.handler_failed("onOpen")
         else:
             if result is not None:
-                self.watch(result, "onOpen")
+                conn.watch(result, "onOpen")
 
     def onClose(self, wasClean: bool, code: Optional[int], reason: Optional[str]) -> None:
+        conn = self.wsmux
         if getattr(self, "http_response_data", None) is not None:  # it was open
-            if self.registry is not None:
-                self.registry.stats.closed(self, code)
+            if conn._registry is not None:
+                conn._registry.stats.closed(self, code)
             log.info(
                 "close route={route} peer={peer} code={code} reason={reason!r}",
-                route=self.route_path,
+                route=conn.route,
                 peer=self.peer,  # type: ignore[attr-defined]
                 code=code,
                 reason=reason or "",
@@ -287,62 +177,13 @@ class RouteProtocolMixin:
         try:
             super().onClose(wasClean, code, reason)  # type: ignore[misc]
         except Exception:
-            self.handler_failed("onClose")
+            conn.handler_failed("onClose")
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         # The handler's; a Deferred it returns is watched for failure.
         result = super().onMessage(payload, isBinary)  # type: ignore[misc]
         if result is not None:
-            self.watch(result, "onMessage")
-
-    def watch(self, result: Any, where: str) -> None:
-        """
-        A handler callback returned a Deferred (an C{inlineCallbacks}
-        handler, say): if it fails, that is the handler failing there.
-        """
-        if isinstance(result, Deferred):
-            result.addErrback(lambda failure: self.handler_failed(where, failure))
-
-    def handler_failed(self, where: str, failure: Optional[Failure] = None) -> None:
-        """
-        The handler raised after the point of no return: log it once, with
-        the traceback, and end the connection the way the protocol allows
-        at this point.
-
-        Before the 101 the client gets 500; after it only frames may follow
-        (RFC 6455 4.2.2), so an open connection is closed with 1011
-        (internal error), and one already closing is dropped.  No other
-        connection is affected, and nothing reaches the client but the
-        close code.
-
-        @param where: the callback that raised, for the log line.
-        @param failure: the failure (the exception being handled when not
-            given).
-        """
-        failure = failure if failure is not None else Failure()
-        state = self.state  # type: ignore[attr-defined]
-        log.failure(
-            "route {route} peer={peer}: the handler raised in {where}; {action}",
-            failure,
-            route=self.route_path,
-            peer=getattr(self, "peer", "?"),
-            where=where,
-            action=(
-                "closing with 1011"
-                if state == self.STATE_OPEN  # type: ignore[attr-defined]
-                else "answering 500"
-                if getattr(self, "http_response_data", None) is None
-                else "dropping the connection"
-            ),
-        )
-        if self.registry is not None:
-            self.registry.stats.handler_errors[self.route_path] += 1
-        if state == self.STATE_OPEN:  # type: ignore[attr-defined]
-            close_with(self, 1011, "internal error")
-        elif state == self.STATE_CONNECTING and getattr(self, "http_response_data", None) is None:  # type: ignore[attr-defined]
-            self.failHandshake("Internal Server Error", 500)
-        elif state != self.STATE_CLOSED:  # type: ignore[attr-defined]
-            self.dropConnection(abort=True)  # type: ignore[attr-defined]
+            self.wsmux.watch(result, "onMessage")
 
     def sendCloseFrame(
         self, code: Optional[int] = None, reasonUtf8: Optional[bytes] = None, isReply: bool = False
@@ -353,7 +194,7 @@ class RouteProtocolMixin:
             # limit: 1002, 1007, 1009...); say which, where and for whom.
             log.info(
                 "failing connection route={route} peer={peer} code={code} reason={reason!r}",
-                route=self.route_path,
+                route=self.wsmux.route,
                 peer=self.peer,  # type: ignore[attr-defined]
                 code=code,
                 reason=(reasonUtf8 or b"").decode("utf-8", "replace"),
@@ -363,44 +204,7 @@ class RouteProtocolMixin:
             # peer's answer (a peer that broke the protocol held its
             # connection for the whole close timeout).  The close frame is
             # sent before TCP closes.
-            self.dropConnection(abort=False)  # type: ignore[attr-defined]
-
-    # Backpressure.  The transport calls these when its send buffer fills
-    # up and when it has drained.
-
-    def pauseProducing(self) -> None:
-        # Twisted calls this after every write while its buffer is full.
-        if self._paused:
-            return
-        self._paused = True
-        self._backlog = 0
-        self.transport.pauseProducing()  # type: ignore[attr-defined]
-        for producer in self._producers:
-            producer.pauseProducing()
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        self._backlog = 0
-        self.transport.resumeProducing()  # type: ignore[attr-defined]
-        for producer in self._producers:
-            producer.resumeProducing()
-        waiters, self._writable_waiters = self._writable_waiters, ()
-        for waiter in waiters:
-            waiter.callback(None)
-
-    def writable(self) -> Deferred[None]:
-        """
-        A Deferred that fires once the client is taking data: at once
-        unless wsmux has paused this connection because the client is not
-        reading.  Producers of data await it between chunks.
-        """
-        if self._ended:
-            return fail(ConnectionDone("the connection closed"))
-        if not self._paused:
-            return succeed(None)
-        waiter: Deferred[None] = Deferred()
-        self._writable_waiters += (waiter,)
-        return waiter
+            self.dropConnection(abort=False)
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         """
@@ -411,14 +215,7 @@ class RouteProtocolMixin:
         """
         if not streaming:
             raise ValueError("wsmux handlers take push producers (streaming=True) only")
-        if self._ended:
-            # Too late: the connection has ended, so the producer stops now
-            # rather than run for ever with nobody to stop it.
-            producer.stopProducing()
-            return
-        self._producers = self._producers + (producer,)
-        if self._paused:
-            producer.pauseProducing()
+        self.wsmux.register_producer(producer)
 
     def unregisterProducer(self, producer: Any = None) -> None:
         """
@@ -430,11 +227,7 @@ class RouteProtocolMixin:
         of the transport; by then wsmux has let go and stopped every
         producer already, so there is nothing left to forget.)
         """
-        if not self._producers:
-            return
-        if producer is None:
-            producer = self._producers[-1]
-        self._producers = tuple(p for p in self._producers if p is not producer)
+        self.wsmux.unregister_producer(producer)
 
     def sendMessage(
         self,
@@ -448,17 +241,18 @@ class RouteProtocolMixin:
             # Closing or closed: a reply to a message that crossed our close
             # frame has nowhere to go (Autobahn would raise Disconnected).
             return
-        if self._paused and not self._room_for(len(payload)):
+        conn = self.wsmux
+        if conn.paused and not conn.room_for(len(payload)):
             return
         limit = self.maxMessagePayloadSize  # type: ignore[attr-defined]
         # Near the limit (compressing can make a message slightly larger:
         # incompressible data, about 5 bytes per 16 KiB block, plus a few).
         if limit and len(payload) >= limit - (limit >> 9) - 64:
-            self._send_past_incoming_limit(payload, isBinary, fragmentSize, sync, doNotCompress)
+            self._wsmux_send_past_limit(payload, isBinary, fragmentSize, sync, doNotCompress)
             return
         super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress)  # type: ignore[misc]
 
-    def _send_past_incoming_limit(
+    def _wsmux_send_past_limit(
         self,
         payload: bytes,
         isBinary: bool,
@@ -483,207 +277,91 @@ class RouteProtocolMixin:
     def sendPreparedMessage(self, preparedMsg: PreparedMessage) -> None:
         if self.state != _OPEN:  # type: ignore[attr-defined]
             return
+        conn = self.wsmux
         if self.send_state:  # type: ignore[attr-defined]
             # In the middle of a message being streamed to this client: a
             # whole message in between would break it (RFC 6455 5.4).  It
             # goes out after the stream's last frame.
-            self._after_message(preparedMsg)
+            conn.after_message(preparedMsg)
             return
-        if self._paused and not self._room_for(len(preparedMsg.payloadHybi)):
+        if conn.paused and not conn.room_for(len(preparedMsg.payloadHybi)):
             return
-        if compressing(self) and not preparedMsg.doNotCompress and not self._inflate_only:
+        if compressing(self) and not preparedMsg.doNotCompress and not conn.policy.inflate_only:
             # Compressed for this connection: Autobahn sends (and counts)
             # it as an ordinary message.  Past the pacing, which this
             # prepared message has been through already.
             RouteProtocolMixin.sendMessage(self, preparedMsg.payload, preparedMsg.binary)
             return
         # Autobahn counts messages sent with sendMessage only.
-        self.prepared_sent += 1
+        conn.prepared_sent += 1
         super().sendPreparedMessage(preparedMsg)  # type: ignore[misc]
-
-    def _after_message(self, preparedMsg: PreparedMessage) -> None:
-        queued = self._queued_after_message
-        waiting = sum(len(p.payloadHybi) for p in queued) if queued else 0
-        if not self._room_for(len(preparedMsg.payloadHybi), waiting):
-            return
-        self._queued_after_message = (queued or ()) + (preparedMsg,)
 
     def endMessage(self) -> None:
         super().endMessage()  # type: ignore[misc]
-        queued, self._queued_after_message = self._queued_after_message, None
-        for prepared in queued or ():
+        for prepared in self.wsmux.take_after_message():
             self.sendPreparedMessage(prepared)
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: Optional[int] = None) -> None:
-        if self._paused:
-            self._backlog += len(data)
-            if self._send_cap and self._backlog > self._send_cap + _CONTROL_SLACK:
-                self._drop_slow_consumer()
-                return
+        conn = self.wsmux
+        if conn.paused and not conn.sending(len(data)):
+            return
         super().sendData(data, sync, chopsize)  # type: ignore[misc]
-
-    def _room_for(self, size: int, waiting: Optional[int] = None) -> bool:
-        """
-        Whether a message of C{size} bytes may be queued, given C{waiting}
-        bytes already waiting (the backlog while paused, by default); if
-        not, apply the route's slow-consumer policy.
-        """
-        if self.state != self.STATE_OPEN:  # type: ignore[attr-defined]
-            return False  # closing: nothing more is worth queueing
-        if waiting is None:
-            waiting = self._backlog
-        if not self._send_cap or waiting + size <= self._send_cap:
-            return True
-        if self._drop_slow:
-            self.dropped_messages += 1
-            if self.registry is not None:
-                self.registry.stats.dropped[self.route_path] += 1
-            if self.dropped_messages == 1 or self.dropped_messages % 1000 == 0:
-                log.info(
-                    "slow consumer route={route} peer={peer}: dropped {n} message(s) "
-                    "(more than {cap} bytes waiting)",
-                    route=self.route_path,
-                    peer=self.peer,  # type: ignore[attr-defined]
-                    n=self.dropped_messages,
-                    cap=self._send_cap,
-                )
-            return False
-        log.info(
-            "slow consumer route={route} peer={peer}: closing with 1008 "
-            "(more than {cap} bytes waiting)",
-            route=self.route_path,
-            peer=self.peer,  # type: ignore[attr-defined]
-            cap=self._send_cap,
-        )
-        if self.registry is not None:
-            self.registry.stats.slow_closed[self.route_path] += 1
-        close_with(self, 1008, "slow consumer: too much data waiting")
-        return False
-
-    def _drop_slow_consumer(self) -> None:
-        log.info(
-            "slow consumer route={route} peer={peer}: dropped the connection "
-            "(not reading, {n} bytes waiting)",
-            route=self.route_path,
-            peer=self.peer,  # type: ignore[attr-defined]
-            n=self._backlog,
-        )
-        self._send_cap = 0
-        self.dropConnection(abort=True)  # type: ignore[attr-defined]
-
-
-def close_with(protocol: Any, code: int, reason: str) -> None:
-    """
-    Start the closing handshake with any valid close code.
-
-    Autobahn's C{sendClose} accepts only 1000 and 3000-4999 from
-    applications; the server itself may send 1001 (going away) or 1008
-    (policy violation) too.
-    """
-    if protocol.state == protocol.STATE_OPEN:
-        protocol.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:123], isReply=False)
 
 
 class ReceiveGuardMixin:
     """
     For a handler that keeps Autobahn's receive path: an exception from
     its callbacks ends its own connection with 1011 (see
-    L{RouteProtocolMixin.handler_failed}) instead of escaping into the
-    reactor.  (The fast path has the same guard built in.)
+    L{Connection.handler_failed}) instead of escaping into the reactor.
+    (The fast path has the same guard built in.)
     """
+
+    wsmux: Connection
 
     def dataReceived(self, data: bytes) -> None:
         try:
             super().dataReceived(data)  # type: ignore[misc]
         except Exception:
-            self.handler_failed("a message callback")  # type: ignore[attr-defined]
+            self.wsmux.handler_failed("a message callback")
 
 
-class FragmentCapMixin:
+class MessageHooksMixin:
     """
-    Fail a message that arrives in more frames than the route allows.
+    For a route with an idle timeout or a fragment cap: a message arriving
+    restarts the idle timer, and one that arrives in more frames than the
+    route allows fails the connection.
     """
 
-    _max_fragments: int = 0
-    _fragments: int = 0
+    wsmux: Connection
 
     def onMessageBegin(self, isBinary: bool) -> None:
-        self._fragments = 0
+        self.wsmux.message_begins()
         super().onMessageBegin(isBinary)  # type: ignore[misc]
 
     def onMessageFrameBegin(self, length: int) -> None:
-        self._fragments += 1
-        if self._fragments > self._max_fragments:
+        conn = self.wsmux
+        if conn.policy.max_fragments and not conn.fragment_allowed():
             if not self.failedByMe:  # type: ignore[attr-defined]
                 fail_connection(
-                    self, 1009, f"message split into more than {self._max_fragments} frames"
+                    self,
+                    1009,
+                    f"message split into more than {conn.policy.max_fragments} frames",
                 )
             return
         super().onMessageFrameBegin(length)  # type: ignore[misc]
 
 
-class IdleTimeoutMixin:
-    """
-    Close a connection that has received no message for C{idle_timeout}.
-    """
-
-    _idle_timeout: float = 0.0
-    _idle_call: Any = None
-
-    def connectionMade(self) -> None:
-        super().connectionMade()  # type: ignore[misc]
-        # txaio's loop, as Autobahn's own timers use.
-        self._idle_call = txaio.call_later(  # type: ignore[attr-defined]
-            self._idle_timeout, self._idle_expired
-        )
-
-    def onMessageBegin(self, isBinary: bool) -> None:
-        # Messages count as activity; keepalive pings and pongs do not.
-        if self._idle_call is not None and self._idle_call.active():
-            self._idle_call.reset(self._idle_timeout)
-        super().onMessageBegin(isBinary)  # type: ignore[misc]
-
-    def connectionLost(self, reason: Any = None) -> None:
-        if self._idle_call is not None and self._idle_call.active():
-            self._idle_call.cancel()
-        super().connectionLost(reason)  # type: ignore[misc]
-
-    def _idle_expired(self) -> None:
-        log.info(
-            "idle timeout route={route} peer={peer} after {t}s",
-            route=getattr(self, "route_path", ""),
-            peer=getattr(self, "peer", ""),
-            t=self._idle_timeout,
-        )
-        if self.state == self.STATE_OPEN:  # type: ignore[attr-defined]
-            close_with(self, 1000, "idle timeout")
-        else:
-            self.dropConnection(abort=True)  # type: ignore[attr-defined]
-
-
-def _clock() -> Any:
-    # txaio's loop, as Autobahn's timers use (a test's clock in tests).
-    loop = txaio.config.loop  # type: ignore[attr-defined]
-    if loop is None:
-        from twisted.internet import reactor as loop
-    return loop
-
-
 class PacingMixin:
     """
-    Keep at least C{send_delay} seconds between messages sent to one
-    client, without blocking the reactor and without reordering: a message
-    sent too soon waits in a queue, which counts against C{max_send_queue}.
+    For a route with a C{send_delay}: keep at least that long between
+    messages sent to one client, without blocking the reactor and without
+    reordering (see L{Connection.pace}).
 
     It sits in front of L{RouteProtocolMixin}, so each message passes the
     backpressure checks when it is really sent.
     """
 
-    _send_delay: float = 0.0
-    _pace_queue: Any = None
-    _pace_bytes: int = 0
-    _pace_next: float = 0.0
-    _pace_call: Any = None
+    wsmux: Connection
 
     def sendMessage(
         self,
@@ -694,47 +372,13 @@ class PacingMixin:
         doNotCompress: bool = False,
     ) -> None:
         send = super().sendMessage  # type: ignore[misc]
-        self._pace(lambda: send(payload, isBinary, fragmentSize, sync, doNotCompress), len(payload))
+        self.wsmux.pace(
+            lambda: send(payload, isBinary, fragmentSize, sync, doNotCompress), len(payload)
+        )
 
     def sendPreparedMessage(self, preparedMsg: PreparedMessage) -> None:
         send = super().sendPreparedMessage  # type: ignore[misc]
-        self._pace(lambda: send(preparedMsg), len(preparedMsg.payloadHybi))
-
-    def _pace(self, send: Any, size: int) -> None:
-        clock = _clock()
-        now = clock.seconds()
-        if self._pace_queue is None:
-            self._pace_queue = deque()
-        if not self._pace_queue and now >= self._pace_next:
-            self._pace_next = now + self._send_delay
-            send()
-            return
-        if not self._room_for(size, self._pace_bytes):  # type: ignore[attr-defined]
-            return
-        self._pace_queue.append((send, size))
-        self._pace_bytes += size
-        if self._pace_call is None:
-            self._pace_call = clock.callLater(max(0.0, self._pace_next - now), self._release)
-
-    def _release(self) -> None:
-        self._pace_call = None
-        if not self._pace_queue or self.state != self.STATE_OPEN:  # type: ignore[attr-defined]
-            self._pace_queue = deque()
-            self._pace_bytes = 0
-            return
-        send, size = self._pace_queue.popleft()
-        self._pace_bytes -= size
-        clock = _clock()
-        self._pace_next = clock.seconds() + self._send_delay
-        send()
-        if self._pace_queue:
-            self._pace_call = clock.callLater(self._send_delay, self._release)
-
-    def connectionLost(self, reason: Any = None) -> None:
-        if self._pace_call is not None and self._pace_call.active():
-            self._pace_call.cancel()
-        self._pace_queue = None
-        super().connectionLost(reason)  # type: ignore[misc]
+        self.wsmux.pace(lambda: send(preparedMsg), len(preparedMsg.payloadHybi))
 
 
 class InflateOnlyMixin:
@@ -744,8 +388,6 @@ class InflateOnlyMixin:
     permessage-deflate lets each message choose: leaving RSV1 clear sends a
     message uncompressed on a connection where the extension is in use.
     """
-
-    _inflate_only = True
 
     def sendMessage(
         self,
@@ -761,6 +403,43 @@ class InflateOnlyMixin:
 
     def sendPreparedMessage(self, preparedMsg: PreparedMessage) -> None:
         self.sendData(preparedMsg.payloadHybi)  # type: ignore[attr-defined]
+
+
+class _Alias:
+    # A name of the connection's, read through the handler: a non-data
+    # descriptor, so a handler that sets an attribute of the same name on
+    # itself keeps its own.
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: Any = None) -> Any:
+        if obj is None:
+            return self
+        return getattr(obj.wsmux, self.name)
+
+
+class ConnectionNames:
+    """
+    The older spellings of C{self.wsmux}'s attributes on a handler:
+    C{self.path_params}, C{self.channels}, C{self.client_address},
+    C{self.route_path}, C{self.dropped_messages} and C{self.writable()}.
+
+    wsmux places this class behind the handler class (right above
+    Autobahn's), so a handler that has an attribute or method of one of
+    these names, or sets one, keeps its own; C{self.wsmux} always has the
+    connection's.
+    """
+
+    path_params = _Alias("path_params")
+    channels = _Alias("channels")
+    client_address = _Alias("client_address")
+    route_path = _Alias("route")
+    dropped_messages = _Alias("dropped_messages")
+
+    def writable(self) -> Deferred[None]:
+        return self.wsmux.writable()  # type: ignore[attr-defined,no-any-return]
 
 
 @functools.cache
@@ -794,25 +473,26 @@ def route_protocol(
         instead (kept current by the factory's C{setProtocolOptions}), which
         keeps each connection's attribute dictionary at half the size.  A
         handler's own class-level option values still win.
-    @return: a subclass of C{handler}.
+    @return: a subclass of C{handler}, whose C{_wsmux_policy} is the
+        route's L{RoutePolicy}.
     """
+    policy = RoutePolicy(
+        options,
+        route_path,
+        channel_namespace,
+        scheduler_for(getattr(factory, "reactor", None)) if factory is not None else None,
+    )
     bases: tuple[type, ...] = (RouteProtocolMixin,)
     if options.send_delay:
         bases = (PacingMixin,) + bases
     namespace: dict[str, Any] = {
-        "route_path": route_path,
         "__module__": handler.__module__,
         "__qualname__": handler.__qualname__,
-        "_send_delay": options.send_delay,
-        "_channel_namespace": channel_namespace or options.channel_namespace or route_path,
+        "_wsmux_policy": policy,
     }
-    if options.max_fragments:
-        bases += (FragmentCapMixin,)
-        namespace["_max_fragments"] = options.max_fragments
-    if options.idle_timeout:
-        bases += (IdleTimeoutMixin,)
-        namespace["_idle_timeout"] = options.idle_timeout
-    if options.deflate == "inflate-only":
+    if options.max_fragments or options.idle_timeout:
+        bases += (MessageHooksMixin,)
+    if policy.inflate_only:
         bases += (InflateOnlyMixin,)
     direct, receive_ok, send_ok, shared = _handler_traits(handler)
     # Every class, the direct-handshake ones too: where the bases admit no
@@ -827,8 +507,7 @@ def route_protocol(
     if send_ok:
         bases += (FastSendMixin,)
     if factory is not None:
-        namespace["_writes"] = scheduler_for(getattr(factory, "reactor", None))
-        namespace["_factory_options"] = shared
+        namespace["_wsmux_factory_options"] = shared
         namespace.update((name, getattr(factory, name)) for name in shared)
         # Every option is now on the class: nothing is left for Autobahn's
         # per-connection copy loop, which also pretty-prints the options
@@ -838,17 +517,15 @@ def route_protocol(
     try:
         # LeanServerProtocol goes right above Autobahn, below the handler.
         lean = (LeanServerProtocol,) if LEAN_PROTOCOL else ()
-        cls = type(handler.__name__, bases + (handler, *lean), namespace)
+        cls = type(handler.__name__, bases + (handler, ConnectionNames, *lean), namespace)
     except TypeError:  # a handler whose bases admit no such order
         bases = tuple(b for b in bases if b is not DirectHandshakeMixin)
-        cls = type(handler.__name__, bases + (handler,), namespace)
+        cls = type(handler.__name__, bases + (handler, ConnectionNames), namespace)
     # What the fast path calls for a message: the onMessage behind wsmux's
     # watching wrapper (it watches a returned Deferred itself).
     mro = cls.__mro__
     behind = mro[mro.index(RouteProtocolMixin) + 1 :]
-    cls._handler_on_message = next(  # type: ignore[attr-defined]
-        k.__dict__["onMessage"] for k in behind if "onMessage" in k.__dict__
-    )
+    policy.on_message = next(k.__dict__["onMessage"] for k in behind if "onMessage" in k.__dict__)
     if factory is not None:
         factory.route_classes.append(cls)
     return cls

@@ -111,9 +111,9 @@ class StatusSource:
         open_: Counter[str] = Counter()
         for protocol in list(registry.connections):
             if getattr(protocol, "http_response_data", None) is not None:
-                open_[protocol.route_path] += 1
+                open_[protocol.wsmux.route] += 1
             for kind, value in traffic_of(protocol).items():
-                totals[(protocol.route_path, kind)] += value
+                totals[(protocol.wsmux.route, kind)] += value
         now = self.clock()
         if self._last is not None and now - self._last[0] >= 0.5:
             dt = now - self._last[0]

@@ -23,8 +23,8 @@ from zope.interface import implementer
 
 from wsmux._compat_autobahn import fail_connection
 from wsmux.channels import member_failed
+from wsmux.connection import clock
 from wsmux.logs import log
-from wsmux.protocol import _clock
 
 Chunks = Union[Iterable[bytes], AsyncIterable[bytes]]
 
@@ -60,7 +60,7 @@ async def _stream(protocol: Any, chunks: Chunks, isBinary: bool) -> int:
 async def _frame(protocol: Any, chunk: bytes) -> int:
     if not chunk:
         return 0
-    await protocol.writable()
+    await protocol.wsmux.writable()
     _check_open(protocol)
     protocol.beginMessageFrame(len(chunk))
     protocol.sendMessageFrameData(chunk)
@@ -114,7 +114,7 @@ async def _stream_to_channel(hub: Any, channel: str, chunks: Chunks, isBinary: b
         for member in members:
             if member.state != member.STATE_OPEN:
                 continue
-            if member._paused and not member._room_for(len(chunk)):
+            if member.wsmux.paused and not member.wsmux.room_for(len(chunk)):
                 continue
             _each(member, _send_frame, member, chunk)
 
@@ -191,9 +191,9 @@ class MessageConsumer:
                 self._connection_ended()
                 return
             # On the next turn: the producer is still inside write().
-            _clock().callLater(0, self._resume)
+            clock().callLater(0, self._resume)
 
-        self.protocol.writable().addCallbacks(more, lambda _: self._connection_ended())
+        self.protocol.wsmux.writable().addCallbacks(more, lambda _: self._connection_ended())
 
     def _connection_ended(self) -> None:
         # A pull producer waits to be asked for more: asked never again, it

@@ -1,0 +1,610 @@
+"""
+The connection: what wsmux keeps for one WebSocket connection, and what a
+handler reaches as C{self.wsmux}.
+
+A handler stays a plain Autobahn C{WebSocketServerProtocol} subclass.  wsmux
+adds one attribute to it, C{wsmux}, a L{Connection}: the route's path
+parameters, the client's address, the route's channels, backpressure for
+producers.  The connection owns what wsmux does for the connection's life
+(its producers, its idle, pacing and linger timers, its slow-consumer
+policy, its end), following its route's L{RoutePolicy}; the protocol class
+in front of the handler only hands Autobahn's events to it.
+
+Every other name wsmux gives a route class either is one of Autobahn's own
+(C{onOpen}, C{sendMessage}, ...) or starts with C{_wsmux}, so a handler's
+own attributes (C{channels}, C{registry}, C{_paused}...) are never
+shadowed.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Callable, Mapping, Optional
+
+import txaio
+from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet import tcp
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IPushProducer
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from wsmux._writes import WriteScheduler, scheduler_for
+from wsmux.factory import ProtocolOptions
+from wsmux.logs import log
+
+_EMPTY: Mapping[str, str] = {}
+_OPEN = WebSocketProtocol.STATE_OPEN
+_CONNECTING = WebSocketProtocol.STATE_CONNECTING
+_CLOSING = WebSocketProtocol.STATE_CLOSING
+_CLOSED = WebSocketProtocol.STATE_CLOSED
+
+# Bytes past max_send_queue that control frames (pongs, the close frame) may
+# still add before a client that does not read is dropped outright.
+CONTROL_SLACK = 64 * 1024
+
+
+class RoutePolicy:
+    """
+    How a route treats each of its connections, worked out once per route
+    from its options.
+
+    @ivar route: the route's path pattern, such as C{/rooms/{room}}.
+    @ivar channel_namespace: the namespace of the route's channels.
+    @ivar send_cap: bytes that may wait for a client that is not reading
+        (C{max_send_queue}; 0 for no cap).
+    @ivar drop_slow: past C{send_cap}, drop messages (C{True}) or close
+        the connection with 1008 (C{False}).
+    @ivar send_delay: seconds kept between two messages to one client.
+    @ivar idle_timeout: seconds without a message before a close (0: never).
+    @ivar max_fragments: frames one message may arrive in (0: any).
+    @ivar inflate_only: take compressed messages, send none.
+    @ivar writes: the write scheduler of the route's reactor.
+    @ivar on_message: the handler's own C{onMessage} function, which the
+        fast receive path calls directly.
+    """
+
+    __slots__ = (
+        "route",
+        "channel_namespace",
+        "send_cap",
+        "drop_slow",
+        "send_delay",
+        "idle_timeout",
+        "max_fragments",
+        "inflate_only",
+        "writes",
+        "on_message",
+    )
+
+    def __init__(
+        self,
+        options: ProtocolOptions,
+        route: str,
+        channel_namespace: Optional[str] = None,
+        writes: Optional[WriteScheduler] = None,
+    ) -> None:
+        self.route = route
+        self.channel_namespace = channel_namespace or options.channel_namespace or route
+        self.send_cap = options.max_send_queue
+        self.drop_slow = options.slow_consumer == "drop"
+        self.send_delay = options.send_delay
+        self.idle_timeout = options.idle_timeout
+        self.max_fragments = options.max_fragments
+        self.inflate_only = options.deflate == "inflate-only"
+        self.writes = writes if writes is not None else scheduler_for(None)
+        self.on_message: Any = None
+
+    def __repr__(self) -> str:
+        return f"<RoutePolicy {self.route!r}>"
+
+
+def clock() -> Any:
+    """
+    txaio's loop, as Autobahn's own timers use (a test's clock in tests).
+    """
+    loop = txaio.config.loop  # type: ignore[attr-defined]
+    if loop is None:
+        from twisted.internet import reactor as loop
+    return loop
+
+
+def close_with(protocol: Any, code: int, reason: str) -> None:
+    """
+    Start the closing handshake with any valid close code.
+
+    Autobahn's C{sendClose} accepts only 1000 and 3000-4999 from
+    applications; the server itself may send 1001 (going away) or 1008
+    (policy violation) too.
+    """
+    if protocol.state == _OPEN:
+        protocol.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:123], isReply=False)
+
+
+@implementer(IPushProducer)
+class Connection:
+    """
+    One WebSocket connection on a wsmux route, as its handler sees it
+    (C{self.wsmux}) and as wsmux runs it.
+
+    The attributes and methods documented here are the handler-facing API;
+    those starting with an underscore are wsmux's own.
+
+    @ivar protocol: the handler instance serving the connection.
+    @ivar policy: the route's L{RoutePolicy}.
+    @ivar path_params: the values of the route's named path parameters, for
+        example C{{"room": "lobby"}} for C{/rooms/{room}} and C{/rooms/lobby}.
+    @ivar client_address: the client's address (behind trusted proxies: the
+        address they vouch for).
+    @ivar subprotocol: the route's default subprotocol, chosen when the
+        handler's C{onConnect} chooses none; L{None} if it has none.
+    @ivar paused: whether wsmux has paused the connection because the
+        client is not reading.
+    @ivar dropped_messages: messages not sent because the client was too
+        slow (with the C{drop} policy).
+    @ivar prepared_sent: prepared (broadcast) messages sent, which
+        Autobahn's own traffic counters leave out.
+    """
+
+    __slots__ = (
+        "protocol",
+        "policy",
+        "writes",
+        "path_params",
+        "client_address",
+        "subprotocol",
+        "paused",
+        "dropped_messages",
+        "prepared_sent",
+        "_registry",
+        "_place",
+        "_channels",
+        "_backlog",
+        "_producers",
+        "_waiters",
+        "_on_transport",
+        "_ended",
+        "_lost",
+        "_linger_call",
+        "_idle_call",
+        "_fragments",
+        "_pace_queue",
+        "_pace_bytes",
+        "_pace_next",
+        "_pace_call",
+        "_after_message",
+    )
+
+    def __init__(
+        self,
+        protocol: Any,
+        policy: RoutePolicy,
+        path_params: Mapping[str, str] = _EMPTY,
+        client_address: str = "",
+        subprotocol: Optional[str] = None,
+        registry: Any = None,
+        place: Any = None,
+    ) -> None:
+        self.protocol = protocol
+        self.policy = policy
+        self.writes = policy.writes
+        self.path_params = path_params
+        self.client_address = client_address
+        self.subprotocol = subprotocol
+        self.paused = False
+        self.dropped_messages = 0
+        self.prepared_sent = 0
+        self._registry = registry
+        self._place = place
+        self._channels: Any = None
+        self._backlog = 0
+        self._producers: tuple[Any, ...] = ()
+        self._waiters: tuple[Deferred[None], ...] = ()
+        self._on_transport = False
+        self._ended = False
+        self._lost = False
+        self._linger_call: Any = None
+        self._idle_call: Any = None
+        self._fragments = 0
+        self._pace_queue: Optional[deque[tuple[Callable[[], None], int]]] = None
+        self._pace_bytes = 0
+        self._pace_next = 0.0
+        self._pace_call: Any = None
+        self._after_message: Optional[tuple[Any, ...]] = None
+
+    def __repr__(self) -> str:
+        return f"<Connection route={self.policy.route!r} client={self.client_address!r}>"
+
+    # -- what a handler uses ---------------------------------------------------
+
+    @property
+    def route(self) -> str:
+        """
+        The route's path pattern, such as C{/rooms/{room}}.
+        """
+        return self.policy.route
+
+    @property
+    def channels(self) -> Any:
+        """
+        The route's channels (a L{wsmux.channels.RouteChannels}), made on
+        first use: most connections never touch a channel.  L{None} for a
+        connection that belongs to no route tree.
+        """
+        view = self._channels
+        if view is None and self._registry is not None:
+            view = self._channels = self._registry.channels.namespace(self.policy.channel_namespace)
+        return view
+
+    @property
+    def ended(self) -> bool:
+        """
+        Whether the connection has ended (or is closing for good).
+        """
+        return self._ended
+
+    def writable(self) -> Deferred[None]:
+        """
+        A Deferred that fires once the client is taking data: at once
+        unless wsmux has paused this connection because the client is not
+        reading, and fails with L{ConnectionDone} once the connection has
+        ended.  Producers of data await it between chunks.
+        """
+        if self._ended:
+            return fail(ConnectionDone("the connection closed"))
+        if not self.paused:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._waiters += (waiter,)
+        return waiter
+
+    def register_producer(self, producer: Any) -> None:
+        """
+        Register a push producer that writes to this connection: wsmux
+        pauses it while the client is not reading and stops it, once, when
+        the connection ends.  (The handler's C{registerProducer(producer,
+        True)} does the same.)
+        """
+        if self._ended:
+            # Too late: the connection has ended, so the producer stops now
+            # rather than run for ever with nobody to stop it.
+            producer.stopProducing()
+            return
+        self._producers += (producer,)
+        if self.paused:
+            producer.pauseProducing()
+
+    def unregister_producer(self, producer: Any = None) -> None:
+        """
+        Forget a producer without stopping it (the last registered one when
+        none is named).
+        """
+        if not self._producers:
+            return
+        if producer is None:
+            producer = self._producers[-1]
+        self._producers = tuple(p for p in self._producers if p is not producer)
+
+    # -- the connection's life ------------------------------------------------
+
+    def opened(self, transport: Any) -> None:
+        """
+        The transport is connected: count the connection, watch the
+        transport's buffer, arm the idle timer.
+        """
+        registry = self._registry
+        if registry is not None:
+            registry.add(self.protocol, self.client_address, self._place)
+            self._place = None
+        transport.registerProducer(self, True)
+        self._on_transport = True
+        if self.policy.idle_timeout:
+            # txaio's loop, as Autobahn's own timers use.
+            self._idle_call = txaio.call_later(  # type: ignore[attr-defined]
+                self.policy.idle_timeout, self._idle_expired
+            )
+
+    def dropping(self, abort: bool) -> None:
+        """
+        wsmux or Autobahn decided to close the transport: end, and bound how
+        long a polite close may linger.
+        """
+        self.end()
+        protocol = self.protocol
+        if not (abort or self._lost) and self._linger_call is None and protocol.transport:
+            # Closing politely waits for what is still to be sent and, over
+            # TLS, for the peer's close_notify: a peer that never reads or
+            # never answers must not hold the connection for ever.  (Plain
+            # TCP with nothing left to send has closed already: no timer.)
+            self._linger_call = clock().callLater(
+                max(1.0, protocol.closeHandshakeTimeout or 0.0), self._linger_expired
+            )
+
+    def _linger_expired(self) -> None:
+        self._linger_call = None
+        transport: Any = self.protocol.transport
+        if transport is not None:
+            getattr(transport, "abortConnection", transport.loseConnection)()
+
+    def lost(self) -> None:
+        """
+        The transport is gone: cancel every timer, leave the registry and
+        every channel.
+        """
+        if not self._ended:
+            self.end()
+        for name in ("_linger_call", "_idle_call", "_pace_call"):
+            call = getattr(self, name)
+            if call is not None:
+                if call.active():
+                    call.cancel()
+                setattr(self, name, None)
+        self._pace_queue = None
+        self._lost = True
+        registry = self._registry
+        if registry is not None:
+            registry.remove(self.protocol, self.client_address)
+            # Every channel it joined, in any namespace (a handler may reach
+            # past its route's through the hub).
+            registry.channels.unsubscribe(self.protocol)
+
+    def end(self) -> None:
+        """
+        Let go of the transport and stop every producer, once.
+
+        The connection stops being the transport's producer (Twisted's TLS
+        transport will not close while a producer is registered), reading
+        resumes if backpressure had paused it (a TLS close needs the peer's
+        close_notify), writers waiting for room are told the connection
+        closed, and each handler producer is stopped exactly once.
+        """
+        if self._ended:
+            return
+        self._ended = True
+        transport: Any = self.protocol.transport
+        # Twisted's plain TCP transport closes with a producer registered
+        # (and stops it when the connection is lost): only the others (TLS
+        # above all) need letting go of.
+        if self._on_transport and transport is not None and transport.__class__ is not tcp.Server:
+            self._on_transport = False
+            transport.unregisterProducer()
+            if self.paused:
+                self.paused = False
+                transport.resumeProducing()
+        waiters, self._waiters = self._waiters, ()
+        for waiter in waiters:
+            waiter.errback(ConnectionDone("the connection closed"))
+        producers, self._producers = self._producers, ()
+        for producer in producers:
+            try:
+                producer.stopProducing()
+            except Exception:
+                log.failure("route {route}: a producer failed to stop", route=self.policy.route)
+
+    # -- backpressure: the transport calls these as its buffer fills and drains
+
+    def pauseProducing(self) -> None:
+        # Twisted calls this after every write while its buffer is full.
+        if self.paused:
+            return
+        self.paused = True
+        self._backlog = 0
+        self.protocol.transport.pauseProducing()
+        for producer in self._producers:
+            producer.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self._backlog = 0
+        self.protocol.transport.resumeProducing()
+        for producer in self._producers:
+            producer.resumeProducing()
+        waiters, self._waiters = self._waiters, ()
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def stopProducing(self) -> None:
+        # The transport calls this when the connection is lost.
+        self.end()
+
+    def room_for(self, size: int, waiting: Optional[int] = None) -> bool:
+        """
+        Whether a message of C{size} bytes may be queued, given C{waiting}
+        bytes already waiting (the backlog while paused, by default); if
+        not, apply the route's slow-consumer policy.
+        """
+        protocol = self.protocol
+        if protocol.state != _OPEN:
+            return False  # closing: nothing more is worth queueing
+        if waiting is None:
+            waiting = self._backlog
+        cap = self.policy.send_cap
+        if not cap or waiting + size <= cap:
+            return True
+        registry = self._registry
+        if self.policy.drop_slow:
+            self.dropped_messages += 1
+            if registry is not None:
+                registry.stats.dropped[self.policy.route] += 1
+            if self.dropped_messages == 1 or self.dropped_messages % 1000 == 0:
+                log.info(
+                    "slow consumer route={route} peer={peer}: dropped {n} message(s) "
+                    "(more than {cap} bytes waiting)",
+                    route=self.policy.route,
+                    peer=protocol.peer,
+                    n=self.dropped_messages,
+                    cap=cap,
+                )
+            return False
+        log.info(
+            "slow consumer route={route} peer={peer}: closing with 1008 "
+            "(more than {cap} bytes waiting)",
+            route=self.policy.route,
+            peer=protocol.peer,
+            cap=cap,
+        )
+        if registry is not None:
+            registry.stats.slow_closed[self.policy.route] += 1
+        close_with(protocol, 1008, "slow consumer: too much data waiting")
+        return False
+
+    def sending(self, size: int) -> bool:
+        """
+        C{size} bytes are about to be written while the client is not
+        reading: whether they may be (a client past its cap plus room for
+        control frames is dropped).
+        """
+        if self._ended:
+            return True  # dropped already, or closing: the close frame goes
+        self._backlog += size
+        cap = self.policy.send_cap
+        if cap and self._backlog > cap + CONTROL_SLACK:
+            log.info(
+                "slow consumer route={route} peer={peer}: dropped the connection "
+                "(not reading, {n} bytes waiting)",
+                route=self.policy.route,
+                peer=self.protocol.peer,
+                n=self._backlog,
+            )
+            self.protocol.dropConnection(abort=True)
+            return False
+        return True
+
+    def after_message(self, prepared: Any) -> None:
+        """
+        Keep a whole message for after the one being streamed to this
+        client (RFC 6455 5.4 allows no message inside another).
+        """
+        queued = self._after_message
+        waiting = sum(len(p.payloadHybi) for p in queued) if queued else 0
+        if self.room_for(len(prepared.payloadHybi), waiting):
+            self._after_message = (queued or ()) + (prepared,)
+
+    def take_after_message(self) -> tuple[Any, ...]:
+        queued, self._after_message = self._after_message, None
+        return queued or ()
+
+    # -- policies --------------------------------------------------------------
+
+    def pace(self, send: Callable[[], None], size: int) -> None:
+        """
+        Send now, or after the route's C{send_delay} since the last message
+        (in order; waiting messages count against C{max_send_queue}).
+        """
+        now = clock().seconds()
+        if not self._pace_queue and now >= self._pace_next:
+            self._pace_next = now + self.policy.send_delay
+            send()
+            return
+        if not self.room_for(size, self._pace_bytes):
+            return
+        if self._pace_queue is None:
+            self._pace_queue = deque()
+        self._pace_queue.append((send, size))
+        self._pace_bytes += size
+        if self._pace_call is None:
+            self._pace_call = clock().callLater(max(0.0, self._pace_next - now), self._release)
+
+    def _release(self) -> None:
+        self._pace_call = None
+        queue = self._pace_queue
+        if not queue or self.protocol.state != _OPEN:
+            self._pace_queue = None
+            self._pace_bytes = 0
+            return
+        send, size = queue.popleft()
+        self._pace_bytes -= size
+        now = clock().seconds()
+        self._pace_next = now + self.policy.send_delay
+        send()
+        if self._pace_queue:
+            self._pace_call = clock().callLater(self.policy.send_delay, self._release)
+
+    def activity(self) -> None:
+        """
+        A message arrived: the idle timer starts again.  (Keepalive pings
+        and pongs do not count.)
+        """
+        call = self._idle_call
+        if call is not None and call.active():
+            call.reset(self.policy.idle_timeout)
+
+    def _idle_expired(self) -> None:
+        self._idle_call = None
+        protocol = self.protocol
+        log.info(
+            "idle timeout route={route} peer={peer} after {t}s",
+            route=self.policy.route,
+            peer=getattr(protocol, "peer", ""),
+            t=self.policy.idle_timeout,
+        )
+        if protocol.state == _OPEN:
+            close_with(protocol, 1000, "idle timeout")
+        else:
+            protocol.dropConnection(abort=True)
+
+    def message_begins(self) -> None:
+        self._fragments = 0
+        self.activity()
+
+    def fragment_allowed(self) -> bool:
+        """
+        A frame of the current message begins: whether the route allows
+        one more.
+        """
+        self._fragments += 1
+        return self._fragments <= self.policy.max_fragments
+
+    # -- user code failing -----------------------------------------------------
+
+    def watch(self, result: Any, where: str) -> None:
+        """
+        A handler callback returned a Deferred (an C{inlineCallbacks}
+        handler, say): if it fails, that is the handler failing there.
+        """
+        if isinstance(result, Deferred):
+            result.addErrback(lambda failure: self.handler_failed(where, failure))
+
+    def handler_failed(self, where: str, failure: Optional[Failure] = None) -> None:
+        """
+        The handler raised after the point of no return: log it once, with
+        the traceback, and end the connection the way the protocol allows
+        at this point.
+
+        Before the 101 the client gets 500; after it only frames may follow
+        (RFC 6455 4.2.2), so an open connection is closed with 1011
+        (internal error), and one already closing is dropped.  No other
+        connection is affected, and nothing reaches the client but the
+        close code.
+
+        @param where: the callback that raised, for the log line.
+        @param failure: the failure (the exception being handled when not
+            given).
+        """
+        failure = failure if failure is not None else Failure()
+        protocol = self.protocol
+        state = protocol.state
+        answered = getattr(protocol, "http_response_data", None) is not None
+        log.failure(
+            "route {route} peer={peer}: the handler raised in {where}; {action}",
+            failure,
+            route=self.policy.route,
+            peer=getattr(protocol, "peer", "?"),
+            where=where,
+            action=(
+                "closing with 1011"
+                if state == _OPEN
+                else "answering 500"
+                if not answered
+                else "dropping the connection"
+            ),
+        )
+        if self._registry is not None:
+            self._registry.stats.handler_errors[self.policy.route] += 1
+        if state == _OPEN:
+            close_with(protocol, 1011, "internal error")
+        elif state == _CONNECTING and not answered:
+            protocol.failHandshake("Internal Server Error", 500)
+        elif state != _CLOSED:
+            protocol.dropConnection(abort=True)
