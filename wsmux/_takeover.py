@@ -5,6 +5,7 @@ with the request head and the bytes that followed it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
@@ -94,21 +95,9 @@ def upgrade(
     if ITCPTransport.providedBy(transport):
         protocol._wsmux_tcp_nodelay = True  # set by twisted.web's HTTPChannel
 
-    channel.transport = None
-    # The channel registered itself as the transport's producer; the
-    # WebSocket protocol owns the connection from now on.
+    handoff = hand_off(request, transport)
     try:
-        transport.unregisterProducer()
-    except Exception:  # pragma: no cover - transports without producers
-        pass
-    if isinstance(transport, ProtocolWrapper):
-        transport.wrappedProtocol = protocol
-    elif isinstance(getattr(transport, "protocol", None), ProtocolWrapper):
-        transport.protocol.wrappedProtocol = protocol
-    else:
-        transport.protocol = protocol
-    try:
-        _start(protocol, transport, request, channel, address, direct, open_direct)
+        _start(protocol, handoff, open_direct, address, direct)
     except Exception:
         # A handler that raises in connectionMade (or on the first frame)
         # must not send twisted.web to answer on a connection it gave away.
@@ -123,34 +112,85 @@ def upgrade(
     return protocol
 
 
+@dataclass(frozen=True)
+class Handoff:
+    """
+    What the HTTP side hands the WebSocket protocol taking its connection
+    over: the request, its transport (no longer the HTTP channel's), the
+    request head and the bytes that followed it.
+
+    @ivar head: the head as the client sent it, when the channel read it in
+        one pass; else written out again from what C{twisted.web} parsed.
+    @ivar rest: what the client sent after the head (a first frame that
+        arrived in the same packet as the handshake), body bytes included.
+    """
+
+    request: IRequest
+    channel: Any
+    transport: Any
+    head: bytes
+    rest: bytes
+
+    def give_to(self, protocol: Any) -> None:
+        """
+        Make C{protocol} the transport's protocol; what the client sends
+        from now on goes to it.
+        """
+        transport = self.transport
+        if isinstance(transport, ProtocolWrapper):
+            transport.wrappedProtocol = protocol
+        elif isinstance(getattr(transport, "protocol", None), ProtocolWrapper):
+            transport.protocol.wrappedProtocol = protocol
+        else:
+            transport.protocol = protocol
+        # Bytes twisted.web's parser still holds reach rawDataReceived.
+        self.channel.rawDataReceived = protocol.dataReceived
+
+
+def hand_off(request: IRequest, transport: Any) -> Handoff:
+    """
+    Take C{request}'s connection away from its HTTP channel.
+
+    wsmux's own channel keeps what follows an upgrade's head for this
+    (C{take_upgrade_rest}); another C{twisted.web} channel (a tree mounted
+    in a user's own C{Site}) is read through the seam's
+    C{twisted.http_buffer}.
+    """
+    channel: Any = request.channel  # type: ignore[attr-defined]
+    channel.transport = None
+    # The channel registered itself as the transport's producer; the
+    # WebSocket protocol owns the connection from now on.
+    try:
+        transport.unregisterProducer()
+    except Exception:  # pragma: no cover - transports without producers
+        pass
+    head = getattr(request, "raw_head", None) or _head_of(request)
+    content = request.content.read() if request.content is not None else b""
+    take = getattr(channel, "take_upgrade_rest", None)
+    buffered = take() if take is not None else take_http_buffer(channel)
+    return Handoff(request, channel, transport, head, content + buffered)
+
+
 def _start(
     protocol: Any,
-    transport: Any,
-    request: IRequest,
-    channel: Any,
+    handoff: Handoff,
+    open_direct: Any,
     address: Optional[str],
     direct: Optional[str],
-    open_direct: Any,
 ) -> None:
     # The second half of upgrade: the protocol starts on the transport and
     # gets the handshake, directly or replayed, and what followed it.
+    handoff.give_to(protocol)
+    transport = handoff.transport
     protocol.makeConnection(transport)
     if address is not None and address != direct:
         protocol.peer = address
     transport.resumeProducing()
-
-    raw = getattr(request, "raw_head", None) or _head_of(request)
-    content = request.content.read() if request.content is not None else b""
-    # Bytes twisted.web read past the request head: already buffered ones,
-    # and those still in the line parser, which it hands to rawDataReceived.
-    take = getattr(channel, "take_upgrade_rest", None)  # wsmux's own channel
-    buffered = take() if take is not None else take_http_buffer(channel)
-    channel.rawDataReceived = protocol.dataReceived
-    if open_direct is not None and open_direct(request, raw, content + buffered):
+    if open_direct is not None and open_direct(handoff.request, handoff.head, handoff.rest):
         return
-    protocol.dataReceived(raw + content)
-    if buffered:
-        protocol.dataReceived(buffered)
+    protocol.dataReceived(handoff.head)
+    if handoff.rest:
+        protocol.dataReceived(handoff.rest)
 
 
 def _head_of(request: IRequest) -> bytes:
