@@ -1,7 +1,8 @@
 """
 A Sphinx extension that writes the configuration reference from the one
-place the settings are defined (wsmux.factory and wsmux.tap), so the docs
-cannot drift from the code.
+place each setting is declared (wsmux.config.SETTINGS, the fields of
+wsmux.factory.ProtocolOptions and wsmux.limits.ServerLimits, and the flags
+wsmux.tap makes of them), so the docs cannot drift from the code.
 """
 
 from docutils import nodes
@@ -95,6 +96,26 @@ class CommandLineDirective(ProtocolOptionsDirective):
         return self._parse(_table(("flag", "meaning"), rows))
 
 
+class SettingsDirective(ProtocolOptionsDirective):
+    """
+    ``.. wsmux-settings::`` renders every server-wide setting.
+    """
+
+    def run(self):
+        from wsmux.config import SETTINGS
+
+        rows = [
+            (
+                f"``{s.name}``",
+                f"``--{s.flag}``" if s.flag else "(file only)",
+                f"``{s.default!r}``" if s.default not in (None, ()) else "(none)",
+                s.help.replace("*", r"\*"),
+            )
+            for s in SETTINGS
+        ]
+        return self._parse(_table(("key", "flag", "default", "meaning"), rows))
+
+
 class InternalsDirective(ProtocolOptionsDirective):
     """
     ``.. wsmux-internals::`` renders every internal of other packages that
@@ -121,4 +142,5 @@ def setup(app):
     app.add_directive("wsmux-protocol-options", ProtocolOptionsDirective)
     app.add_directive("wsmux-command-line", CommandLineDirective)
     app.add_directive("wsmux-defaults", DefaultsDirective)
+    app.add_directive("wsmux-settings", SettingsDirective)
     return {"parallel_read_safe": True}

@@ -165,7 +165,12 @@ handler = "echo"
         (["--route", "/x=tests.handlers_for_tests.hook"], "not a subclass"),
         (["--unhandled", "no.such.hook"], "cannot import unhandled hook"),
         (["--max-message-size", "lots"], "not a number of bytes"),
-        (["--log-level", "chatty"], "--log-level must be one of"),
+        (["--log-level", "chatty"], "--log-level: must be one of"),
+        (["--log-format", "xml"], "--log-format: must be one of text, json"),
+        (["--workers", "many"], "--workers: must be a number of processes or auto"),
+        (["--status-allow", "10.0.0.0/8,nope"], "--status-allow: 'nope' is not an address"),
+        (["--health-path", "healthz"], "--health-path: must be a path"),
+        (["--tls-min-version", "1.1"], "--tls-min-version: must be one of 1.2, 1.3"),
         (["--route", "/x=echo", "--route", "/x=echo"], "clashes"),
         (["--config", "/nonexistent/wsmux.toml"], "cannot read"),
     ],
@@ -235,3 +240,29 @@ def test_channel_namespace_is_per_route_not_a_default():
 
     with pytest.raises(ConfigError, match="channel_namespace is set per route"):
         build_settings({"defaults": {"channel_namespace": "all"}})
+
+
+def test_every_setting_is_declared_once_and_reaches_flag_file_and_python(tmp_path):
+    import dataclasses
+
+    from wsmux.config import SETTINGS, Settings, build_settings
+    from wsmux.tap import Options
+
+    structural = {"ports", "routes", "defaults", "limits", "tls", "tls_ports", "shared_ports"}
+    fields = {f.name for f in dataclasses.fields(Settings)}
+    assert {s.name for s in SETTINGS} == fields - structural
+    flags = {row[0] for row in Options.optParameters}
+    for setting in SETTINGS:
+        if setting.flag:
+            assert setting.flag in flags, setting.flag
+    # One check for the three ways in: the same bad value, the same words.
+    path = write(tmp_path, "log_format = 'xml'\n")
+    for attempt in (
+        lambda: options("--config", path),
+        lambda: options("--log-format", "xml"),
+        lambda: build_settings({}, log_format="xml"),
+    ):
+        with pytest.raises((usage.UsageError, ConfigError), match="must be one of text, json"):
+            attempt()
+    with pytest.raises(ConfigError, match="unknown setting 'colour'"):
+        build_settings({}, colour="blue")

@@ -33,25 +33,21 @@ import socket
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from wsmux.factory import OPTION_NAMES, ProtocolOptions
 from wsmux.limits import LIMIT_NAMES, ServerLimits
+from wsmux.logs import LOG_FORMATS, LOG_LEVELS
 from wsmux.routing import RouteClash, RouteError, check_clashes, parse_path
 from wsmux.tls import TLS_VERSIONS, HostCertificate, TlsSettings
 
-LOG_LEVELS = ("debug", "info", "warn", "error")
 DEFAULT_PORT = "8080"
 DEFAULT_ROUTES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("/echo", ("echo",)),
     ("/rooms/{room}", ("broadcast",)),
 )
 
-_TOP_KEYS = {
-    "port", "log_level", "unhandled", "index", "limits", "tls", "defaults", "routes",
-    "metrics_path", "metrics_port", "health_path", "log_format",
-    "status_path", "status_token", "status_allow", "redis", "workers",
-}  # fmt: skip
+_TOP_KEYS = {"port", "limits", "tls", "defaults", "routes"}  # and SETTINGS, below
 _TLS_KEYS = {
     "cert", "key", "passphrase", "directory", "strict", "min_version", "ports", "shared_ports", "hosts",
 }  # fmt: skip
@@ -158,6 +154,148 @@ def _has_ipv6() -> bool:
     return True
 
 
+# -- server-wide settings: each declared once --------------------------------
+#
+# A setting's TOML key, its twistd flag, its help text and its check come
+# from one declaration below; the flags of protocol options and server
+# limits come from the fields of ProtocolOptions and ServerLimits.
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, got {value!r}")
+        return str(value)
+
+    return check
+
+
+def _dotted(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("must be the dotted path of a callable")
+    return value
+
+
+def _token(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("must be a non-empty string")
+    return value
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false")
+    return value
+
+
+def _http_path(empty: Any) -> Callable[[Any], Any]:
+    # A path such as /metrics; "" means nowhere (returned as `empty`).
+    def check(value: Any) -> Any:
+        if not isinstance(value, str) or (value and not value.startswith("/")):
+            raise ValueError('must be a path such as /metrics (or "" for none)')
+        return value or empty
+
+    return check
+
+
+def _one_port(value: Any) -> str:
+    ports = _ports(value)
+    if ports is None or len(ports) != 1:
+        raise ValueError("must be one port number or endpoint description")
+    return ports[0]
+
+
+def _networks(value: Any) -> tuple[str, ...]:
+    # A list, or (from a flag) a comma-separated string.
+    import ipaddress
+
+    if isinstance(value, str):
+        items: list[Any] = [item.strip() for item in value.split(",") if item.strip()]
+    else:
+        items = list(value) if isinstance(value, (list, tuple)) else [value]
+    for item in items:
+        try:
+            ipaddress.ip_network(str(item), strict=False)
+        except ValueError:
+            raise ValueError(f"{item!r} is not an address or network such as 10.0.0.0/8") from None
+    return tuple(str(i) for i in items)
+
+
+def _redis_url(value: Any) -> str:
+    from wsmux.redis_channels import parse_redis_url
+
+    parse_redis_url(str(value))
+    return str(value)
+
+
+def _workers(value: Any) -> int:
+    try:
+        return resolve_workers(str(value))
+    except ValueError:
+        raise ValueError(f"must be a number of processes or auto, got {value!r}") from None
+
+
+def tls_min_version(value: Any) -> str:
+    """
+    The check of C{[tls] min_version} and C{--tls-min-version}.
+    """
+    return _choice(*TLS_VERSIONS)(value)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """
+    One server-wide setting.
+
+    @ivar name: its key in the settings file, and its field of L{Settings}.
+    @ivar help: what it does, for C{--help} and the reference.
+    @ivar check: turns a value (from the file, from a flag's text, or from
+        Python) into the setting's value; raises L{ValueError} saying why
+        it cannot.
+    @ivar flag: its C{twistd wsmux} flag, if it has one.
+    """
+
+    name: str
+    help: str
+    check: Callable[[Any], Any]
+    flag: Optional[str] = None
+
+    @property
+    def default(self) -> Any:
+        return _SETTINGS_DEFAULTS.get(self.name)
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("log_level", "Lowest level logged: " + ", ".join(LOG_LEVELS) + ".",
+            _choice(*LOG_LEVELS), "log-level"),
+    Setting("log_format", "text (for people) or json (lines for log shippers).",
+            _choice(*LOG_FORMATS), "log-format"),
+    Setting("unhandled", "Dotted path of the hook for upgrades no route serves.",
+            _dotted, "unhandled"),
+    Setting("index", "Serve the demo page at / (on by default with the default routes only).",
+            _flag),
+    Setting("metrics_path", "Serve Prometheus metrics at this path (e.g. /metrics).",
+            _http_path(None), "metrics-path"),
+    Setting("metrics_port", "Serve Prometheus metrics on a port of their own.",
+            _one_port, "metrics-port"),
+    Setting("health_path", 'Where the health check answers ("" for nowhere).',
+            _http_path(""), "health-path"),
+    Setting("status_path", "Serve the status page here (e.g. /status); off by default.",
+            _http_path(None), "status-path"),
+    Setting("status_token", "A token that opens the status page from any address.",
+            _token, "status-token"),
+    Setting("status_allow", "Addresses or networks that may see the status page "
+            "(comma-separated on the command line) [default: loopback].",
+            _networks, "status-allow"),
+    Setting("redis", "redis://HOST:PORT/DB: channels reach every wsmux on that Redis.",
+            _redis_url, "redis"),
+    Setting("workers", "Serve the ports from N worker processes (or auto: one per core).",
+            _workers, "workers"),
+)  # fmt: skip
+_SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
+_SETTINGS_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Settings)}
+
+
 def read_file(path: str) -> bytes:
     """
     The bytes of a settings file.
@@ -193,9 +331,10 @@ def load_file(path: str, raw: Optional[bytes] = None) -> dict[str, Any]:
     def bad(key: str, why: str) -> ConfigError:
         return ConfigError(f"{path}: {key}: {why}")
 
-    unknown = set(data) - _TOP_KEYS
+    known = _TOP_KEYS | set(_SETTINGS_BY_NAME)
+    unknown = set(data) - known
     if unknown:
-        raise bad(sorted(unknown)[0], "unknown key (known: " + ", ".join(sorted(_TOP_KEYS)) + ")")
+        raise bad(sorted(unknown)[0], "unknown key (known: " + ", ".join(sorted(known)) + ")")
 
     out: dict[str, Any] = {}
     if "port" in data:
@@ -205,20 +344,12 @@ def load_file(path: str, raw: Optional[bytes] = None) -> dict[str, Any]:
         ):
             raise bad("port", "must be a port number, an endpoint description, or a list of them")
         out["ports"] = tuple(str(p) for p in ports)
-    if "log_format" in data:
-        if data["log_format"] not in ("text", "json"):
-            raise bad("log_format", f"must be text or json, got {data['log_format']!r}")
-        out["log_format"] = data["log_format"]
-    if "log_level" in data:
-        out["log_level"] = _log_level(data["log_level"], lambda why: bad("log_level", why))
-    if "unhandled" in data:
-        if not isinstance(data["unhandled"], str):
-            raise bad("unhandled", "must be the dotted path of a callable")
-        out["unhandled"] = data["unhandled"]
-    if "index" in data:
-        if not isinstance(data["index"], bool):
-            raise bad("index", "must be true or false")
-        out["index"] = data["index"]
+    for setting in SETTINGS:
+        if setting.name in data:
+            try:
+                out[setting.name] = setting.check(data[setting.name])
+            except ValueError as e:
+                raise bad(setting.name, str(e)) from None
     if "limits" in data:
         limits = data["limits"]
         if not isinstance(limits, dict):
@@ -226,27 +357,6 @@ def load_file(path: str, raw: Optional[bytes] = None) -> dict[str, Any]:
         out["limits"] = _checked(limits, "limits", ServerLimits(), LIMIT_NAMES, "limit", bad)
     if "tls" in data:
         out.update(_tls_table(data["tls"], path, bad))
-    if "workers" in data:
-        out["workers"] = _workers(data["workers"], lambda why: bad("workers", why))
-    if "redis" in data:
-        out["redis"] = _redis_url(data["redis"], lambda why: bad("redis", why))
-    if "status_token" in data:
-        if not isinstance(data["status_token"], str) or not data["status_token"]:
-            raise bad("status_token", "must be a non-empty string")
-        out["status_token"] = data["status_token"]
-    if "status_allow" in data:
-        out["status_allow"] = _networks(data["status_allow"], lambda why: bad("status_allow", why))
-    for key in ("metrics_path", "health_path", "status_path"):
-        if key in data:
-            value = data[key]
-            if not isinstance(value, str) or (value and not value.startswith("/")):
-                raise bad(key, 'must be a path such as /metrics (or "" for none)')
-            out[key] = value
-    if "metrics_port" in data:
-        metrics_port = _ports(data["metrics_port"])
-        if metrics_port is None or len(metrics_port) != 1:
-            raise bad("metrics_port", "must be one port number or endpoint description")
-        out["metrics_port"] = metrics_port[0]
     if "defaults" in data:
         defaults = data["defaults"]
         if not isinstance(defaults, dict):
@@ -295,8 +405,11 @@ def _tls_table(table: Any, path: str, bad: Any) -> dict[str, Any]:
     for key in ("strict",):
         if key in table and not isinstance(table[key], bool):
             raise bad(f"tls.{key}", "must be true or false")
-    if "min_version" in table and table["min_version"] not in TLS_VERSIONS:
-        raise bad("tls.min_version", f"must be one of {', '.join(TLS_VERSIONS)}")
+    if "min_version" in table:
+        try:
+            tls_min_version(table["min_version"])
+        except ValueError as e:
+            raise bad("tls.min_version", str(e)) from None
     if "passphrase" in table and not isinstance(table["passphrase"], str):
         raise bad("tls.passphrase", "must be a string")
     default = None
@@ -339,41 +452,6 @@ def _tls_table(table: Any, path: str, bad: Any) -> dict[str, Any]:
         min_version=table.get("min_version", "1.2"),
     )
     return out
-
-
-def _workers(value: Any, bad: Any) -> int:
-    try:
-        return resolve_workers(str(value))
-    except ValueError:
-        raise bad(f"must be a number of processes or auto, got {value!r}") from None
-
-
-def _redis_url(value: Any, bad: Any) -> str:
-    from wsmux.redis_channels import parse_redis_url
-
-    try:
-        parse_redis_url(str(value))
-    except ValueError as e:
-        raise bad(str(e)) from None
-    return str(value)
-
-
-def _networks(value: Any, bad: Any) -> tuple[str, ...]:
-    import ipaddress
-
-    items = value if isinstance(value, list) else [value]
-    for item in items:
-        try:
-            ipaddress.ip_network(str(item), strict=False)
-        except ValueError:
-            raise bad(f"{item!r} is not an address or network such as 10.0.0.0/8") from None
-    return tuple(str(i) for i in items)
-
-
-def _log_level(value: Any, bad: Any) -> str:
-    if value not in LOG_LEVELS:
-        raise bad(f"must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
-    return str(value)
 
 
 def _options(table: dict[str, Any], where: str, bad: Any) -> dict[str, Any]:
@@ -444,23 +522,12 @@ def build_settings(
     ports: tuple[str, ...] = (),
     routes: tuple[RouteSpec, ...] = (),
     defaults: Optional[dict[str, Any]] = None,
-    unhandled: Optional[str] = None,
-    log_level: Optional[str] = None,
-    index: Optional[bool] = None,
     limits: Optional[dict[str, Any]] = None,
     tls: Optional[dict[str, Any]] = None,
     tls_ports: tuple[str, ...] = (),
     shared_ports: tuple[str, ...] = (),
-    metrics_path: Optional[str] = None,
-    metrics_port: Optional[str] = None,
-    health_path: Optional[str] = None,
-    log_format: Optional[str] = None,
-    status_path: Optional[str] = None,
-    status_token: Optional[str] = None,
-    status_allow: tuple[str, ...] = (),
-    redis: Optional[str] = None,
-    workers: Optional[str] = None,
     source: str = "settings",
+    **values: Any,
 ) -> Settings:
     """
     Merge file values with command-line values (which win) into L{Settings}.
@@ -468,9 +535,30 @@ def build_settings(
     A command-line route replaces a file route with the same path.  When no
     route is configured at all, the default routes apply.
 
-    @raise ConfigError: on a bad value or a route clash.
+    @param file_values: what L{load_file} read.
+    @param defaults: protocol options every route inherits.
+    @param limits: server limits.
+    @param tls: L{TlsSettings} fields.
+    @param values: any of the L{SETTINGS} by name (C{log_level="debug"},
+        C{workers="auto"}...); L{None} means not given.  Each is checked as
+        its flag's value is.
+    @raise ConfigError: on an unknown name, a bad value or a route clash.
     """
     file_values = file_values or {}
+    chosen: dict[str, Any] = {}
+    for name, value in values.items():
+        setting = _SETTINGS_BY_NAME.get(name)
+        if setting is None:
+            raise ConfigError(f"{source}: unknown setting {name!r}")
+        if value is None:
+            continue
+        try:
+            chosen[name] = setting.check(value)
+        except ValueError as e:
+            raise ConfigError(f"{_said(setting)}: {e}") from None
+    for setting in SETTINGS:
+        if setting.name not in chosen and setting.name in file_values:
+            chosen[setting.name] = file_values[setting.name]
     merged_defaults = dict(file_values.get("defaults", {}))
     merged_defaults.update(defaults or {})
     merged_limits = dict(file_values.get("limits", {}))
@@ -491,12 +579,12 @@ def build_settings(
     cli_paths = {r.path for r in routes}
     file_routes = tuple(r for r in file_values.get("routes", ()) if r.path not in cli_paths)
     all_routes = file_routes + tuple(routes)
-    index_default = True
     if not all_routes:
         all_routes = tuple(RouteSpec(p, h, {}, "default routes") for p, h in DEFAULT_ROUTES)
+        chosen.setdefault("index", True)
     else:
-        index_default = False
-    status_path = status_path or file_values.get("status_path") or None
+        chosen.setdefault("index", False)
+    status_path = chosen.get("status_path")
     if status_path:
         live = RouteSpec(status_path.rstrip("/") + "/live", ("echo",), {}, "the status page")
         _check_clashes(all_routes + (live,))
@@ -520,29 +608,17 @@ def build_settings(
         ports=plain_ports,
         routes=all_routes,
         defaults=options,
-        unhandled=unhandled or file_values.get("unhandled"),
-        log_level=log_level or file_values.get("log_level", "info"),
-        index=index if index is not None else file_values.get("index", index_default),
         limits=server_limits,
         tls=tls_settings,
         tls_ports=tls_ports,
         shared_ports=shared_ports,
-        metrics_path=metrics_path or file_values.get("metrics_path") or None,
-        metrics_port=metrics_port or file_values.get("metrics_port"),
-        health_path=health_path
-        if health_path is not None
-        else file_values.get("health_path", "/healthz"),
-        log_format=log_format or file_values.get("log_format", "text"),
-        status_path=status_path,
-        status_token=status_token or file_values.get("status_token"),
-        status_allow=tuple(status_allow) or file_values.get("status_allow", ()),
-        redis=_redis_url(redis, lambda why: ConfigError(f"--redis: {why}"))
-        if redis
-        else file_values.get("redis"),
-        workers=_workers(workers, lambda why: ConfigError(f"--workers: {why}"))
-        if workers
-        else file_values.get("workers", 1),
+        **chosen,
     )
+
+
+def _said(setting: Setting) -> str:
+    # How an error names a setting given on the command line (or in Python).
+    return f"--{setting.flag}" if setting.flag else setting.name
 
 
 def _check_clashes(routes: tuple[RouteSpec, ...]) -> None:

@@ -32,6 +32,9 @@ _TWISTED_LEVELS = {
     "error": LogLevel.error,
 }
 
+# The level names wsmux's settings take, lowest first.
+LOG_LEVELS = tuple(_TWISTED_LEVELS)
+
 
 # Levels wsmux's own logger drops at the call (set by filter_log_level).
 _dropped: frozenset[Any] = frozenset()

@@ -4,6 +4,7 @@ The C{twistd wsmux} command line.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from typing import Any, NoReturn, Optional
 
@@ -11,7 +12,7 @@ from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
 from wsmux.config import (
-    LOG_LEVELS,
+    SETTINGS,
     ConfigError,
     RouteSpec,
     build_settings,
@@ -19,8 +20,11 @@ from wsmux.config import (
     parse_route_arg,
     port_description,
     read_file,
+    tls_min_version,
 )
-from wsmux.logs import LOG_FORMATS, LogLevelService, log, use_json_for_twistd
+from wsmux.factory import _FIELD_TYPES, ProtocolOptions
+from wsmux.limits import ServerLimits
+from wsmux.logs import LOG_LEVELS, LogLevelService, log, use_json_for_twistd
 from wsmux.service import FreezeHeapService, make_service
 from wsmux.tls import TLS_VERSIONS, CertificateError, HostCertificate, SniContextMap
 from wsmux.workers import (
@@ -50,23 +54,33 @@ def _non_negative(convert: Any, what: str) -> Any:
     return parse
 
 
-_seconds = _non_negative(float, "a number of seconds")
-_size = _non_negative(int, "a number of bytes")
-_count = _non_negative(int, "a whole number")
+def _networks(value: str) -> tuple[str, ...]:
+    # A comma-separated list of addresses or networks (checked with the
+    # other limits).
+    return tuple(item.strip() for item in value.split(",") if item.strip())
 
 
-# Flags that set a protocol option default, and flags that set a server
-# limit; the flag is the option's name with dashes.
-_DEFAULT_FLAGS = (
-    "max-message-size",
-    "max-frame-size",
-    "deflate",
-    "ping-interval",
-    "ping-timeout",
-    "idle-timeout",
-    "max-send-queue",
-    "slow-consumer",
-)
+# How a flag's text becomes a number, by the field's type.
+_PARSERS: dict[Any, Any] = {
+    int: _non_negative(int, "a number of bytes"),
+    float: _non_negative(float, "a number of seconds"),
+    tuple: _networks,
+}
+_COUNT = _non_negative(int, "a whole number")
+
+# Protocol options every route inherits, settable by a flag: the flag is
+# the option's name with dashes, but for --handshake-timeout.
+_DEFAULT_FLAGS = {
+    "max-message-size": "max_message_size",
+    "max-frame-size": "max_frame_size",
+    "ping-interval": "ping_interval",
+    "ping-timeout": "ping_timeout",
+    "idle-timeout": "idle_timeout",
+    "handshake-timeout": "open_handshake_timeout",
+    "max-send-queue": "max_send_queue",
+    "slow-consumer": "slow_consumer",
+}
+# Server limits settable by a flag (the limit's name with dashes).
 _LIMIT_FLAGS = (
     "max-connections",
     "max-connections-per-ip",
@@ -78,12 +92,34 @@ _LIMIT_FLAGS = (
 )
 
 
-def _networks(value: str) -> tuple[str, ...]:
-    """
-    A comma-separated list of addresses or networks (checked with the
-    other limits).
-    """
-    return tuple(item.strip() for item in value.split(",") if item.strip())
+def _field_flags() -> list[list[Any]]:
+    # The flags of protocol options and limits, from their fields' help
+    # (wsmux.factory.ProtocolOptions, wsmux.limits.ServerLimits).
+    options = {f.name: f for f in dataclasses.fields(ProtocolOptions)}
+    limits = {f.name: f for f in dataclasses.fields(ServerLimits)}
+    rows: list[list[Any]] = []
+    for flag, name in _DEFAULT_FLAGS.items():
+        f = options[name]
+        kind = _FIELD_TYPES[name]
+        rows.append(
+            [flag, None, None, f"{f.metadata['help']} (Every route's default.)", _PARSERS.get(kind)]
+        )
+    for flag in _LIMIT_FLAGS:
+        f = limits[flag.replace("-", "_")]
+        kind = type(f.default)
+        parse = _COUNT if kind is int and "bytes" not in f.metadata["help"] else _PARSERS.get(kind)
+        rows.append([flag, None, None, f.metadata["help"], parse])
+    return rows
+
+
+def _setting_flags() -> list[list[Any]]:
+    # The flags of server-wide settings, from wsmux.config.SETTINGS (checked
+    # there, with the file's values).
+    return [
+        [s.flag, None, None, s.help + (f" [default: {s.default}]" if s.default else "")]
+        for s in SETTINGS
+        if s.flag
+    ]
 
 
 class Options(usage.Options):
@@ -100,81 +136,8 @@ class Options(usage.Options):
 
     optParameters = [
         ["config", "c", None, "TOML settings file; command-line flags override it."],
-        ["max-message-size", None, None, "Default largest incoming message, in bytes.", _size],
-        ["max-frame-size", None, None, "Default largest incoming frame, in bytes.", _size],
-        [
-            "log-level",
-            None,
-            None,
-            "Lowest level logged: " + ", ".join(LOG_LEVELS) + " [default: info]",
-        ],
-        ["unhandled", None, None, "Dotted path of the hook for upgrades no route serves."],
-        [
-            "ping-interval",
-            None,
-            None,
-            "Default seconds between keepalive pings (0: off).",
-            _seconds,
-        ],
-        ["ping-timeout", None, None, "Default seconds to wait for a pong.", _seconds],
-        [
-            "idle-timeout",
-            None,
-            None,
-            "Default seconds of silence before a close (0: off).",
-            _seconds,
-        ],
-        [
-            "handshake-timeout",
-            None,
-            None,
-            "Seconds a client has for the opening handshake.",
-            _seconds,
-        ],
-        [
-            "max-send-queue",
-            None,
-            None,
-            "Default bytes waiting for a slow client before its policy applies.",
-            _size,
-        ],
-        ["slow-consumer", None, None, "Default policy past max-send-queue: close or drop."],
-        ["max-connections", None, None, "Most WebSocket connections on the server.", _count],
-        [
-            "max-connections-per-ip",
-            None,
-            None,
-            "Most WebSocket connections from one address.",
-            _count,
-        ],
-        [
-            "trusted-proxies",
-            None,
-            None,
-            "How many proxies to trust, counted back along the forwarded header.",
-            _count,
-        ],
-        [
-            "trusted-proxy-networks",
-            None,
-            None,
-            "Comma-separated addresses or networks of the proxies to believe (e.g. 127.0.0.1,10.0.0.0/8).",
-            _networks,
-        ],
-        [
-            "forwarded-header",
-            None,
-            None,
-            "The header the proxies write: x-forwarded-for, forwarded or both [default: x-forwarded-for]",
-        ],
-        ["max-body-size", None, None, "Largest plain-HTTP request body, in bytes.", _size],
-        [
-            "drain-timeout",
-            None,
-            None,
-            "Seconds to wait for clients to close on shutdown.",
-            _seconds,
-        ],
+        *_setting_flags(),
+        *_field_flags(),
         [
             "certs",
             None,
@@ -183,32 +146,18 @@ class Options(usage.Options):
         ],
         ["cert", None, None, "Default certificate chain (PEM)."],
         ["key", None, None, "Private key of --cert (PEM); --cert's file when not given."],
-        ["tls-min-version", None, None, "Lowest TLS version: 1.2 or 1.3 [default: 1.2]"],
-        ["metrics-path", None, None, "Serve Prometheus metrics at this path (e.g. /metrics)."],
-        ["metrics-port", None, None, "Serve Prometheus metrics on a port of their own."],
-        ["health-path", None, None, "Where the health check answers [default: /healthz]."],
-        ["status-path", None, None, "Serve the status page here (e.g. /status); off by default."],
-        ["status-token", None, None, "A token that opens the status page from any address."],
-        ["redis", None, None, "redis://HOST:PORT/DB: channels reach every wsmux on that Redis."],
-        ["workers", None, None, "Serve the ports from N worker processes (or auto: one per core)."],
+        [
+            "tls-min-version",
+            None,
+            None,
+            f"Lowest TLS version: {' or '.join(TLS_VERSIONS)} [default: 1.2]",
+        ],
         ["worker-sockets", None, None, "(internal) the sockets a worker process adopts."],
         [
             "config-snapshot",
             None,
             None,
             "(internal) the copy of --config a worker's supervisor parsed, read instead of it.",
-        ],
-        [
-            "status-allow",
-            None,
-            None,
-            "Comma-separated addresses or networks that may see the status [default: loopback]",
-        ],
-        [
-            "log-format",
-            None,
-            None,
-            "text (for people) or json (lines for log shippers) [default: text]",
         ],
     ]
     optFlags = [
@@ -275,16 +224,15 @@ class Options(usage.Options):
         self["deflate"] = "inflate-only"
 
     def postOptions(self) -> None:
-        if self["log-format"] is not None and self["log-format"] not in LOG_FORMATS:
-            raise usage.UsageError(f"--log-format must be text or json, not {self['log-format']!r}")
-        if self["log-level"] is not None and self["log-level"] not in LOG_LEVELS:
-            raise usage.UsageError(
-                f"--log-level must be one of {', '.join(LOG_LEVELS)}, not {self['log-level']!r}"
-            )
-        defaults = self._given(_DEFAULT_FLAGS)
-        if self["handshake-timeout"] is not None:
-            defaults["open_handshake_timeout"] = self["handshake-timeout"]
-        limits = self._given(_LIMIT_FLAGS)
+        defaults = {
+            name: self[flag] for flag, name in _DEFAULT_FLAGS.items() if self[flag] is not None
+        }
+        if self["deflate"] is not None:
+            defaults["deflate"] = self["deflate"]
+        limits = {
+            flag.replace("-", "_"): self[flag] for flag in _LIMIT_FLAGS if self[flag] is not None
+        }
+        given = {s.name: self[s.flag] for s in SETTINGS if s.flag and self[s.flag] is not None}
         tls = self._tls_overrides()
         try:
             self.config_bytes = None
@@ -297,27 +245,17 @@ class Options(usage.Options):
                 ports=tuple(self["ports"]),
                 routes=routes,
                 defaults=defaults,
-                unhandled=self["unhandled"],
-                log_level=self["log-level"],
                 limits=limits,
                 tls=tls,
                 tls_ports=tuple(self["tls-ports"]),
                 shared_ports=tuple(self["shared-ports"]),
-                metrics_path=self["metrics-path"],
-                metrics_port=self["metrics-port"],
-                health_path=self["health-path"],
-                log_format=self["log-format"],
-                status_path=self["status-path"],
-                status_token=self["status-token"],
-                status_allow=self._status_allow(),
-                redis=self["redis"],
-                workers=self["workers"],
                 source=self["config"] or "command line",
+                **given,
             )
             if self.settings.log_format == "json" and self.parent is not None:
                 use_json_for_twistd(self.parent)
-            # Import handlers and the hook, and read the certificates, now:
-            # a typo or a bad file is a usage error, not a traceback later.
+            # Import handlers and the hook now: a typo is a usage error, not
+            # a traceback later.
             self._check_imports()
             self.adopted = None
             if self["worker-sockets"]:
@@ -366,19 +304,6 @@ class Options(usage.Options):
             except ValueError as e:
                 raise ConfigError(str(e)) from None
 
-    def _status_allow(self) -> tuple[str, ...]:
-        if not self["status-allow"]:
-            return ()
-        import ipaddress
-
-        items = tuple(a.strip() for a in self["status-allow"].split(",") if a.strip())
-        for item in items:
-            try:
-                ipaddress.ip_network(item, strict=False)
-            except ValueError:
-                raise usage.UsageError(f"--status-allow: {item!r} is not an address or network")
-        return items
-
     def _tls_overrides(self) -> dict[str, Any]:
         tls: dict[str, Any] = {}
         if self["certs"]:
@@ -390,15 +315,11 @@ class Options(usage.Options):
         if self["tls-strict"]:
             tls["strict"] = True
         if self["tls-min-version"]:
-            if self["tls-min-version"] not in TLS_VERSIONS:
-                raise usage.UsageError(
-                    f"--tls-min-version must be one of {', '.join(TLS_VERSIONS)}"
-                )
-            tls["min_version"] = self["tls-min-version"]
+            try:
+                tls["min_version"] = tls_min_version(self["tls-min-version"])
+            except ValueError as e:
+                raise usage.UsageError(f"--tls-min-version: {e}") from None
         return tls
-
-    def _given(self, flags: tuple[str, ...]) -> dict[str, Any]:
-        return {flag.replace("-", "_"): self[flag] for flag in flags if self[flag] is not None}
 
     def _check_imports(self) -> None:
         from wsmux.handlers import resolve_callable, resolve_handler
