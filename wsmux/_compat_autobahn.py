@@ -50,6 +50,36 @@ from wsmux.responses import safe_accept
 if TYPE_CHECKING:
     from wsmux.connection import Connection
 
+    class Hooked(WebSocketServerProtocol):
+        """
+        For the type checker, what each of wsmux's hooks will be part of: an
+        Autobahn server protocol, with the connection attached and with the
+        options Autobahn copies onto every connection (its C{CONFIG_ATTRS},
+        which Autobahn does not declare).
+        """
+
+        wsmux: Connection
+        logFrames: bool
+        logOctets: bool
+        applyMask: bool
+        maskServerFrames: bool
+        utf8validateIncoming: bool
+        maxFramePayloadSize: int
+        maxMessagePayloadSize: int
+        autoFragmentSize: int
+        openHandshakeTimeout: float
+        closeHandshakeTimeout: float
+        tcpNoDelay: bool
+        versions: list[int]
+        trustXForwardedFor: int
+        maxConnections: int
+        allowedOriginsPatterns: list[Any]
+        autoPingRestartOnAnyTraffic: bool
+
+    _Hooked = Hooked
+else:
+    _Hooked = object
+
 try:
     from autobahn.util import _is_tls_error, _maybe_tls_reason
 except ImportError:  # pragma: no cover - another Autobahn: the check says so
@@ -151,7 +181,7 @@ def _has_token(value: str, token: str) -> bool:
     return any(part.strip().lower() == token for part in value.split(","))
 
 
-class GuardedHandshakeMixin:
+class GuardedHandshakeMixin(_Hooked):
     """
     For a handler on Autobahn's own handshake path: C{succeedHandshake}
     runs in a Deferred's callback there, where an exception would be an
@@ -164,12 +194,12 @@ class GuardedHandshakeMixin:
 
     def succeedHandshake(self, res: Any) -> None:
         try:
-            super().succeedHandshake(safe_accept(res))  # type: ignore[misc]
+            super().succeedHandshake(safe_accept(res))
         except Exception:
             self.wsmux.handler_failed("the opening handshake")
 
 
-class DirectHandshakeMixin:
+class DirectHandshakeMixin(_Hooked):
     """
     Open a connection from the request C{twisted.web} already parsed.
     """
@@ -408,7 +438,8 @@ class LeanServerProtocol(WebSocketServerProtocol):
         self._transport_details = details
         self.peer = details.peer
         # twisted.web has already turned Nagle off on a connection it hands
-        # over (_wsmux_tcp_nodelay says so): one system call fewer.
+        # over (_wsmux_tcp_nodelay says so): one system call fewer.  (tcpNoDelay
+        # is an option Autobahn copies onto connections, undeclared.)
         nodelay = self.tcpNoDelay  # type: ignore[attr-defined]
         if self._wsmux_tcp_nodelay is None or self._wsmux_tcp_nodelay != nodelay:
             try:
@@ -450,8 +481,8 @@ class LeanServerProtocol(WebSocketServerProtocol):
         super()._closeConnection(abort)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if _is_tls_error(reason.value):  # type: ignore[misc]
-            self.log.error(_maybe_tls_reason(reason.value))  # type: ignore[misc]
+        if _is_tls_error(reason.value):
+            self.log.error(_maybe_tls_reason(reason.value))
         self._connectionLost(reason)
 
     def _connectionLost(self, reason: Any) -> None:
@@ -510,11 +541,11 @@ def _connection_made(protocol: Any) -> None:
     if not LAZY_PFORMAT:
         WebSocketProtocol._connectionMade(protocol)
         return
-    _ws.pformat = _Pformat  # type: ignore[attr-defined,assignment]
+    _ws.pformat = _Pformat  # type: ignore[assignment]
     try:
         WebSocketProtocol._connectionMade(protocol)
     finally:
-        _ws.pformat = pprint.pformat  # type: ignore[attr-defined]
+        _ws.pformat = pprint.pformat
 
 
 # -- whole small frames --------------------------------------------------------
@@ -602,7 +633,7 @@ def _nvx_unmask_in_place() -> Any:
     # place on a bytearray; None when this Autobahn build lacks it, and big
     # frames then take Autobahn's path.
     try:
-        from _nvx_xormasker import ffi, lib  # type: ignore[import-not-found]
+        from _nvx_xormasker import ffi, lib
     except ImportError:  # pragma: no cover - Autobahn without NVX
         return None
 
@@ -632,7 +663,7 @@ NVX_MASKER = declare(
 unmask_in_place = _nvx_unmask_in_place() if NVX_MASKER else None
 
 
-class FastReceiveMixin:
+class FastReceiveMixin(_Hooked):
     """
     Take whole small data frames without Autobahn's per-frame hooks.
 
@@ -658,24 +689,24 @@ class FastReceiveMixin:
         writes = self.wsmux.writes
         try:
             if writes.held is not None:  # held already: this turn's, or a read inside a read
-                self._dataReceived(data)  # type: ignore[attr-defined]
+                self._dataReceived(data)
                 return
             writes.start()
-            transport: Any = self.transport  # type: ignore[attr-defined]
+            transport: Any = self.transport
             if transport.__class__ is tcp.Server:
                 transport.reactor.callLater(0, writes.send_held)  # type: ignore[attr-defined]
-                self._dataReceived(data)  # type: ignore[attr-defined]
+                self._dataReceived(data)
                 return
             try:
-                self._dataReceived(data)  # type: ignore[attr-defined]
+                self._dataReceived(data)
             finally:
                 writes.send_held()
         except Exception:
             self.wsmux.handler_failed("a message callback")
 
     def consumeData(self) -> None:
-        if self.state != self.STATE_OPEN and self._wsmux_big is None:  # type: ignore[attr-defined]
-            super().consumeData()  # type: ignore[misc]
+        if self.state != self.STATE_OPEN and self._wsmux_big is None:
+            super().consumeData()
             return
         if self._wsmux_busy:
             # Called again from inside a handler (an in-memory transport can
@@ -685,25 +716,25 @@ class FastReceiveMixin:
             return
         self._wsmux_busy = True
         try:
-            open_ = self.STATE_OPEN  # type: ignore[attr-defined]
-            closing = self.STATE_CLOSING  # type: ignore[attr-defined]
+            open_ = self.STATE_OPEN
+            closing = self.STATE_CLOSING
             while True:
                 self._wsmux_again = False
-                state = self.state  # type: ignore[attr-defined]
+                state = self.state
                 if state != open_ and state != closing:
                     return
                 if self._wsmux_big is not None:
                     if not self._wsmux_gather_big():
                         return
                     continue
-                if state == open_ and self.current_frame is None:  # type: ignore[attr-defined]
+                if state == open_ and self.current_frame is None:
                     messages = self._wsmux_cut_messages()
                     if messages:
                         self._wsmux_deliver(messages)
                         continue
                     if self._wsmux_start_big() or self._wsmux_close_frame():
                         continue
-                if not self.processData() and not self._wsmux_again:  # type: ignore[attr-defined]
+                if not self.processData() and not self._wsmux_again:
                     return
         finally:
             self._wsmux_busy = False
@@ -711,10 +742,7 @@ class FastReceiveMixin:
     def _wsmux_receive_ok(self) -> bool:
         # Between messages, and nothing asked of Autobahn's path.
         return not (
-            self.inside_message  # type: ignore[attr-defined]
-            or self.logFrames  # type: ignore[attr-defined]
-            or self.trackedTimings  # type: ignore[attr-defined]
-            or not self.applyMask  # type: ignore[attr-defined]
+            self.inside_message or self.logFrames or self.trackedTimings or not self.applyMask
         )
 
     def _wsmux_cut_messages(self) -> list[tuple[bytes, bool]]:
@@ -723,11 +751,11 @@ class FastReceiveMixin:
         """
         if not self._wsmux_receive_ok():
             return []
-        data: bytes = self.data  # type: ignore[has-type]
+        data: bytes = self.data
         end = len(data)
-        max_message = self.maxMessagePayloadSize  # type: ignore[attr-defined]
-        max_frame = self.maxFramePayloadSize  # type: ignore[attr-defined]
-        validate = self.utf8validateIncoming  # type: ignore[attr-defined]
+        max_message = self.maxMessagePayloadSize
+        max_frame = self.maxFramePayloadSize
+        validate = self.utf8validateIncoming
         messages: list[tuple[bytes, bool]] = []
         octets = 0
         i = 0
@@ -775,7 +803,7 @@ class FastReceiveMixin:
         and reason to Autobahn's C{onCloseFrame}, as Autobahn's frame
         machinery would (it checks both and answers).
         """
-        data: bytes = self.data  # type: ignore[has-type]
+        data: bytes = self.data
         if len(data) < 6 or data[0] != _CLOSE or not self._wsmux_receive_ok():
             return False
         b1 = data[1]
@@ -785,7 +813,7 @@ class FastReceiveMixin:
         payload = unmask(data[6 : 6 + length], data[2:6]) if length else b""
         self.data = data[6 + length :]
         code = (payload[0] << 8) | payload[1] if length else None
-        self.onCloseFrame(code, payload[2:] if length > 2 else None)  # type: ignore[attr-defined]
+        self.onCloseFrame(code, payload[2:] if length > 2 else None)  # type: ignore[arg-type]
         return True
 
     def _wsmux_start_big(self) -> bool:
@@ -795,7 +823,7 @@ class FastReceiveMixin:
         Text stays on Autobahn's path, which checks UTF-8 as the bytes
         arrive and fails a bad message before the rest of it comes.
         """
-        data: bytes = self.data  # type: ignore[has-type]
+        data: bytes = self.data
         if (
             unmask_in_place is None
             or len(data) < 14
@@ -805,8 +833,8 @@ class FastReceiveMixin:
         ):
             return False
         length = int.from_bytes(data[2:10], "big")
-        max_message = self.maxMessagePayloadSize  # type: ignore[attr-defined]
-        max_frame = self.maxFramePayloadSize  # type: ignore[attr-defined]
+        max_message = self.maxMessagePayloadSize
+        max_frame = self.maxFramePayloadSize
         if length < _BIG or length >> 63 or 0 < max_message < length or 0 < max_frame < length:
             return False
         first = data[14 : 14 + length]
@@ -823,7 +851,7 @@ class FastReceiveMixin:
         Add buffered bytes to the big frame; deliver it once whole.
         """
         assert self._wsmux_big is not None
-        data: bytes = self.data  # type: ignore[has-type]
+        data: bytes = self.data
         need = self._wsmux_big_length - self._wsmux_big_have
         if len(data) <= need:
             self._wsmux_big.append(data)
@@ -847,7 +875,7 @@ class FastReceiveMixin:
 
     def _wsmux_received(self, messages: int, octets: int) -> None:
         # Autobahn's counters for whole single-frame messages, and activity.
-        stats = self.trafficStats  # type: ignore[attr-defined]
+        stats = self.trafficStats
         stats.incomingOctetsWebSocketLevel += octets
         stats.incomingOctetsAppLevel += octets
         stats.incomingWebSocketFrames += messages
@@ -856,7 +884,7 @@ class FastReceiveMixin:
 
     def _wsmux_uncount(self, messages: list[tuple[bytes, bool]]) -> None:
         # Take back what _wsmux_received counted for these messages.
-        stats = self.trafficStats  # type: ignore[attr-defined]
+        stats = self.trafficStats
         octets = sum(len(payload) for payload, _ in messages)
         stats.incomingOctetsWebSocketLevel -= octets
         stats.incomingOctetsAppLevel -= octets
@@ -865,24 +893,24 @@ class FastReceiveMixin:
 
     def _wsmux_activity(self) -> None:
         # What Autobahn and the idle timeout do when a data frame arrives.
-        if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:  # type: ignore[attr-defined]
-            self._cancelAutoPingTimeoutCall()  # type: ignore[attr-defined]
+        if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:
+            self._cancelAutoPingTimeoutCall()
         self.wsmux.activity()
 
     def _wsmux_deliver(self, messages: list[tuple[bytes, bool]]) -> None:
-        open_ = self.STATE_OPEN  # type: ignore[attr-defined]
-        closed = self.STATE_CLOSED  # type: ignore[attr-defined]
+        open_ = self.STATE_OPEN
+        closed = self.STATE_CLOSED
         # The handler's own onMessage, called directly (wsmux's watching
         # wrapper in front of it is done here, without a call per message).
         conn = self.wsmux
         on_message = conn.policy.on_message
         for i, (payload, is_binary) in enumerate(messages):
-            state = self.state  # type: ignore[attr-defined]
+            state = self.state
             if state != open_:
                 # The handler closed during the batch.  Autobahn parses a
                 # frame only after delivering the one before, and counts it
                 # only while open; it parses none once closed.
-                if state == closed or self.failedByMe:  # type: ignore[attr-defined]
+                if state == closed or self.failedByMe:
                     self._wsmux_uncount(messages[i:])
                     return
                 self._wsmux_uncount(messages[i : i + 1])
@@ -891,11 +919,11 @@ class FastReceiveMixin:
             if result is not None:
                 conn.watch(result, "onMessage")
             # Autobahn's observable "message" event, when anyone listens.
-            if self._listeners or self._parent is not None:  # type: ignore[attr-defined]
-                self.fire("message", payload, is_binary=is_binary)  # type: ignore[attr-defined]
+            if self._listeners or self._parent is not None:
+                self.fire("message", payload, is_binary=is_binary)
 
 
-class FastSendMixin:
+class FastSendMixin(_Hooked):
     """
     Send an unfragmented, uncompressed message as one write.
 
@@ -907,17 +935,17 @@ class FastSendMixin:
     wsmux: Connection
 
     def _wsmux_write(self, *pieces: bytes) -> None:
-        self.wsmux.writes.hold(self.transport, pieces)  # type: ignore[attr-defined]
+        self.wsmux.writes.hold(self.transport, pieces)
 
     def _wsmux_fast_send_ok(self) -> bool:
         return (
             not self.wsmux.paused
-            and self.state == self.STATE_OPEN  # type: ignore[attr-defined]
-            and not self.send_queue  # type: ignore[attr-defined]
-            and not self.logFrames  # type: ignore[attr-defined]
-            and not self.logOctets  # type: ignore[attr-defined]
-            and not self.trackedTimings  # type: ignore[attr-defined]
-            and not self.maskServerFrames  # type: ignore[attr-defined]
+            and self.state == self.STATE_OPEN
+            and not self.send_queue
+            and not self.logFrames
+            and not self.logOctets
+            and not self.trackedTimings
+            and not self.maskServerFrames
         )
 
     def sendMessage(
@@ -933,8 +961,8 @@ class FastSendMixin:
             fragmentSize is None
             and not sync
             and type(payload) is bytes
-            and (doNotCompress or self._perMessageCompress is None)  # type: ignore[attr-defined]
-            and not (0 < self.autoFragmentSize < length)  # type: ignore[attr-defined]
+            and (doNotCompress or self._perMessageCompress is None)
+            and not (0 < self.autoFragmentSize < length)
             and self._wsmux_fast_send_ok()
         ):
             header = frame_header(_BINARY if isBinary else _TEXT, length)
@@ -943,38 +971,32 @@ class FastSendMixin:
             else:
                 # The header and a big payload go out together, uncopied.
                 self._wsmux_write(header, payload)
-            stats = self.trafficStats  # type: ignore[attr-defined]
+            stats = self.trafficStats
             stats.outgoingWebSocketMessages += 1
             stats.outgoingWebSocketFrames += 1
             stats.outgoingOctetsAppLevel += length
             stats.outgoingOctetsWebSocketLevel += length
             stats.outgoingOctetsWireLevel += len(header) + length
             return
-        super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress)  # type: ignore[misc]
+        super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress)
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: Optional[int] = None) -> None:
         # Autobahn's own writes (the handshake response, prepared
         # broadcast messages, pongs, close frames, fragments): the same as
         # Autobahn's, without its debug-log
         # formatting, and sent at once when the socket has room.
-        state = self.state  # type: ignore[attr-defined]
-        if (
-            sync
-            or chopsize
-            or self.wsmux.paused
-            or self.send_queue  # type: ignore[attr-defined]
-            or self.logOctets  # type: ignore[attr-defined]
-        ):
+        state = self.state
+        if sync or chopsize or self.wsmux.paused or self.send_queue or self.logOctets:
             # Autobahn writes to the transport itself: what is held for
             # this connection goes first.
-            self.wsmux.writes.release(self.transport)  # type: ignore[attr-defined]
-            super().sendData(data, sync, chopsize)  # type: ignore[misc]
+            self.wsmux.writes.release(self.transport)
+            super().sendData(data, sync, chopsize)
             return
         self._wsmux_write(data)
-        if state == self.STATE_OPEN:  # type: ignore[attr-defined]
-            self.trafficStats.outgoingOctetsWireLevel += len(data)  # type: ignore[attr-defined]
-        elif state == self.STATE_CONNECTING:  # type: ignore[attr-defined]
-            self.trafficStats.preopenOutgoingOctetsWireLevel += len(data)  # type: ignore[attr-defined]
+        if state == self.STATE_OPEN:
+            self.trafficStats.outgoingOctetsWireLevel += len(data)
+        elif state == self.STATE_CONNECTING:
+            self.trafficStats.preopenOutgoingOctetsWireLevel += len(data)
 
 
 # -- failing a connection ------------------------------------------------------

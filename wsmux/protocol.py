@@ -12,7 +12,7 @@ hold no state: each connection's lives in its L{Connection}
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
 from autobahn.websocket.types import ConnectionRequest
@@ -38,11 +38,18 @@ from wsmux.responses import safe_headers, status_reason
 
 __all__ = ["RouteProtocolMixin", "close_with", "route_protocol"]
 
+if TYPE_CHECKING:
+    # For the type checker, each hook is what it will be part of: a route
+    # class, an Autobahn server protocol with the connection attached.
+    from wsmux._compat_autobahn import Hooked as _Hooked
+else:
+    _Hooked = object
+
 _MISSING = object()
 _OPEN = WebSocketProtocol.STATE_OPEN
 
 
-class SendQueue(list):  # type: ignore[type-arg]
+class SendQueue(list):
     """
     Autobahn's send queue (appended to, popped from the left), as a list:
     it is nearly always empty, and an empty list is a tenth of the size of
@@ -55,7 +62,7 @@ class SendQueue(list):  # type: ignore[type-arg]
         return self.pop(0)
 
 
-class RouteProtocolMixin:
+class RouteProtocolMixin(_Hooked):
     """
     The route's part of a handler class: Autobahn's events, handed to the
     connection's L{Connection} (C{self.wsmux}).
@@ -79,10 +86,10 @@ class RouteProtocolMixin:
         if self.__dict__.get("wsmux") is None:
             # Made by hand rather than by a route tree: a connection of its own.
             self.wsmux = Connection(self, self._wsmux_policy)
-        super().connectionMade()  # type: ignore[misc]
+        super().connectionMade()
         # Autobahn's empty deque takes 760 bytes per connection; the queue
-        # is only used for sync or chopped sends.
-        self.send_queue = SendQueue()
+        # is only used for sync or chopped sends (a list, used as a deque).
+        self.send_queue = SendQueue()  # type: ignore[assignment]
         self.wsmux.opened(self.transport)
 
     # The end of a connection.  However it ends (a closing handshake, a
@@ -93,15 +100,15 @@ class RouteProtocolMixin:
 
     def dropConnection(self, abort: bool = False) -> None:
         self.wsmux.end()
-        super().dropConnection(abort)  # type: ignore[misc]
+        super().dropConnection(abort)
         self.wsmux.dropping(abort)
 
     def connectionLost(self, reason: Any = None) -> None:
         self.wsmux.lost()
-        super().connectionLost(reason)  # type: ignore[misc]
+        super().connectionLost(reason)
 
     def onConnect(self, request: ConnectionRequest) -> Any:
-        result = super().onConnect(request)  # type: ignore[misc]
+        result = super().onConnect(request)
         if self.wsmux.subprotocol is None:
             return result
         if isinstance(result, Deferred):
@@ -140,9 +147,7 @@ class RouteProtocolMixin:
             for name, values in safe_headers(dict(responseHeaders or ())).items()
             for value in values
         ]
-        super().failHandshake(  # type: ignore[misc]
-            status_reason(reason, "Refused"), code, headers or None
-        )
+        super().failHandshake(status_reason(reason, "Refused"), code, headers or None)
 
     def onOpen(self) -> None:
         conn = self.wsmux
@@ -151,11 +156,11 @@ class RouteProtocolMixin:
         log.info(
             "open route={route} peer={peer} path={path}",
             route=conn.route,
-            peer=self.peer,  # type: ignore[attr-defined]
-            path=self.http_request_path,  # type: ignore[attr-defined]
+            peer=self.peer,
+            path=self.http_request_path,
         )
         try:
-            result = super().onOpen()  # type: ignore[misc]
+            result = super().onOpen()
         except Exception:
             conn.handler_failed("onOpen")
         else:
@@ -170,32 +175,32 @@ class RouteProtocolMixin:
             log.info(
                 "close route={route} peer={peer} code={code} reason={reason!r}",
                 route=conn.route,
-                peer=self.peer,  # type: ignore[attr-defined]
+                peer=self.peer,
                 code=code,
                 reason=reason or "",
             )
         try:
-            super().onClose(wasClean, code, reason)  # type: ignore[misc]
+            super().onClose(wasClean, code, reason)
         except Exception:
             conn.handler_failed("onClose")
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         # The handler's; a Deferred it returns is watched for failure.
-        result = super().onMessage(payload, isBinary)  # type: ignore[misc]
+        result = super().onMessage(payload, isBinary)
         if result is not None:
             self.wsmux.watch(result, "onMessage")
 
     def sendCloseFrame(
         self, code: Optional[int] = None, reasonUtf8: Optional[bytes] = None, isReply: bool = False
     ) -> None:
-        super().sendCloseFrame(code, reasonUtf8, isReply)  # type: ignore[misc]
-        if self.failedByMe and not isReply and self.state == self.STATE_CLOSING:  # type: ignore[attr-defined]
+        super().sendCloseFrame(code, reasonUtf8, isReply)
+        if self.failedByMe and not isReply and self.state == self.STATE_CLOSING:
             # Autobahn failed the connection (a protocol violation or a
             # limit: 1002, 1007, 1009...); say which, where and for whom.
             log.info(
                 "failing connection route={route} peer={peer} code={code} reason={reason!r}",
                 route=self.wsmux.route,
-                peer=self.peer,  # type: ignore[attr-defined]
+                peer=self.peer,
                 code=code,
                 reason=(reasonUtf8 or b"").decode("utf-8", "replace"),
             )
@@ -237,20 +242,20 @@ class RouteProtocolMixin:
         sync: bool = False,
         doNotCompress: bool = False,
     ) -> None:
-        if self.state != _OPEN:  # type: ignore[attr-defined]
+        if self.state != _OPEN:
             # Closing or closed: a reply to a message that crossed our close
             # frame has nowhere to go (Autobahn would raise Disconnected).
             return
         conn = self.wsmux
         if conn.paused and not conn.room_for(len(payload)):
             return
-        limit = self.maxMessagePayloadSize  # type: ignore[attr-defined]
+        limit = self.maxMessagePayloadSize
         # Near the limit (compressing can make a message slightly larger:
         # incompressible data, about 5 bytes per 16 KiB block, plus a few).
         if limit and len(payload) >= limit - (limit >> 9) - 64:
             self._wsmux_send_past_limit(payload, isBinary, fragmentSize, sync, doNotCompress)
             return
-        super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress)  # type: ignore[misc]
+        super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress)
 
     def _wsmux_send_past_limit(
         self,
@@ -267,7 +272,7 @@ class RouteProtocolMixin:
         own = self.__dict__.get("maxMessagePayloadSize", _MISSING)
         self.maxMessagePayloadSize = 0
         try:
-            super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress)  # type: ignore[misc]
+            super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress)
         finally:
             if own is _MISSING:
                 del self.maxMessagePayloadSize
@@ -275,10 +280,10 @@ class RouteProtocolMixin:
                 self.maxMessagePayloadSize = own
 
     def sendPreparedMessage(self, preparedMsg: PreparedMessage) -> None:
-        if self.state != _OPEN:  # type: ignore[attr-defined]
+        if self.state != _OPEN:
             return
         conn = self.wsmux
-        if self.send_state:  # type: ignore[attr-defined]
+        if self.send_state:
             # In the middle of a message being streamed to this client: a
             # whole message in between would break it (RFC 6455 5.4).  It
             # goes out after the stream's last frame.
@@ -294,10 +299,10 @@ class RouteProtocolMixin:
             return
         # Autobahn counts messages sent with sendMessage only.
         conn.prepared_sent += 1
-        super().sendPreparedMessage(preparedMsg)  # type: ignore[misc]
+        super().sendPreparedMessage(preparedMsg)
 
     def endMessage(self) -> None:
-        super().endMessage()  # type: ignore[misc]
+        super().endMessage()
         for prepared in self.wsmux.take_after_message():
             self.sendPreparedMessage(prepared)
 
@@ -305,10 +310,10 @@ class RouteProtocolMixin:
         conn = self.wsmux
         if conn.paused and not conn.sending(len(data)):
             return
-        super().sendData(data, sync, chopsize)  # type: ignore[misc]
+        super().sendData(data, sync, chopsize)
 
 
-class ReceiveGuardMixin:
+class ReceiveGuardMixin(_Hooked):
     """
     For a handler that keeps Autobahn's receive path: an exception from
     its callbacks ends its own connection with 1011 (see
@@ -320,12 +325,12 @@ class ReceiveGuardMixin:
 
     def dataReceived(self, data: bytes) -> None:
         try:
-            super().dataReceived(data)  # type: ignore[misc]
+            super().dataReceived(data)
         except Exception:
             self.wsmux.handler_failed("a message callback")
 
 
-class MessageHooksMixin:
+class MessageHooksMixin(_Hooked):
     """
     For a route with an idle timeout or a fragment cap: a message arriving
     restarts the idle timer, and one that arrives in more frames than the
@@ -336,22 +341,22 @@ class MessageHooksMixin:
 
     def onMessageBegin(self, isBinary: bool) -> None:
         self.wsmux.message_begins()
-        super().onMessageBegin(isBinary)  # type: ignore[misc]
+        super().onMessageBegin(isBinary)
 
     def onMessageFrameBegin(self, length: int) -> None:
         conn = self.wsmux
         if conn.policy.max_fragments and not conn.fragment_allowed():
-            if not self.failedByMe:  # type: ignore[attr-defined]
+            if not self.failedByMe:
                 fail_connection(
                     self,
                     1009,
                     f"message split into more than {conn.policy.max_fragments} frames",
                 )
             return
-        super().onMessageFrameBegin(length)  # type: ignore[misc]
+        super().onMessageFrameBegin(length)
 
 
-class PacingMixin:
+class PacingMixin(_Hooked):
     """
     For a route with a C{send_delay}: keep at least that long between
     messages sent to one client, without blocking the reactor and without
@@ -371,17 +376,17 @@ class PacingMixin:
         sync: bool = False,
         doNotCompress: bool = False,
     ) -> None:
-        send = super().sendMessage  # type: ignore[misc]
+        send = super().sendMessage
         self.wsmux.pace(
             lambda: send(payload, isBinary, fragmentSize, sync, doNotCompress), len(payload)
         )
 
     def sendPreparedMessage(self, preparedMsg: PreparedMessage) -> None:
-        send = super().sendPreparedMessage  # type: ignore[misc]
+        send = super().sendPreparedMessage
         self.wsmux.pace(lambda: send(preparedMsg), len(preparedMsg.payloadHybi))
 
 
-class InflateOnlyMixin:
+class InflateOnlyMixin(_Hooked):
     """
     Accept compressed messages from the client but never compress ours.
 
@@ -397,12 +402,10 @@ class InflateOnlyMixin:
         sync: bool = False,
         doNotCompress: bool = False,
     ) -> None:
-        super().sendMessage(  # type: ignore[misc]
-            payload, isBinary, fragmentSize, sync, doNotCompress=True
-        )
+        super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress=True)
 
     def sendPreparedMessage(self, preparedMsg: PreparedMessage) -> None:
-        self.sendData(preparedMsg.payloadHybi)  # type: ignore[attr-defined]
+        self.sendData(preparedMsg.payloadHybi)
 
 
 class _Alias:
@@ -432,6 +435,8 @@ class ConnectionNames:
     connection's.
     """
 
+    wsmux: Connection
+
     path_params = _Alias("path_params")
     channels = _Alias("channels")
     client_address = _Alias("client_address")
@@ -439,7 +444,7 @@ class ConnectionNames:
     dropped_messages = _Alias("dropped_messages")
 
     def writable(self) -> Deferred[None]:
-        return self.wsmux.writable()  # type: ignore[attr-defined,no-any-return]
+        return self.wsmux.writable()
 
 
 @functools.cache
