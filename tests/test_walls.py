@@ -16,7 +16,7 @@ WSMUX = ROOT / "wsmux"
 
 # The connection machinery: none of it reaches for the process's set-up.
 CORE = ["routing", "factory", "connection", "protocol", "handlers", "site", "channels", "streaming", "limits",
-        "_paths", "_upgrades", "_endpoint", "_takeover", "_writes", "_frames",
+        "_paths", "_upgrades", "_endpoint", "_takeover", "_writes", "_frames", "_responses",
         "_compat", "_compat_twisted", "_compat_autobahn"]  # fmt: skip
 SET_UP = [
     "wsmux._twistd",

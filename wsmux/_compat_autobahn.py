@@ -45,7 +45,7 @@ from twisted.python.failure import Failure
 from wsmux._compat import all_of, code_names, declare, missing_names
 from wsmux._compat_twisted import close_idle_tcp
 from wsmux._frames import _BIG, _BINARY, _CLOSE, _TEXT, frame_header, unmask
-from wsmux.responses import safe_accept
+from wsmux._responses import safe_accept
 
 if TYPE_CHECKING:
     from wsmux.connection import Connection

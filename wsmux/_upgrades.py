@@ -10,8 +10,8 @@ from typing import Sequence
 
 from twisted.web.iweb import IRequest
 
+from wsmux._responses import header_value, status_reason
 from wsmux.logs import log
-from wsmux.responses import header_value, status_reason
 
 _PARAMS_ATTR = "wsmux_path_params"
 NO_ROUTE = "No WebSocket route at this path"

@@ -30,11 +30,11 @@ from wsmux._compat_autobahn import (
     fail_connection,
     fast_path_ok,
 )
+from wsmux._responses import safe_headers, status_reason
 from wsmux._writes import scheduler_for
 from wsmux.connection import Connection, RoutePolicy, close_with
 from wsmux.factory import ProtocolOptions
 from wsmux.logs import log
-from wsmux.responses import safe_headers, status_reason
 
 __all__ = ["RouteProtocolMixin", "close_with", "route_protocol"]
 

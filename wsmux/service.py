@@ -14,16 +14,16 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from wsmux._page import demo_page
+from wsmux._status import mount_status
 from wsmux.config import Settings, port_description
 from wsmux.handlers import resolve_callable, resolve_handler
 from wsmux.logs import log
 from wsmux.metrics import HealthResource, MetricsResource, metrics_registry
-from wsmux.page import demo_page
 from wsmux.protocol import close_with
 from wsmux.redis_channels import RedisChannels
 from wsmux.routing import Route, RouteTree
 from wsmux.site import WebSocketSite
-from wsmux.status import mount_status
 from wsmux.tls import SniContextMap, SniffingFactory, tls_factory
 from wsmux.workers import AdoptedPort, ignore_hangup, on_hangup
 
