@@ -302,6 +302,57 @@ def test_the_drain_answers_upgrades_still_waiting_for_a_decision():
     assert Later.decisions[0].called  # cancelled: nobody waits for it now
 
 
+def test_the_drain_answers_a_request_accepted_before_the_ports_closed():
+    # A connection accepted just before the ports stopped, its request not
+    # yet read: the drain waits for it (and answers), instead of the process
+    # exiting under it (a client saw the connection end without a response).
+    from wsmux.service import DrainService
+
+    tree = RouteTree([Route("/echo", EchoHandler)])
+    conn = raw_connect(tree)
+    site = conn.server.site
+    stopped = DrainService(tree, 5, conn.clock, site).stopService()
+    assert not stopped.called and not conn.lost
+    conn.send(upgrade_request("/echo"))
+    assert conn.received.startswith(b"HTTP/1.1 503 ")
+    conn.pump.flush()
+    assert conn.lost and stopped.called
+    assert not site.open_channels
+
+
+def test_the_drain_leaves_idle_http_connections_and_drops_the_rest_in_time():
+    from wsmux.service import DrainService
+
+    tree = RouteTree([Route("/echo", EchoHandler)])
+    idle = raw_connect(tree)
+    idle.send(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert idle.received.startswith(b"HTTP/1.1 404 ") and not idle.lost
+    stopped = DrainService(tree, 5, idle.clock, idle.server.site).stopService()
+    idle.pump.flush()
+    # Kept alive with nothing under way: not waited for, and still served
+    # (a load balancer's health check), once, with the connection closed after.
+    assert stopped.called and not idle.lost
+    idle.send(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert idle.received.count(b"HTTP/1.1 404 ") == 2 and idle.lost
+
+    silent = raw_connect(tree)
+    site = silent.server.site
+    stopped = DrainService(tree, 5, silent.clock, site).stopService()
+    silent.send(b"GET /nothing HTTP/1.1\r\n")  # half a head, then nothing
+    silent.clock.advance(5)
+    silent.pump.flush()
+    assert silent.lost and stopped.called and not site.open_channels
+
+
+def test_an_upgraded_connection_is_no_longer_the_sites_to_wait_for():
+    conn = raw_connect(RouteTree([Route("/echo", EchoHandler)]))
+    site = conn.server.site
+    assert len(site.open_channels) == 1
+    conn.send(upgrade_request("/echo"))
+    assert conn.received.startswith(b"HTTP/1.1 101 ")
+    assert not site.open_channels
+
+
 def test_a_decision_that_arrives_during_the_drain_is_not_opened():
     Later.decisions = []
     tree = RouteTree([Route("/later", Later)])

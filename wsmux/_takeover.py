@@ -157,6 +157,9 @@ def hand_off(request: IRequest, transport: Any) -> Handoff:
     C{twisted.http_buffer}.
     """
     channel: Any = request.channel  # type: ignore[attr-defined]
+    gone = getattr(channel, "handed_off", None)  # wsmux's own channel
+    if gone is not None:
+        gone()
     channel.transport = None
     # The channel registered itself as the transport's producer; the
     # WebSocket protocol owns the connection from now on.

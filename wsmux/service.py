@@ -88,7 +88,7 @@ def make_service(
     top = MultiService()
     top.tree = tree  # type: ignore[attr-defined]
     top.site = site  # type: ignore[attr-defined]
-    DrainService(tree, settings.limits.drain_timeout, reactor).setServiceParent(top)
+    DrainService(tree, settings.limits.drain_timeout, reactor, site).setServiceParent(top)
     factories: dict[str, Any] = {"plain": site}
     if settings.tls_ports or settings.shared_ports:
         if contexts is None:
@@ -226,13 +226,18 @@ class DrainService(Service):
     On C{stopService} (SIGTERM for twistd) new upgrades are refused with
     503, every open connection is sent a 1001 close, and the service waits
     up to C{timeout} seconds for the close handshakes before it drops the
-    connections that remain.
+    connections that remain.  With the C{site}, HTTP connections are
+    waited for too: idle ones close at once, and one whose request is under
+    way (accepted just before the ports closed) closes once it is answered.
     """
 
-    def __init__(self, tree: RouteTree, timeout: float, reactor: Any = None) -> None:
+    def __init__(
+        self, tree: RouteTree, timeout: float, reactor: Any = None, site: Any = None
+    ) -> None:
         self.tree = tree
         self.timeout = timeout
         self.reactor = reactor
+        self.site = site
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
@@ -245,19 +250,25 @@ class DrainService(Service):
         # now, not opened into a server that is going away.
         self.tree.refuse_pending(503, "Server shutting down")
         connections = list(registry.connections)
-        if not connections:
+        site = self.site
+        http = site.quiesce() if site is not None else succeed(None)
+        if not connections and http.called:
             return succeed(None)
         log.info(
-            "shutting down: closing {n} WebSocket connection(s) with 1001, waiting up to {t}s",
+            "shutting down: closing {n} WebSocket connection(s) with 1001, waiting up to {t}s"
+            + (" (and for {h} HTTP connection(s) to be answered)" if not http.called else ""),
             n=len(connections),
             t=self.timeout,
+            h=sum(not c.idle for c in site.open_channels) if site is not None else 0,
         )
         for protocol in connections:
             if protocol.state == protocol.STATE_OPEN:
                 close_with(protocol, 1001, "server shutting down")
             else:
                 protocol.dropConnection(abort=True)
-        done = DeferredList([protocol.is_closed for protocol in connections], consumeErrors=True)
+        done = DeferredList(
+            [protocol.is_closed for protocol in connections] + [http], consumeErrors=True
+        )
 
         def give_up() -> None:
             left = list(registry.connections)
@@ -267,6 +278,9 @@ class DrainService(Service):
                 )
             for protocol in left:
                 protocol.dropConnection(abort=True)
+            if site is not None and not http.called:
+                log.info("shutting down: dropping HTTP connections whose request is not answered")
+                site.abort_channels()
 
         timer = reactor.callLater(self.timeout, give_up)
         done.addBoth(lambda _: timer.cancel() if timer.active() else None)

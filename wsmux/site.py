@@ -22,6 +22,7 @@ from io import BytesIO
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.http import HTTPChannel, datetimeToString, unquote
@@ -123,9 +124,12 @@ class GuardedHTTPChannel(HTTPChannel):
     # WebSocket protocol while a route decides (None: not an upgrade).
     _upgrade_rest: Optional[list[bytes]] = None
     _upgrade_rest_size = 0
+    # Requests answered on this connection so far.
+    _served = 0
 
     def connectionMade(self) -> None:
         site = self.site
+        site.open_channels.add(self)
         limits = site.limits
         # Twisted's own, coarser caps must not fire before ours.
         self.MAX_LENGTH = max(limits.max_request_line, limits.max_header_bytes) + 2
@@ -329,6 +333,10 @@ class GuardedHTTPChannel(HTTPChannel):
             self._refuse(414, b"URI Too Long", "request line too long")
 
     def requestDone(self, request: Any) -> None:
+        self._served += 1
+        if self.site.quiescing:
+            # Shutting down: this answer is the connection's last.
+            self.persistent = False
         # An upgrade answered over HTTP (refused) on a connection kept
         # alive: what followed its head is the next request's.
         rest = self.take_upgrade_rest()
@@ -340,7 +348,24 @@ class GuardedHTTPChannel(HTTPChannel):
         if rest and self.transport is not None and self.persistent:
             self.dataReceived(rest)
 
+    def handed_off(self) -> None:
+        """
+        A WebSocket protocol has taken the connection over: it is no longer
+        this channel's (nor the site's to wait for).
+        """
+        self._disarm_deadline()
+        self.site.channel_gone(self)
+
+    @property
+    def idle(self) -> bool:
+        """
+        Whether the connection sits between requests: it has answered one
+        and nothing of the next has arrived.
+        """
+        return bool(self._served) and not self.requests and not self._in_head
+
     def connectionLost(self, reason: Any = None) -> None:
+        self.site.channel_gone(self)
         self._disarm_deadline()
         self._release_body_place()
         abort, self._refused_abort = self._refused_abort, None
@@ -540,3 +565,49 @@ class WebSocketSite(Site):
         self.head_timeout = head_timeout
         self.head_deadlines = HeadDeadlines(head_timeout, self.reactor) if head_timeout else None
         self.displayTracebacks = False
+        # HTTP connections open now (not yet handed to a WebSocket), and
+        # whether the site is shutting down (see quiesce).
+        self.open_channels: set[GuardedHTTPChannel] = set()
+        self.quiescing = False
+        self._quiet: list[Deferred[None]] = []
+
+    def quiesce(self) -> Deferred[None]:
+        """
+        Stop keeping HTTP connections alive, for a shutdown: from now on
+        each answer is its connection's last (an upgrade is answered 503
+        while the tree drains).
+
+        @return: a Deferred that fires when no HTTP connection has a
+            request under way or still to come (one accepted but not yet
+            read).  Idle keep-alive connections are not waited for; they
+            are served (health answers 503) until the process exits.
+        """
+        self.quiescing = True
+        if self._settled():
+            return succeed(None)
+        quiet: Deferred[None] = Deferred()
+        self._quiet.append(quiet)
+        return quiet
+
+    def _settled(self) -> bool:
+        return all(channel.idle for channel in self.open_channels)
+
+    def channel_gone(self, channel: GuardedHTTPChannel) -> None:
+        """
+        C{channel} closed or was handed to a WebSocket protocol.
+        """
+        self.open_channels.discard(channel)
+        if self._quiet and self._settled():
+            waiting, self._quiet = self._quiet, []
+            for quiet in waiting:
+                quiet.callback(None)
+
+    def abort_channels(self) -> None:
+        """
+        Drop every HTTP connection that is not idle (a shutdown's time is
+        up).
+        """
+        for channel in list(self.open_channels):
+            transport: Any = channel.transport
+            if transport is not None and not channel.idle:
+                transport.abortConnection()
