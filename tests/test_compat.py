@@ -32,6 +32,7 @@ EXPECTED = [
     "twisted.http_buffer",
     "autobahn.lean_protocol",
     "autobahn.direct_handshake",
+    "autobahn.shared_events",
     "autobahn.lazy_pformat",
     "autobahn.fast_frames",
     "autobahn.nvx_masker",
@@ -197,3 +198,31 @@ def test_autobahn_timings_still_format_after_connections():
     timings = Timings()
     timings.track("opened")
     assert "opened" in str(timings)
+
+
+@pytest.mark.uses_internal("autobahn.shared_events")
+def test_connections_share_their_event_names_until_one_listens():
+    from wsmux import EchoHandler, Route, RouteTree
+    from wsmux.testing import connect
+
+    tree = RouteTree([Route("/echo", EchoHandler)])
+    one, two = connect(tree, "/echo"), connect(tree, "/echo")
+    assert one.server._valid_events is two.server._valid_events
+    assert "_results" not in vars(one.server)
+
+
+def test_a_listener_added_to_a_connection_hears_its_messages():
+    # Autobahn's observable events (ObservableMixin.on) on either path.
+    from wsmux import EchoHandler, Route, RouteTree
+    from wsmux.testing import connect
+
+    tree = RouteTree([Route("/echo", EchoHandler)])
+    conn = connect(tree, "/echo")
+    heard = []
+    conn.server.on("message", lambda payload, is_binary: heard.append((payload, is_binary)))
+    conn.client.sendMessage(b"hello")
+    conn.flush()
+    assert heard == [(b"hello", False)]
+    assert conn.client.messages == [(b"hello", False)]
+    with pytest.raises(RuntimeError):  # not one of the events: Autobahn's own check
+        conn.server.on("nonsense", lambda: None)

@@ -32,6 +32,7 @@ from urllib import parse
 import txaio
 from autobahn.twisted.util import create_transport_details
 from autobahn.twisted.websocket import WebSocketServerProtocol
+from autobahn.util import ObservableMixin
 from autobahn.wamp.types import TransportDetails
 from autobahn.websocket import protocol as _ws
 from autobahn.websocket.protocol import WebSocketProtocol
@@ -406,6 +407,41 @@ def transport_details(transport: Any, is_server: bool) -> TransportDetails:
     )
 
 
+SHARED_EVENTS = declare(
+    "autobahn.shared_events",
+    touches=("autobahn.util.ObservableMixin._valid_events / _results (set per connection)",),
+    why=(
+        "every connection gets its own list of event names and a dict with a None per "
+        "event (about 250 bytes) though nearly none ever has a listener: connections "
+        "share one tuple of the names, and the dict is made when a listener is added"
+    ),
+    checked="Autobahn 26.7.1, 26.10.2",
+    fallback="each connection keeps the list and the dict Autobahn made for it",
+    check=lambda: all_of(
+        missing_names(ObservableMixin, ("set_valid_events", "on", "fire", "_check_event")),
+        code_names(ObservableMixin.set_valid_events, ("_valid_events", "_results")),
+        code_names(ObservableMixin.fire, ("_listeners", "_results")),
+        code_names(ObservableMixin._check_event, ("_valid_events",)),
+    ),
+)
+
+# The event names connections share (by their names, in Autobahn's order).
+_EVENT_NAMES: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+
+def _share_events(protocol: Any) -> None:
+    # What set_valid_events made, while nothing listens: one tuple for
+    # every connection, and no dict of results until a listener is added
+    # (fire writes to it only when there are listeners).
+    own = protocol.__dict__
+    events = own.get("_valid_events")
+    if type(events) is not list or own.get("_listeners") is not None:
+        return
+    names = tuple(events)
+    own["_valid_events"] = _EVENT_NAMES.setdefault(names, names)
+    own.pop("_results", None)
+
+
 # One failure for every clean close, as Twisted's reactor keeps one.
 _CLOSED_CLEANLY = Failure(CONNECTION_DONE)
 
@@ -433,6 +469,8 @@ class LeanServerProtocol(WebSocketServerProtocol):
     wsmux: Connection
 
     def connectionMade(self) -> None:
+        if SHARED_EVENTS:
+            _share_events(self)
         transport: Any = self.transport
         details = transport_details(transport, bool(self.is_server))
         self._transport_details = details
@@ -474,7 +512,7 @@ class LeanServerProtocol(WebSocketServerProtocol):
     def _closeConnection(self, abort: bool = False) -> None:
         transport: Any = self.transport
         # Writes held for this connection go out before it closes.
-        self.wsmux.writes.release(transport)
+        self.wsmux.policy.writes.release(transport)
         # The closing handshake is over and everything is sent: close now.
         if not abort and self.wasClean and close_idle_tcp(transport, _CLOSED_CLEANLY):
             return
@@ -491,6 +529,12 @@ class LeanServerProtocol(WebSocketServerProtocol):
 
     def onConnect(self, request: ConnectionRequest) -> Any:
         return None
+
+    def on(self, event: str, handler: Any) -> None:
+        if self.__dict__.get("_results") is None and self._valid_events is not None:
+            # What set_valid_events would have made (see _share_events).
+            self._results = {name: None for name in self._valid_events}
+        super().on(event, handler)
 
 
 # -- Autobahn's debug line at every connection ---------------------------------
@@ -686,7 +730,7 @@ class FastReceiveMixin(_Hooked):
         # (this one or Autobahn's) handles it.  A handler that raises ends
         # its own connection (Connection.handler_failed), never the
         # read loop of another.
-        writes = self.wsmux.writes
+        writes = self.wsmux.policy.writes
         try:
             if writes.held is not None:  # held already: this turn's, or a read inside a read
                 self._dataReceived(data)
@@ -935,7 +979,7 @@ class FastSendMixin(_Hooked):
     wsmux: Connection
 
     def _wsmux_write(self, *pieces: bytes) -> None:
-        self.wsmux.writes.hold(self.transport, pieces)
+        self.wsmux.policy.writes.hold(self.transport, pieces)
 
     def _wsmux_fast_send_ok(self) -> bool:
         return (
@@ -989,7 +1033,7 @@ class FastSendMixin(_Hooked):
         if sync or chopsize or self.wsmux.paused or self.send_queue or self.logOctets:
             # Autobahn writes to the transport itself: what is held for
             # this connection goes first.
-            self.wsmux.writes.release(self.transport)
+            self.wsmux.policy.writes.release(self.transport)
             super().sendData(data, sync, chopsize)
             return
         self._wsmux_write(data)

@@ -122,6 +122,41 @@ def close_with(protocol: Any, code: int, reason: str) -> None:
         protocol.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:123], isReply=False)
 
 
+# A connection's phases: made, open (the transport's producer), ended
+# (letting go of the transport and its producers), lost (the transport is
+# gone).
+_MADE, _OPENED, _ENDED, _LOST = range(4)
+
+
+class _Extra:
+    """
+    What few connections need, kept apart so that the others do not pay
+    for it (an idle connection's memory is one of the things wsmux is
+    measured on).
+    """
+
+    __slots__ = (
+        "waiters",
+        "linger_call",
+        "dropped_messages",
+        "pace_queue",
+        "pace_bytes",
+        "pace_next",
+        "pace_call",
+        "after_message",
+    )
+
+    def __init__(self) -> None:
+        self.waiters: tuple[Deferred[None], ...] = ()
+        self.linger_call: Any = None
+        self.dropped_messages = 0
+        self.pace_queue: Optional[deque[tuple[Callable[[], None], int]]] = None
+        self.pace_bytes = 0
+        self.pace_next = 0.0
+        self.pace_call: Any = None
+        self.after_message: Optional[tuple[Any, ...]] = None
+
+
 @implementer(IPushProducer)
 class Connection:
     """
@@ -150,30 +185,20 @@ class Connection:
     __slots__ = (
         "protocol",
         "policy",
-        "writes",
         "path_params",
         "client_address",
         "subprotocol",
         "paused",
-        "dropped_messages",
         "prepared_sent",
         "_registry",
         "_place",
         "_channels",
         "_backlog",
         "_producers",
-        "_waiters",
-        "_on_transport",
-        "_ended",
-        "_lost",
-        "_linger_call",
-        "_idle_call",
+        "_phase",
         "_fragments",
-        "_pace_queue",
-        "_pace_bytes",
-        "_pace_next",
-        "_pace_call",
-        "_after_message",
+        "_idle_call",
+        "_extra",
     )
 
     def __init__(
@@ -188,30 +213,21 @@ class Connection:
     ) -> None:
         self.protocol = protocol
         self.policy = policy
-        self.writes = policy.writes
         self.path_params = path_params
         self.client_address = client_address
         self.subprotocol = subprotocol
         self.paused = False
-        self.dropped_messages = 0
         self.prepared_sent = 0
         self._registry = registry
         self._place = place
         self._channels: Any = None
         self._backlog = 0
         self._producers: tuple[Any, ...] = ()
-        self._waiters: tuple[Deferred[None], ...] = ()
-        self._on_transport = False
-        self._ended = False
-        self._lost = False
-        self._linger_call: Any = None
-        self._idle_call: Any = None
+        self._phase = _MADE
         self._fragments = 0
-        self._pace_queue: Optional[deque[tuple[Callable[[], None], int]]] = None
-        self._pace_bytes = 0
-        self._pace_next = 0.0
-        self._pace_call: Any = None
-        self._after_message: Optional[tuple[Any, ...]] = None
+        self._idle_call: Any = None
+        # What few connections need (see _Extra), made on first use.
+        self._extra: Optional[_Extra] = None
 
     def __repr__(self) -> str:
         return f"<Connection route={self.policy.route!r} client={self.client_address!r}>"
@@ -238,11 +254,20 @@ class Connection:
         return view
 
     @property
+    def dropped_messages(self) -> int:
+        """
+        Messages not sent because the client was too slow (with the
+        C{drop} slow-consumer policy).
+        """
+        extra = self._extra
+        return extra.dropped_messages if extra is not None else 0
+
+    @property
     def ended(self) -> bool:
         """
         Whether the connection has ended (or is closing for good).
         """
-        return self._ended
+        return self._phase >= _ENDED
 
     def writable(self) -> Deferred[None]:
         """
@@ -251,12 +276,13 @@ class Connection:
         reading, and fails with L{ConnectionDone} once the connection has
         ended.  Producers of data await it between chunks.
         """
-        if self._ended:
+        if self._phase >= _ENDED:
             return fail(ConnectionDone("the connection closed"))
         if not self.paused:
             return succeed(None)
         waiter: Deferred[None] = Deferred()
-        self._waiters += (waiter,)
+        extra = self._more()
+        extra.waiters += (waiter,)
         return waiter
 
     def register_producer(self, producer: Any) -> None:
@@ -266,7 +292,7 @@ class Connection:
         the connection ends.  (The handler's C{registerProducer(producer,
         True)} does the same.)
         """
-        if self._ended:
+        if self._phase >= _ENDED:
             # Too late: the connection has ended, so the producer stops now
             # rather than run for ever with nobody to stop it.
             producer.stopProducing()
@@ -286,6 +312,12 @@ class Connection:
             producer = self._producers[-1]
         self._producers = tuple(p for p in self._producers if p is not producer)
 
+    def _more(self) -> _Extra:
+        extra = self._extra
+        if extra is None:
+            extra = self._extra = _Extra()
+        return extra
+
     # -- the connection's life ------------------------------------------------
 
     def opened(self, transport: Any) -> None:
@@ -295,10 +327,10 @@ class Connection:
         """
         registry = self._registry
         if registry is not None:
-            registry.add(self.protocol, self.client_address, self._place)
-            self._place = None
+            # From now on _place is the place the registry gave it.
+            self._place = registry.add(self.protocol, self.client_address, self._place)
         transport.registerProducer(self, True)
-        self._on_transport = True
+        self._phase = _OPENED
         if self.policy.idle_timeout:
             # txaio's loop, as Autobahn's own timers use.
             self._idle_call = txaio.call_later(  # type: ignore[attr-defined]
@@ -312,17 +344,21 @@ class Connection:
         """
         self.end()
         protocol = self.protocol
-        if not (abort or self._lost) and self._linger_call is None and protocol.transport:
+        if abort or self._phase == _LOST or not protocol.transport:
+            return
+        extra = self._more()
+        if extra.linger_call is None:
             # Closing politely waits for what is still to be sent and, over
             # TLS, for the peer's close_notify: a peer that never reads or
             # never answers must not hold the connection for ever.  (Plain
             # TCP with nothing left to send has closed already: no timer.)
-            self._linger_call = clock().callLater(
+            extra.linger_call = clock().callLater(
                 max(1.0, protocol.closeHandshakeTimeout or 0.0), self._linger_expired
             )
 
     def _linger_expired(self) -> None:
-        self._linger_call = None
+        if self._extra is not None:
+            self._extra.linger_call = None
         transport: Any = self.protocol.transport
         if transport is not None:
             getattr(transport, "abortConnection", transport.loseConnection)()
@@ -332,19 +368,21 @@ class Connection:
         The transport is gone: cancel every timer, leave the registry and
         every channel.
         """
-        if not self._ended:
+        if self._phase < _ENDED:
             self.end()
-        for name in ("_linger_call", "_idle_call", "_pace_call"):
-            call = getattr(self, name)
-            if call is not None:
-                if call.active():
-                    call.cancel()
-                setattr(self, name, None)
-        self._pace_queue = None
-        self._lost = True
+        calls = [self._idle_call]
+        self._idle_call = None
+        extra = self._extra
+        if extra is not None:
+            calls += [extra.linger_call, extra.pace_call]
+            extra.linger_call = extra.pace_call = extra.pace_queue = None
+        for call in calls:
+            if call is not None and call.active():
+                call.cancel()
+        self._phase = _LOST
         registry = self._registry
         if registry is not None:
-            registry.remove(self.protocol, self.client_address)
+            registry.remove(self.protocol, self._place)
             # Every channel it joined, in any namespace (a handler may reach
             # past its route's through the hub).
             registry.channels.unsubscribe(self.protocol)
@@ -359,22 +397,24 @@ class Connection:
         close_notify), writers waiting for room are told the connection
         closed, and each handler producer is stopped exactly once.
         """
-        if self._ended:
+        phase = self._phase
+        if phase >= _ENDED:
             return
-        self._ended = True
+        self._phase = _ENDED
         transport: Any = self.protocol.transport
         # Twisted's plain TCP transport closes with a producer registered
         # (and stops it when the connection is lost): only the others (TLS
         # above all) need letting go of.
-        if self._on_transport and transport is not None and transport.__class__ is not tcp.Server:
-            self._on_transport = False
+        if phase == _OPENED and transport is not None and transport.__class__ is not tcp.Server:
             transport.unregisterProducer()
             if self.paused:
                 self.paused = False
                 transport.resumeProducing()
-        waiters, self._waiters = self._waiters, ()
-        for waiter in waiters:
-            waiter.errback(ConnectionDone("the connection closed"))
+        extra = self._extra
+        if extra is not None and extra.waiters:
+            waiters, extra.waiters = extra.waiters, ()
+            for waiter in waiters:
+                waiter.errback(ConnectionDone("the connection closed"))
         producers, self._producers = self._producers, ()
         for producer in producers:
             try:
@@ -400,9 +440,11 @@ class Connection:
         self.protocol.transport.resumeProducing()
         for producer in self._producers:
             producer.resumeProducing()
-        waiters, self._waiters = self._waiters, ()
-        for waiter in waiters:
-            waiter.callback(None)
+        extra = self._extra
+        if extra is not None and extra.waiters:
+            waiters, extra.waiters = extra.waiters, ()
+            for waiter in waiters:
+                waiter.callback(None)
 
     def stopProducing(self) -> None:
         # The transport calls this when the connection is lost.
@@ -424,16 +466,18 @@ class Connection:
             return True
         registry = self._registry
         if self.policy.drop_slow:
-            self.dropped_messages += 1
+            extra = self._more()
+            extra.dropped_messages += 1
+            dropped = extra.dropped_messages
             if registry is not None:
                 registry.stats.dropped[self.policy.route] += 1
-            if self.dropped_messages == 1 or self.dropped_messages % 1000 == 0:
+            if dropped == 1 or dropped % 1000 == 0:
                 log.info(
                     "slow consumer route={route} peer={peer}: dropped {n} message(s) "
                     "(more than {cap} bytes waiting)",
                     route=self.policy.route,
                     peer=protocol.peer,
-                    n=self.dropped_messages,
+                    n=dropped,
                     cap=cap,
                 )
             return False
@@ -455,7 +499,7 @@ class Connection:
         reading: whether they may be (a client past its cap plus room for
         control frames is dropped).
         """
-        if self._ended:
+        if self._phase >= _ENDED:
             return True  # dropped already, or closing: the close frame goes
         self._backlog += size
         cap = self.policy.send_cap
@@ -476,14 +520,18 @@ class Connection:
         Keep a whole message for after the one being streamed to this
         client (RFC 6455 5.4 allows no message inside another).
         """
-        queued = self._after_message
+        extra = self._more()
+        queued = extra.after_message
         waiting = sum(len(p.payloadHybi) for p in queued) if queued else 0
         if self.room_for(len(prepared.payloadHybi), waiting):
-            self._after_message = (queued or ()) + (prepared,)
+            extra.after_message = (queued or ()) + (prepared,)
 
     def take_after_message(self) -> tuple[Any, ...]:
-        queued, self._after_message = self._after_message, None
-        return queued or ()
+        extra = self._extra
+        if extra is None or extra.after_message is None:
+            return ()
+        queued, extra.after_message = extra.after_message, None
+        return queued
 
     # -- policies --------------------------------------------------------------
 
@@ -492,34 +540,35 @@ class Connection:
         Send now, or after the route's C{send_delay} since the last message
         (in order; waiting messages count against C{max_send_queue}).
         """
+        extra = self._more()
         now = clock().seconds()
-        if not self._pace_queue and now >= self._pace_next:
-            self._pace_next = now + self.policy.send_delay
+        if not extra.pace_queue and now >= extra.pace_next:
+            extra.pace_next = now + self.policy.send_delay
             send()
             return
-        if not self.room_for(size, self._pace_bytes):
+        if not self.room_for(size, extra.pace_bytes):
             return
-        if self._pace_queue is None:
-            self._pace_queue = deque()
-        self._pace_queue.append((send, size))
-        self._pace_bytes += size
-        if self._pace_call is None:
-            self._pace_call = clock().callLater(max(0.0, self._pace_next - now), self._release)
+        if extra.pace_queue is None:
+            extra.pace_queue = deque()
+        extra.pace_queue.append((send, size))
+        extra.pace_bytes += size
+        if extra.pace_call is None:
+            extra.pace_call = clock().callLater(max(0.0, extra.pace_next - now), self._release)
 
     def _release(self) -> None:
-        self._pace_call = None
-        queue = self._pace_queue
+        extra = self._more()
+        extra.pace_call = None
+        queue = extra.pace_queue
         if not queue or self.protocol.state != _OPEN:
-            self._pace_queue = None
-            self._pace_bytes = 0
+            extra.pace_queue = None
+            extra.pace_bytes = 0
             return
         send, size = queue.popleft()
-        self._pace_bytes -= size
-        now = clock().seconds()
-        self._pace_next = now + self.policy.send_delay
+        extra.pace_bytes -= size
+        extra.pace_next = clock().seconds() + self.policy.send_delay
         send()
-        if self._pace_queue:
-            self._pace_call = clock().callLater(self.policy.send_delay, self._release)
+        if extra.pace_queue:
+            extra.pace_call = clock().callLater(self.policy.send_delay, self._release)
 
     def activity(self) -> None:
         """

@@ -419,24 +419,23 @@ class ConnectionRegistry:
             counts[route] = counts.get(route, 0) + 1
         return place
 
-    def add(self, protocol: Any, address: str, place: Optional[Place] = None) -> None:
+    def add(self, protocol: Any, address: str, place: Optional[Place] = None) -> Place:
         """
         Register an open (or opening) WebSocket connection, which keeps
         C{place} (a new one, uncapped, when it has none) until L{remove}.
+
+        @return: the place the connection holds (to give to L{remove}).
         """
-        if protocol in self.connections:
-            return
-        self.connections.add(protocol)
         if place is None or place.released:
             place = self._take(address, None)
-        protocol.wsmux_held_place = place
+        self.connections.add(protocol)
+        return place
 
-    def remove(self, protocol: Any, address: str = "") -> None:
+    def remove(self, protocol: Any, place: Optional[Place] = None) -> None:
         """
-        Forget a connection that ended, and give back its place.
+        Forget a connection that ended, and give back its C{place}.
         """
         if protocol in self.connections:
             self.connections.discard(protocol)
-            place = getattr(protocol, "wsmux_held_place", None)
             if place is not None:
                 place.release()
