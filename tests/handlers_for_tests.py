@@ -171,3 +171,23 @@ class FailsOnOpen(WebSocketServerProtocol):
 
     def onOpen(self):
         raise RuntimeError("a bug in onOpen")
+
+
+class HandlerApi(WebSocketServerProtocol):
+    """
+    The handler API through self.wsmux: "close CODE REASON" closes with
+    that code, "drop" drops; ?deny=1 refuses with a 401 and extra headers.
+    """
+
+    def onConnect(self, request):
+        from wsmux import Deny
+
+        if "deny" in request.params:
+            raise Deny(401, "log in first", {"WWW-Authenticate": 'Bearer realm="t"'})
+
+    def onMessage(self, payload, isBinary):
+        words = payload.decode().split(" ", 2)
+        if words[0] == "close":
+            self.wsmux.close(int(words[1]), words[2] if len(words) > 2 else "")
+        elif words[0] == "drop":
+            self.wsmux.drop()

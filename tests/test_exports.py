@@ -12,6 +12,7 @@ def test_public_names():
         "ChannelHub",
         "ConfigError",
         "Connection",
+        "Deny",
         "EchoHandler",
         "MessageConsumer",
         "ProtocolOptions",

@@ -17,7 +17,7 @@ loaded on first use.
 from typing import Any
 
 from wsmux.channels import ChannelHub
-from wsmux.connection import Connection, RoutePolicy
+from wsmux.connection import Connection, Deny, RoutePolicy
 from wsmux.factory import ProtocolOptions, RouteFactory
 from wsmux.handlers import BroadcastHandler, EchoHandler, PubSubHandler
 from wsmux.limits import ServerLimits
@@ -40,6 +40,7 @@ __all__ = [
     "ChannelHub",
     "ConfigError",
     "Connection",
+    "Deny",
     "EchoHandler",
     "MessageConsumer",
     "ProtocolOptions",

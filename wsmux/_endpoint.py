@@ -16,6 +16,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from wsmux._paths import Route
+from wsmux._responses import header_pairs
 from wsmux._upgrades import _PARAMS_ATTR, NO_ROUTE, _peer, _plain, is_upgrade
 from wsmux.factory import ProtocolOptions, RouteFactory
 from wsmux.limits import Place, client_address
@@ -305,13 +306,15 @@ class PendingUpgrade:
             return False
         return True
 
-    def refuse(self, code: int, reason: str) -> None:
+    def refuse(self, code: int, reason: str, headers: Mapping[str, Any] | None = None) -> None:
         """
         Answer with a refusal, giving the place back.
+
+        @param headers: extra response headers (from user code: made safe).
         """
         self._withdraw()
         self.tree.refused(self.request, code, reason)
-        self.via.respond(self.request, code, reason)
+        self.via.respond(self.request, code, reason, header_pairs(headers or {}))
 
     def _withdraw(self) -> None:
         # Nobody waits for the decision any more: stop the deadline, give

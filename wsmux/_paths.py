@@ -30,10 +30,13 @@ class Reject:
 
     @ivar code: the HTTP status to answer with (4xx or 5xx).
     @ivar reason: a short reason, sent as the status phrase and logged.
+    @ivar headers: extra response headers (C{WWW-Authenticate},
+        C{Retry-After}...), name to value or list of values.
     """
 
     code: int = 404
     reason: str = "Not Found"
+    headers: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,18 @@ def safe_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
     return safe
 
 
+def header_pairs(headers: Mapping[str, Any]) -> list[tuple[bytes, bytes]]:
+    """
+    Headers from user code as C{(name, value)} pairs for a response, made
+    safe (see L{safe_headers}); a list of values gives one header each.
+    """
+    return [
+        (name.encode("ascii"), value.encode("latin-1"))
+        for name, values in safe_headers(headers).items()
+        for value in values
+    ]
+
+
 def safe_accept(result: Any) -> Any:
     """
     What C{onConnect} returned, with the headers it adds to the 101 made

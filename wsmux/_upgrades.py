@@ -54,7 +54,7 @@ def _plain(
             channel.persistent = False
     request.setHeader(b"content-type", b"text/plain; charset=utf-8")
     for name, value in headers:
-        request.setHeader(name, header_value(value))
+        request.responseHeaders.addRawHeader(name, header_value(value))
     return (reason + "\n").encode("utf-8")
 
 

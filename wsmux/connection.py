@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping, Optional
 
 import txaio
 from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket.types import ConnectionDeny
 from twisted.internet import tcp
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone
@@ -43,6 +44,28 @@ _CLOSED = WebSocketProtocol.STATE_CLOSED
 # Bytes past max_send_queue that control frames (pongs, the close frame) may
 # still add before a client that does not read is dropped outright.
 CONTROL_SLACK = 64 * 1024
+
+
+class Deny(ConnectionDeny):
+    """
+    Refuse an upgrade from C{onConnect}, with extra response headers:
+    Autobahn's C{ConnectionDeny} plus the headers of WebSocket-Node's
+    C{reject(status, reason, extraHeaders)}::
+
+        raise Deny(401, "log in first", {"WWW-Authenticate": 'Bearer realm="chat"'})
+        raise Deny(503, "busy", {"Retry-After": "30"})
+
+    The body stays the short plain-text reason.  A header name that is not
+    an HTTP token is dropped (and logged); values lose control characters.
+
+    @ivar headers: name to value (or a list of values, for C{Set-Cookie}).
+    """
+
+    def __init__(
+        self, code: int, reason: Optional[str] = None, headers: Optional[Mapping[str, Any]] = None
+    ) -> None:
+        super().__init__(code, reason)
+        self.headers = dict(headers or {})
 
 
 class RoutePolicy:
@@ -110,6 +133,22 @@ def clock() -> Any:
     return loop
 
 
+# The close codes an endpoint may send (RFC 6455 7.4.1 and the IANA
+# registry): not 1004-1006 or 1015, which are never sent, nor 1016-2999.
+SENDABLE_CLOSE_CODES = frozenset([*range(1000, 1004), *range(1007, 1015), *range(3000, 5000)])
+
+
+def close_reason(reason: str) -> bytes:
+    """
+    A close reason as sent: UTF-8, cut to the 123 bytes a close frame
+    holds, never in the middle of a character.
+    """
+    raw = reason.encode("utf-8")
+    if len(raw) <= 123:
+        return raw
+    return raw[:123].decode("utf-8", "ignore").encode("utf-8")
+
+
 def close_with(protocol: Any, code: int, reason: str) -> None:
     """
     Start the closing handshake with any valid close code.
@@ -119,7 +158,7 @@ def close_with(protocol: Any, code: int, reason: str) -> None:
     (policy violation) too.
     """
     if protocol.state == _OPEN:
-        protocol.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:123], isReply=False)
+        protocol.sendCloseFrame(code=code, reasonUtf8=close_reason(reason), isReply=False)
 
 
 # A connection's phases: made, open (the transport's producer), ended
@@ -144,6 +183,7 @@ class _Extra:
         "pace_next",
         "pace_call",
         "after_message",
+        "refusal_headers",
     )
 
     def __init__(self) -> None:
@@ -155,6 +195,7 @@ class _Extra:
         self.pace_next = 0.0
         self.pace_call: Any = None
         self.after_message: Optional[tuple[Any, ...]] = None
+        self.refusal_headers: Any = None
 
 
 @implementer(IPushProducer)
@@ -311,6 +352,43 @@ class Connection:
         if producer is None:
             producer = self._producers[-1]
         self._producers = tuple(p for p in self._producers if p is not producer)
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """
+        Close the connection with any close code an endpoint may send:
+        1000-1003, 1007-1014 (1001 going away, 1008 policy violation, 1011
+        internal error, 1012 restart, 1013 try again later...) and
+        3000-4999.  (Autobahn's own C{sendClose} takes only 1000 and
+        3000-4999.)
+
+        The closing handshake starts now; the connection ends when the
+        client answers, or after the route's C{close_handshake_timeout}.
+        Before the connection is open it is dropped; once closing, nothing
+        happens.
+
+        @param reason: sent with the code, cut to the 123 bytes of UTF-8 a
+            close frame holds.
+        @raise ValueError: for a code an endpoint may not send.
+        """
+        if code not in SENDABLE_CLOSE_CODES:
+            raise ValueError(
+                f"close code {code!r} cannot be sent (use 1000-1003, 1007-1014 or 3000-4999)"
+            )
+        protocol = self.protocol
+        if protocol.state == _OPEN:
+            protocol.sendCloseFrame(code=code, reasonUtf8=close_reason(reason), isReply=False)
+        elif protocol.state == _CONNECTING:
+            self.drop()
+
+    def drop(self) -> None:
+        """
+        End the connection at once, without the closing handshake (the
+        client sees it as 1006, abnormal closure).
+        """
+        protocol = self.protocol
+        if protocol.state != _CLOSED and protocol.transport is not None:
+            protocol.wasClean = False
+            protocol.dropConnection(abort=True)
 
     def _more(self) -> _Extra:
         extra = self._extra

@@ -12,11 +12,13 @@ hold no state: each connection's lives in its L{Connection}
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import TYPE_CHECKING, Any, Optional
 
 from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
-from autobahn.websocket.types import ConnectionRequest
-from twisted.internet.defer import Deferred
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.python.failure import Failure
 
 from wsmux._compat_autobahn import (
     LEAN_PROTOCOL,
@@ -108,12 +110,32 @@ class RouteProtocolMixin(_Hooked):
         super().connectionLost(reason)
 
     def onConnect(self, request: ConnectionRequest) -> Any:
-        result = super().onConnect(request)
+        try:
+            result = super().onConnect(request)
+        except ConnectionDeny as refusal:
+            self._wsmux_refused(refusal)
+            raise
+        if inspect.iscoroutine(result):
+            result = ensureDeferred(result)
+        if isinstance(result, Deferred):
+            result.addErrback(self._wsmux_refused_later)
+            if self.wsmux.subprotocol is not None:
+                result.addCallback(self._wsmux_default_subprotocol)
+            return result
         if self.wsmux.subprotocol is None:
             return result
-        if isinstance(result, Deferred):
-            return result.addCallback(self._wsmux_default_subprotocol)
         return self._wsmux_default_subprotocol(result)
+
+    def _wsmux_refused(self, refusal: ConnectionDeny) -> None:
+        # A refusal's extra headers (wsmux.Deny), for failHandshake.
+        headers = getattr(refusal, "headers", None)
+        if headers:
+            self.wsmux._more().refusal_headers = headers
+
+    def _wsmux_refused_later(self, failure: Failure) -> Failure:
+        if isinstance(failure.value, ConnectionDeny):
+            self._wsmux_refused(failure.value)
+        return failure
 
     def _wsmux_default_subprotocol(self, result: Any) -> Any:
         if result is None:
@@ -142,6 +164,8 @@ class RouteProtocolMixin(_Hooked):
             registry.stats.rejected(route, code)
         if code == 500:
             reason = "Internal Server Error"
+        if responseHeaders is None and self.wsmux._extra is not None:
+            responseHeaders = self.wsmux._extra.refusal_headers
         headers = [
             (name, value)
             for name, values in safe_headers(dict(responseHeaders or ())).items()

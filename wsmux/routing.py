@@ -402,7 +402,7 @@ class RouteTree(_Node):
             if result is None:
                 pending.refuse(404, NO_ROUTE)
             elif isinstance(result, Reject) and 400 <= result.code <= 599:
-                pending.refuse(result.code, result.reason)
+                pending.refuse(result.code, result.reason, result.headers)
             else:
                 log.error(
                     "unhandled hook returned {result!r} for {path}; expected None, "

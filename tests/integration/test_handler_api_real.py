@@ -1,0 +1,30 @@
+"""
+The handler API of self.wsmux against a real twistd wsmux, with the
+websockets client.
+"""
+
+import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
+
+HANDLER = "/api=tests.handlers_for_tests.HandlerApi"
+
+
+def test_close_codes_drop_and_refusal_headers_reach_a_real_client(start_server):
+    server = start_server("--route", HANDLER)
+    for code, reason in ((1001, "going away"), (1008, "policy"), (1014, "bad gateway")):
+        with connect(server.url("/api")) as ws:
+            ws.send(f"close {code} {reason}")
+            with pytest.raises(ConnectionClosed):
+                ws.recv(timeout=5)
+            assert (ws.close_code, ws.close_reason) == (code, reason)
+    with connect(server.url("/api")) as ws:
+        ws.send("drop")
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=5)
+        assert ws.close_code == 1006
+    with pytest.raises(InvalidStatus) as refused:
+        connect(server.url("/api?deny=1"))
+    response = refused.value.response
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == 'Bearer realm="t"'

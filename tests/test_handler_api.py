@@ -1,0 +1,122 @@
+"""
+The handler API of self.wsmux (in memory): closing with any code a server
+may send, dropping, refusing with headers.
+"""
+
+import pytest
+from autobahn.twisted.websocket import WebSocketServerProtocol
+from twisted.internet.defer import succeed
+
+from wsmux import Deny, Reject, Route, RouteTree
+from wsmux.connection import SENDABLE_CLOSE_CODES, close_reason
+from wsmux.testing import connect, masked_frame, raw_connect, upgrade_request
+
+
+class Closer(WebSocketServerProtocol):
+    # "CODE reason" closes with CODE; "drop" drops.
+    def onMessage(self, payload, isBinary):
+        text = payload.decode()
+        if text == "drop":
+            self.wsmux.drop()
+            return
+        code, _, reason = text.partition(" ")
+        try:
+            self.wsmux.close(int(code), reason)
+        except ValueError as e:
+            self.sendMessage(str(e).encode())
+
+
+@pytest.mark.parametrize("code", [1000, 1001, 1003, 1008, 1011, 1012, 1013, 3000, 4999])
+def test_a_handler_closes_with_any_code_a_server_may_send(code):
+    conn = connect(RouteTree([Route("/c", Closer)]), "/c")
+    conn.client.sendMessage(f"{code} bye".encode())
+    conn.flush()
+    assert conn.client.close[1:3] == (code, "bye")
+
+
+def test_1014_goes_out_as_it_is():
+    # Autobahn's own client counts 1014 (bad gateway) as invalid; the
+    # websockets and ws clients take it: the frame itself is checked here.
+    raw = raw_connect(RouteTree([Route("/c", Closer)]))
+    raw.send(upgrade_request("/c") + masked_frame(b"1014 bad gateway"))
+    frames = raw.received.split(b"\r\n\r\n", 1)[1]
+    assert frames == b"\x88\x0d\x03\xf6bad gateway"
+
+
+@pytest.mark.parametrize("code", [999, 1004, 1005, 1006, 1015, 1016, 2999, 5000])
+def test_codes_no_endpoint_may_send_are_refused_to_the_handler(code):
+    conn = connect(RouteTree([Route("/c", Closer)]), "/c")
+    conn.client.sendMessage(f"{code} nope".encode())
+    conn.flush()
+    assert conn.client.messages[0][0].startswith(b"close code %d cannot be sent" % code)
+    assert conn.server.state == conn.server.STATE_OPEN
+
+
+def test_sendable_codes_and_reasons_cut_at_a_character():
+    assert 1001 in SENDABLE_CLOSE_CODES and 1005 not in SENDABLE_CLOSE_CODES
+    reason = close_reason("é" * 100)  # 200 bytes of UTF-8
+    assert len(reason) == 122 and reason.decode("utf-8") == "é" * 61
+
+
+def test_drop_ends_the_connection_without_a_close_frame():
+    conn = connect(RouteTree([Route("/c", Closer)]), "/c")
+    conn.client.sendMessage(b"drop")
+    conn.flush()
+    assert conn.client.close is not None
+    was_clean, code, _ = conn.client.close
+    assert not was_clean and code == 1006
+
+
+class Guarded(WebSocketServerProtocol):
+    def onConnect(self, request):
+        where = request.path
+        if where == "/later":
+            return succeed(None).addCallback(lambda _: self._refuse())
+        if where == "/async":
+            return self._refuse_async()
+        self._refuse()
+
+    def _refuse(self):
+        raise Deny(
+            401,
+            "log in first",
+            {"WWW-Authenticate": 'Bearer realm="chat"', "Set-Cookie": ["a=1", "b=2"]},
+        )
+
+    async def _refuse_async(self):
+        self._refuse()
+
+
+@pytest.mark.parametrize("path", ["/now", "/later", "/async"])
+def test_a_refusal_carries_its_headers_on_every_path(path):
+    raw = raw_connect(RouteTree([Route("/{any}", Guarded)]))
+    raw.send(upgrade_request(path))
+    head = raw.received.split(b"\r\n\r\n")[0]
+    assert head.startswith(b"HTTP/1.1 401 ")
+    assert b'WWW-Authenticate: Bearer realm="chat"' in head
+    assert b"Set-Cookie: a=1" in head and b"Set-Cookie: b=2" in head
+
+
+class BadHeaders(WebSocketServerProtocol):
+    def onConnect(self, request):
+        raise Deny(403, "no", {"X-Ok": "fine\r\nInjected: yes", "Bad Name": "x"})
+
+
+def test_a_refusals_headers_are_made_safe():
+    raw = raw_connect(RouteTree([Route("/b", BadHeaders)]))
+    raw.send(upgrade_request("/b"))
+    head = raw.received.split(b"\r\n\r\n")[0]
+    assert head.startswith(b"HTTP/1.1 403 ")
+    assert b"\r\nInjected:" not in head and b"Bad Name" not in head
+    assert b"X-Ok: fine" in head
+
+
+def test_the_unhandled_hooks_rejection_carries_headers():
+    def hook(request):
+        return Reject(429, "slow down", {"Retry-After": "30"})
+
+    raw = raw_connect(RouteTree([], unhandled=hook))
+    raw.send(upgrade_request("/anything"))
+    head = raw.received.split(b"\r\n\r\n")[0]
+    assert head.startswith(b"HTTP/1.1 429 ")
+    assert b"Retry-After: 30" in head
