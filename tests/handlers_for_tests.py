@@ -191,3 +191,19 @@ class HandlerApi(WebSocketServerProtocol):
             self.wsmux.close(int(words[1]), words[2] if len(words) > 2 else "")
         elif words[0] == "drop":
             self.wsmux.drop()
+
+
+class Chorus(WebSocketServerProtocol):
+    """
+    Every message goes to the route's other connections (not its sender);
+    "count" answers how many are open on the route.
+    """
+
+    def onOpen(self):
+        self.wsmux.channels.subscribe(self, "all")
+
+    def onMessage(self, payload, isBinary):
+        if payload == b"count":
+            self.sendMessage(str(len(self.wsmux.route_connections())).encode())
+            return
+        self.wsmux.channels.publish("all", payload, isBinary, exclude=self)

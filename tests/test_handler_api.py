@@ -120,3 +120,47 @@ def test_the_unhandled_hooks_rejection_carries_headers():
     head = raw.received.split(b"\r\n\r\n")[0]
     assert head.startswith(b"HTTP/1.1 429 ")
     assert b"Retry-After: 30" in head
+
+
+class Chorus(WebSocketServerProtocol):
+    # Everyone on the route hears a message but its sender; "count" answers
+    # how many are open on the route.
+    def onOpen(self):
+        self.wsmux.channels.subscribe(self, "all")
+
+    def onMessage(self, payload, isBinary):
+        if payload == b"count":
+            self.sendMessage(str(len(self.wsmux.route_connections())).encode())
+            return
+        self.wsmux.channels.publish("all", payload, isBinary, exclude=self)
+
+
+def test_broadcast_without_the_sender_and_the_routes_connections():
+    tree = RouteTree([Route("/a", Chorus), Route("/b", Chorus)])
+    a1, a2, a3 = (connect(tree, "/a") for _ in range(3))
+    b1 = connect(tree, "/b")
+    a1.client.sendMessage(b"hi")
+    for c in (a1, a2, a3, b1):
+        c.flush()
+    assert a1.client.messages == []
+    assert a2.client.messages == a3.client.messages == [(b"hi", False)]
+    assert b1.client.messages == []
+    a2.client.sendMessage(b"count")
+    a2.flush()
+    assert a2.client.messages[-1] == (b"3", False)
+    assert len(tree.open_connections()) == 4
+    assert tree.open_connections("/a") == {a1.server, a2.server, a3.server}
+    a3.client.sendClose(1000)
+    a3.flush()
+    assert tree.open_connections("/a") == {a1.server, a2.server}
+    assert tree.open_connections("/nowhere") == frozenset()
+
+
+def test_exclude_takes_several_connections():
+    tree = RouteTree([Route("/a", Chorus)])
+    members = [connect(tree, "/a") for _ in range(4)]
+    hub = members[0].server.wsmux.channels
+    assert hub.publish("all", b"x", exclude={members[0].server, members[1].server}) == 2
+    for m in members:
+        m.flush()
+    assert [len(m.client.messages) for m in members] == [0, 0, 1, 1]

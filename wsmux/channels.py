@@ -143,7 +143,12 @@ class ChannelHub:
         return len(self._members.get((namespace, channel), ()))
 
     def publish(
-        self, channel: str, payload: bytes, isBinary: bool = False, namespace: str = ""
+        self,
+        channel: str,
+        payload: bytes,
+        isBinary: bool = False,
+        namespace: str = "",
+        exclude: Any = None,
     ) -> int:
         """
         Send one message to every subscriber of C{channel} of C{namespace},
@@ -152,24 +157,31 @@ class ChannelHub:
         With Redis configured, the message also goes to every other wsmux
         connected to the same Redis.
 
+        @param exclude: a connection (the sender, usually) that does not get
+            it, or a collection of them.
         @return: how many local subscribers it was handed to.
         @raise ChannelError: if the name is not acceptable.
         """
         check_channel_name(channel)
         if self.remote is not None:
             self.remote.publish(namespace, channel, payload, isBinary)
-        return self.deliver_local(namespace, channel, payload, isBinary)
+        return self.deliver_local(namespace, channel, payload, isBinary, exclude)
 
-    def deliver_local(self, namespace: str, channel: str, payload: bytes, isBinary: bool) -> int:
+    def deliver_local(
+        self, namespace: str, channel: str, payload: bytes, isBinary: bool, exclude: Any = None
+    ) -> int:
         """
         Hand a message to this process's subscribers only (what arrives
         from Redis).
 
         @return: how many subscribers it was handed to.
         """
-        members = self._members.get((namespace, channel))
+        members: Any = self._members.get((namespace, channel))
         if not members:
             return 0
+        if exclude is not None:
+            left = (exclude,) if not isinstance(exclude, (set, frozenset, list, tuple)) else exclude
+            members = [m for m in members if m not in left]
         return deliver(PreparedMessage(payload, isBinary, False, False), members)
 
 
@@ -219,15 +231,19 @@ class RouteChannels:
         """
         return self.hub.subscribers(channel, self.name)
 
-    def publish(self, channel: str, payload: bytes, isBinary: bool = False) -> int:
+    def publish(
+        self, channel: str, payload: bytes, isBinary: bool = False, exclude: Any = None
+    ) -> int:
         """
         Send one message to every subscriber of C{channel}, framed once
         (and through Redis to other processes, when configured).
 
+        @param exclude: a connection that does not get it (the sender:
+            C{exclude=self}), or a collection of them.
         @return: how many local subscribers it was handed to.
         @raise ChannelError: if the name is not acceptable.
         """
-        return self.hub.publish(channel, payload, isBinary, self.name)
+        return self.hub.publish(channel, payload, isBinary, self.name, exclude)
 
 
 def deliver(prepared: PreparedMessage, members: Iterable[Any]) -> int:

@@ -310,6 +310,15 @@ class Connection:
         """
         return self._phase >= _ENDED
 
+    def route_connections(self) -> frozenset[Any]:
+        """
+        The open connections of this connection's route (this one among
+        them), as handler instances; the whole tree's are
+        C{RouteTree.open_connections()}.  Empty outside a route tree.
+        """
+        registry = self._registry
+        return registry.open_connections(self.policy.route) if registry is not None else frozenset()
+
     def writable(self) -> Deferred[None]:
         """
         A Deferred that fires once the client is taking data: at once

@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
+from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.web.iweb import IRequest
 
 from wsmux.channels import ChannelHub
@@ -343,6 +344,7 @@ class ConnectionRegistry:
 
     @ivar limits: the caps checked by L{hold}.
     @ivar connections: every open (or opening) protocol.
+    @ivar by_route: the same, by route path pattern.
     @ivar held: how many places are held (every connection L{hold}
         admitted and that has not ended).
     @ivar per_address: places held by client address (L{address_key}).
@@ -354,6 +356,7 @@ class ConnectionRegistry:
 
     limits: ServerLimits = field(default_factory=ServerLimits)
     connections: set[Any] = field(default_factory=set)
+    by_route: dict[str, set[Any]] = field(default_factory=dict)
     held: int = 0
     per_address: Counter[str] = field(default_factory=Counter)
     per_route: Counter[Any] = field(default_factory=Counter)
@@ -429,6 +432,7 @@ class ConnectionRegistry:
         if place is None or place.released:
             place = self._take(address, None)
         self.connections.add(protocol)
+        self.by_route.setdefault(_route_of(protocol), set()).add(protocol)
         return place
 
     def remove(self, protocol: Any, place: Optional[Place] = None) -> None:
@@ -437,5 +441,27 @@ class ConnectionRegistry:
         """
         if protocol in self.connections:
             self.connections.discard(protocol)
+            route = _route_of(protocol)
+            others = self.by_route.get(route)
+            if others is not None:
+                others.discard(protocol)
+                if not others:
+                    del self.by_route[route]
             if place is not None:
                 place.release()
+
+    def open_connections(self, route: Optional[str] = None) -> frozenset[Any]:
+        """
+        The open WebSocket connections (past the opening handshake, not yet
+        closing), of the whole tree or of one route (its path pattern).
+        """
+        among = self.connections if route is None else self.by_route.get(route, ())
+        return frozenset(p for p in among if p.state == _OPEN)
+
+
+_OPEN = WebSocketProtocol.STATE_OPEN
+
+
+def _route_of(protocol: Any) -> str:
+    connection = getattr(protocol, "wsmux", None)
+    return connection.route if connection is not None else ""

@@ -420,6 +420,15 @@ class RouteTree(_Node):
         pending.wait_for(decision)
         decision.addCallbacks(act, failed)
 
+    def open_connections(self, route: Optional[str] = None) -> frozenset[Any]:
+        """
+        The open WebSocket connections of the tree (C{ws}'s C{wss.clients}),
+        or of one route, named by its path pattern (C{"/rooms/{room}"}).
+        Each is a handler instance; its C{wsmux} attribute is its
+        L{wsmux.connection.Connection}.
+        """
+        return self.registry.open_connections(route)
+
     def refuse_pending(self, code: int, reason: str) -> None:
         """
         Answer every upgrade still waiting for a decision (the drain).

@@ -28,3 +28,14 @@ def test_close_codes_drop_and_refusal_headers_reach_a_real_client(start_server):
     response = refused.value.response
     assert response.status_code == 401
     assert response.headers["WWW-Authenticate"] == 'Bearer realm="t"'
+
+
+def test_broadcast_without_the_sender_to_real_clients(start_server):
+    server = start_server("--route", "/chorus=tests.handlers_for_tests.Chorus")
+    with connect(server.url("/chorus")) as a, connect(server.url("/chorus")) as b:
+        a.send("count")
+        assert a.recv(timeout=5) == "2"
+        a.send("hello")
+        assert b.recv(timeout=5) == "hello"
+        with pytest.raises(TimeoutError):
+            a.recv(timeout=0.3)  # the sender is left out
