@@ -61,12 +61,20 @@ def start_server(tmp_path):
     servers = []
 
     def start(*args, cwd=ROOT, plugin="wsmux"):
-        # Port 0, the kernel's choice read back from the log, for a server
-        # of one process; a supervisor of workers and a .tac get a free port.
-        port = 0 if plugin == "wsmux" and "--workers" not in args else free_port()
+        # Port 0, the kernel's choice read back from --port-file, for
+        # twistd wsmux (workers too); a .tac gets a free port.
         n = len(servers)
-        head = [plugin, "--port", f"tcp:{port}:interface=127.0.0.1"] if plugin else []
-        server = Server([*head, *args], port, tmp_path / f"twistd{n}.log", cwd=cwd)
+        port_file = None
+        if plugin == "wsmux":
+            port = 0
+            port_file = tmp_path / f"ports{n}"
+            head = [plugin, "--port", "tcp:0:interface=127.0.0.1", "--port-file", str(port_file)]
+        else:
+            port = free_port()
+            head = [plugin, "--port", f"tcp:{port}:interface=127.0.0.1"] if plugin else []
+        server = Server(
+            [*head, *args], port, tmp_path / f"twistd{n}.log", cwd=cwd, port_file=port_file
+        )
         servers.append(server)
         return server
 

@@ -164,3 +164,24 @@ def test_exclude_takes_several_connections():
     for m in members:
         m.flush()
     assert [len(m.client.messages) for m in members] == [0, 0, 1, 1]
+
+
+def test_a_service_says_where_it_listens(tmp_path):
+    from wsmux import build_settings, make_service
+    from wsmux.service import bound_addresses
+
+    settings = build_settings(
+        ports=("tcp:0:interface=127.0.0.1", "tcp:0:interface=127.0.0.1"),
+        port_file=str(tmp_path / "ports"),
+    )
+    service = make_service(settings)
+    service.startService()
+    try:
+        bound = bound_addresses(service)
+        assert [kind for kind, _ in bound] == ["plain", "plain"]
+        assert all(a.host == "127.0.0.1" and a.port > 0 for _, a in bound)
+        lines = (tmp_path / "ports").read_text().splitlines()
+        assert lines == [f"plain 127.0.0.1 {a.port}" for _, a in bound]
+    finally:
+        service.stopService()
+    assert not (tmp_path / "ports").exists()

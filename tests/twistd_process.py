@@ -77,11 +77,13 @@ class Server:
     A running twistd process and where to reach it.
     """
 
-    def __init__(self, args, port, log_path, cwd=ROOT):
+    def __init__(self, args, port, log_path, cwd=ROOT, port_file=None):
         """
         @param port: the port C{args} listen on, or 0 when they listen on
-            port 0: the port the kernel chose is read from the log.
+            port 0: the port the kernel chose is read from C{port_file}
+            (C{--port-file}: its first plain port), or else from the log.
         """
+        self.port_file = port_file
         self.port = port
         self.log_path = log_path
         env = dict(os.environ, PYTHONPATH=str(ROOT), WSMUX_PORT=str(port))
@@ -99,11 +101,11 @@ class Server:
             if self.process.poll() is not None:
                 raise RuntimeError(f"twistd exited early:\n{self.log()}")
             if not self.port:
-                found = _LISTENING.search(self.log())
+                found = self._chosen_port()
                 if found is None:
                     time.sleep(0.05)
                     continue
-                self.port = port = int(found.group(1))
+                self.port = port = found
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
                 return
@@ -111,6 +113,24 @@ class Server:
                 time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"twistd did not listen on {port}:\n{self.log()}")
+
+    def _chosen_port(self):
+        if self.port_file is not None:
+            try:
+                lines = Path(self.port_file).read_text().splitlines()
+            except OSError:
+                return None
+            plain = [line.split() for line in lines if line.startswith("plain ")]
+            return int(plain[0][2]) if plain else None
+        found = _LISTENING.search(self.log())
+        return int(found.group(1)) if found else None
+
+    def ports(self):
+        """
+        What --port-file says: (kind, host, port) per port.
+        """
+        lines = Path(self.port_file).read_text().splitlines()
+        return [(kind, host, int(port)) for kind, host, port in (line.split() for line in lines)]
 
     def url(self, path, scheme="ws"):
         return f"{scheme}://127.0.0.1:{self.port}{path}"

@@ -103,6 +103,7 @@ class Settings:
         (loopback only when neither this nor a token is set).
     @ivar redis: C{redis://HOST:PORT/DB}: channels go through Redis pub/sub.
     @ivar workers: how many worker processes serve the ports (1: this one).
+    @ivar port_file: where to write the bound addresses once listening.
     """
 
     ports: tuple[str, ...] = (DEFAULT_PORT,)
@@ -124,6 +125,7 @@ class Settings:
     status_allow: tuple[str, ...] = ()
     redis: Optional[str] = None
     workers: int = 1
+    port_file: Optional[str] = None
 
 
 def port_description(port: str) -> str:
@@ -179,6 +181,12 @@ def _dotted(value: Any) -> str:
 def _token(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError("must be a non-empty string")
+    return value
+
+
+def _file_name(value: Any) -> str:
+    if not isinstance(value, str) or not value or "\x00" in value:
+        raise ValueError("must be a file name")
     return value
 
 
@@ -291,6 +299,8 @@ SETTINGS: tuple[Setting, ...] = (
             _redis_url, "redis"),
     Setting("workers", "Serve the ports from N worker processes (or auto: one per core).",
             _workers, "workers"),
+    Setting("port_file", "Once listening, write where to this file, one line per port: "
+            "KIND HOST PORT (for --port 0).", _file_name, "port-file"),
 )  # fmt: skip
 _SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 _SETTINGS_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Settings)}

@@ -8,13 +8,13 @@ import gc
 import os
 from typing import Any, Optional
 
-from twisted.application import strports
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from wsmux._page import demo_page
+from wsmux._portfile import port_line, remove_port_file, write_port_file
 from wsmux._status import mount_status
 from wsmux.config import Settings, port_description
 from wsmux.handlers import resolve_callable, resolve_handler
@@ -116,10 +116,127 @@ def make_service(
             ("shared", settings.shared_ports),
         ):
             for port in ports:
-                strports.service(
-                    port_description(port), factories[kind], reactor=reactor
+                ListeningService(
+                    kind, port_description(port), factories[kind], reactor
                 ).setServiceParent(top)
+        if settings.port_file:
+            PortFile(settings.port_file, listeners(top)).setServiceParent(top)
     return top
+
+
+class ListeningService(Service):
+    """
+    Listen on one endpoint while running.
+
+    Like Twisted's C{strports.service}, with the port it got there for
+    anyone to read: with C{--port 0} the system picks the port number.
+
+    @ivar kind: C{plain}, C{tls} or C{shared}.
+    @ivar description: the Twisted endpoint description.
+    @ivar port: the listening port (an C{IListeningPort}) while listening.
+    """
+
+    def __init__(self, kind: str, description: str, factory: Any, reactor: Any = None) -> None:
+        self.kind = kind
+        self.description = description
+        self.factory = factory
+        self.reactor = reactor
+        self.port: Any = None
+        self._waiting: list[Deferred[Any]] = []
+
+    def startService(self) -> None:
+        from twisted.internet import endpoints
+
+        reactor = self.reactor
+        if reactor is None:
+            from twisted.internet import reactor  # type: ignore[no-redef]
+        super().startService()
+        endpoint = endpoints.serverFromString(reactor, self.description)
+        failed: list[Any] = []
+        listening = endpoint.listen(self.factory)
+        listening.addCallbacks(self._listening, failed.append)
+        if failed:
+            # At start-up, as strports.service does: twistd reports it and
+            # exits (a port in use, say).
+            failed[0].raiseException()
+        listening.addErrback(lambda f: log.failure("cannot listen on {d}", f, d=self.description))
+
+    def _listening(self, port: Any) -> None:
+        self.port = port
+        waiting, self._waiting = self._waiting, []
+        for waiter in waiting:
+            waiter.callback(port)
+
+    def when_listening(self) -> Deferred[Any]:
+        """
+        A Deferred that fires with the listening port.
+        """
+        if self.port is not None:
+            return succeed(self.port)
+        waiter: Deferred[Any] = Deferred()
+        self._waiting.append(waiter)
+        return waiter
+
+    def stopService(self) -> Any:
+        super().stopService()
+        port, self.port = self.port, None
+        if port is not None:
+            return port.stopListening()
+        return None
+
+
+_KINDS = ("plain", "tls", "shared", "metrics")
+
+
+def listeners(service: Any) -> list[ListeningService]:
+    """
+    The listening services of a service made by L{make_service}: plain
+    ports, TLS ports, shared ports (each in the order of the settings),
+    then the metrics port.
+    """
+    found = [child for child in service if isinstance(child, ListeningService)]
+    return sorted(found, key=lambda child: _KINDS.index(child.kind))
+
+
+def bound_addresses(service: Any) -> list[tuple[str, Any]]:
+    """
+    Where a running service made by L{make_service} listens: C{(kind,
+    address)} per port, the address an C{IAddress} (C{host}, C{port}).
+    """
+    return [(child.kind, child.port.getHost()) for child in listeners(service) if child.port]
+
+
+class PortFile(Service):
+    """
+    Once every port listens, write where, one line per port
+    (C{KIND HOST PORT}: C{plain 127.0.0.1 43121}), to a file; remove it
+    when the service stops.  For test harnesses and supervisors started
+    with C{--port 0}.
+    """
+
+    def __init__(self, path: str, ports: list[ListeningService]) -> None:
+        self.path = path
+        self.ports = ports
+        self._written = False
+
+    def startService(self) -> None:
+        super().startService()
+        DeferredList([p.when_listening() for p in self.ports], fireOnOneErrback=True).addCallback(
+            self._write
+        )
+
+    def _write(self, _: object) -> None:
+        lines = []
+        for listener in self.ports:
+            host = listener.port.getHost()
+            lines.append(port_line(listener.kind, host.host, host.port))
+        write_port_file(self.path, lines)
+        self._written = True
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._written:
+            remove_port_file(self.path)
 
 
 def _mount_operations(
@@ -151,8 +268,8 @@ def _mount_operations(
             root = Resource()
             root.putChild(b"metrics", metrics)
             root.putChild(b"", metrics)
-            strports.service(
-                port_description(settings.metrics_port), Site(root), reactor=reactor
+            ListeningService(
+                "metrics", port_description(settings.metrics_port), Site(root), reactor
             ).setServiceParent(top)
 
 

@@ -5,6 +5,7 @@ The C{twistd wsmux} command line.
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from typing import Any, NoReturn, Optional
 
@@ -381,6 +382,10 @@ def makeService(options: Options) -> IService:
     C{--workers N} the supervisor of N worker processes.
     """
     settings = options.settings
+    if settings.port_file and not os.path.isdir(
+        os.path.dirname(os.path.abspath(settings.port_file))
+    ):
+        _usage_exit(options, ConfigError(f"--port-file {settings.port_file!r}: no such directory"))
     try:
         # The supervisor reads them too: a bad file stops it before any
         # worker starts.
@@ -406,6 +411,7 @@ def makeService(options: Options) -> IService:
             if options.config_bytes is not None
             else None,
             check=check_worker_configuration,
+            port_file=settings.port_file,
         ).setServiceParent(supervisor)
         if not settings.redis:
             log.info(

@@ -14,6 +14,7 @@ them.  Channels are local to each worker unless Redis is configured.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import os
 import re
 import signal
@@ -27,6 +28,7 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.protocol import ProcessProtocol
 
+from wsmux._portfile import port_line, remove_port_file, write_port_file
 from wsmux.config import port_description
 from wsmux.logs import log
 
@@ -318,8 +320,10 @@ class WorkerSupervisor(Service):
         reactor: Any = None,
         config: Optional[tuple[str, bytes]] = None,
         check: Optional[Callable[[list[str]], Any]] = None,
+        port_file: Optional[str] = None,
     ) -> None:
         self.count = count
+        self.port_file = port_file
         self.ports = ports
         self.argv = argv
         self.drain_timeout = drain_timeout
@@ -347,9 +351,22 @@ class WorkerSupervisor(Service):
     def startService(self) -> None:
         super().startService()
         addresses = [(kind, tcp_address(port)) for kind, port in self.ports]
-        self.sockets = [
-            [(kind, open_socket(address)) for kind, address in addresses] for _ in range(self.count)
+        first = [(kind, open_socket(address)) for kind, address in addresses]
+        # A port 0 is chosen by the system for the first worker's socket;
+        # the others share the port it got.
+        addresses = [
+            (kind, dataclasses.replace(address, port=sock.getsockname()[1]))
+            for (kind, address), (_, sock) in zip(addresses, first, strict=True)
         ]
+        self.sockets = [first] + [
+            [(kind, open_socket(address)) for kind, address in addresses]
+            for _ in range(self.count - 1)
+        ]
+        if self.port_file:
+            write_port_file(
+                self.port_file,
+                [port_line(kind, a.host, a.port) for kind, a in addresses],
+            )
         if self.config is not None:
             self._snapshot = ConfigSnapshot(self.config[1])
             if self.check is not None:
@@ -569,6 +586,8 @@ class WorkerSupervisor(Service):
                     sock.close()
             if self._snapshot is not None:
                 self._snapshot.close()
+            if self.port_file:
+                remove_port_file(self.port_file)
             log.info("all workers stopped")
 
         return done.addBoth(finished)

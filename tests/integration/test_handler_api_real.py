@@ -39,3 +39,31 @@ def test_broadcast_without_the_sender_to_real_clients(start_server):
         assert b.recv(timeout=5) == "hello"
         with pytest.raises(TimeoutError):
             a.recv(timeout=0.3)  # the sender is left out
+
+
+def test_port_file_names_every_port_the_server_got(start_server, tmp_path):
+    import urllib.request
+
+    server = start_server("--metrics-port", "tcp:0:interface=127.0.0.1")
+    ports = server.ports()
+    assert [kind for kind, _, _ in ports] == ["plain", "metrics"]
+    assert all(host == "127.0.0.1" and port > 0 for _, host, port in ports)
+    metrics_port = ports[1][2]
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+        assert b"wsmux_connections_open" in r.read()
+    with connect(server.url("/echo")) as ws:
+        ws.send("hi")
+        assert ws.recv(timeout=5) == "hi"
+    server.stop()
+    assert not server.port_file.exists()  # removed on the way out
+
+
+def test_port_file_in_a_missing_directory_is_a_usage_error(tmp_path):
+    from tests.twistd_process import run_twistd
+
+    done = run_twistd(
+        "wsmux", "--port", "tcp:0:interface=127.0.0.1", "--port-file", str(tmp_path / "no" / "f")
+    )
+    assert done.returncode == 1
+    assert "--port-file" in done.stdout + done.stderr and "no such directory" in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr
