@@ -5,7 +5,6 @@ with the request head and the bytes that followed it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
@@ -112,7 +111,6 @@ def upgrade(
     return protocol
 
 
-@dataclass(frozen=True)
 class Handoff:
     """
     What the HTTP side hands the WebSocket protocol taking its connection
@@ -125,11 +123,16 @@ class Handoff:
         arrived in the same packet as the handshake), body bytes included.
     """
 
-    request: IRequest
-    channel: Any
-    transport: Any
-    head: bytes
-    rest: bytes
+    __slots__ = ("request", "channel", "transport", "head", "rest")
+
+    def __init__(
+        self, request: IRequest, channel: Any, transport: Any, head: bytes, rest: bytes
+    ) -> None:
+        self.request = request
+        self.channel = channel
+        self.transport = transport
+        self.head = head
+        self.rest = rest
 
     def give_to(self, protocol: Any) -> None:
         """

@@ -457,15 +457,17 @@ class Connection:
         """
         if self._phase < _ENDED:
             self.end()
-        calls = [self._idle_call]
-        self._idle_call = None
+        call = self._idle_call
+        if call is not None:
+            self._idle_call = None
+            if call.active():
+                call.cancel()
         extra = self._extra
         if extra is not None:
-            calls += [extra.linger_call, extra.pace_call]
+            for call in (extra.linger_call, extra.pace_call):
+                if call is not None and call.active():
+                    call.cancel()
             extra.linger_call = extra.pace_call = extra.pace_queue = None
-        for call in calls:
-            if call is not None and call.active():
-                call.cancel()
         self._phase = _LOST
         registry = self._registry
         if registry is not None:

@@ -115,6 +115,8 @@ class RouteProtocolMixin(_Hooked):
         except ConnectionDeny as refusal:
             self._wsmux_refused(refusal)
             raise
+        if result is None:  # most handlers: the route's default subprotocol, if any
+            return self.wsmux.subprotocol
         if inspect.iscoroutine(result):
             result = ensureDeferred(result)
         if isinstance(result, Deferred):
