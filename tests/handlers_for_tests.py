@@ -207,3 +207,23 @@ class Chorus(WebSocketServerProtocol):
             self.sendMessage(str(len(self.wsmux.route_connections())).encode())
             return
         self.wsmux.channels.publish("all", payload, isBinary, exclude=self)
+
+
+class Knows(WebSocketServerProtocol):
+    """
+    Answers every message with what self.wsmux knows of the client.
+    """
+
+    def onMessage(self, payload, isBinary):
+        import json
+
+        conn = self.wsmux
+        known = {
+            "id": conn.id,
+            "cookies": conn.cookies,
+            "chain": list(conn.address_chain),
+            "tls": conn.tls,
+            "server_name": conn.server_name,
+            "latency": conn.latency,
+        }
+        self.sendMessage(json.dumps(known).encode())

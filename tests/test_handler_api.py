@@ -185,3 +185,79 @@ def test_a_service_says_where_it_listens(tmp_path):
     finally:
         service.stopService()
     assert not (tmp_path / "ports").exists()
+
+
+class Knows(WebSocketServerProtocol):
+    def onMessage(self, payload, isBinary):
+        import json
+
+        conn = self.wsmux
+        self.sendMessage(
+            json.dumps(
+                {
+                    "id": conn.id,
+                    "cookies": conn.cookies,
+                    "chain": list(conn.address_chain),
+                    "client": conn.client_address,
+                    "tls": conn.tls,
+                    "server_name": conn.server_name,
+                    "latency": conn.latency,
+                }
+            ).encode()
+        )
+
+
+def ask(conn):
+    import json
+
+    conn.client.sendMessage(b"?")
+    conn.flush()
+    return json.loads(conn.client.messages[-1][0])
+
+
+def test_what_a_handler_knows_about_its_client():
+    tree = RouteTree([Route("/k", Knows)])
+    one = connect(tree, "/k", headers={"Cookie": 'sid=abc; theme="dark"; bad cookie=1'})
+    two = connect(tree, "/k")
+    seen = ask(one)
+    assert seen["cookies"]["sid"] == "abc" and seen["cookies"]["theme"] == "dark"
+    assert seen["chain"] == [seen["client"]] == ["127.0.0.1"]
+    assert (seen["tls"], seen["server_name"], seen["latency"]) == (False, None, None)
+    assert ask(two)["id"] == seen["id"] + 1  # unique and in order
+    assert ask(two)["cookies"] == {}
+
+
+def test_the_address_chain_trusted_proxies_vouch_for():
+    from wsmux import ServerLimits
+
+    limits = ServerLimits(trusted_proxy_networks=("127.0.0.0/8", "10.0.0.0/8"))
+    tree = RouteTree([Route("/k", Knows)], limits=limits)
+    conn = connect(tree, "/k", headers={"X-Forwarded-For": "6.6.6.6, 203.0.113.9, 10.1.2.3"})
+    seen = ask(conn)
+    # 6.6.6.6 is the client's own claim, behind an untrusted hop: not believed.
+    assert seen["chain"] == ["203.0.113.9", "10.1.2.3", "127.0.0.1"]
+    assert seen["client"] == "203.0.113.9"
+
+
+def test_latency_is_the_last_keepalive_round_trip():
+    conn = connect(RouteTree([Route("/k", Knows, {"ping_interval": 1, "ping_timeout": 5})]), "/k")
+    conn.clock.advance(1)
+    conn.flush()
+    latency = ask(conn)["latency"]
+    assert latency is not None and latency >= 0
+
+
+def test_every_log_line_about_a_connection_names_it():
+    from twisted.logger import globalLogPublisher
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        conn = connect(RouteTree([Route("/c", Closer)]), "/c")
+        conn.client.sendMessage(b"1000 bye")
+        conn.flush()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    ours = [e for e in events if e.get("log_format", "").startswith(("open ", "close "))]
+    assert len(ours) == 2
+    assert {e["conn"] for e in ours} == {conn.server.wsmux.id}

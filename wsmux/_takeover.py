@@ -16,7 +16,7 @@ from wsmux._compat_twisted import take_http_buffer
 from wsmux._upgrades import _plain
 from wsmux.connection import Connection
 from wsmux.factory import RouteFactory
-from wsmux.limits import ConnectionRegistry, Place
+from wsmux.limits import ConnectionRegistry, Place, address_chain
 from wsmux.logs import log
 
 _EMPTY: Mapping[str, str] = {}
@@ -86,6 +86,12 @@ def upgrade(
         registry,
         place,
     )
+    if registry is not None and (
+        registry.limits.trusted_proxy_networks or registry.limits.trusted_proxies
+    ):
+        chain = address_chain(request, registry.limits)
+        if len(chain) > 1:
+            protocol.wsmux._more().address_chain = chain
     if deadline is not None and protocol.openHandshakeTimeout > 0:
         protocol.openHandshakeTimeout = max(0.001, deadline - factory.reactor.seconds())
     open_direct = getattr(protocol, "_wsmux_handshake_from", None)

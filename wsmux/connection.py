@@ -18,7 +18,9 @@ shadowed.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
+from http.cookies import CookieError, SimpleCookie
 from typing import Any, Callable, Mapping, Optional
 
 import txaio
@@ -27,7 +29,7 @@ from autobahn.websocket.types import ConnectionDeny
 from twisted.internet import tcp
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -161,6 +163,9 @@ def close_with(protocol: Any, code: int, reason: str) -> None:
         protocol.sendCloseFrame(code=code, reasonUtf8=close_reason(reason), isReply=False)
 
 
+# Connection ids: unique in the process, in the order connections came.
+_ids = itertools.count(1)
+
 # A connection's phases: made, open (the transport's producer), ended
 # (letting go of the transport and its producers), lost (the transport is
 # gone).
@@ -184,6 +189,7 @@ class _Extra:
         "pace_call",
         "after_message",
         "refusal_headers",
+        "address_chain",
     )
 
     def __init__(self) -> None:
@@ -196,6 +202,7 @@ class _Extra:
         self.pace_call: Any = None
         self.after_message: Optional[tuple[Any, ...]] = None
         self.refusal_headers: Any = None
+        self.address_chain: tuple[str, ...] = ()
 
 
 @implementer(IPushProducer)
@@ -207,6 +214,8 @@ class Connection:
     The attributes and methods documented here are the handler-facing API;
     those starting with an underscore are wsmux's own.
 
+    @ivar id: a number no other connection of this process has; every log
+        line about the connection says it (C{conn=17}).
     @ivar protocol: the handler instance serving the connection.
     @ivar policy: the route's L{RoutePolicy}.
     @ivar path_params: the values of the route's named path parameters, for
@@ -219,11 +228,15 @@ class Connection:
         client is not reading.
     @ivar dropped_messages: messages not sent because the client was too
         slow (with the C{drop} policy).
+    @ivar latency: the round trip of the last keepalive ping, in seconds
+        (L{None} until a pong has come back; pings are the route's
+        C{ping_interval}).
     @ivar prepared_sent: prepared (broadcast) messages sent, which
         Autobahn's own traffic counters leave out.
     """
 
     __slots__ = (
+        "id",
         "protocol",
         "policy",
         "path_params",
@@ -240,6 +253,7 @@ class Connection:
         "_fragments",
         "_idle_call",
         "_extra",
+        "latency",
     )
 
     def __init__(
@@ -252,6 +266,7 @@ class Connection:
         registry: Any = None,
         place: Any = None,
     ) -> None:
+        self.id = next(_ids)
         self.protocol = protocol
         self.policy = policy
         self.path_params = path_params
@@ -269,6 +284,7 @@ class Connection:
         self._idle_call: Any = None
         # What few connections need (see _Extra), made on first use.
         self._extra: Optional[_Extra] = None
+        self.latency: Optional[float] = None
 
     def __repr__(self) -> str:
         return f"<Connection route={self.policy.route!r} client={self.client_address!r}>"
@@ -293,6 +309,63 @@ class Connection:
         if view is None and self._registry is not None:
             view = self._channels = self._registry.channels.namespace(self.policy.channel_namespace)
         return view
+
+    @property
+    def address_chain(self) -> tuple[str, ...]:
+        """
+        The addresses the trusted proxies vouch for, the client first and
+        the peer that connected last (WebSocket-Node's
+        C{remoteAddresses}); just the client's without trusted proxies.
+        """
+        extra = self._extra
+        if extra is not None and extra.address_chain:
+            return extra.address_chain
+        return (self.client_address,)
+
+    @property
+    def cookies(self) -> dict[str, str]:
+        """
+        The request's cookies, name to value, each parsed with the standard
+        library's C{http.cookies} (which drops a whole header for one bad
+        pair: here only the bad pair is skipped).
+        """
+        headers = getattr(self.protocol, "http_headers", None) or {}
+        raw = headers.get("cookie")
+        if not raw:
+            return {}
+        cookies: dict[str, str] = {}
+        for pair in raw.split(";"):
+            jar: SimpleCookie = SimpleCookie()
+            try:
+                jar.load(pair.strip())
+            except CookieError:
+                continue
+            for name, morsel in jar.items():
+                cookies[name] = morsel.value
+        return cookies
+
+    @property
+    def tls(self) -> bool:
+        """
+        Whether the connection came over TLS (wss://).
+        """
+        return ISSLTransport.providedBy(self.protocol.transport)
+
+    @property
+    def server_name(self) -> Optional[str]:
+        """
+        The host name the client asked for in its TLS handshake (SNI), or
+        L{None} (no TLS, or no name sent).
+        """
+        transport = self.protocol.transport
+        handle = getattr(transport, "getHandle", None)
+        if handle is None or not ISSLTransport.providedBy(transport):
+            return None
+        try:
+            name = handle().get_servername()
+        except Exception:
+            return None
+        return name.decode("ascii", "replace") if name else None
 
     @property
     def dropped_messages(self) -> int:
@@ -562,8 +635,9 @@ class Connection:
                 registry.stats.dropped[self.policy.route] += 1
             if dropped == 1 or dropped % 1000 == 0:
                 log.info(
-                    "slow consumer route={route} peer={peer}: dropped {n} message(s) "
+                    "slow consumer route={route} conn={conn} peer={peer}: dropped {n} message(s) "
                     "(more than {cap} bytes waiting)",
+                    conn=self.id,
                     route=self.policy.route,
                     peer=protocol.peer,
                     n=dropped,
@@ -571,8 +645,9 @@ class Connection:
                 )
             return False
         log.info(
-            "slow consumer route={route} peer={peer}: closing with 1008 "
+            "slow consumer route={route} conn={conn} peer={peer}: closing with 1008 "
             "(more than {cap} bytes waiting)",
+            conn=self.id,
             route=self.policy.route,
             peer=protocol.peer,
             cap=cap,
@@ -594,8 +669,9 @@ class Connection:
         cap = self.policy.send_cap
         if cap and self._backlog > cap + CONTROL_SLACK:
             log.info(
-                "slow consumer route={route} peer={peer}: dropped the connection "
+                "slow consumer route={route} conn={conn} peer={peer}: dropped the connection "
                 "(not reading, {n} bytes waiting)",
+                conn=self.id,
                 route=self.policy.route,
                 peer=self.protocol.peer,
                 n=self._backlog,
@@ -672,7 +748,8 @@ class Connection:
         self._idle_call = None
         protocol = self.protocol
         log.info(
-            "idle timeout route={route} peer={peer} after {t}s",
+            "idle timeout route={route} conn={conn} peer={peer} after {t}s",
+            conn=self.id,
             route=self.policy.route,
             peer=getattr(protocol, "peer", ""),
             t=self.policy.idle_timeout,
@@ -725,8 +802,9 @@ class Connection:
         state = protocol.state
         answered = getattr(protocol, "http_response_data", None) is not None
         log.failure(
-            "route {route} peer={peer}: the handler raised in {where}; {action}",
+            "route {route} conn={conn} peer={peer}: the handler raised in {where}; {action}",
             failure,
+            conn=self.id,
             route=self.policy.route,
             peer=getattr(protocol, "peer", "?"),
             where=where,

@@ -216,6 +216,15 @@ def client_address(request: IRequest, limits: ServerLimits) -> str:
 
     @return: the address, normalized (IPv4-mapped IPv6 as IPv4).
     """
+    return address_chain(request, limits)[0]
+
+
+def address_chain(request: IRequest, limits: ServerLimits) -> tuple[str, ...]:
+    """
+    The addresses the trusted proxies vouch for, the client first and the
+    peer that connected last (WebSocket-Node's C{remoteAddresses}): one
+    address without trusted proxies.  See L{client_address}.
+    """
     peer = request.getClientAddress()
     direct = getattr(peer, "host", None) or _host_of(peer)
     networks = limits.trusted_proxy_networks
@@ -225,29 +234,29 @@ def client_address(request: IRequest, limits: ServerLimits) -> str:
             # An IPv4 client on a dual-stack socket (the default port): it is
             # that IPv4 address, not a member of the IPv6 network ::/64.
             mapped = _ip(direct)
-            return str(mapped) if mapped is not None else direct
-        return direct
+            return (str(mapped) if mapped is not None else direct,)
+        return (direct,)
     direct_ip = _ip(direct)
-    client = str(direct_ip) if direct_ip is not None else direct
+    believed = [str(direct_ip) if direct_ip is not None else direct]
     if networks:
         trusted = _networks(networks)
         if direct_ip is None or not any(direct_ip in net for net in trusted):
-            return client
+            return tuple(believed)
         for hop in reversed(_forwarded_chain(request, limits.forwarded_header)):
             ip = _ip(hop)
             if ip is None:
-                return client
-            client = str(ip)
+                break
+            believed.append(str(ip))
             if not any(ip in net for net in trusted):
-                return client
-        return client
+                break
+        return tuple(reversed(believed))
     chain = _forwarded_chain(request, limits.forwarded_header)
     for hop in reversed(chain[max(0, len(chain) - hops) :]):
         ip = _ip(hop)
         if ip is None:
-            return client
-        client = str(ip)
-    return client
+            break
+        believed.append(str(ip))
+    return tuple(reversed(believed))
 
 
 def _forwarded_chain(request: IRequest, header: str) -> list[str]:

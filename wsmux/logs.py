@@ -127,7 +127,7 @@ class LogLevelService(Service):
 LOG_FORMATS = ("text", "json")
 
 # Keys wsmux's own events carry that log shippers can index on.
-_STABLE_KEYS = ("route", "peer", "path", "code", "status", "reason")
+_STABLE_KEYS = ("route", "conn", "peer", "path", "code", "status", "reason")
 
 
 def json_line(event: dict[str, Any]) -> Optional[str]:

@@ -180,7 +180,8 @@ class RouteProtocolMixin(_Hooked):
         if conn._registry is not None:
             conn._registry.stats.accepted(conn.route)
         log.info(
-            "open route={route} peer={peer} path={path}",
+            "open route={route} conn={conn} peer={peer} path={path}",
+            conn=conn.id,
             route=conn.route,
             peer=self.peer,
             path=self.http_request_path,
@@ -199,7 +200,8 @@ class RouteProtocolMixin(_Hooked):
             if conn._registry is not None:
                 conn._registry.stats.closed(self, code)
             log.info(
-                "close route={route} peer={peer} code={code} reason={reason!r}",
+                "close route={route} conn={conn} peer={peer} code={code} reason={reason!r}",
+                conn=conn.id,
                 route=conn.route,
                 peer=self.peer,
                 code=code,
@@ -209,6 +211,13 @@ class RouteProtocolMixin(_Hooked):
             super().onClose(wasClean, code, reason)
         except Exception:
             conn.handler_failed("onClose")
+
+    def onAutoPong(
+        self, ping_sent: int, ping_seq: int, pong_received: int, pong_rtt: int, payload: bytes
+    ) -> None:
+        # A keepalive ping came back: its round trip (nanosecond clocks).
+        self.wsmux.latency = (pong_received - ping_sent) / 1e9
+        super().onAutoPong(ping_sent, ping_seq, pong_received, pong_rtt, payload)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         # The handler's; a Deferred it returns is watched for failure.
@@ -224,7 +233,9 @@ class RouteProtocolMixin(_Hooked):
             # Autobahn failed the connection (a protocol violation or a
             # limit: 1002, 1007, 1009...); say which, where and for whom.
             log.info(
-                "failing connection route={route} peer={peer} code={code} reason={reason!r}",
+                "failing connection route={route} conn={conn} peer={peer} code={code} "
+                "reason={reason!r}",
+                conn=self.wsmux.id,
                 route=self.wsmux.route,
                 peer=self.peer,
                 code=code,

@@ -67,3 +67,39 @@ def test_port_file_in_a_missing_directory_is_a_usage_error(tmp_path):
     assert done.returncode == 1
     assert "--port-file" in done.stdout + done.stderr and "no such directory" in done.stdout
     assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_what_a_handler_knows_over_real_wss(start_server, tmp_path):
+    import json
+    import ssl
+    import time
+
+    from tests.pki import make_pki
+
+    (tmp_path / "pki").mkdir()
+    pki = make_pki(tmp_path / "pki")
+    chain, key = pki.files["default.test"]
+    server = start_server(
+        "--cert", chain, "--key", key, "--tls-port", "tcp:0:interface=127.0.0.1",
+        "--route", "/knows=tests.handlers_for_tests.Knows", "--ping-interval", "0.2",
+    )  # fmt: skip
+    tls_port = next(port for kind, _, port in server.ports() if kind == "tls")
+    context = ssl.create_default_context(cafile=pki.ca_file)
+    with connect(
+        f"wss://127.0.0.1:{tls_port}/knows",
+        ssl=context,
+        server_hostname="default.test",
+        additional_headers={"Cookie": "sid=abc; theme=dark"},
+    ) as ws:
+        deadline = time.monotonic() + 5
+        while True:
+            ws.send("?")
+            known = json.loads(ws.recv(timeout=5))
+            if known["latency"] is not None or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    assert known["tls"] is True and known["server_name"] == "default.test"
+    assert known["cookies"] == {"sid": "abc", "theme": "dark"}
+    assert known["chain"] == ["127.0.0.1"]
+    assert 0 <= known["latency"] < 5
+    assert f"conn={known['id']}" in server.log()
