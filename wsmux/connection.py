@@ -170,6 +170,7 @@ _ids = itertools.count(1)
 # (letting go of the transport and its producers), lost (the transport is
 # gone).
 _MADE, _OPENED, _ENDED, _LOST = range(4)
+LOST = _LOST
 
 
 class _Extra:
@@ -488,7 +489,9 @@ class Connection:
         registry = self._registry
         if registry is not None:
             # From now on _place is the place the registry gave it.
-            self._place = registry.add(self.protocol, self.client_address, self._place)
+            self._place = registry.add(
+                self.protocol, self.client_address, self._place, self.policy.route
+            )
         transport.registerProducer(self, True)
         self._phase = _OPENED
         if self.policy.idle_timeout:
@@ -499,10 +502,9 @@ class Connection:
 
     def dropping(self, abort: bool) -> None:
         """
-        wsmux or Autobahn decided to close the transport: end, and bound how
-        long a polite close may linger.
+        wsmux or Autobahn decided to close the transport (and L{end} has
+        run): bound how long a polite close may linger.
         """
-        self.end()
         protocol = self.protocol
         if abort or self._phase == _LOST or not protocol.transport:
             return
@@ -544,7 +546,7 @@ class Connection:
         self._phase = _LOST
         registry = self._registry
         if registry is not None:
-            registry.remove(self.protocol, self._place)
+            registry.remove(self.protocol, self._place, self.policy.route)
             # Every channel it joined, in any namespace (a handler may reach
             # past its route's through the hub).
             registry.channels.unsubscribe(self.protocol)

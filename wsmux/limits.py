@@ -431,26 +431,28 @@ class ConnectionRegistry:
             counts[route] = counts.get(route, 0) + 1
         return place
 
-    def add(self, protocol: Any, address: str, place: Optional[Place] = None) -> Place:
+    def add(
+        self, protocol: Any, address: str, place: Optional[Place] = None, route: str = ""
+    ) -> Place:
         """
-        Register an open (or opening) WebSocket connection, which keeps
-        C{place} (a new one, uncapped, when it has none) until L{remove}.
+        Register an open (or opening) WebSocket connection of C{route} (its
+        path pattern), which keeps C{place} (a new one, uncapped, when it
+        has none) until L{remove}.
 
         @return: the place the connection holds (to give to L{remove}).
         """
         if place is None or place.released:
             place = self._take(address, None)
         self.connections.add(protocol)
-        self.by_route.setdefault(_route_of(protocol), set()).add(protocol)
+        self.by_route.setdefault(route, set()).add(protocol)
         return place
 
-    def remove(self, protocol: Any, place: Optional[Place] = None) -> None:
+    def remove(self, protocol: Any, place: Optional[Place] = None, route: str = "") -> None:
         """
         Forget a connection that ended, and give back its C{place}.
         """
         if protocol in self.connections:
             self.connections.discard(protocol)
-            route = _route_of(protocol)
             others = self.by_route.get(route)
             if others is not None:
                 others.discard(protocol)
@@ -469,8 +471,3 @@ class ConnectionRegistry:
 
 
 _OPEN = WebSocketProtocol.STATE_OPEN
-
-
-def _route_of(protocol: Any) -> str:
-    connection = getattr(protocol, "wsmux", None)
-    return connection.route if connection is not None else ""

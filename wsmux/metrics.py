@@ -38,7 +38,7 @@ class RouteStats:
         self.handshakes[(route, str(status))] += 1
 
     def closed(self, protocol: Any, code: Optional[int]) -> None:
-        route = protocol.wsmux.route
+        route = protocol.wsmux.policy.route
         label = _CODE_LABELS.get(code) or close_code_label(code)
         key = (route, label)
         self.closes[key] = self.closes.get(key, 0) + 1
@@ -101,7 +101,7 @@ class WsmuxCollector:
         live: Counter[str] = Counter()
         traffic: Counter[tuple[str, str]] = Counter(stats.traffic)
         for protocol in list(registry.connections):
-            route = protocol.wsmux.route
+            route = protocol.wsmux.policy.route
             if getattr(protocol, "http_response_data", None) is not None:
                 live[route] += 1
             for kind, value in traffic_of(protocol).items():

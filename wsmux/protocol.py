@@ -34,7 +34,7 @@ from wsmux._compat_autobahn import (
 )
 from wsmux._responses import safe_headers, status_reason
 from wsmux._writes import scheduler_for
-from wsmux.connection import Connection, RoutePolicy, close_with
+from wsmux.connection import LOST, Connection, RoutePolicy, close_with
 from wsmux.factory import ProtocolOptions
 from wsmux.logs import log
 
@@ -101,9 +101,11 @@ class RouteProtocolMixin(_Hooked):
     # stopping its producer (it is going away), connectionLost (it is gone).
 
     def dropConnection(self, abort: bool = False) -> None:
-        self.wsmux.end()
+        conn = self.wsmux
+        conn.end()
         super().dropConnection(abort)
-        self.wsmux.dropping(abort)
+        if not abort and conn._phase != LOST:
+            conn.dropping(abort)
 
     def connectionLost(self, reason: Any = None) -> None:
         self.wsmux.lost()
@@ -151,7 +153,7 @@ class RouteProtocolMixin(_Hooked):
         # and refusals from onConnect.  The reason goes into the status line:
         # it must not carry a line break (user code may have built it from
         # the request), nor the text of an exception.
-        route = self.wsmux.route
+        route = self.wsmux.policy.route
         if not 400 <= code <= 599:
             # A refusal is a 4xx or 5xx: anything else from user code (a
             # ConnectionDeny(200)) would tell the client something untrue.
@@ -178,11 +180,11 @@ class RouteProtocolMixin(_Hooked):
     def onOpen(self) -> None:
         conn = self.wsmux
         if conn._registry is not None:
-            conn._registry.stats.accepted(conn.route)
+            conn._registry.stats.accepted(conn.policy.route)
         log.info(
             "open route={route} conn={conn} peer={peer} path={path}",
             conn=conn.id,
-            route=conn.route,
+            route=conn.policy.route,
             peer=self.peer,
             path=self.http_request_path,
         )
@@ -202,7 +204,7 @@ class RouteProtocolMixin(_Hooked):
             log.info(
                 "close route={route} conn={conn} peer={peer} code={code} reason={reason!r}",
                 conn=conn.id,
-                route=conn.route,
+                route=conn.policy.route,
                 peer=self.peer,
                 code=code,
                 reason=reason or "",
@@ -236,7 +238,7 @@ class RouteProtocolMixin(_Hooked):
                 "failing connection route={route} conn={conn} peer={peer} code={code} "
                 "reason={reason!r}",
                 conn=self.wsmux.id,
-                route=self.wsmux.route,
+                route=self.wsmux.policy.route,
                 peer=self.peer,
                 code=code,
                 reason=(reasonUtf8 or b"").decode("utf-8", "replace"),
