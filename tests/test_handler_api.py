@@ -261,3 +261,32 @@ def test_every_log_line_about_a_connection_names_it():
     ours = [e for e in events if e.get("log_format", "").startswith(("open ", "close "))]
     assert len(ours) == 2
     assert {e["conn"] for e in ours} == {conn.server.wsmux.id}
+
+
+def test_close_all_closes_a_route_or_the_tree_and_drops_who_does_not_answer():
+    from twisted.internet.task import Clock
+
+    from wsmux import EchoHandler
+
+    tree = RouteTree([Route("/a", EchoHandler), Route("/b", EchoHandler)])
+    a1, a2, b1 = connect(tree, "/a"), connect(tree, "/a"), connect(tree, "/b")
+    with pytest.raises(ValueError):
+        tree.close_all(1005)
+    clock = Clock()
+    done = tree.close_all(4000, "route going", timeout=3, route="/a", clock=clock)
+    for c in (a1, a2, b1):
+        c.flush()
+    assert done.called and done.result == 0
+    assert a1.client.close[1:] == (4000, "route going") and a2.client.close[1:] == (
+        4000,
+        "route going",
+    )
+    assert b1.client.close is None
+    # A client that never answers the close is dropped when the time is up.
+    b1.client.onCloseFrame = lambda *args: None  # it ignores the close frame
+    done = tree.close_all(clock=clock, timeout=3)
+    b1.flush()
+    assert not done.called
+    clock.advance(3)
+    b1.flush()
+    assert done.called and done.result == 1 and b1.client.close is not None

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
@@ -34,6 +34,7 @@ from wsmux._paths import (
 )
 from wsmux._takeover import upgrade
 from wsmux._upgrades import _PARAMS_ATTR, NO_ROUTE, is_upgrade, log_rejection, path_params
+from wsmux.connection import SENDABLE_CLOSE_CODES
 from wsmux.factory import ProtocolOptions, RouteFactory
 from wsmux.limits import ConnectionRegistry, Place, ServerLimits, client_address
 from wsmux.logs import log
@@ -428,6 +429,64 @@ class RouteTree(_Node):
         L{wsmux.connection.Connection}.
         """
         return self.registry.open_connections(route)
+
+    def close_all(
+        self,
+        code: int = 1001,
+        reason: str = "going away",
+        timeout: float = 10.0,
+        route: Optional[str] = None,
+        clock: Any = None,
+    ) -> Deferred[int]:
+        """
+        Close every WebSocket connection of the tree (or of one route,
+        named by its path pattern) with C{code} and C{reason}: what
+        WebSocket-Node's C{closeAllConnections()} and C{ws}'s
+        C{wss.clients.forEach(c => c.close(1001))} do.  Connections still
+        opening are dropped.  The drain on SIGTERM uses it.
+
+        @param timeout: seconds to wait for the closing handshakes; the
+            connections still open then are dropped.
+        @param clock: the reactor for the timeout (the global one by
+            default).
+        @return: a Deferred that fires, with how many connections had to
+            be dropped, once every one has closed.
+        @raise ValueError: for a close code a server may not send.
+        """
+        if code not in SENDABLE_CLOSE_CODES:
+            raise ValueError(f"close code {code!r} cannot be sent")
+        registry = self.registry
+        among = registry.connections if route is None else registry.by_route.get(route, ())
+        connections = list(among)
+        if not connections:
+            return succeed(0)
+        for protocol in connections:
+            if protocol.state == protocol.STATE_OPEN:
+                protocol.wsmux.close(code, reason)
+            else:
+                protocol.wsmux.drop()
+        dropped = 0
+
+        def give_up() -> None:
+            nonlocal dropped
+            left = [p for p in connections if p in registry.connections]
+            if left:
+                log.info("closing: dropping {n} connection(s) that did not close", n=len(left))
+            dropped = len(left)
+            for protocol in left:
+                protocol.wsmux.drop()
+
+        if clock is None:
+            from twisted.internet import reactor as clock
+        timer = clock.callLater(timeout, give_up)
+        done = DeferredList([p.is_closed for p in connections], consumeErrors=True)
+
+        def finished(_: object) -> int:
+            if timer.active():
+                timer.cancel()
+            return dropped
+
+        return done.addBoth(finished)
 
     def refuse_pending(self, code: int, reason: str) -> None:
         """

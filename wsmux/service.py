@@ -20,7 +20,6 @@ from wsmux.config import Settings, port_description
 from wsmux.handlers import resolve_callable, resolve_handler
 from wsmux.logs import log
 from wsmux.metrics import HealthResource, MetricsResource, metrics_registry
-from wsmux.protocol import close_with
 from wsmux.redis_channels import RedisChannels
 from wsmux.routing import Route, RouteTree
 from wsmux.site import WebSocketSite
@@ -366,39 +365,26 @@ class DrainService(Service):
         # Upgrades still waiting for a handler chain or the hook are told
         # now, not opened into a server that is going away.
         self.tree.refuse_pending(503, "Server shutting down")
-        connections = list(registry.connections)
         site = self.site
         http = site.quiesce() if site is not None else succeed(None)
-        if not connections and http.called:
+        if not registry.connections and http.called:
             return succeed(None)
         log.info(
             "shutting down: closing {n} WebSocket connection(s) with 1001, waiting up to {t}s"
             + (" (and for {h} HTTP connection(s) to be answered)" if not http.called else ""),
-            n=len(connections),
+            n=len(registry.connections),
             t=self.timeout,
             h=sum(not c.idle for c in site.open_channels) if site is not None else 0,
         )
-        for protocol in connections:
-            if protocol.state == protocol.STATE_OPEN:
-                close_with(protocol, 1001, "server shutting down")
-            else:
-                protocol.dropConnection(abort=True)
-        done = DeferredList(
-            [protocol.is_closed for protocol in connections] + [http], consumeErrors=True
-        )
+        closed = self.tree.close_all(1001, "server shutting down", self.timeout, clock=reactor)
+        if http.called:
+            return closed
 
         def give_up() -> None:
-            left = list(registry.connections)
-            if left:
-                log.info(
-                    "shutting down: dropping {n} connection(s) that did not close", n=len(left)
-                )
-            for protocol in left:
-                protocol.dropConnection(abort=True)
-            if site is not None and not http.called:
-                log.info("shutting down: dropping HTTP connections whose request is not answered")
-                site.abort_channels()
+            log.info("shutting down: dropping HTTP connections whose request is not answered")
+            site.abort_channels()
 
         timer = reactor.callLater(self.timeout, give_up)
+        done = DeferredList([closed, http], consumeErrors=True)
         done.addBoth(lambda _: timer.cancel() if timer.active() else None)
         return done

@@ -9,6 +9,7 @@ from twisted.web.server import Site
 from twisted.web.static import Data
 
 from wsmux import EchoHandler, ProtocolOptions, Route, RouteTree
+from wsmux.service import DrainService
 
 port = os.environ.get("WSMUX_PORT", "8080")
 
@@ -23,3 +24,6 @@ root.putChild(b"ws", tree)
 
 application = service.Application("my-app")
 strports.service(f"tcp:{port}:interface=127.0.0.1", Site(root)).setServiceParent(application)
+# On SIGTERM, every WebSocket gets a 1001 close and up to 5 seconds to
+# answer before the process exits (tree.close_all does the closing).
+DrainService(tree, timeout=5).setServiceParent(application)

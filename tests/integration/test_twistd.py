@@ -203,6 +203,15 @@ def test_tac_example_from_the_docs(start_server):
         assert ws.recv(timeout=5) == "from a tac"
     with urllib.request.urlopen(server.url("/health", "http"), timeout=5) as r:
         assert r.read() == b"ok"
+    # The drain service of the .tac: SIGTERM closes WebSockets with 1001.
+    import signal
+
+    with connect(server.url("/ws/echo")) as ws:
+        server.process.send_signal(signal.SIGTERM)
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=5)
+        assert ws.close_code == 1001
+    server.process.wait(timeout=10)
 
 
 def test_bare_port_number_listens_on_every_interface(tmp_path):
