@@ -290,3 +290,60 @@ def test_close_all_closes_a_route_or_the_tree_and_drops_who_does_not_answer():
     clock.advance(3)
     b1.flush()
     assert done.called and done.result == 1 and b1.client.close is not None
+
+
+def test_server_wide_events_across_routes():
+    from wsmux import EchoHandler
+
+    tree = RouteTree(
+        [Route("/a", EchoHandler), Route("/b", EchoHandler, {"allowed_origins": ["https://ok"]})]
+    )
+    seen = []
+    tree.events.on("opened", lambda c: seen.append(("opened", c.route, c.id)))
+    tree.events.on(
+        "closed", lambda c, code, reason, clean: seen.append(("closed", c.id, code, clean))
+    )
+    tree.events.on(
+        "refused", lambda route, status, reason, peer: seen.append(("refused", route, status))
+    )
+    tree.events.on("handshake_failed", lambda c, why: seen.append(("failed", c.route)))
+
+    def broken(*args):
+        raise RuntimeError("an observer that fails")
+
+    tree.events.on("opened", broken)  # logged; the others still run
+    a = connect(tree, "/a")
+    a.client.sendClose(1000, "bye")
+    a.flush()
+    connect(tree, "/b", origin="https://evil")  # 403
+    raw_connect(tree).send(upgrade_request("/nowhere"))  # 404
+    slow = raw_connect(tree)
+    slow.send(upgrade_request("/a")[:-2] + b"Sec-WebSocket-Version: 8\r\n\r\n")  # 426 or 400
+    opened_id = seen[0][2]
+    assert seen[:2] == [("opened", "/a", opened_id), ("closed", opened_id, 1000, True)]
+    assert ("refused", "/b", 403) in seen
+    assert any(e[0] == "refused" and e[2] == 404 for e in seen)
+    stats = tree.registry.stats  # the metrics count from the same events
+    assert stats.handshakes[("/a", "accepted")] == 1 and stats.handshakes[("/b", "403")] == 1
+    tree.events.off("opened", broken)
+    with pytest.raises(ValueError):
+        tree.events.on("nonsense", print)
+
+
+def test_a_connection_that_leaves_before_its_handshake_is_a_failed_handshake():
+    from wsmux import EchoHandler
+
+    class Slow(EchoHandler):
+        def onConnect(self, request):
+            from twisted.internet.defer import Deferred
+
+            return Deferred()  # never decides
+
+    tree = RouteTree([Route("/s", Slow, {"open_handshake_timeout": 2})])
+    failed = []
+    tree.events.on("handshake_failed", lambda c, why: failed.append((c.route, why)))
+    raw = raw_connect(tree)
+    raw.send(upgrade_request("/s"))
+    raw.clock.advance(3)
+    raw.pump.flush()
+    assert failed and failed[0][0] == "/s"

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 WSMUX = ROOT / "wsmux"
 
 # The connection machinery: none of it reaches for the process's set-up.
-CORE = ["routing", "factory", "connection", "protocol", "handlers", "site", "channels", "streaming", "limits",
+CORE = ["routing", "factory", "connection", "events", "protocol", "handlers", "site", "channels", "streaming", "limits",
         "_paths", "_upgrades", "_endpoint", "_takeover", "_writes", "_frames", "_responses",
         "_compat", "_compat_twisted", "_compat_autobahn"]  # fmt: skip
 SET_UP = [

@@ -13,7 +13,7 @@ from twisted.protocols.policies import ProtocolWrapper
 from twisted.web.iweb import IRequest
 
 from wsmux._compat_twisted import take_http_buffer
-from wsmux._upgrades import _plain
+from wsmux._upgrades import _peer, _plain
 from wsmux.connection import Connection
 from wsmux.factory import RouteFactory
 from wsmux.limits import ConnectionRegistry, Place, address_chain
@@ -71,7 +71,13 @@ def upgrade(
             route=getattr(factory, "route_path", "?"),
         )
         if registry is not None:
-            registry.stats.rejected(getattr(factory, "route_path", "-"), 500)
+            registry.events.fire(
+                "refused",
+                getattr(factory, "route_path", "-"),
+                500,
+                "the handler could not be made",
+                _peer(request),
+            )
         request.write(_plain(request, 500, "Internal Server Error", close=True))
         request.finish()
         return None

@@ -191,6 +191,7 @@ class _Extra:
         "after_message",
         "refusal_headers",
         "address_chain",
+        "refused",
     )
 
     def __init__(self) -> None:
@@ -204,6 +205,7 @@ class _Extra:
         self.after_message: Optional[tuple[Any, ...]] = None
         self.refusal_headers: Any = None
         self.address_chain: tuple[str, ...] = ()
+        self.refused = False
 
 
 @implementer(IPushProducer)

@@ -16,6 +16,7 @@ from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.web.iweb import IRequest
 
 from wsmux.channels import ChannelHub
+from wsmux.events import Events
 from wsmux.metrics import RouteStats
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
@@ -361,6 +362,8 @@ class ConnectionRegistry:
     @ivar draining: set on shutdown; new upgrades are refused with 503.
     @ivar stats: connection events and traffic, for metrics.
     @ivar channels: the named channels handlers publish to.
+    @ivar events: the connection events (L{wsmux.events}); C{stats}
+        counts from them.
     """
 
     limits: ServerLimits = field(default_factory=ServerLimits)
@@ -372,6 +375,10 @@ class ConnectionRegistry:
     draining: bool = False
     stats: RouteStats = field(default_factory=RouteStats)
     channels: ChannelHub = field(default_factory=ChannelHub)
+    events: Events = field(default_factory=Events)
+
+    def __post_init__(self) -> None:
+        self.stats.listen(self.events)
 
     def admit(
         self, address: str, route: Any = None, route_cap: int = 0

@@ -31,6 +31,17 @@ class RouteStats:
     handler_errors: Counter[str] = field(default_factory=Counter)
     traffic: Counter[tuple[str, str]] = field(default_factory=Counter)
 
+    def listen(self, events: Any) -> None:
+        """
+        Count from a route tree's L{wsmux.events.Events}.
+        """
+        events.on("opened", lambda connection: self.accepted(connection.policy.route))
+        events.on("refused", lambda route, status, reason, peer: self.rejected(route, status))
+        events.on(
+            "closed",
+            lambda connection, code, reason, clean: self.closed(connection.protocol, code),
+        )
+
     def accepted(self, route: str) -> None:
         self.handshakes[(route, "accepted")] += 1
 

@@ -163,11 +163,13 @@ class RouteProtocolMixin(_Hooked):
                 code=code,
             )
             code = 500
-        registry = self.wsmux._registry
-        if registry is not None:
-            registry.stats.rejected(route, code)
         if code == 500:
             reason = "Internal Server Error"
+        conn = self.wsmux
+        conn._more().refused = True
+        registry = conn._registry
+        if registry is not None:
+            registry.events.fire("refused", route, code, reason, getattr(self, "peer", "?"))
         if responseHeaders is None and self.wsmux._extra is not None:
             responseHeaders = self.wsmux._extra.refusal_headers
         headers = [
@@ -180,7 +182,7 @@ class RouteProtocolMixin(_Hooked):
     def onOpen(self) -> None:
         conn = self.wsmux
         if conn._registry is not None:
-            conn._registry.stats.accepted(conn.policy.route)
+            conn._registry.events.fire("opened", conn)
         log.info(
             "open route={route} conn={conn} peer={peer} path={path}",
             conn=conn.id,
@@ -198,9 +200,10 @@ class RouteProtocolMixin(_Hooked):
 
     def onClose(self, wasClean: bool, code: Optional[int], reason: Optional[str]) -> None:
         conn = self.wsmux
+        registry = conn._registry
         if getattr(self, "http_response_data", None) is not None:  # it was open
-            if conn._registry is not None:
-                conn._registry.stats.closed(self, code)
+            if registry is not None:
+                registry.events.fire("closed", conn, code, reason, wasClean)
             log.info(
                 "close route={route} conn={conn} peer={peer} code={code} reason={reason!r}",
                 conn=conn.id,
@@ -209,6 +212,9 @@ class RouteProtocolMixin(_Hooked):
                 code=code,
                 reason=reason or "",
             )
+        elif registry is not None and (conn._extra is None or not conn._extra.refused):
+            why = getattr(self, "wasNotCleanReason", None) or "the connection ended first"
+            registry.events.fire("handshake_failed", conn, why)
         try:
             super().onClose(wasClean, code, reason)
         except Exception:

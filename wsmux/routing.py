@@ -33,8 +33,9 @@ from wsmux._paths import (
     parse_path,
 )
 from wsmux._takeover import upgrade
-from wsmux._upgrades import _PARAMS_ATTR, NO_ROUTE, is_upgrade, log_rejection, path_params
+from wsmux._upgrades import _PARAMS_ATTR, NO_ROUTE, _peer, is_upgrade, log_rejection, path_params
 from wsmux.connection import SENDABLE_CLOSE_CODES
+from wsmux.events import Events
 from wsmux.factory import ProtocolOptions, RouteFactory
 from wsmux.limits import ConnectionRegistry, Place, ServerLimits, client_address
 from wsmux.logs import log
@@ -276,7 +277,7 @@ class RouteTree(_Node):
         Log and count a refused upgrade.
         """
         log_rejection(request, code, reason, route)
-        self.registry.stats.rejected(route, code)
+        self.registry.events.fire("refused", route, code, reason, _peer(request))
 
     def mount_resource(self, path: str, resource: IResource) -> None:
         """
@@ -429,6 +430,14 @@ class RouteTree(_Node):
         L{wsmux.connection.Connection}.
         """
         return self.registry.open_connections(route)
+
+    @property
+    def events(self) -> Events:
+        """
+        The tree's connection events: C{tree.events.on("opened", observer)}
+        (see L{wsmux.events}).
+        """
+        return self.registry.events
 
     def close_all(
         self,

@@ -103,3 +103,22 @@ def test_what_a_handler_knows_over_real_wss(start_server, tmp_path):
     assert known["chain"] == ["127.0.0.1"]
     assert 0 <= known["latency"] < 5
     assert f"conn={known['id']}" in server.log()
+
+
+def test_connection_events_with_real_clients(start_server):
+    import time
+    from pathlib import Path
+
+    tac = Path(__file__).with_name("events.tac")
+    server = start_server("-y", str(tac), plugin=None)
+    with connect(server.url("/echo")) as ws:
+        ws.send("hi")
+        assert ws.recv(timeout=5) == "hi"
+    with pytest.raises(InvalidStatus):
+        connect(server.url("/nowhere"))
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and "event refused status=404" not in server.log():
+        time.sleep(0.05)
+    log = server.log()
+    assert "event opened conn=" in log and "code=1000" in log
+    assert "event refused status=404" in log
