@@ -229,7 +229,11 @@ class PortFile(Service):
         for listener in self.ports:
             host = listener.port.getHost()
             lines.append(port_line(listener.kind, host.host, host.port))
-        write_port_file(self.path, lines)
+        try:
+            write_port_file(self.path, lines)
+        except OSError as e:
+            log.error("cannot write the port file {path}: {why}", path=self.path, why=e.strerror)
+            return
         self._written = True
 
     def stopService(self) -> None:

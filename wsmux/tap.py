@@ -382,10 +382,11 @@ def makeService(options: Options) -> IService:
     C{--workers N} the supervisor of N worker processes.
     """
     settings = options.settings
-    if settings.port_file and not os.path.isdir(
-        os.path.dirname(os.path.abspath(settings.port_file))
-    ):
-        _usage_exit(options, ConfigError(f"--port-file {settings.port_file!r}: no such directory"))
+    port_file = settings.port_file
+    if port_file and not os.path.isdir(os.path.dirname(os.path.abspath(port_file))):
+        _usage_exit(options, ConfigError(f"--port-file {port_file!r}: no such directory"))
+    if port_file and os.path.isdir(port_file):
+        _usage_exit(options, ConfigError(f"--port-file {port_file!r} is a directory"))
     try:
         # The supervisor reads them too: a bad file stops it before any
         # worker starts.

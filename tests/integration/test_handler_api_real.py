@@ -67,6 +67,8 @@ def test_port_file_in_a_missing_directory_is_a_usage_error(tmp_path):
     assert done.returncode == 1
     assert "--port-file" in done.stdout + done.stderr and "no such directory" in done.stdout
     assert "Traceback" not in done.stdout + done.stderr
+    done = run_twistd("wsmux", "--port", "tcp:0:interface=127.0.0.1", "--port-file", str(tmp_path))
+    assert done.returncode == 1 and "is a directory" in done.stdout
 
 
 def test_what_a_handler_knows_over_real_wss(start_server, tmp_path):
