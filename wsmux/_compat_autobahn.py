@@ -939,7 +939,9 @@ class FastReceiveMixin(_Hooked):
         # What Autobahn and the idle timeout do when a data frame arrives.
         if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:
             self._cancelAutoPingTimeoutCall()
-        self.wsmux.activity()
+        conn = self.wsmux
+        if conn._idle_call is not None:  # the route has an idle timeout
+            conn.activity()
 
     def _wsmux_deliver(self, messages: list[tuple[bytes, bool]]) -> None:
         open_ = self.STATE_OPEN
