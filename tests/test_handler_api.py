@@ -347,3 +347,124 @@ def test_a_connection_that_leaves_before_its_handshake_is_a_failed_handshake():
     raw.clock.advance(3)
     raw.pump.flush()
     assert failed and failed[0][0] == "/s"
+
+
+def test_cookies_are_read_in_one_linear_pass():
+    import time
+
+    from wsmux.connection import parse_cookies
+
+    assert parse_cookies('a=1; b="two"; bad name=3; =4; c; a=5; d=x=y') == {
+        "a": "1",
+        "b": "two",
+        "d": "x=y",
+    }
+    # What makes the standard library's unquoting quadratic (CVE-2024-7592).
+    hostile = 'a="' + "\\0" * 15000 + '"'
+    started = time.process_time()
+    parse_cookies(hostile)
+    assert time.process_time() - started < 0.5
+
+
+class ClosesInOnConnect(WebSocketServerProtocol):
+    def onConnect(self, request):
+        if "drop" in request.params:
+            self.wsmux.drop()
+        else:
+            self.wsmux.close(1008, "no")
+
+    def onOpen(self):
+        raise AssertionError("opened after closing in onConnect")
+
+
+@pytest.mark.parametrize("how", ["close", "drop"])
+def test_closing_in_onconnect_sends_no_101_on_either_path(how):
+    tree = RouteTree([Route("/x", ClosesInOnConnect)])
+    seen = []
+    for event in ("opened", "closed", "handshake_failed"):
+        tree.events.on(event, lambda *args, event=event: seen.append(event))
+    raw = raw_connect(tree)
+    raw.send(upgrade_request("/x?drop=1" if how == "drop" else "/x"))
+    raw.pump.flush()
+    assert b"101" not in raw.received and raw.lost
+    assert seen == ["handshake_failed"]
+
+
+def test_off_before_on_leaves_messages_flowing():
+    class Off(WebSocketServerProtocol):
+        def onOpen(self):
+            self.off()
+
+        def onMessage(self, payload, isBinary):
+            self.sendMessage(payload, isBinary)
+
+    conn = connect(RouteTree([Route("/o", Off)]), "/o")
+    conn.client.sendMessage(b"one")
+    conn.client.beginMessage()  # a fragmented message: Autobahn's own path
+    conn.client.beginMessageFrame(3)
+    conn.client.sendMessageFrameData(b"two")
+    conn.client.endMessage()
+    conn.flush()
+    assert conn.client.messages == [(b"one", False), (b"two", False)]
+
+
+class Framing(WebSocketServerProtocol):
+    def onConnect(self, request):
+        raise Deny(
+            403,
+            None,
+            {"Content-Length": "0", "Connection": "keep-alive", "X-Name": "café"},
+        )
+
+
+def test_a_refusal_cannot_frame_the_response_and_keeps_its_text():
+    raw = raw_connect(RouteTree([Route("/f", Framing)]))
+    raw.send(upgrade_request("/f"))
+    head = raw.received.split(b"\r\n\r\n")[0]
+    assert head.startswith(b"HTTP/1.1 403 Forbidden\r\n")  # the phrase, not "None"
+    assert b"Content-Length: 0" not in head and b"keep-alive" not in head
+    assert "X-Name: café".encode() in head  # UTF-8, once
+
+    def hook(request):
+        return Reject(403, "nope", {"Content-Length": "0", "X-Name": "café"})
+
+    raw = raw_connect(RouteTree([], unhandled=hook))
+    raw.send(upgrade_request("/any"))
+    head, _, body = raw.received.partition(b"\r\n\r\n")
+    assert b"Content-Length: 0\r\n" not in head + b"\r\n" and b"nope\n" in body
+    assert "X-Name: café".encode() in head
+
+
+def test_the_address_chain_is_capped():
+    from wsmux import ServerLimits
+    from wsmux.limits import MAX_CHAIN
+
+    limits = ServerLimits(trusted_proxy_networks=("10.0.0.0/8", "127.0.0.0/8"))
+    tree = RouteTree([Route("/k", Knows)], limits=limits)
+    hops = ", ".join(f"10.0.{i // 250}.{i % 250 + 1}" for i in range(2000))
+    seen = ask(connect(tree, "/k", headers={"X-Forwarded-For": hops}))
+    assert len(seen["chain"]) == MAX_CHAIN
+
+
+def test_close_takes_no_reason_and_a_producer_registered_twice_stops_once():
+    conn = connect(RouteTree([Route("/c", Closer)]), "/c")
+
+    class Counting:
+        stops = 0
+
+        def pauseProducing(self):
+            pass
+
+        def resumeProducing(self):
+            pass
+
+        def stopProducing(self):
+            self.stops += 1
+
+    producer = Counting()
+    conn.server.registerProducer(producer, True)
+    conn.server.wsmux.register_producer(producer)
+    conn.server.wsmux.close(1000, None)
+    conn.flush()
+    assert conn.client.close[1] == 1000
+    assert producer.stops == 1

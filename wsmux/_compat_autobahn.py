@@ -194,6 +194,10 @@ class GuardedHandshakeMixin(_Hooked):
     wsmux: Connection
 
     def succeedHandshake(self, res: Any) -> None:
+        if self.state != self.STATE_CONNECTING:
+            # The handler closed or dropped it in onConnect, or the client
+            # left while onConnect thought: no 101 for it.
+            return
         try:
             super().succeedHandshake(safe_accept(res))
         except Exception:
@@ -418,7 +422,7 @@ SHARED_EVENTS = declare(
     checked="Autobahn 26.7.1, 26.10.2",
     fallback="each connection keeps the list and the dict Autobahn made for it",
     check=lambda: all_of(
-        missing_names(ObservableMixin, ("set_valid_events", "on", "fire", "_check_event")),
+        missing_names(ObservableMixin, ("set_valid_events", "on", "off", "fire", "_check_event")),
         code_names(ObservableMixin.set_valid_events, ("_valid_events", "_results")),
         code_names(ObservableMixin.fire, ("_listeners", "_results")),
         code_names(ObservableMixin._check_event, ("_valid_events",)),
@@ -531,10 +535,19 @@ class LeanServerProtocol(WebSocketServerProtocol):
         return None
 
     def on(self, event: str, handler: Any) -> None:
+        self._wsmux_own_results()
+        super().on(event, handler)
+
+    def off(self, event: Optional[str] = None, handler: Any = None) -> None:
+        # Autobahn's off() makes the listeners dict too, after which fire()
+        # writes to the results.
+        self._wsmux_own_results()
+        super().off(event, handler)
+
+    def _wsmux_own_results(self) -> None:
         if self.__dict__.get("_results") is None and self._valid_events is not None:
             # What set_valid_events would have made (see _share_events).
             self._results = {name: None for name in self._valid_events}
-        super().on(event, handler)
 
 
 # -- Autobahn's debug line at every connection ---------------------------------

@@ -50,17 +50,30 @@ def header_value(value: object) -> bytes:
 _TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
+# Headers that frame the response: only wsmux (and Autobahn) set them.
+_FRAMING = frozenset(
+    ("content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te", "trailer")
+)
+
+
 def safe_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
     """
     Headers from user code, fit for a response head: names that are HTTP
-    tokens (others dropped, with a log line), values without control
-    characters.
+    tokens and do not frame the response (others dropped, with a log
+    line), values without control characters.
     """
     safe: dict[str, Any] = {}
     for name, value in headers.items():
         if not isinstance(name, str) or not name or not _TOKEN.issuperset(name):
             log.error(
-                "onConnect returned a header name that is not a token: {name!r}; dropped", name=name
+                "a handler or hook gave a header name that is not a token: {name!r}; dropped",
+                name=name,
+            )
+            continue
+        if name.lower() in _FRAMING:
+            log.error(
+                "a handler or hook gave the {name} header, which wsmux writes itself; dropped",
+                name=name,
             )
             continue
         if isinstance(value, (str, bytes)):
@@ -70,7 +83,9 @@ def safe_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
                 values = list(value)
             except TypeError:  # a number, say: Autobahn writes it as text
                 values = [value]
-        safe[name] = [header_value(v).decode("latin-1") for v in values]
+        # Autobahn writes the head as UTF-8 text; the hook's answer is
+        # written the same way (header_pairs).
+        safe[name] = [header_value(v).decode("utf-8", "replace") for v in values]
     return safe
 
 
@@ -80,7 +95,7 @@ def header_pairs(headers: Mapping[str, Any]) -> list[tuple[bytes, bytes]]:
     safe (see L{safe_headers}); a list of values gives one header each.
     """
     return [
-        (name.encode("ascii"), value.encode("latin-1"))
+        (name.encode("ascii"), value.encode("utf-8"))
         for name, values in safe_headers(headers).items()
         for value in values
     ]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from http.cookies import CookieError, SimpleCookie
+from http import HTTPStatus
 from typing import Any, Callable, Mapping, Optional
 
 import txaio
@@ -57,8 +57,11 @@ class Deny(ConnectionDeny):
         raise Deny(401, "log in first", {"WWW-Authenticate": 'Bearer realm="chat"'})
         raise Deny(503, "busy", {"Retry-After": "30"})
 
-    The body stays the short plain-text reason.  A header name that is not
-    an HTTP token is dropped (and logged); values lose control characters.
+    The reason is the status phrase (the HTTP phrase of the status when
+    none is given); the response has no body.  A header name that is not
+    an HTTP token, or one that frames the response (C{Content-Length},
+    C{Connection}...), is dropped and logged; values lose control
+    characters.
 
     @ivar headers: name to value (or a list of values, for C{Set-Cookie}).
     """
@@ -66,6 +69,11 @@ class Deny(ConnectionDeny):
     def __init__(
         self, code: int, reason: Optional[str] = None, headers: Optional[Mapping[str, Any]] = None
     ) -> None:
+        if reason is None:
+            try:
+                reason = HTTPStatus(code).phrase
+            except ValueError:
+                reason = "Refused"
         super().__init__(code, reason)
         self.headers = dict(headers or {})
 
@@ -140,15 +148,37 @@ def clock() -> Any:
 SENDABLE_CLOSE_CODES = frozenset([*range(1000, 1004), *range(1007, 1015), *range(3000, 5000)])
 
 
-def close_reason(reason: str) -> bytes:
+def close_reason(reason: Optional[str]) -> bytes:
     """
     A close reason as sent: UTF-8, cut to the 123 bytes a close frame
     holds, never in the middle of a character.
     """
-    raw = reason.encode("utf-8")
+    raw = (reason or "").encode("utf-8")
     if len(raw) <= 123:
         return raw
     return raw[:123].decode("utf-8", "ignore").encode("utf-8")
+
+
+# The characters of an HTTP token (RFC 9110 5.6.2): what a cookie name is.
+_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def parse_cookies(header: str) -> dict[str, str]:
+    """
+    The pairs of a C{Cookie} header, name to value (the first of a name
+    wins, as browsers send the most specific first).
+    """
+    cookies: dict[str, str] = {}
+    for pair in header.split(";"):
+        name, sep, value = pair.partition("=")
+        name = name.strip()
+        if not sep or not name or not _TOKEN.issuperset(name):
+            continue
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            value = value[1:-1]
+        cookies.setdefault(name, value)
+    return cookies
 
 
 def close_with(protocol: Any, code: int, reason: str) -> None:
@@ -192,6 +222,7 @@ class _Extra:
         "refusal_headers",
         "address_chain",
         "refused",
+        "cookies",
     )
 
     def __init__(self) -> None:
@@ -206,6 +237,7 @@ class _Extra:
         self.refusal_headers: Any = None
         self.address_chain: tuple[str, ...] = ()
         self.refused = False
+        self.cookies: Optional[dict[str, str]] = None
 
 
 @implementer(IPushProducer)
@@ -328,23 +360,22 @@ class Connection:
     @property
     def cookies(self) -> dict[str, str]:
         """
-        The request's cookies, name to value, each parsed with the standard
-        library's C{http.cookies} (which drops a whole header for one bad
-        pair: here only the bad pair is skipped).
+        The request's cookies, name to value, read once (RFC 6265 5.4's
+        C{name=value} pairs; a value in double quotes loses them; a pair
+        whose name is not a token, or without an C{=}, is skipped).
+
+        Not the standard library's C{SimpleCookie}: it drops a whole
+        header for one bad pair, and its unquoting is quadratic on some
+        Pythons (CVE-2024-7592), which a client could use to stall the
+        server.  This is one linear pass over a header the head caps
+        bound.
         """
+        extra = self._extra
+        if extra is not None and extra.cookies is not None:
+            return extra.cookies
         headers = getattr(self.protocol, "http_headers", None) or {}
-        raw = headers.get("cookie")
-        if not raw:
-            return {}
-        cookies: dict[str, str] = {}
-        for pair in raw.split(";"):
-            jar: SimpleCookie = SimpleCookie()
-            try:
-                jar.load(pair.strip())
-            except CookieError:
-                continue
-            for name, morsel in jar.items():
-                cookies[name] = morsel.value
+        cookies = parse_cookies(headers.get("cookie") or "")
+        self._more().cookies = cookies
         return cookies
 
     @property
@@ -423,6 +454,8 @@ class Connection:
             # rather than run for ever with nobody to stop it.
             producer.stopProducing()
             return
+        if producer in self._producers:
+            return  # registered already: it is paused, resumed and stopped once
         self._producers += (producer,)
         if self.paused:
             producer.pauseProducing()
@@ -438,7 +471,7 @@ class Connection:
             producer = self._producers[-1]
         self._producers = tuple(p for p in self._producers if p is not producer)
 
-    def close(self, code: int = 1000, reason: str = "") -> None:
+    def close(self, code: int = 1000, reason: Optional[str] = "") -> None:
         """
         Close the connection with any close code an endpoint may send:
         1000-1003, 1007-1014 (1001 going away, 1008 policy violation, 1011

@@ -220,6 +220,10 @@ def client_address(request: IRequest, limits: ServerLimits) -> str:
     return address_chain(request, limits)[0]
 
 
+# The most addresses a chain of trusted proxies is believed for.
+MAX_CHAIN = 32
+
+
 def address_chain(request: IRequest, limits: ServerLimits) -> tuple[str, ...]:
     """
     The addresses the trusted proxies vouch for, the client first and the
@@ -240,12 +244,15 @@ def address_chain(request: IRequest, limits: ServerLimits) -> tuple[str, ...]:
     direct_ip = _ip(direct)
     believed = [str(direct_ip) if direct_ip is not None else direct]
     if networks:
+        # A chain of trusted addresses longer than MAX_CHAIN is not a real
+        # deployment: the walk stops there (and the connection keeps at most
+        # that many addresses).
         trusted = _networks(networks)
         if direct_ip is None or not any(direct_ip in net for net in trusted):
             return tuple(believed)
         for hop in reversed(_forwarded_chain(request, limits.forwarded_header)):
             ip = _ip(hop)
-            if ip is None:
+            if ip is None or len(believed) >= MAX_CHAIN:
                 break
             believed.append(str(ip))
             if not any(ip in net for net in trusted):

@@ -452,7 +452,8 @@ class RouteTree(_Node):
         named by its path pattern) with C{code} and C{reason}: what
         WebSocket-Node's C{closeAllConnections()} and C{ws}'s
         C{wss.clients.forEach(c => c.close(1001))} do.  Connections still
-        opening are dropped.  The drain on SIGTERM uses it.
+        opening are dropped; those already closing finish their closing
+        handshake (within the same timeout).  The drain on SIGTERM uses it.
 
         @param timeout: seconds to wait for the closing handshakes; the
             connections still open then are dropped.
@@ -472,8 +473,9 @@ class RouteTree(_Node):
         for protocol in connections:
             if protocol.state == protocol.STATE_OPEN:
                 protocol.wsmux.close(code, reason)
-            else:
+            elif protocol.state == protocol.STATE_CONNECTING:
                 protocol.wsmux.drop()
+            # (one already closing finishes its own closing handshake)
         dropped = 0
 
         def give_up() -> None:

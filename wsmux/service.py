@@ -142,17 +142,28 @@ class ListeningService(Service):
         self.reactor = reactor
         self.port: Any = None
         self._waiting: list[Deferred[Any]] = []
+        self._listening_deferred: Optional[Deferred[Any]] = None
+
+    def privilegedStartService(self) -> None:
+        # Before twistd drops privileges (--uid/--gid): a port below 1024
+        # is bound as root, as strports.service does.
+        super().privilegedStartService()
+        self._listen()
 
     def startService(self) -> None:
+        super().startService()
+        if self._listening_deferred is None:  # started without the privileged step
+            self._listen()
+
+    def _listen(self) -> None:
         from twisted.internet import endpoints
 
         reactor = self.reactor
         if reactor is None:
             from twisted.internet import reactor  # type: ignore[no-redef]
-        super().startService()
         endpoint = endpoints.serverFromString(reactor, self.description)
         failed: list[Any] = []
-        listening = endpoint.listen(self.factory)
+        listening = self._listening_deferred = endpoint.listen(self.factory)
         listening.addCallbacks(self._listening, failed.append)
         if failed:
             # At start-up, as strports.service does: twistd reports it and
@@ -178,6 +189,7 @@ class ListeningService(Service):
 
     def stopService(self) -> Any:
         super().stopService()
+        self._listening_deferred = None
         port, self.port = self.port, None
         if port is not None:
             return port.stopListening()

@@ -363,10 +363,15 @@ class WorkerSupervisor(Service):
             for _ in range(self.count - 1)
         ]
         if self.port_file:
-            write_port_file(
-                self.port_file,
-                [port_line(kind, a.host, a.port) for kind, a in addresses],
-            )
+            try:
+                write_port_file(
+                    self.port_file,
+                    [port_line(kind, a.host, a.port) for kind, a in addresses],
+                )
+            except OSError as e:
+                log.error(
+                    "cannot write the port file {path}: {why}", path=self.port_file, why=e.strerror
+                )
         if self.config is not None:
             self._snapshot = ConfigSnapshot(self.config[1])
             if self.check is not None:

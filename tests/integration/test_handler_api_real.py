@@ -3,6 +3,8 @@ The handler API of self.wsmux against a real twistd wsmux, with the
 websockets client.
 """
 
+import os
+
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
@@ -124,3 +126,56 @@ def test_connection_events_with_real_clients(start_server):
     log = server.log()
     assert "event opened conn=" in log and "code=1000" in log
     assert "event refused status=404" in log
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="binding a port below 1024 needs root")
+def test_a_privileged_port_is_bound_before_twistd_drops_privileges(tmp_path):
+    import socket
+
+    from tests.twistd_process import Server
+
+    for port in range(900, 1000):  # a free port below 1024
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+                break
+            except OSError:
+                continue
+    args = [
+        "--uid",
+        "65534",
+        "--gid",
+        "65534",
+        "wsmux",
+        "--port",
+        f"tcp:{port}:interface=127.0.0.1",
+    ]
+    server = Server(args, port, tmp_path / "privileged.log")
+    try:
+        with connect(server.url("/echo")) as ws:
+            ws.send("as nobody")
+            assert ws.recv(timeout=5) == "as nobody"
+    finally:
+        server.stop()
+
+
+def test_workers_with_a_port_file_they_cannot_write_say_so(tmp_path):
+    import time
+
+    from tests.twistd_process import Server, free_port
+
+    port = free_port()
+    args = ["wsmux", "--workers", "2", "--port", f"tcp:{port}:interface=127.0.0.1"]
+    args += ["--port-file", "/proc/wsmux.ports"]  # a directory nobody may write in
+    server = Server(args, port, tmp_path / "workers.log")
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and "cannot write the port file" not in server.log():
+            time.sleep(0.05)
+        assert "cannot write the port file /proc/wsmux.ports" in server.log()
+        assert "Traceback" not in server.log()
+        with connect(server.url("/echo")) as ws:
+            ws.send("still serving")
+            assert ws.recv(timeout=5) == "still serving"
+    finally:
+        server.stop()
