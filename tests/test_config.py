@@ -171,6 +171,8 @@ handler = "echo"
         (["--status-allow", "10.0.0.0/8,nope"], "--status-allow: 'nope' is not an address"),
         (["--health-path", "healthz"], "--health-path: must be a path"),
         (["--tls-min-version", "1.1"], "--tls-min-version: must be one of 1.2, 1.3"),
+        (["--key", "k.pem"], "--key needs --cert next to it"),
+        (["--trusted-proxy-networks", "10.0.0.0/8,nope"], "'nope' is not an address"),
         (["--route", "/x=echo", "--route", "/x=echo"], "clashes"),
         (["--config", "/nonexistent/wsmux.toml"], "cannot read"),
     ],
@@ -266,3 +268,9 @@ def test_every_setting_is_declared_once_and_reaches_flag_file_and_python(tmp_pat
             attempt()
     with pytest.raises(ConfigError, match="unknown setting 'colour'"):
         build_settings({}, colour="blue")
+
+
+def test_a_key_without_its_certificate_in_the_file(tmp_path):
+    path = write(tmp_path, "[tls]\nkey = 'k.pem'\n")
+    with pytest.raises(usage.UsageError, match="tls.key: needs tls.cert next to it"):
+        options("--config", path)

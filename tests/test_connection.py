@@ -100,6 +100,19 @@ def test_the_route_class_adds_only_autobahns_names_and_its_own_prefix():
         if k is cls or (k.__module__.startswith("wsmux.") and k is not ConnectionNames)
     ]
     assert RouteProtocolMixin in parts and len(parts) >= 6
+    # The older spellings are the only other names, and they sit behind the
+    # handler: its own names come first in the MRO.
+    mro = cls.__mro__
+    assert mro.index(ConnectionNames) > mro.index(EchoHandler)
+    older = {n for n in vars(ConnectionNames) if not n.startswith("__")} - {"wsmux"}
+    assert older == {
+        "path_params",
+        "channels",
+        "client_address",
+        "route_path",
+        "dropped_messages",
+        "writable",
+    }
     foreign = [
         f"{part.__name__}.{name}"
         for part in parts

@@ -46,6 +46,18 @@ def test_importing_wsmux_installs_no_reactor_and_loads_no_set_up():
     assert out.stdout.strip() == "[]"
 
 
+def test_no_module_of_wsmux_installs_a_reactor_or_loads_redis():
+    # Every module, the set-up ones too: a .tac or a script may import
+    # wsmux.service before it installs the asyncio reactor.
+    names = sorted(f"wsmux.{path.stem}" for path in WSMUX.glob("*.py") if path.stem != "__init__")
+    out = run(
+        f"import sys, {', '.join(names)}\n"
+        "print([n for n in ('twisted.internet.reactor', 'txredisapi') if n in sys.modules])"
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
 def test_the_lazy_names_are_the_public_ones():
     out = run("import wsmux; print(wsmux.Settings.__module__, wsmux.make_service.__module__)")
     assert out.returncode == 0, out.stderr

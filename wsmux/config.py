@@ -213,8 +213,13 @@ def _one_port(value: Any) -> str:
     return ports[0]
 
 
-def _networks(value: Any) -> tuple[str, ...]:
-    # A list, or (from a flag) a comma-separated string.
+def networks(value: Any) -> tuple[str, ...]:
+    """
+    Addresses or networks: a list, or (from a flag) a comma-separated
+    string.
+
+    @raise ValueError: naming the first that is neither.
+    """
     import ipaddress
 
     if isinstance(value, str):
@@ -241,6 +246,50 @@ def _workers(value: Any) -> int:
         return resolve_workers(str(value))
     except ValueError:
         raise ValueError(f"must be a number of processes or auto, got {value!r}") from None
+
+
+def tls_from_flags(
+    directory: Optional[str] = None,
+    cert: Optional[str] = None,
+    key: Optional[str] = None,
+    strict: bool = False,
+    min_version: Optional[str] = None,
+) -> dict[str, Any]:
+    """
+    The command line's C{[tls]} overrides (C{--certs}, C{--cert}, C{--key},
+    C{--tls-strict}, C{--tls-min-version}), checked as the file's are.
+
+    @raise ConfigError: naming the flag.
+    """
+    tls: dict[str, Any] = {}
+    if directory:
+        tls["directory"] = directory
+    default = _tls_default(cert, key, None)
+    if default is None and key:
+        raise ConfigError(f"--key {_KEY_WITHOUT_CERT.format(cert='--cert')}")
+    if default is not None:
+        tls["default"] = default
+    if strict:
+        tls["strict"] = True
+    if min_version:
+        try:
+            tls["min_version"] = tls_min_version(min_version)
+        except ValueError as e:
+            raise ConfigError(f"--tls-min-version: {e}") from None
+    return tls
+
+
+# Said of a key given without its certificate (the flag or the file key).
+_KEY_WITHOUT_CERT = "needs {cert} next to it"
+
+
+def _tls_default(
+    cert: Optional[str], key: Optional[str], passphrase: Optional[str]
+) -> Optional[HostCertificate]:
+    # The default certificate of the file's [tls] table or of the flags.
+    if not cert:
+        return None
+    return HostCertificate("", cert, key or "", passphrase)
 
 
 def tls_min_version(value: Any) -> str:
@@ -294,7 +343,7 @@ SETTINGS: tuple[Setting, ...] = (
             _token, "status-token"),
     Setting("status_allow", "Addresses or networks that may see the status page "
             "(comma-separated on the command line) [default: loopback].",
-            _networks, "status-allow"),
+            networks, "status-allow"),
     Setting("redis", "redis://HOST:PORT/DB: channels reach every wsmux on that Redis.",
             _redis_url, "redis"),
     Setting("workers", "Serve the ports from N worker processes (or auto: one per core).",
@@ -422,14 +471,13 @@ def _tls_table(table: Any, path: str, bad: Any) -> dict[str, Any]:
             raise bad("tls.min_version", str(e)) from None
     if "passphrase" in table and not isinstance(table["passphrase"], str):
         raise bad("tls.passphrase", "must be a string")
-    default = None
-    if "cert" in table:
-        default = HostCertificate(
-            "", file("tls.cert", table["cert"]),
-            file("tls.key", table["key"]) if "key" in table else "", table.get("passphrase"),
-        )  # fmt: skip
-    elif "key" in table:
-        raise bad("tls.key", "needs tls.cert next to it")
+    default = _tls_default(
+        file("tls.cert", table["cert"]) if "cert" in table else None,
+        file("tls.key", table["key"]) if "key" in table else None,
+        table.get("passphrase"),
+    )
+    if default is None and "key" in table:
+        raise bad("tls.key", _KEY_WITHOUT_CERT.format(cert="tls.cert"))
     hosts = []
     entries = table.get("hosts", [])
     if not isinstance(entries, list) or not all(isinstance(h, dict) for h in entries):

@@ -10,6 +10,7 @@ configuration reference in the docs all read the field list below.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
@@ -191,29 +192,17 @@ class ProtocolOptions:
         return dataclasses.replace(self, **overrides)
 
 
-_FIELD_TYPES: dict[str, type] = {
-    "max_message_size": int,
-    "max_frame_size": int,
-    "deflate": str,
-    "allowed_origins": tuple,
-    "subprotocols": tuple,
-    "require_subprotocol": bool,
-    "open_handshake_timeout": float,
-    "close_handshake_timeout": float,
-    "ping_interval": float,
-    "ping_timeout": float,
-    "auto_fragment_size": int,
-    "tcp_nodelay": bool,
-    "max_connections": int,
-    "require_tls": bool,
-    "max_fragments": int,
-    "idle_timeout": float,
-    "send_delay": float,
-    "max_send_queue": int,
-    "slow_consumer": str,
-    "channel_namespace": str,
-    "allowed_channels": tuple,
-}
+def _field_types() -> dict[str, type]:
+    # Each option's type, from the dataclass's own annotations (a tuple of
+    # strings counts as tuple).
+    hints = typing.get_type_hints(ProtocolOptions)
+    return {
+        f.name: typing.get_origin(hints[f.name]) or hints[f.name]
+        for f in dataclasses.fields(ProtocolOptions)
+    }
+
+
+_FIELD_TYPES: dict[str, type] = _field_types()
 _TYPE_WORDS = {
     int: "a whole number",
     float: "a number",

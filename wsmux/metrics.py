@@ -35,12 +35,20 @@ class RouteStats:
         """
         Count from a route tree's L{wsmux.events.Events}.
         """
-        events.on("opened", lambda connection: self.accepted(connection.policy.route))
-        events.on("refused", lambda route, status, reason, peer: self.rejected(route, status))
-        events.on(
-            "closed",
-            lambda connection, code, reason, clean: self.closed(connection.protocol, code),
-        )
+        events.on("opened", self._opened)
+        events.on("refused", self._refused)
+        events.on("closed", self._closed)
+
+    # The observers, one call each per connection.
+
+    def _opened(self, connection: Any) -> None:
+        self.handshakes[(connection.policy.route, "accepted")] += 1
+
+    def _refused(self, route: str, status: int, reason: str, peer: Any) -> None:
+        self.handshakes[(route, str(status))] += 1
+
+    def _closed(self, connection: Any, code: Optional[int], reason: Any, clean: bool) -> None:
+        self.closed(connection.protocol, code)
 
     def accepted(self, route: str) -> None:
         self.handshakes[(route, "accepted")] += 1

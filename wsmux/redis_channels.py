@@ -25,7 +25,6 @@ import os
 from typing import Any, Optional
 from urllib.parse import urlparse
 
-import txredisapi
 from twisted.application.service import Service
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
@@ -62,21 +61,27 @@ def parse_redis_url(url: str) -> tuple[str, int, Optional[int]]:
     return parsed.hostname, port, int(db) if db else None
 
 
-class _Subscriber(txredisapi.SubscriberProtocol):
-    bridge: RedisChannels
+def _subscriber_class(bridge: RedisChannels) -> type:
+    # txredisapi is imported only when Redis is used: it installs the
+    # default reactor as it is imported (a .tac or a script that installs
+    # the asyncio reactor after importing wsmux must still be able to).
+    import txredisapi
 
-    def connectionMade(self) -> Any:
-        d = super().connectionMade()
-        d.addCallback(lambda _: self.psubscribe(PREFIX.decode() + "*"))
-        d.addCallback(lambda _: self.bridge._subscribed())
-        return d
+    class Subscriber(txredisapi.SubscriberProtocol):
+        def connectionMade(self) -> Any:
+            d = super().connectionMade()
+            d.addCallback(lambda _: self.psubscribe(PREFIX.decode() + "*"))
+            d.addCallback(lambda _: bridge._subscribed())
+            return d
 
-    def connectionLost(self, why: Any) -> None:
-        self.bridge._lost()
-        super().connectionLost(why)
+        def connectionLost(self, why: Any) -> None:
+            bridge._lost()
+            super().connectionLost(why)
 
-    def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
-        self.bridge._received(channel, message)
+        def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
+            bridge._received(channel, message)
+
+    return Subscriber
 
 
 class RedisChannels(Service):
@@ -118,6 +123,8 @@ class RedisChannels(Service):
         reactor = self.reactor
         if reactor is None:
             from twisted.internet import reactor  # type: ignore[no-redef]
+        import txredisapi
+
         endpoint = TCP4ClientEndpoint(reactor, self.host, self.port, timeout=5)
         self._publisher = txredisapi.RedisFactory(
             None, self.db, 1, isLazy=True, handler=txredisapi.ConnectionHandler, charset=None
@@ -127,7 +134,7 @@ class RedisChannels(Service):
         self._subscriber = txredisapi.SubscriberFactory(isLazy=True)
         self._subscriber.charset = None
         self._subscriber.maxDelay = 5
-        self._subscriber.protocol = type("Subscriber", (_Subscriber,), {"bridge": self})
+        self._subscriber.protocol = _subscriber_class(self)
         self._subscriber.startConnecting(endpoint)
         self.hub.remote = self
         log.info("channels go through Redis at {url}", url=self.url)

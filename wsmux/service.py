@@ -20,7 +20,6 @@ from wsmux.config import Settings, port_description
 from wsmux.handlers import resolve_callable, resolve_handler
 from wsmux.logs import log
 from wsmux.metrics import HealthResource, MetricsResource, metrics_registry
-from wsmux.redis_channels import RedisChannels
 from wsmux.routing import Route, RouteTree
 from wsmux.site import WebSocketSite
 from wsmux.tls import SniContextMap, SniffingFactory, tls_factory
@@ -268,6 +267,8 @@ def _mount_operations(
     if settings.status_path:
         mount_status(tree, settings.status_path, settings.status_token, settings.status_allow)
     if settings.redis:
+        from wsmux.redis_channels import RedisChannels  # txredisapi only with Redis
+
         RedisChannels(
             tree.registry.channels,
             settings.redis,

@@ -18,16 +18,17 @@ from wsmux.config import (
     RouteSpec,
     build_settings,
     load_file,
+    networks,
     parse_route_arg,
     port_description,
     read_file,
-    tls_min_version,
+    tls_from_flags,
 )
 from wsmux.factory import _FIELD_TYPES, ProtocolOptions
 from wsmux.limits import ServerLimits
 from wsmux.logs import LOG_LEVELS, LogLevelService, log, use_json_for_twistd
 from wsmux.service import FreezeHeapService, make_service
-from wsmux.tls import TLS_VERSIONS, CertificateError, HostCertificate, SniContextMap
+from wsmux.tls import TLS_VERSIONS, CertificateError, SniContextMap
 from wsmux.workers import (
     StopOnTerm,
     WorkerSupervisor,
@@ -56,9 +57,12 @@ def _non_negative(convert: Any, what: str) -> Any:
 
 
 def _networks(value: str) -> tuple[str, ...]:
-    # A comma-separated list of addresses or networks (checked with the
-    # other limits).
-    return tuple(item.strip() for item in value.split(",") if item.strip())
+    # A comma-separated list of addresses or networks, checked as the
+    # file's lists are.
+    try:
+        return networks(value)
+    except ValueError as e:
+        raise usage.UsageError(str(e)) from None
 
 
 # How a flag's text becomes a number, by the field's type.
@@ -234,8 +238,11 @@ class Options(usage.Options):
             flag.replace("-", "_"): self[flag] for flag in _LIMIT_FLAGS if self[flag] is not None
         }
         given = {s.name: self[s.flag] for s in SETTINGS if s.flag and self[s.flag] is not None}
-        tls = self._tls_overrides()
         try:
+            tls = tls_from_flags(
+                self["certs"], self["cert"], self["key"], bool(self["tls-strict"]),
+                self["tls-min-version"],
+            )  # fmt: skip
             self.config_bytes = None
             if self["config"]:
                 self.config_bytes = read_file(self["config-snapshot"] or self["config"])
@@ -304,23 +311,6 @@ class Options(usage.Options):
                 tcp_address(port)
             except ValueError as e:
                 raise ConfigError(str(e)) from None
-
-    def _tls_overrides(self) -> dict[str, Any]:
-        tls: dict[str, Any] = {}
-        if self["certs"]:
-            tls["directory"] = self["certs"]
-        if self["cert"]:
-            tls["default"] = HostCertificate("", self["cert"], self["key"] or "")
-        elif self["key"]:
-            raise usage.UsageError("--key needs --cert")
-        if self["tls-strict"]:
-            tls["strict"] = True
-        if self["tls-min-version"]:
-            try:
-                tls["min_version"] = tls_min_version(self["tls-min-version"])
-            except ValueError as e:
-                raise usage.UsageError(f"--tls-min-version: {e}") from None
-        return tls
 
     def _check_imports(self) -> None:
         from wsmux.handlers import resolve_callable, resolve_handler

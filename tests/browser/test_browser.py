@@ -16,7 +16,6 @@ from cryptography.hazmat.primitives import serialization
 from websockets.sync.client import connect
 
 from tests.pki import make_pki
-from tests.twistd_process import free_port
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = [
@@ -166,10 +165,10 @@ def spki_hash(chain_file):
 def test_wss_to_a_host_served_by_sni(start_server, tmp_path):
     (tmp_path / "pki").mkdir()
     pki = make_pki(tmp_path / "pki")
-    port = free_port()
     server = start_server(
-        "--tls-port", f"tcp:{port}:interface=127.0.0.1", "--certs", str(pki.directory)
+        "--tls-port", "tcp:0:interface=127.0.0.1", "--certs", str(pki.directory)
     )  # fmt: skip
+    port = next(port for kind, _, port in server.ports() if kind == "tls")
     flags = [
         "--host-resolver-rules=MAP a.test 127.0.0.1, MAP default.test 127.0.0.1",
         "--ignore-certificate-errors-spki-list=" + spki_hash(pki.files["a.test"][0]),

@@ -283,12 +283,16 @@ def test_absolute_form_request_targets_are_accepted(start_server):
 
 
 def test_ipv4_clients_on_the_default_dual_stack_port_are_counted_apart(tmp_path):
-    from tests.twistd_process import Server, free_port
+    from tests.twistd_process import Server
 
-    port = free_port()
+    ports = tmp_path / "ports"
     server = Server(
-        ["wsmux", "--port", str(port), "--max-connections-per-ip", "1"], port, tmp_path / "log"
+        ["wsmux", "--port", "0", "--port-file", str(ports), "--max-connections-per-ip", "1"],
+        0,
+        tmp_path / "log",
+        port_file=ports,
     )
+    port = server.port
     try:
         socks = []
         for source in ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.2"):

@@ -26,12 +26,23 @@ MiB = 1024 * 1024
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from tests.twistd_process import Server, free_port
+    from tests.twistd_process import Server
 
-    port = free_port()
-    log = tmp_path_factory.mktemp("hostile") / "twistd.log"
+    where = tmp_path_factory.mktemp("hostile")
+    log, ports = where / "twistd.log", where / "ports"
     server = Server(
-        ["wsmux", "--port", f"tcp:{port}:interface=127.0.0.1", "--config", CONFIG], port, log
+        [
+            "wsmux",
+            "--port",
+            "tcp:0:interface=127.0.0.1",
+            "--port-file",
+            str(ports),
+            "--config",
+            CONFIG,
+        ],
+        0,
+        log,
+        port_file=ports,
     )
     yield server
     server.stop()
@@ -419,14 +430,17 @@ def test_max_connections_plus_one_is_503(server):
 
 
 def test_sigterm_closes_every_client_with_1001(tmp_path):
-    from tests.twistd_process import Server, free_port
+    from tests.twistd_process import Server
 
-    port = free_port()
+    ports = tmp_path / "ports"
     server = Server(
-        ["wsmux", "--port", f"tcp:{port}:interface=127.0.0.1", "--drain-timeout", "5"],
-        port,
+        ["wsmux", "--port", "tcp:0:interface=127.0.0.1", "--port-file", str(ports)]
+        + ["--drain-timeout", "5"],
+        0,
         tmp_path / "drain.log",
+        port_file=ports,
     )
+    port = server.port
     try:
         peers = [Peer(port).open("/echo") for _ in range(200)]
         started = time.monotonic()

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from tests.twistd_process import eventually, free_port
+from tests.twistd_process import eventually
 
 
 def scrape(url):
@@ -30,12 +30,12 @@ def value(samples, name, **labels):
 
 
 def test_metrics_move_with_traffic(start_server):
-    metrics_port = free_port()
     server = start_server(
         "--route", "/echo=echo", "--route", "/rooms/{room}=broadcast",
-        "--metrics-path", "/metrics", "--metrics-port", f"tcp:{metrics_port}:interface=127.0.0.1",
+        "--metrics-path", "/metrics", "--metrics-port", "tcp:0:interface=127.0.0.1",
     )  # fmt: skip
     url = server.url("/metrics", "http")
+    metrics_port = next(port for kind, _, port in server.ports() if kind == "metrics")
     before = scrape(url)
     with connect(server.url("/echo")) as ws:
         for text in ("one", "two", "three"):

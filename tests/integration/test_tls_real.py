@@ -14,7 +14,6 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from tests.pki import make_pki
-from tests.twistd_process import free_port, wait_port
 
 
 @pytest.fixture(scope="module")
@@ -29,13 +28,12 @@ def tls_server(start_server, pki, tmp_path):
     # a.test's files are copied so the reload test can replace them.
     (tmp_path / "a.crt").write_bytes(open(a_chain, "rb").read())
     (tmp_path / "a.key").write_bytes(open(a_key, "rb").read())
-    tls_port, shared_port = free_port(), free_port()
     config.write_text(f"""
 [tls]
 cert = "{pki.files["default.test"][0]}"
 key = "{pki.files["default.test"][1]}"
-ports = ["tcp:{tls_port}:interface=127.0.0.1"]
-shared_ports = ["tcp:{shared_port}:interface=127.0.0.1"]
+ports = ["tcp:0:interface=127.0.0.1"]
+shared_ports = ["tcp:0:interface=127.0.0.1"]
 
 [[tls.hosts]]
 name = "a.test"
@@ -76,9 +74,15 @@ ping_interval = 0.5
 ping_timeout = 0.5
 """)
     server = start_server("--config", str(config))
-    server.tls_port, server.shared_port, server.dir = tls_port, shared_port, tmp_path
-    wait_port(tls_port, timeout=10)
+    # Port 0 everywhere: the ports the system chose, from --port-file.
+    got = {kind: port for kind, _, port in server.ports()}
+    server.tls_port, server.shared_port, server.dir = got["tls"], got["shared"], tmp_path
     return server
+
+
+def tls_port_of(server):
+    # The TLS port the system chose (--port-file).
+    return next(port for kind, _, port in server.ports() if kind == "tls")
 
 
 def s_client(port, *args):
@@ -238,11 +242,10 @@ def test_sighup_reload(tls_server, pki):
 
 
 def test_strict_mode_alert(start_server, pki):
-    port = free_port()
-    start_server(
-        "--tls-port", f"tcp:{port}:interface=127.0.0.1", "--certs", str(pki.directory), "--tls-strict"
+    server = start_server(
+        "--tls-port", "tcp:0:interface=127.0.0.1", "--certs", str(pki.directory), "--tls-strict"
     )  # fmt: skip
-    wait_port(port)
+    port = tls_port_of(server)
     code, output = s_client(port, "-servername", "unknown.test")
     assert code != 0 and "unrecognized name" in output
     _, output = s_client(port, "-servername", "a.test")
@@ -253,13 +256,13 @@ def test_missing_certificates_are_a_usage_error(tmp_path):
     from tests.twistd_process import run_twistd
 
     result = run_twistd(
-        "wsmux", "--tls-port", str(free_port()), "--cert", str(tmp_path / "nope.pem")
+        "wsmux", "--tls-port", "tcp:0:interface=127.0.0.1", "--cert", str(tmp_path / "nope.pem")
     )
     output = result.stdout + result.stderr
     assert (
         result.returncode != 0 and "nope.pem: cannot read" in output and "Traceback" not in output
     )
-    result = run_twistd("wsmux", "--tls-port", str(free_port()))
+    result = run_twistd("wsmux", "--tls-port", "tcp:0:interface=127.0.0.1")
     assert result.returncode != 0 and "needs certificates" in result.stdout + result.stderr
 
 
@@ -269,7 +272,7 @@ def test_a_key_the_crypto_library_cannot_load_is_a_usage_error(pki, tmp_path):
 
     (tmp_path / "weird.key").write_bytes(UNSUPPORTED_CURVE_KEY)
     result = run_twistd(
-        "wsmux", "--tls-port", str(free_port()),
+        "wsmux", "--tls-port", "tcp:0:interface=127.0.0.1",
         "--cert", pki.files["a.test"][0], "--key", str(tmp_path / "weird.key"),
     )  # fmt: skip
     output = result.stdout + result.stderr
@@ -330,13 +333,12 @@ def test_wss_ping_timeout_drops_at_once(tls_server, pki):
 def test_sigterm_drains_wss_clients_at_once(start_server, pki, tmp_path):
     from websockets.exceptions import ConnectionClosedOK
 
-    port = free_port()
     server = start_server(
-        "--tls-port", f"tcp:{port}:interface=127.0.0.1",
+        "--tls-port", "tcp:0:interface=127.0.0.1",
         "--certs", str(pki.directory),
         "--drain-timeout", "30",
     )  # fmt: skip
-    wait_port(port, timeout=10)
+    port = tls_port_of(server)
     url = f"wss://127.0.0.1:{port}/echo"
     clients = [
         connect(url, ssl=wss_context(pki), server_hostname="a.test", close_timeout=30)

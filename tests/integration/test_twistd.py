@@ -11,7 +11,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from tests.twistd_process import ROOT, free_port, run_twistd
+from tests.twistd_process import ROOT, run_twistd
 from wsmux.testing import masked_frame, upgrade_request
 
 
@@ -187,9 +187,7 @@ def test_log_level_filters(start_server):
 def test_config_errors_are_usage_errors(tmp_path, toml, expected):
     config = tmp_path / "bad.toml"
     config.write_text(toml)
-    result = run_twistd(
-        "wsmux", "--config", str(config), "--port", f"tcp:{free_port()}:interface=127.0.0.1"
-    )
+    result = run_twistd("wsmux", "--config", str(config), "--port", "tcp:0:interface=127.0.0.1")
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert str(config) in output and expected in output
@@ -219,8 +217,14 @@ def test_bare_port_number_listens_on_every_interface(tmp_path):
 
     from tests.twistd_process import Server
 
-    port = free_port()
-    server = Server(["wsmux", "--port", str(port)], port, tmp_path / "bare.log")
+    ports = tmp_path / "ports"
+    server = Server(
+        ["wsmux", "--port", "0", "--port-file", str(ports)],
+        0,
+        tmp_path / "bare.log",
+        port_file=ports,
+    )
+    port = server.port
     try:
         with connect(f"ws://127.0.0.1:{port}/echo") as ws:
             ws.send("v4")

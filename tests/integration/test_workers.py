@@ -108,9 +108,8 @@ def test_sighup_and_metrics_reach_the_workers(start_server, tmp_path):
     from tests.pki import make_pki
 
     pki = make_pki(tmp_path)
-    tls_port = free_port()
     server = start_server(
-        "--workers", "2", "--tls-port", f"tcp:{tls_port}:interface=127.0.0.1",
+        "--workers", "2", "--tls-port", "tcp:0:interface=127.0.0.1",
         "--certs", str(pki.directory), "--metrics-path", "/metrics",
     )  # fmt: skip
     deadline = time.monotonic() + 15
