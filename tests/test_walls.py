@@ -88,7 +88,7 @@ def test_the_core_never_imports_the_set_up():
 
 def test_only_the_service_and_the_supervisor_build_tls_contexts():
     for path in WSMUX.glob("*.py"):
-        if path.stem in ("service", "workers", "tls", "tap"):
+        if path.stem in ("service", "workers", "tls"):
             continue
         text = path.read_text()
         assert "SniContextMap(" not in text and "tls_factory(" not in text, path.name

@@ -122,6 +122,18 @@ def make_service(
     return top
 
 
+def load_certificates(settings: Settings) -> Optional[SniContextMap]:
+    """
+    The TLS contexts C{settings} serve with, read from their files; L{None}
+    without TLS ports.
+
+    @raise wsmux.tls.CertificateError: naming the file that cannot be used.
+    """
+    if settings.tls_ports or settings.shared_ports:
+        return SniContextMap(settings.tls)
+    return None
+
+
 class ListeningService(Service):
     """
     Listen on one endpoint while running.

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-from typing import Any, NoReturn, Optional
+from typing import Any, NoReturn
 
 from twisted.application.service import IService, MultiService
 from twisted.python import usage
@@ -27,8 +27,8 @@ from wsmux.config import (
 from wsmux.factory import _FIELD_TYPES, ProtocolOptions
 from wsmux.limits import ServerLimits
 from wsmux.logs import LOG_LEVELS, LogLevelService, log, use_json_for_twistd
-from wsmux.service import FreezeHeapService, make_service
-from wsmux.tls import TLS_VERSIONS, CertificateError, SniContextMap
+from wsmux.service import FreezeHeapService, load_certificates, make_service
+from wsmux.tls import TLS_VERSIONS, CertificateError
 from wsmux.workers import (
     StopOnTerm,
     WorkerSupervisor,
@@ -296,7 +296,11 @@ class Options(usage.Options):
         ):
             for port in ports:
                 try:
-                    endpoints.serverFromString(reactor, port_description(port))
+                    # (A bare number is checked as TCP: working out
+                    # whether the host has IPv6 opens a socket, and option
+                    # parsing does no I/O.)
+                    described = f"tcp:{port}" if str(port).strip().isdigit() else port
+                    endpoints.serverFromString(reactor, port_description(described))
                 except Exception as e:
                     raise ConfigError(
                         f"{flag} {port!r} is not a usable endpoint: {e.__class__.__name__}: {e}"
@@ -344,18 +348,6 @@ def check_worker_configuration(argv: list[str]) -> tuple[Any, ...]:
     except CertificateError as e:
         raise usage.UsageError(str(e)) from None
     return (settings.ports, settings.tls_ports, settings.shared_ports, settings.workers)
-
-
-def load_certificates(settings: Any) -> Optional[SniContextMap]:
-    """
-    The TLS contexts C{settings} serve with, read from their files; L{None}
-    without TLS ports.
-
-    @raise CertificateError: naming the file that cannot be used.
-    """
-    if settings.tls_ports or settings.shared_ports:
-        return SniContextMap(settings.tls)
-    return None
 
 
 def _usage_exit(options: Options, error: Exception) -> NoReturn:
