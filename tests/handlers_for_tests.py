@@ -222,6 +222,7 @@ class Knows(WebSocketServerProtocol):
             "id": conn.id,
             "cookies": conn.cookies,
             "chain": list(conn.address_chain),
+            "client": conn.client_address,
             "tls": conn.tls,
             "server_name": conn.server_name,
             "latency": conn.latency,

@@ -7,6 +7,7 @@ import pytest
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from twisted.internet.defer import succeed
 
+from tests.handlers_for_tests import Chorus, Knows
 from wsmux import Deny, Reject, Route, RouteTree
 from wsmux.connection import SENDABLE_CLOSE_CODES, close_reason
 from wsmux.testing import connect, masked_frame, raw_connect, upgrade_request
@@ -122,19 +123,6 @@ def test_the_unhandled_hooks_rejection_carries_headers():
     assert b"Retry-After: 30" in head
 
 
-class Chorus(WebSocketServerProtocol):
-    # Everyone on the route hears a message but its sender; "count" answers
-    # how many are open on the route.
-    def onOpen(self):
-        self.wsmux.channels.subscribe(self, "all")
-
-    def onMessage(self, payload, isBinary):
-        if payload == b"count":
-            self.sendMessage(str(len(self.wsmux.route_connections())).encode())
-            return
-        self.wsmux.channels.publish("all", payload, isBinary, exclude=self)
-
-
 def test_broadcast_without_the_sender_and_the_routes_connections():
     tree = RouteTree([Route("/a", Chorus), Route("/b", Chorus)])
     a1, a2, a3 = (connect(tree, "/a") for _ in range(3))
@@ -185,26 +173,6 @@ def test_a_service_says_where_it_listens(tmp_path):
     finally:
         service.stopService()
     assert not (tmp_path / "ports").exists()
-
-
-class Knows(WebSocketServerProtocol):
-    def onMessage(self, payload, isBinary):
-        import json
-
-        conn = self.wsmux
-        self.sendMessage(
-            json.dumps(
-                {
-                    "id": conn.id,
-                    "cookies": conn.cookies,
-                    "chain": list(conn.address_chain),
-                    "client": conn.client_address,
-                    "tls": conn.tls,
-                    "server_name": conn.server_name,
-                    "latency": conn.latency,
-                }
-            ).encode()
-        )
 
 
 def ask(conn):

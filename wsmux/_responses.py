@@ -12,6 +12,7 @@ such text passes through here first.
 from __future__ import annotations
 
 import re
+from http import HTTPStatus
 from typing import Any, Mapping
 
 from wsmux.logs import log
@@ -34,6 +35,17 @@ def status_reason(reason: object, default: str = "Error") -> str:
     text = _CONTROL.sub(" ", str(reason)).strip()
     text = text.encode("ascii", "replace").decode("ascii")[:MAX_REASON].strip()
     return text or default
+
+
+def http_phrase(code: int, default: str = "Error") -> str:
+    """
+    The standard reason phrase of an HTTP status (C{default} for a status
+    without one).
+    """
+    try:
+        return HTTPStatus(code).phrase
+    except ValueError:
+        return default
 
 
 def header_value(value: object) -> bytes:

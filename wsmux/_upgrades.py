@@ -5,12 +5,11 @@ parameters, and answering one that is refused.
 
 from __future__ import annotations
 
-from http import HTTPStatus
 from typing import Sequence
 
 from twisted.web.iweb import IRequest
 
-from wsmux._responses import header_value, status_reason
+from wsmux._responses import header_value, http_phrase, status_reason
 from wsmux.logs import log
 
 _PARAMS_ATTR = "wsmux_path_params"
@@ -45,7 +44,7 @@ def _plain(
     @param close: close the connection after the response (a refused
         upgrade keeps nothing).
     """
-    reason = status_reason(reason, _phrase(code))
+    reason = status_reason(reason, http_phrase(code))
     request.setResponseCode(code, reason.encode("ascii"))
     if close:
         request.setHeader(b"connection", b"close")
@@ -56,13 +55,6 @@ def _plain(
     for name, value in headers:
         request.responseHeaders.addRawHeader(name, header_value(value))
     return (reason + "\n").encode("utf-8")
-
-
-def _phrase(code: int) -> str:
-    try:
-        return HTTPStatus(code).phrase
-    except ValueError:
-        return "Error"
 
 
 def _peer(request: IRequest) -> str:

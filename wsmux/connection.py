@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from http import HTTPStatus
 from typing import Any, Callable, Mapping, Optional
 
 import txaio
@@ -33,6 +32,7 @@ from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from wsmux._responses import http_phrase
 from wsmux._writes import WriteScheduler, scheduler_for
 from wsmux.factory import ProtocolOptions
 from wsmux.logs import log
@@ -70,10 +70,7 @@ class Deny(ConnectionDeny):
         self, code: int, reason: Optional[str] = None, headers: Optional[Mapping[str, Any]] = None
     ) -> None:
         if reason is None:
-            try:
-                reason = HTTPStatus(code).phrase
-            except ValueError:
-                reason = "Refused"
+            reason = http_phrase(code, "Refused")
         super().__init__(code, reason)
         self.headers = dict(headers or {})
 
@@ -181,7 +178,7 @@ def parse_cookies(header: str) -> dict[str, str]:
     return cookies
 
 
-def close_with(protocol: Any, code: int, reason: str) -> None:
+def close_with(protocol: Any, code: int, reason: Optional[str]) -> None:
     """
     Start the closing handshake with any valid close code.
 
@@ -492,11 +489,10 @@ class Connection:
             raise ValueError(
                 f"close code {code!r} cannot be sent (use 1000-1003, 1007-1014 or 3000-4999)"
             )
-        protocol = self.protocol
-        if protocol.state == _OPEN:
-            protocol.sendCloseFrame(code=code, reasonUtf8=close_reason(reason), isReply=False)
-        elif protocol.state == _CONNECTING:
+        if self.protocol.state == _CONNECTING:
             self.drop()
+        else:
+            close_with(self.protocol, code, reason)
 
     def drop(self) -> None:
         """

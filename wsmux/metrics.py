@@ -50,12 +50,6 @@ class RouteStats:
     def _closed(self, connection: Any, code: Optional[int], reason: Any, clean: bool) -> None:
         self.closed(connection.protocol, code)
 
-    def accepted(self, route: str) -> None:
-        self.handshakes[(route, "accepted")] += 1
-
-    def rejected(self, route: str, status: int) -> None:
-        self.handshakes[(route, str(status))] += 1
-
     def closed(self, protocol: Any, code: Optional[int]) -> None:
         route = protocol.wsmux.policy.route
         label = _CODE_LABELS.get(code) or close_code_label(code)
