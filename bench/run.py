@@ -48,13 +48,20 @@ LIMITS = ["--max-message-size", "67108864", "--max-frame-size", "67108864",
           "--ping-interval", "0"]  # fmt: skip
 
 
+# The smallest permessage-deflate settings (scenario g-min), for each peer
+# that has them: a 9-bit window both ways, memory level 1, no context kept
+# between the server's messages.
+DEFLATE_MIN = ["--deflate-server-max-window-bits", "9", "--deflate-client-max-window-bits", "9",
+               "--deflate-mem-level", "1", "--deflate-server-no-context-takeover"]  # fmt: skip
+
+
 def peer_command(peer, port, deflate):
-    flag = "deflate" if deflate else "plain"
+    flag = {False: "plain", True: "deflate", "min": "deflate-min"}[deflate]
     py = sys.executable
     return {
         "wsmux": [TWISTD, "-n", "--pidfile=", "wsmux", "--port", f"tcp:{port}:interface=127.0.0.1",
                   "--route", "/echo=echo", "--route", "/rooms/{room}=broadcast", *LIMITS]
-        + (["--deflate"] if deflate else []),
+        + (["--deflate"] if deflate else []) + (DEFLATE_MIN if deflate == "min" else []),
         "autobahn-web": [py, str(BENCH / "peers" / "autobahn_web.py"), str(port), flag],
         "websockets": [py, str(BENCH / "peers" / "websockets_server.py"), str(port), "asyncio", flag],
         "websockets-uvloop": [py, str(BENCH / "peers" / "websockets_server.py"), str(port), "uvloop", flag],
@@ -78,6 +85,8 @@ SCENARIOS = [
     ("e", "idle", False, "kib_per_connection"),
     ("f-a", "echo", True, "messages_per_s"),
     ("f-c", "broadcast", True, "deliveries_per_s"),
+    ("g", "idle", True, "kib_per_connection"),
+    ("g-min", "idle", "min", "kib_per_connection"),
 ]
 
 

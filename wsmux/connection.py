@@ -32,6 +32,7 @@ from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from wsmux._deflate import deflate_class
 from wsmux._responses import http_phrase
 from wsmux._writes import WriteScheduler, scheduler_for
 from wsmux.factory import ProtocolOptions
@@ -90,6 +91,10 @@ class RoutePolicy:
     @ivar idle_timeout: seconds without a message before a close (0: never).
     @ivar max_fragments: frames one message may arrive in (0: any).
     @ivar inflate_only: take compressed messages, send none.
+    @ivar compress_from: the shortest message compressed where deflate is
+        in use (C{deflate_threshold}; never, for inflate-only).
+    @ivar deflate_class: the class the route's compressors become (see
+        L{wsmux._deflate.deflate_class}), or C{None}.
     @ivar writes: the write scheduler of the route's reactor.
     @ivar on_message: the handler's own C{onMessage} function, which the
         fast receive path calls directly.
@@ -104,6 +109,8 @@ class RoutePolicy:
         "idle_timeout",
         "max_fragments",
         "inflate_only",
+        "compress_from",
+        "deflate_class",
         "writes",
         "on_message",
     )
@@ -123,6 +130,8 @@ class RoutePolicy:
         self.idle_timeout = options.idle_timeout
         self.max_fragments = options.max_fragments
         self.inflate_only = options.deflate == "inflate-only"
+        self.compress_from: float = float("inf") if self.inflate_only else options.deflate_threshold
+        self.deflate_class = deflate_class(options)
         self.writes = writes if writes is not None else scheduler_for(None)
         self.on_message: Any = None
 

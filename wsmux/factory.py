@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
 from autobahn.twisted.websocket import WebSocketServerFactory
-from autobahn.websocket.compress import (
-    PerMessageDeflateOffer,
-    PerMessageDeflateOfferAccept,
-)
+from autobahn.websocket.compress import PerMessageDeflateOfferAccept
+
+from wsmux._deflate import accept_deflate
 
 DeflateMode = Literal["off", "on", "inflate-only"]
 DEFLATE_MODES: tuple[str, ...] = ("off", "on", "inflate-only")
@@ -56,6 +55,40 @@ class ProtocolOptions:
         "permessage-deflate: 'off', 'on' (accept a client's offer and "
         "compress what we send) or 'inflate-only' (accept compressed "
         "messages, never compress ours).",
+    )
+    deflate_threshold: int = _option(
+        0,
+        "Messages shorter than this many bytes go out uncompressed even where "
+        "permessage-deflate is in use (Node ws uses 1024). 0 compresses every "
+        "message. Streamed messages are always compressed.",
+    )
+    deflate_level: int = _option(
+        6,
+        "zlib compression level of the messages wsmux sends, 0 (stored) to 9 "
+        "(smallest, slowest). 6 is zlib's default.",
+    )
+    deflate_mem_level: int = _option(
+        8,
+        "zlib memory level of wsmux's compressor, 1 to 9: each step down halves "
+        "two of its four buffers (8, zlib's default, is about 128 KiB of the "
+        "256 KiB a compressor takes with a 15-bit window).",
+    )
+    deflate_server_max_window_bits: int = _option(
+        15,
+        "Window of wsmux's compressor, 9 to 15 bits (2^n bytes; the compressor "
+        "takes 4 bytes per window byte). A client that asks for less gets less.",
+    )
+    deflate_server_no_context_takeover: bool = _option(
+        False,
+        "Compress each message on its own and free the compressor after it "
+        "(announced to the client): no compressor memory between messages, "
+        "at the cost of compression across similar messages.",
+    )
+    deflate_client_max_window_bits: int = _option(
+        0,
+        "Require the client to compress with a window of at most this many bits "
+        "(9 to 15), which bounds wsmux's decompressor to 2^n bytes; a client "
+        "whose offer cannot take the limit gets no compression. 0 asks nothing.",
     )
     allowed_origins: tuple[str, ...] = _option(
         (),
@@ -176,6 +209,11 @@ class ProtocolOptions:
             raise ValueError(
                 f"deflate must be one of {', '.join(DEFLATE_MODES)}, got {self.deflate!r}"
             )
+        for name, low, high, extra in _DEFLATE_RANGES:
+            value = getattr(self, name)
+            if not (low <= value <= high or value == extra):
+                also = f" (or {extra})" if extra is not None else ""
+                raise ValueError(f"{name} must be {low} to {high}{also}, got {value!r}")
 
     def merged(self, overrides: dict[str, Any]) -> ProtocolOptions:
         """
@@ -190,6 +228,16 @@ class ProtocolOptions:
         if unknown:
             raise ValueError(f"unknown option {sorted(unknown)[0]!r}")
         return dataclasses.replace(self, **overrides)
+
+
+# zlib's ranges: raw deflate takes 9 to 15 window bits (RFC 7692 allows 8,
+# which zlib treats as 9), memory levels 1 to 9, compression levels 0 to 9.
+_DEFLATE_RANGES: tuple[tuple[str, int, int, Optional[int]], ...] = (
+    ("deflate_level", 0, 9, None),
+    ("deflate_mem_level", 1, 9, None),
+    ("deflate_server_max_window_bits", 9, 15, None),
+    ("deflate_client_max_window_bits", 9, 15, 0),
+)
 
 
 def _field_types() -> dict[str, type]:
@@ -282,10 +330,4 @@ class RouteFactory(WebSocketServerFactory):
                 setattr(cls, name, getattr(self, name))
 
     def _accept_deflate(self, offers: list[Any]) -> Optional[PerMessageDeflateOfferAccept]:
-        if self.options.deflate == "off":
-            return None
-        for offer in offers:
-            if isinstance(offer, PerMessageDeflateOffer):
-                max_size = self.options.max_message_size or None
-                return PerMessageDeflateOfferAccept(offer, max_message_size=max_size)
-        return None
+        return accept_deflate(self.options, offers)

@@ -32,6 +32,7 @@ from wsmux._compat_autobahn import (
     fail_connection,
     fast_path_ok,
 )
+from wsmux._deflate import tune
 from wsmux._responses import safe_headers, status_reason
 from wsmux._writes import scheduler_for
 from wsmux.connection import LOST, Connection, RoutePolicy, close_with
@@ -336,7 +337,11 @@ class RouteProtocolMixin(_Hooked):
             return
         if conn.paused and not conn.room_for(len(preparedMsg.payloadHybi)):
             return
-        if compressing(self) and not preparedMsg.doNotCompress and not conn.policy.inflate_only:
+        if (
+            compressing(self)
+            and not preparedMsg.doNotCompress
+            and len(preparedMsg.payload) >= conn.policy.compress_from
+        ):
             # Compressed for this connection: Autobahn sends (and counts)
             # it as an ordinary message.  Past the pacing, which this
             # prepared message has been through already.
@@ -453,6 +458,41 @@ class InflateOnlyMixin(_Hooked):
         self.sendData(preparedMsg.payloadHybi)
 
 
+class ThresholdMixin(_Hooked):
+    """
+    For a route with a C{deflate_threshold}: shorter messages go out
+    uncompressed (permessage-deflate lets each message choose).
+    """
+
+    _wsmux_policy: RoutePolicy
+
+    def sendMessage(
+        self,
+        payload: bytes,
+        isBinary: bool = False,
+        fragmentSize: Optional[int] = None,
+        sync: bool = False,
+        doNotCompress: bool = False,
+    ) -> None:
+        if len(payload) < self._wsmux_policy.compress_from:
+            doNotCompress = True
+        super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress)
+
+
+class DeflateTuningMixin(_Hooked):
+    """
+    For a route with a compression level of its own or no context
+    takeover: the negotiated compressor takes the route's class (see
+    L{wsmux._deflate.tune}) before the handler can send.
+    """
+
+    _wsmux_policy: RoutePolicy
+
+    def onOpen(self) -> None:
+        tune(self, self._wsmux_policy.deflate_class)  # type: ignore[arg-type]
+        super().onOpen()
+
+
 class _Alias:
     # A name of the connection's, read through the handler: a non-data
     # descriptor, so a handler that sets an attribute of the same name on
@@ -544,6 +584,10 @@ def route_protocol(
         bases += (MessageHooksMixin,)
     if policy.inflate_only:
         bases += (InflateOnlyMixin,)
+    elif options.deflate == "on" and options.deflate_threshold:
+        bases += (ThresholdMixin,)
+    if policy.deflate_class is not None:
+        bases = (DeflateTuningMixin,) + bases
     direct, receive_ok, send_ok, shared = _handler_traits(handler)
     # Every class, the direct-handshake ones too: where the bases admit no
     # direct handshake (the TypeError below), Autobahn's path is taken.

@@ -84,6 +84,11 @@ _DEFAULT_FLAGS = {
     "handshake-timeout": "open_handshake_timeout",
     "max-send-queue": "max_send_queue",
     "slow-consumer": "slow_consumer",
+    "deflate-threshold": "deflate_threshold",
+    "deflate-level": "deflate_level",
+    "deflate-mem-level": "deflate_mem_level",
+    "deflate-server-max-window-bits": "deflate_server_max_window_bits",
+    "deflate-client-max-window-bits": "deflate_client_max_window_bits",
 }
 # Server limits settable by a flag (the limit's name with dashes).
 _LIMIT_FLAGS = (
@@ -97,6 +102,15 @@ _LIMIT_FLAGS = (
 )
 
 
+# Options counted in bytes (the others that are whole numbers are counts).
+_BYTE_NAMES = ("_size", "_queue", "_threshold")
+_NO_CONTEXT_HELP = next(
+    f.metadata["help"]
+    for f in dataclasses.fields(ProtocolOptions)
+    if f.name == "deflate_server_no_context_takeover"
+)
+
+
 def _field_flags() -> list[list[Any]]:
     # The flags of protocol options and limits, from their fields' help
     # (wsmux.factory.ProtocolOptions, wsmux.limits.ServerLimits).
@@ -106,9 +120,8 @@ def _field_flags() -> list[list[Any]]:
     for flag, name in _DEFAULT_FLAGS.items():
         f = options[name]
         kind = _FIELD_TYPES[name]
-        rows.append(
-            [flag, None, None, f"{f.metadata['help']} (Every route's default.)", _PARSERS.get(kind)]
-        )
+        parse = _COUNT if kind is int and not name.endswith(_BYTE_NAMES) else _PARSERS.get(kind)
+        rows.append([flag, None, None, f"{f.metadata['help']} (Every route's default.)", parse])
     for flag in _LIMIT_FLAGS:
         f = limits[flag.replace("-", "_")]
         kind = type(f.default)
@@ -167,6 +180,11 @@ class Options(usage.Options):
     ]
     optFlags = [
         ["tls-strict", None, "Refuse unknown server names with an unrecognized_name alert."],
+        [
+            "deflate-server-no-context-takeover",
+            None,
+            _NO_CONTEXT_HELP + " (Every route's default.)",
+        ],
     ]
 
     compData = usage.Completions(optActions={"log-level": usage.CompleteList(list(LOG_LEVELS))})
@@ -234,6 +252,8 @@ class Options(usage.Options):
         }
         if self["deflate"] is not None:
             defaults["deflate"] = self["deflate"]
+        if self["deflate-server-no-context-takeover"]:
+            defaults["deflate_server_no_context_takeover"] = True
         limits = {
             flag.replace("-", "_"): self[flag] for flag in _LIMIT_FLAGS if self[flag] is not None
         }

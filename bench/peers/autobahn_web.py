@@ -12,7 +12,11 @@ from twisted.internet import reactor
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-port, deflate = int(sys.argv[1]), sys.argv[2] == "deflate"
+port, flag = int(sys.argv[1]), sys.argv[2]
+deflate = flag.startswith("deflate")
+# deflate-min: the smallest settings (bench/run.py, scenario g-min).
+SMALLEST = {"request_max_window_bits": 9, "no_context_takeover": True, "window_bits": 9,
+            "mem_level": 1} if flag == "deflate-min" else {}  # fmt: skip
 
 
 class Echo(WebSocketServerProtocol):
@@ -42,7 +46,7 @@ def factory(protocol):
     if deflate:
         options["perMessageCompressionAccept"] = lambda offers: next(
             (
-                PerMessageDeflateOfferAccept(o)
+                PerMessageDeflateOfferAccept(o, **SMALLEST)
                 for o in offers
                 if isinstance(o, PerMessageDeflateOffer)
             ),

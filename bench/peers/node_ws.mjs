@@ -3,7 +3,17 @@ import { WebSocketServer } from "ws";
 import http from "node:http";
 
 const port = Number(process.argv[2]);
-const deflate = process.argv[3] === "deflate";
+const flag = process.argv[3];
+// deflate-min: the smallest settings ws has (bench/run.py, scenario g-min).
+const deflate =
+  flag === "deflate-min"
+    ? {
+        serverNoContextTakeover: true,
+        serverMaxWindowBits: 9,
+        clientMaxWindowBits: 9,
+        zlibDeflateOptions: { memLevel: 1 },
+      }
+    : flag === "deflate";
 const server = http.createServer();
 const options = { noServer: true, perMessageDeflate: deflate, maxPayload: 64 * 1024 * 1024 };
 const echo = new WebSocketServer(options);

@@ -6,8 +6,16 @@ import asyncio
 import sys
 
 from websockets.asyncio.server import broadcast, serve
+from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 
-port, loop, deflate = int(sys.argv[1]), sys.argv[2], sys.argv[3] == "deflate"
+port, loop, flag = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+# deflate-min: the smallest settings (bench/run.py, scenario g-min).
+SMALLEST = ServerPerMessageDeflateFactory(
+    server_no_context_takeover=True,
+    server_max_window_bits=9,
+    client_max_window_bits=9,
+    compress_settings={"memLevel": 1},
+)
 room = set()
 
 
@@ -30,7 +38,8 @@ async def main():
         "127.0.0.1",
         port,
         max_size=64 * 1024 * 1024,
-        compression="deflate" if deflate else None,
+        compression="deflate" if flag == "deflate" else None,
+        extensions=[SMALLEST] if flag == "deflate-min" else None,
         ping_interval=None,
     ):
         await asyncio.Future()

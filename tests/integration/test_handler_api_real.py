@@ -179,3 +179,49 @@ def test_workers_with_a_port_file_they_cannot_write_say_so(tmp_path):
             assert ws.recv(timeout=5) == "still serving"
     finally:
         server.stop()
+
+
+def test_deflate_knobs_reach_real_clients(start_server):
+    import zlib
+
+    from tests.hostile.rawws import Peer, frame, request
+
+    server = start_server(
+        "--deflate",
+        "--deflate-level", "9",
+        "--deflate-mem-level", "1",
+        "--deflate-server-max-window-bits", "10",
+        "--deflate-client-max-window-bits", "9",
+        "--deflate-server-no-context-takeover",
+        "--deflate-threshold", "64",
+    )  # fmt: skip
+    # The websockets client offers client_max_window_bits, and takes the limit.
+    with connect(server.url("/echo")) as ws:
+        answer = ws.response.headers["Sec-WebSocket-Extensions"]
+        assert answer == (
+            "permessage-deflate; server_no_context_takeover; client_max_window_bits=9"
+        )
+        for message in ("short", "long and repeated " * 400):
+            ws.send(message)
+            assert ws.recv(timeout=5) == message
+    # A raw client sees short messages plain and long ones compressed, each
+    # on its own (no context between them), with a 10-bit window.
+    peer = Peer(server.port)
+    offer = "permessage-deflate; server_max_window_bits=12; client_max_window_bits"
+    peer.send(request("/echo", f"Sec-WebSocket-Extensions: {offer}\r\n"))
+    head = peer.response()
+    assert "server_max_window_bits=10" in head
+    for payload, compressed in ((b"x" * 63, False), (b"y" * 64, True), (b"y" * 64, True)):
+        peer.send(frame(payload))
+        opcode, data, rsv1 = peer.read_frame()
+        assert rsv1 == compressed
+        if rsv1:
+            data = zlib.decompressobj(-10).decompress(data + b"\x00\x00\xff\xff")
+        assert (opcode, data) == (1, payload)
+    peer.close()
+    # A client that cannot limit its window gets no compression, not a refusal.
+    peer = Peer(server.port)
+    peer.send(request("/echo", "Sec-WebSocket-Extensions: permessage-deflate\r\n"))
+    head = peer.response()
+    assert head.startswith("HTTP/1.1 101") and "permessage-deflate" not in head
+    peer.close()
