@@ -4,7 +4,9 @@ Run every benchmark scenario against wsmux and its peers in the same run.
     python bench/run.py [--repeat 3] [--seconds 5] [--only wsmux,node-ws] [--scenarios a,d]
                         [--baseline DIR]
 
-Peers: wsmux on twistd's asyncio reactor (wsmux-asyncio; and, with --only,
+Peers: wsmux with its echo route written as an async handler (wsmux-async:
+echo-async, against the callback echo of wsmux itself), wsmux on twistd's
+asyncio reactor (wsmux-asyncio; and, with --only,
 wsmux-public: every internal of the seam switched off), raw Autobahn on
 Twisted through twisted.web's WebSocketResource,
 Python websockets on asyncio and on uvloop, and Node's ws (npm install in
@@ -62,6 +64,11 @@ def peer_command(peer, port, deflate):
         "wsmux": [TWISTD, "-n", "--pidfile=", "wsmux", "--port", f"tcp:{port}:interface=127.0.0.1",
                   "--route", "/echo=echo", "--route", "/rooms/{room}=broadcast", *LIMITS]
         + (["--deflate"] if deflate else []) + (DEFLATE_MIN if deflate == "min" else []),
+        # wsmux with its echo written as an async handler (wsmux.aio).
+        "wsmux-async": [TWISTD, "-n", "--pidfile=", "wsmux", "--port",
+                        f"tcp:{port}:interface=127.0.0.1", "--route", "/echo=echo-async",
+                        "--route", "/rooms/{room}=broadcast", *LIMITS]
+        + (["--deflate"] if deflate else []) + (DEFLATE_MIN if deflate == "min" else []),
         "autobahn-web": [py, str(BENCH / "peers" / "autobahn_web.py"), str(port), flag],
         "websockets": [py, str(BENCH / "peers" / "websockets_server.py"), str(port), "asyncio", flag],
         "websockets-uvloop": [py, str(BENCH / "peers" / "websockets_server.py"), str(port), "uvloop", flag],
@@ -69,7 +76,15 @@ def peer_command(peer, port, deflate):
     }[peer]  # fmt: skip
 
 
-PEERS = ["wsmux", "wsmux-asyncio", "autobahn-web", "websockets", "websockets-uvloop", "node-ws"]
+PEERS = [
+    "wsmux",
+    "wsmux-asyncio",
+    "wsmux-async",
+    "autobahn-web",
+    "websockets",
+    "websockets-uvloop",
+    "node-ws",
+]
 
 # wsmux itself, run another way: on twistd's asyncio reactor, and with every
 # internal of the seam switched off (its public paths; --only wsmux-public).

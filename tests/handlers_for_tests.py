@@ -228,3 +228,29 @@ class Knows(WebSocketServerProtocol):
             "latency": conn.latency,
         }
         self.sendMessage(json.dumps(known).encode())
+
+
+async def asyncio_user(ws):
+    # An async handler that awaits asyncio itself (twistd -r asyncio): a
+    # sleep and an executor's future, between the connection's own awaits.
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    async for message in ws:
+        await asyncio.sleep(0.01)
+        answer = await loop.run_in_executor(None, str.upper, message)
+        await ws.send(answer)
+
+
+async def firehose(ws):
+    # Sends 64 KiB messages for as long as the connection lasts: only
+    # send()'s backpressure keeps the server's memory bounded.
+    first = await ws.recv()
+    chunk = first.encode() * (65536 // max(1, len(first)))
+    while True:
+        await ws.send(chunk)
+
+
+async def fails_later(ws):
+    await ws.send(await ws.recv())
+    raise RuntimeError("the async handler failed")

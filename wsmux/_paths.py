@@ -6,6 +6,7 @@ table unambiguous.
 
 from __future__ import annotations
 
+import inspect
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Union
@@ -13,6 +14,8 @@ from typing import Any, Callable, Iterable, Mapping, Union
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from twisted.internet.defer import Deferred
 from twisted.web.iweb import IRequest
+
+from wsmux.aio import async_handler
 
 _PARAM_RE = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 
@@ -74,10 +77,15 @@ class Route:
     options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if isinstance(self.handlers, type):
-            object.__setattr__(self, "handlers", (self.handlers,))
-        else:
-            object.__setattr__(self, "handlers", tuple(self.handlers))
+        handlers: Any = self.handlers
+        if isinstance(handlers, type) or inspect.iscoroutinefunction(handlers):
+            handlers = (handlers,)
+        # An async def function is a handler too (wsmux.aio).
+        object.__setattr__(
+            self,
+            "handlers",
+            tuple(async_handler(h) if inspect.iscoroutinefunction(h) else h for h in handlers),
+        )
         if not self.handlers:
             raise RouteError(f"route {self.path}: at least one handler is needed")
         for handler in self.handlers:

@@ -8,6 +8,7 @@ the ones C{--route PATH=NAME} can name.
 from __future__ import annotations
 
 import fnmatch
+import inspect
 import json
 from typing import Any, Mapping, Optional
 from urllib.parse import urlencode
@@ -16,6 +17,7 @@ from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.python.reflect import namedAny
 
+from wsmux.aio import AsyncEchoHandler, async_handler
 from wsmux.channels import ChannelError, ChannelHub, check_channel_name
 
 
@@ -164,6 +166,7 @@ def _allowed_channels(protocol: Any) -> tuple[str, ...]:
 
 BUILTIN_HANDLERS: dict[str, type] = {
     "echo": EchoHandler,
+    "echo-async": AsyncEchoHandler,
     "broadcast": BroadcastHandler,
     "pubsub": PubSubHandler,
 }
@@ -186,10 +189,12 @@ def resolve_handler(name: str) -> type:
             "mypackage.handlers.ChatHandler"
         )
     obj = _import(name, "handler")
+    if inspect.iscoroutinefunction(obj):
+        return async_handler(obj)
     if not (isinstance(obj, type) and issubclass(obj, WebSocketServerProtocol)):
         raise ValueError(
             f"handler {name!r} is not a subclass of "
-            "autobahn.twisted.websocket.WebSocketServerProtocol"
+            "autobahn.twisted.websocket.WebSocketServerProtocol nor an async def function"
         )
     return obj
 

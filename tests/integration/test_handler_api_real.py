@@ -225,3 +225,61 @@ def test_deflate_knobs_reach_real_clients(start_server):
     head = peer.response()
     assert head.startswith("HTTP/1.1 101") and "permessage-deflate" not in head
     peer.close()
+
+
+def test_async_handlers_with_real_clients(start_server):
+    server = start_server(
+        "--route", "/a=echo-async",
+        "--route", "/fails=tests.handlers_for_tests.fails_later",
+    )  # fmt: skip
+    with connect(server.url("/a")) as ws:
+        ws.send("text")
+        assert ws.recv(timeout=5) == "text"
+        ws.send(b"\x00bin")
+        assert ws.recv(timeout=5) == b"\x00bin"
+    with connect(server.url("/fails")) as ws:
+        ws.send("one")
+        assert ws.recv(timeout=5) == "one"
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=5)
+        assert ws.close_code == 1011
+    assert "the async handler failed" in server.log()
+
+
+def test_async_handler_awaits_asyncio_under_the_asyncio_reactor(start_server, monkeypatch):
+    from tests import twistd_process
+
+    monkeypatch.setattr(twistd_process, "REACTOR", "asyncio")
+    server = start_server("--route", "/aio=tests.handlers_for_tests.asyncio_user")
+    with connect(server.url("/aio")) as ws:
+        for word in ("one", "two"):
+            ws.send(word)
+            assert ws.recv(timeout=5) == word.upper()
+
+
+def test_async_send_waits_for_a_client_that_does_not_read(start_server):
+    import time
+
+    from tests.hostile.rawws import Peer, frame, rss_kib
+
+    server = start_server(
+        "--route", "/hose=tests.handlers_for_tests.firehose", "--route", "/echo=echo",
+        "--ping-interval", "0",
+    )  # fmt: skip
+    peer = Peer(server.port, rcvbuf=4096)
+    peer.open("/hose")
+    before = rss_kib(server.process.pid)
+    peer.send(frame(b"x"))
+    time.sleep(1)  # unbounded, the handler would send gigabytes in this time
+    grown = rss_kib(server.process.pid) - before
+    assert grown < 16 * 1024, f"server grew {grown} KiB"
+    # Still open, and it goes on when read: past the route's 1 MiB
+    # max_send_queue, where a sender that did not wait would have been
+    # closed as a slow consumer (1008).
+    for _ in range(40):
+        opcode, payload, _ = peer.read_frame()
+        assert opcode == 2 and payload == b"x" * 65536
+    peer.close()
+    with connect(server.url("/echo")) as ws:
+        ws.send("still fine")
+        assert ws.recv(timeout=5) == "still fine"
