@@ -276,3 +276,17 @@ def test_the_documented_chat_example():
     assert a.client.messages[-1] == (b"a in lobby", False)  # not to the sender
     b.restore_loop()
     a.restore_loop()
+
+
+def test_send_while_closing_fails_rather_than_vanish():
+    conn = connect(tree(), "/do/idle")
+    conn.flush()
+    ws = seen["handler"]
+    closing = ws.close(4003, "bye")  # the closing handshake starts; not over yet
+    failures = []
+    ws.send("lost").addErrback(failures.append)
+    [failure] = failures
+    assert failure.check(ConnectionClosed) and failure.value.code == 4003
+    conn.flush()
+    assert closing.called and conn.client.close[1:] == (4003, "bye")
+    conn.restore_loop()

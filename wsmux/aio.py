@@ -34,6 +34,7 @@ from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.python.failure import Failure
 
 Message = Union[str, bytes]
+_OPEN = WebSocketServerProtocol.STATE_OPEN
 
 
 class ConnectionClosed(Exception):
@@ -46,10 +47,12 @@ class ConnectionClosed(Exception):
     @ivar reason: the close reason.
     """
 
-    def __init__(self, code: Optional[int], reason: Optional[str]) -> None:
+    def __init__(self, code: Optional[int], reason: Union[str, bytes, None]) -> None:
+        if isinstance(reason, bytes):  # as Autobahn keeps a reason it sent
+            reason = reason.decode("utf-8", "replace")
         self.code = code if code is not None else 1006
         self.reason = reason or ""
-        super().__init__(f"connection closed ({self.code}{': ' + self.reason if reason else ''})")
+        super().__init__(f"connection closed ({self.code}{': ' + reason if reason else ''})")
 
 
 class AsyncConnection:
@@ -218,7 +221,8 @@ class AsyncConnection:
         else:
             raise TypeError(f"send() takes str or bytes, not {type(message).__name__}")
         protocol = self.protocol
-        if self.close_code is not None or protocol.wsmux.ended:
+        if protocol.state != _OPEN or protocol.wsmux.ended:
+            # Closing or closed: the message could not go out.
             return fail(self._closed_error())
         protocol.sendMessage(payload, binary)
         connection = protocol.wsmux
@@ -238,7 +242,7 @@ class AsyncConnection:
     def _closed_error(self) -> ConnectionClosed:
         if self.close_code is not None:
             return ConnectionClosed(self.close_code, self.close_reason)
-        # Ended, and Autobahn has not called onClose yet: the codes it has.
+        # Closing, or ended before Autobahn called onClose: the codes it has.
         protocol = self.protocol
         if protocol.closedByMe and protocol.localCloseCode is not None:
             return ConnectionClosed(protocol.localCloseCode, protocol.localCloseReason)
@@ -278,8 +282,8 @@ class AsyncConnection:
         if protocol.closedByMe and protocol.localCloseCode is not None:
             # Closed from this side: the code it sent, not the peer's echo.
             code, reason = protocol.localCloseCode, protocol.localCloseReason
-        self.close_code = code if code is not None else 1006
-        self.close_reason = reason or ""
+        closed = ConnectionClosed(code, reason)
+        self.close_code, self.close_reason = closed.code, closed.reason
         # Was the handler waiting on this connection?  Then it hears of the
         # end from what it awaits (async for ends, recv and send fail) and
         # may finish as it likes.  Waiting on anything else, it is
