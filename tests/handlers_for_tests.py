@@ -254,3 +254,32 @@ async def firehose(ws):
 async def fails_later(ws):
     await ws.send(await ws.recv())
     raise RuntimeError("the async handler failed")
+
+
+def wsgi_app(environ, start_response):
+    # Says where the WSGI app thinks it is, and how much body it read.
+    body = environ["wsgi.input"].read()
+    answer = (
+        f"{environ['REQUEST_METHOD']} script={environ['SCRIPT_NAME']} "
+        f"path={environ['PATH_INFO']} query={environ.get('QUERY_STRING', '')} body={len(body)}"
+    ).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(answer)))])
+    return [answer]
+
+
+def hello_resource():
+    # A factory for any twisted.web resource (--resource PATH=this).
+    from twisted.web.resource import Resource
+
+    class Hello(Resource):
+        isLeaf = True
+
+        def render_GET(self, request):
+            return (
+                b"hello from "
+                + b"/".join(request.prepath)
+                + b" rest="
+                + b"/".join(request.postpath)
+            )
+
+    return Hello()

@@ -250,7 +250,16 @@ def test_every_setting_is_declared_once_and_reaches_flag_file_and_python(tmp_pat
     from wsmux.config import SETTINGS, Settings, build_settings
     from wsmux.tap import Options
 
-    structural = {"ports", "routes", "defaults", "limits", "tls", "tls_ports", "shared_ports"}
+    structural = {
+        "ports",
+        "routes",
+        "defaults",
+        "limits",
+        "tls",
+        "tls_ports",
+        "shared_ports",
+        "resources",
+    }
     fields = {f.name for f in dataclasses.fields(Settings)}
     assert {s.name for s in SETTINGS} == fields - structural
     flags = {row[0] for row in Options.optParameters}

@@ -21,6 +21,11 @@ The file (all keys optional)::
     handler = "broadcast"         # or a list: tried in order
     allowed_origins = ["https://example.com"]   # per-route option overrides
 
+    [[resources]]                 # HTTP resources beside the routes
+    path = "/"
+    static = "./public"           # or wsgi = "app:application", redirect = URL,
+                                  # resource = "dotted.name"
+
 Command-line values override the file.  Every error names the file and the
 key.
 """
@@ -38,7 +43,8 @@ from typing import Any, Callable, Optional
 from wsmux.factory import OPTION_NAMES, ProtocolOptions
 from wsmux.limits import LIMIT_NAMES, ServerLimits
 from wsmux.logs import LOG_FORMATS, LOG_LEVELS
-from wsmux.routing import RouteClash, RouteError, check_clashes, parse_path
+from wsmux.resources import RESOURCE_KINDS, ResourceSpec, check_spec
+from wsmux.routing import RouteClash, RouteError, canonical_path, check_clashes, parse_path
 from wsmux.tls import TLS_VERSIONS, HostCertificate, TlsSettings
 
 DEFAULT_PORT = "8080"
@@ -47,7 +53,7 @@ DEFAULT_ROUTES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("/rooms/{room}", ("broadcast",)),
 )
 
-_TOP_KEYS = {"port", "limits", "tls", "defaults", "routes"}  # and SETTINGS, below
+_TOP_KEYS = {"port", "limits", "tls", "defaults", "routes", "resources"}  # and SETTINGS, below
 _TLS_KEYS = {
     "cert", "key", "passphrase", "directory", "strict", "min_version", "ports", "shared_ports", "hosts",
 }  # fmt: skip
@@ -104,6 +110,7 @@ class Settings:
     @ivar redis: C{redis://HOST:PORT/DB}: channels go through Redis pub/sub.
     @ivar workers: how many worker processes serve the ports (1: this one).
     @ivar port_file: where to write the bound addresses once listening.
+    @ivar resources: HTTP resources mounted beside the routes.
     """
 
     ports: tuple[str, ...] = (DEFAULT_PORT,)
@@ -126,6 +133,7 @@ class Settings:
     redis: Optional[str] = None
     workers: int = 1
     port_file: Optional[str] = None
+    resources: tuple[ResourceSpec, ...] = ()
 
 
 def port_description(port: str) -> str:
@@ -426,7 +434,75 @@ def load_file(path: str, raw: Optional[bytes] = None) -> dict[str, Any]:
         if not isinstance(routes, list) or not all(isinstance(r, dict) for r in routes):
             raise bad("routes", "must be an array of tables ([[routes]])")
         out["routes"] = tuple(_route(r, f"routes[{i}]", path, bad) for i, r in enumerate(routes))
+    if "resources" in data:
+        resources = data["resources"]
+        if not isinstance(resources, list) or not all(isinstance(r, dict) for r in resources):
+            raise bad("resources", "must be an array of tables ([[resources]])")
+        out["resources"] = tuple(
+            _resource(r, f"resources[{i}]", path, bad) for i, r in enumerate(resources)
+        )
     return out
+
+
+def _resource(table: dict[str, Any], where: str, path: str, bad: Any) -> ResourceSpec:
+    if not isinstance(table.get("path"), str):
+        raise bad(f"{where}.path", 'is required and must be a string such as "/static"')
+    kinds = [k for k in RESOURCE_KINDS if k in table]
+    if len(kinds) != 1:
+        raise bad(where, "needs exactly one of " + ", ".join(RESOURCE_KINDS))
+    kind = kinds[0]
+    target = table[kind]
+    if not isinstance(target, str) or not target:
+        raise bad(f"{where}.{kind}", "must be a non-empty string")
+    if kind == "static":
+        target = str(Path(path).parent / target)  # relative to the file
+    options = {k: v for k, v in table.items() if k not in ("path", kind)}
+    spec = ResourceSpec(table["path"], kind, target, options, f"{path} {where}")
+    try:
+        _check_resource(spec)
+    except ValueError as e:
+        raise bad(where, str(e)) from None
+    return spec
+
+
+def _check_resource(spec: ResourceSpec) -> None:
+    parsed = parse_path(spec.path)
+    if any(not isinstance(segment, bytes) for segment in parsed):
+        raise ValueError(f"path {spec.path!r}: a resource path cannot have parameters")
+    check_spec(spec)
+
+
+def parse_resource_arg(value: str) -> ResourceSpec:
+    """
+    Parse a C{--resource PATH=DOTTED.NAME} value.
+
+    @raise ConfigError: if it is malformed.
+    """
+    path, sep, name = value.partition("=")
+    if not sep or not path or not name:
+        raise ConfigError(
+            f"--resource {value!r}: expected PATH=DOTTED.NAME, such as /api=myapp.web.root"
+        )
+    spec = ResourceSpec(path, "resource", name.strip(), {}, f"--resource {value}")
+    try:
+        _check_resource(spec)
+    except (ValueError, RouteError) as e:
+        raise ConfigError(f"--resource {value!r}: {e}") from None
+    return spec
+
+
+def static_arg(directory: str) -> ResourceSpec:
+    """
+    C{--static DIR}: static files at C{/}.
+
+    @raise ConfigError: if the directory does not exist.
+    """
+    spec = ResourceSpec("/", "static", directory, {}, f"--static {directory}")
+    try:
+        check_spec(spec)
+    except ValueError as e:
+        raise ConfigError(f"--static: {e}") from None
+    return spec
 
 
 def _ports(value: Any) -> Optional[tuple[str, ...]]:
@@ -579,6 +655,7 @@ def build_settings(
     file_values: Optional[dict[str, Any]] = None,
     ports: tuple[str, ...] = (),
     routes: tuple[RouteSpec, ...] = (),
+    resources: tuple[ResourceSpec, ...] = (),
     defaults: Optional[dict[str, Any]] = None,
     limits: Optional[dict[str, Any]] = None,
     tls: Optional[dict[str, Any]] = None,
@@ -637,11 +714,16 @@ def build_settings(
     cli_paths = {r.path for r in routes}
     file_routes = tuple(r for r in file_values.get("routes", ()) if r.path not in cli_paths)
     all_routes = file_routes + tuple(routes)
+    # Command-line resources replace file resources at the same path.
+    cli_resources = {canonical_path(r.path) for r in resources}
+    all_resources = tuple(
+        r for r in file_values.get("resources", ()) if canonical_path(r.path) not in cli_resources
+    ) + tuple(resources)
+    _check_resource_paths(all_resources, all_routes)
+    # The demo page only where nothing else was asked for.
+    chosen.setdefault("index", not all_routes and not all_resources)
     if not all_routes:
         all_routes = tuple(RouteSpec(p, h, {}, "default routes") for p, h in DEFAULT_ROUTES)
-        chosen.setdefault("index", True)
-    else:
-        chosen.setdefault("index", False)
     status_path = chosen.get("status_path")
     if status_path:
         live = RouteSpec(status_path.rstrip("/") + "/live", ("echo",), {}, "the status page")
@@ -670,8 +752,31 @@ def build_settings(
         tls=tls_settings,
         tls_ports=tls_ports,
         shared_ports=shared_ports,
+        resources=all_resources,
         **chosen,
     )
+
+
+def _check_resource_paths(
+    resources: tuple[ResourceSpec, ...], routes: tuple[RouteSpec, ...]
+) -> None:
+    # A path is a route or a resource, never both; one resource per path.
+    if not resources:
+        return
+    seen: dict[str, ResourceSpec] = {}
+    route_paths = {canonical_path(r.path): r for r in routes}
+    for spec in resources:
+        where = canonical_path(spec.path)
+        if where in seen:
+            raise ConfigError(
+                f"{spec.origin}: {spec.path} has a resource already ({seen[where].origin})"
+            )
+        seen[where] = spec
+        if where in route_paths:
+            raise ConfigError(
+                f"{spec.origin}: {spec.path} is a route already ({route_paths[where].origin}); "
+                "a path is a route or a resource"
+            )
 
 
 def _said(setting: Setting) -> str:

@@ -77,6 +77,9 @@ class _Node(Resource):
         self.param: Optional[tuple[str, _Node]] = None
         self.endpoint: Optional[WebSocketEndpoint] = None
         self.http: Optional[IResource] = None
+        # A resource for plain requests to this path and below it (static
+        # files, a WSGI application...), where nothing deeper serves them.
+        self.subtree: Optional[IResource] = None
 
     def getChildWithDefault(self, path: bytes, request: IRequest) -> IResource:
         child = self.children.get(path)
@@ -99,6 +102,8 @@ class _Node(Resource):
         something serves the request (a route, or for a plain request an
         HTTP resource); literal segments tried before parameters.
         """
+        if not upgrade and self.subtree is not None:
+            return True  # its resource takes whatever is below
         if not rest:
             # A route here, even unmounted: an unmounted path stays
             # unhandled (404, or the hook), as unmount promises, rather
@@ -147,6 +152,12 @@ class _Node(Resource):
             return self.tree.unhandled_resource
         if self.http is not None:
             return self.http
+        if self.subtree is not None:
+            if self.depth == 0 and request.prepath[-1:] == [b""]:  # type: ignore[attr-defined]
+                # GET / : the resource gets the empty segment, as it would
+                # at a site's root (a directory's index, a WSGI app's "/").
+                request.postpath.insert(0, request.prepath.pop())  # type: ignore[attr-defined]
+            return self.subtree
         return self.tree.no_route(request, self.depth, consumed=False)
 
 
@@ -191,6 +202,7 @@ class RouteTree(_Node):
         self.fallback = fallback
         self.reactor = reactor
         self.unhandled_resource = UnhandledUpgrade(self)
+        self.has_subtrees = False
         # Upgrades waiting for a handler chain or the hook to decide.
         self.pending: set[PendingUpgrade] = set()
         self._adopt_factory: Optional[RouteFactory] = None
@@ -261,16 +273,77 @@ class RouteTree(_Node):
         """
         if is_upgrade(request):
             return self.unhandled_resource
+        reached = depth + 1 if consumed else depth
+        below = self._subtree_above(request.prepath, reached)
+        if below is not None:
+            # The nearest resource mounted above the path gets the rest of
+            # it, as if it had been reached directly.
+            at, resource = below
+            rewind = reached - at
+            if rewind:
+                request.postpath[:0] = request.prepath[-rewind:]
+                del request.prepath[-rewind:]
+            return resource
         if self.fallback is None:
             from twisted.web.pages import notFound
 
             return notFound()
         # Give the fallback the whole path below the tree.
-        rewind = depth + 1 if consumed else depth
+        rewind = reached
         if rewind:
             request.postpath[:0] = request.prepath[-rewind:]
             del request.prepath[-rewind:]
         return self.fallback
+
+    def _subtree_above(
+        self, prepath: Sequence[bytes], reached: int
+    ) -> Optional[tuple[int, IResource]]:
+        # The deepest subtree resource on the way to the path's first
+        # `reached` segments below the tree (literal segments only: a
+        # subtree is mounted at a literal path), with its depth.
+        if not self.has_subtrees:
+            return None
+        segments = prepath[len(prepath) - reached :] if reached else []
+        node: Any = self
+        found = (0, self.subtree) if self.subtree is not None else None
+        for depth, segment in enumerate(segments, 1):
+            node = node.children.get(segment)
+            if not isinstance(node, _Node):
+                break
+            if node.subtree is not None:
+                found = (depth, node.subtree)
+        return found
+
+    def mount_subtree(self, path: str, resource: IResource) -> None:
+        """
+        Serve C{resource} for non-upgrade requests to C{path} and every path
+        below it that no route or deeper resource serves: static files
+        (C{twisted.web.static.File}), a WSGI application, a redirect.  It
+        sees the request as if mounted there (C{prepath} up to C{path},
+        C{postpath} the rest).
+
+        @raise RouteError: if the path is malformed, has parameters, or has
+            a resource already.
+        """
+        node = self._literal_node(path)
+        if node.subtree is not None:
+            raise RouteError(f"{path}: a resource is mounted there already")
+        node.subtree = resource
+        self.has_subtrees = True
+
+    def _literal_node(self, path: str) -> _Node:
+        node: _Node = self
+        for segment in parse_path(path):
+            if not isinstance(segment, bytes):
+                raise RouteError(f"{path}: a resource path cannot have parameters")
+            child = node.children.get(segment)
+            if child is None:
+                child = _Node(self, node.depth + 1)
+                node.putChild(segment, child)
+            elif not isinstance(child, _Node):
+                raise RouteError(f"{path}: clashes with a resource put at {segment!r}")
+            node = child
+        return node
 
     def refused(self, request: IRequest, code: int, reason: str, route: str = "-") -> None:
         """
@@ -286,18 +359,7 @@ class RouteTree(_Node):
 
         @raise RouteError: if the path is malformed or has parameters.
         """
-        node: _Node = self
-        for segment in parse_path(path):
-            if not isinstance(segment, bytes):
-                raise RouteError(f"{path}: a resource path cannot have parameters")
-            child = node.children.get(segment)
-            if child is None:
-                child = _Node(self, node.depth + 1)
-                node.putChild(segment, child)
-            elif not isinstance(child, _Node):
-                raise RouteError(f"{path}: clashes with a resource put at {segment!r}")
-            node = child
-        node.http = resource
+        self._literal_node(path).http = resource
 
     def clock(self) -> Any:
         """

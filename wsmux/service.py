@@ -20,7 +20,8 @@ from wsmux.config import Settings, port_description
 from wsmux.handlers import resolve_callable, resolve_handler
 from wsmux.logs import log
 from wsmux.metrics import HealthResource, MetricsResource, metrics_registry
-from wsmux.routing import Route, RouteTree
+from wsmux.resources import build_resource
+from wsmux.routing import Route, RouteError, RouteTree
 from wsmux.site import WebSocketSite
 from wsmux.tls import SniContextMap, SniffingFactory, tls_factory
 from wsmux.workers import AdoptedPort, ignore_hangup, on_hangup
@@ -44,7 +45,7 @@ def build_tree(settings: Settings, reactor: Any = None) -> RouteTree:
         )
         for spec in settings.routes
     ]
-    return RouteTree(
+    tree = RouteTree(
         routes,
         defaults=settings.defaults,
         unhandled=unhandled,
@@ -52,6 +53,12 @@ def build_tree(settings: Settings, reactor: Any = None) -> RouteTree:
         reactor=reactor,
         limits=settings.limits,
     )
+    for spec in settings.resources:
+        try:
+            tree.mount_subtree(spec.path, build_resource(spec, reactor))
+        except (ValueError, RouteError) as e:
+            raise ValueError(f"{spec.origin}: {e}") from None
+    return tree
 
 
 def make_service(

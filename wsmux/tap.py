@@ -19,9 +19,11 @@ from wsmux.config import (
     build_settings,
     load_file,
     networks,
+    parse_resource_arg,
     parse_route_arg,
     port_description,
     read_file,
+    static_arg,
     tls_from_flags,
 )
 from wsmux.factory import _FIELD_TYPES, ProtocolOptions
@@ -195,6 +197,7 @@ class Options(usage.Options):
         self["tls-ports"] = []
         self["shared-ports"] = []
         self["routes"] = []
+        self["resources"] = []
         self["deflate"] = None
 
     def opt_port(self, port: str) -> None:
@@ -227,6 +230,24 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from None
 
     opt_r = opt_route
+
+    def opt_resource(self, value: str) -> None:
+        """
+        Serve a twisted.web resource at PATH and below it, for plain HTTP requests (PATH=DOTTED.NAME: a resource, or a class or function that makes one). Repeatable.
+        """
+        try:
+            self["resources"].append(parse_resource_arg(value))
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+    def opt_static(self, directory: str) -> None:
+        """
+        Serve the files of DIRECTORY at / (no directory listings, nothing outside it).
+        """
+        try:
+            self["resources"].append(static_arg(directory))
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
 
     def opt_deflate(self) -> None:
         """
@@ -272,6 +293,7 @@ class Options(usage.Options):
                 file_values,
                 ports=tuple(self["ports"]),
                 routes=routes,
+                resources=tuple(self["resources"]),
                 defaults=defaults,
                 limits=limits,
                 tls=tls,
@@ -338,6 +360,7 @@ class Options(usage.Options):
 
     def _check_imports(self) -> None:
         from wsmux.handlers import resolve_callable, resolve_handler
+        from wsmux.resources import check_imports
 
         where = self["config"] or "command line"
         try:
@@ -346,6 +369,11 @@ class Options(usage.Options):
                     resolve_handler(handler)
             if self.settings.unhandled:
                 resolve_callable(self.settings.unhandled, "unhandled hook")
+            for resource in self.settings.resources:
+                try:
+                    check_imports(resource)
+                except ValueError as e:
+                    raise ValueError(f"{resource.origin}: {e}") from None
         except ValueError as e:
             raise ConfigError(f"{where}: {e}") from None
 
@@ -424,7 +452,10 @@ def makeService(options: Options) -> IService:
         LogLevelService(settings.log_level).setServiceParent(supervisor)
         StopOnTerm().setServiceParent(supervisor)
         return supervisor
-    service = make_service(options.settings, contexts=contexts, adopted=options.adopted)
+    try:
+        service = make_service(options.settings, contexts=contexts, adopted=options.adopted)
+    except ValueError as e:  # a resource that cannot be made, say
+        _usage_exit(options, ConfigError(str(e)))
     LogLevelService(options.settings.log_level).setServiceParent(service)
     FreezeHeapService().setServiceParent(service)
     StopOnTerm().setServiceParent(service)
