@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from wsmux.bridge import EXEC_KEYS, ExecSpec
 from wsmux.factory import OPTION_NAMES, ProtocolOptions
 from wsmux.limits import LIMIT_NAMES, ServerLimits
 from wsmux.logs import LOG_FORMATS, LOG_LEVELS
@@ -76,12 +77,14 @@ class RouteSpec:
     @ivar handlers: handler names (built-in or dotted paths), tried in order.
     @ivar options: per-route option overrides.
     @ivar origin: where it was configured, for error messages.
+    @ivar exec: what an exec route (C{handler = "exec"}) runs.
     """
 
     path: str
     handlers: tuple[str, ...]
     options: dict[str, Any] = field(default_factory=dict)
     origin: str = "command line"
+    exec: Optional[ExecSpec] = None
 
 
 @dataclass(frozen=True)
@@ -609,6 +612,14 @@ def _checked(
 
 
 def _route(table: dict[str, Any], where: str, path: str, bad: Any) -> RouteSpec:
+    exec_spec = None
+    if table.get("handler") == "exec":
+        gateway = {k: v for k, v in table.items() if k in EXEC_KEYS}
+        table = {k: v for k, v in table.items() if k not in EXEC_KEYS}
+        try:
+            exec_spec = ExecSpec.from_table(gateway, str(Path(path).parent))
+        except ValueError as e:
+            raise bad(where, str(e)) from None
     unknown = set(table) - _ROUTE_KEYS
     if unknown:
         raise bad(
@@ -631,6 +642,7 @@ def _route(table: dict[str, Any], where: str, path: str, bad: Any) -> RouteSpec:
         tuple(str(h) for h in handlers),
         _options(options, where, bad),
         f"{path} {where}",
+        exec_spec,
     )
 
 
@@ -648,6 +660,12 @@ def parse_route_arg(value: str) -> RouteSpec:
         parse_path(path)
     except RouteError as e:
         raise ConfigError(f"--route {value!r}: {e}") from None
+    if handler.startswith("exec:"):
+        try:
+            spec = ExecSpec.from_arg(handler[5:])
+        except ValueError as e:
+            raise ConfigError(f"--route {value!r}: {e}") from None
+        return RouteSpec(path, ("exec",), {}, f"--route {value}", spec)
     return RouteSpec(path, tuple(h.strip() for h in handler.split(",")), {}, f"--route {value}")
 
 

@@ -16,6 +16,7 @@ from twisted.web.server import Site
 from wsmux._page import demo_page
 from wsmux._portfile import port_line, remove_port_file, write_port_file
 from wsmux._status import mount_status
+from wsmux.bridge import ChildrenService, exec_handler
 from wsmux.config import Settings, port_description
 from wsmux.handlers import resolve_callable, resolve_handler
 from wsmux.logs import log
@@ -40,7 +41,9 @@ def build_tree(settings: Settings, reactor: Any = None) -> RouteTree:
     routes = [
         Route(
             spec.path,
-            tuple(resolve_handler(h) for h in spec.handlers),
+            (exec_handler(spec.exec, spec.path),)
+            if spec.exec is not None
+            else tuple(resolve_handler(h) for h in spec.handlers),
             spec.options,
         )
         for spec in settings.routes
@@ -94,6 +97,11 @@ def make_service(
     top.tree = tree  # type: ignore[attr-defined]
     top.site = site  # type: ignore[attr-defined]
     DrainService(tree, settings.limits.drain_timeout, reactor, site).setServiceParent(top)
+    if any(spec.exec is not None for spec in settings.routes):
+        # Stopped before the drain (services stop in reverse order): every
+        # child gets SIGTERM as its connection gets 1001, and wsmux waits
+        # for them to exit.
+        ChildrenService().setServiceParent(top)
     factories: dict[str, Any] = {"plain": site}
     if settings.tls_ports or settings.shared_ports:
         if contexts is None:

@@ -365,6 +365,8 @@ class Options(usage.Options):
         where = self["config"] or "command line"
         try:
             for spec in self.settings.routes:
+                if spec.exec is not None:
+                    continue  # checked as it was read
                 for handler in spec.handlers:
                     resolve_handler(handler)
             if self.settings.unhandled:
