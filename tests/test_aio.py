@@ -290,3 +290,36 @@ def test_send_while_closing_fails_rather_than_vanish():
     conn.flush()
     assert closing.called and conn.client.close[1:] == (4003, "bye")
     conn.restore_loop()
+
+
+def test_reading_held_for_the_queue_stays_held_through_write_backpressure():
+    # A client that floods the handler and reads slowly: wsmux pauses and
+    # resumes reading for its writes, which must not resume reading while
+    # the handler's queue is full.
+    conn = connect(tree(), "/do/idle")
+    conn.flush()
+    ws = seen["handler"]
+    transport = conn.server.transport
+    calls = []
+    transport.pauseProducing = lambda: calls.append("pause")
+    transport.resumeProducing = lambda: calls.append("resume")
+    for i in range(AsyncHandler.max_queue):
+        conn.client.sendMessage(str(i).encode())
+    conn.flush()
+    assert calls == ["pause"]
+    connection = conn.server.wsmux
+    connection.pauseProducing()
+    connection.resumeProducing()
+    assert calls == ["pause", "pause"]  # no resume: the queue still holds it
+    for _ in range(AsyncHandler.max_queue):
+        ws.recv()
+    assert calls == ["pause", "pause", "resume"]
+    # Closing reads again, to take the client's close frame.
+    conn.client.sendMessage(b"x")
+    for _ in range(AsyncHandler.max_queue):
+        conn.client.sendMessage(b"more")
+    conn.flush()
+    calls.clear()
+    ws.close()
+    assert calls == ["resume"]
+    conn.restore_loop()

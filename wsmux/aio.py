@@ -185,23 +185,15 @@ class AsyncConnection:
         if inbox is None:
             inbox = self._inbox = deque()
         inbox.append(message)
-        if len(inbox) >= self._max_queue:
+        if len(inbox) >= self._max_queue and not self._reading_paused:
             # The handler is not keeping up: stop reading from the client
             # (TCP then slows it down) until it has taken most of them.
-            # Again on every message past the mark, since wsmux's own
-            # backpressure may have resumed reading meanwhile.
             self._reading_paused = True
-            transport = self.protocol.transport
-            if transport is not None:
-                transport.pauseProducing()
+            self.protocol.wsmux.hold_reading(self)
 
     def _resume_reading(self) -> None:
         self._reading_paused = False
-        transport = self.protocol.transport
-        connection = self.protocol.wsmux
-        # Not while wsmux holds reading for a client that does not read.
-        if transport is not None and not connection.paused and not connection.ended:
-            transport.resumeProducing()
+        self.protocol.wsmux.release_reading(self)
 
     # -- sending ------------------------------------------------------------------
 
@@ -257,7 +249,10 @@ class AsyncConnection:
         connection has ended.
         """
         if self.close_code is None:
-            self.protocol.wsmux.close(code, reason)
+            connection = self.protocol.wsmux
+            connection.close(code, reason)
+            # Read again, to take the client's close frame.
+            connection.release_reading(self)
         return self.wait_closed()
 
     def wait_closed(self) -> Deferred[None]:

@@ -190,6 +190,7 @@ class _Child(ProcessProtocol):
         self.kill_call: Any = None
         self.pgid: Optional[int] = None
         self.status: Optional[str] = None
+        self.reading: Optional[_ClientReading] = None
 
     # process events
 
@@ -198,7 +199,8 @@ class _Child(ProcessProtocol):
         self.pgid = transport.pid if _SETSID else None
         # The client's messages go to stdin: a child that does not read
         # pauses reading from the client.
-        transport.registerProducer(_ClientReading(self.handler), True)
+        self.reading = _ClientReading(self.handler)
+        transport.registerProducer(self.reading, True)
 
     def outReceived(self, data: bytes) -> None:
         handler: Any = self.handler
@@ -255,6 +257,8 @@ class _Child(ProcessProtocol):
             code, status = 1011, f"the program exited with status {getattr(value, 'exitCode', '?')}"
         self.status = status
         connection = handler.wsmux
+        if self.reading is not None:
+            connection.release_reading(self.reading)  # to read the client's close
         log.info(
             "route {route} conn={conn}: {status}",
             route=connection.policy.route,
@@ -338,18 +342,13 @@ class _ClientReading:
         self.handler = handler
 
     def pauseProducing(self) -> None:
-        transport: Any = self.handler.transport
-        if transport is not None:
-            transport.pauseProducing()
+        self.handler.wsmux.hold_reading(self)
 
     def resumeProducing(self) -> None:
-        transport: Any = self.handler.transport
-        connection = self.handler.wsmux
-        if transport is not None and not connection.paused and not connection.ended:
-            transport.resumeProducing()
+        self.handler.wsmux.release_reading(self)
 
     def stopProducing(self) -> None:
-        pass
+        self.handler.wsmux.release_reading(self)
 
 
 def _text(line: bytes) -> bytes:

@@ -229,6 +229,7 @@ class _Extra:
         "address_chain",
         "refused",
         "cookies",
+        "read_holds",
     )
 
     def __init__(self) -> None:
@@ -244,6 +245,7 @@ class _Extra:
         self.address_chain: tuple[str, ...] = ()
         self.refused = False
         self.cookies: Optional[dict[str, str]] = None
+        self.read_holds: frozenset[object] = frozenset()
 
 
 @implementer(IPushProducer)
@@ -615,6 +617,12 @@ class Connection:
                 self.paused = False
                 transport.resumeProducing()
         extra = self._extra
+        if extra is not None and extra.read_holds:
+            # Held by a handler's full consumer: read again, to see the
+            # peer's close (and a TLS close_notify) through.
+            extra.read_holds = frozenset()
+            if transport is not None and not self.paused:
+                transport.resumeProducing()
         if extra is not None and extra.waiters:
             waiters, extra.waiters = extra.waiters, ()
             for waiter in waiters:
@@ -641,10 +649,11 @@ class Connection:
     def resumeProducing(self) -> None:
         self.paused = False
         self._backlog = 0
-        self.protocol.transport.resumeProducing()
+        extra = self._extra
+        if extra is None or not extra.read_holds:
+            self.protocol.transport.resumeProducing()
         for producer in self._producers:
             producer.resumeProducing()
-        extra = self._extra
         if extra is not None and extra.waiters:
             waiters, extra.waiters = extra.waiters, ()
             for waiter in waiters:
@@ -653,6 +662,43 @@ class Connection:
     def stopProducing(self) -> None:
         # The transport calls this when the connection is lost.
         self.end()
+
+    # -- holding reading from the client ----------------------------------------
+
+    def hold_reading(self, holder: object) -> None:
+        """
+        Stop reading from the client until C{holder} lets go (see
+        L{release_reading}): for a handler whose consumer is full (an
+        async handler's queue, a program's standard input).  Reading
+        resumes only once no holder holds it and the client is taking what
+        wsmux sends.
+        """
+        if self._phase >= _ENDED:
+            return
+        extra = self._more()
+        if holder in extra.read_holds:
+            return
+        extra.read_holds |= {holder}
+        transport: Any = self.protocol.transport
+        if transport is not None:
+            transport.pauseProducing()
+
+    def release_reading(self, holder: object) -> None:
+        """
+        Let go of a hold taken with L{hold_reading}.
+        """
+        extra = self._extra
+        if extra is None or holder not in extra.read_holds:
+            return
+        extra.read_holds -= {holder}
+        transport: Any = self.protocol.transport
+        if (
+            not extra.read_holds
+            and not self.paused
+            and self._phase < _ENDED
+            and transport is not None
+        ):
+            transport.resumeProducing()
 
     def room_for(self, size: int, waiting: Optional[int] = None) -> bool:
         """
