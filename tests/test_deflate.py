@@ -93,6 +93,18 @@ def test_the_response_says_what_the_server_does():
             "permessage-deflate; client_max_window_bits=9",
         ),
         ("permessage-deflate", {"deflate_client_max_window_bits": 9}, None),
+        # A client that names its own limit gets the smaller of the two
+        # (never more than it offered: RFC 7692 7.1.2.2).
+        (
+            "permessage-deflate; client_max_window_bits=10",
+            {"deflate_client_max_window_bits": 12},
+            "permessage-deflate; client_max_window_bits=10",
+        ),
+        (
+            'x-webkit-deflate-frame, permessage-deflate; client_max_window_bits="12"',
+            {"deflate_client_max_window_bits": 9},
+            "permessage-deflate; client_max_window_bits=9",
+        ),
         (None, {"deflate_level": 1}, None),
     ]
     for offer, options, answer in cases:
@@ -124,14 +136,52 @@ def test_level_and_window_reach_the_compressor():
         assert zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff") == message
         sizes[level] = len(payload)
     assert sizes[9] < sizes[1]
-    # The default level keeps Autobahn's own compressor.
+    # The default level is zlib's, on wsmux's class too (for its checked
+    # decompression limit).
     raw, _ = open_with("permessage-deflate")
-    assert type(compressor_of(raw)) is PerMessageDeflate
-    # A 9-bit window: what comes out decompresses with a 9-bit window.
-    raw, _ = open_with("permessage-deflate", deflate_server_max_window_bits=9, deflate_mem_level=1)
-    raw.send(masked_frame(message, opcode=2))
-    [(_, _, payload)] = replies(raw, 0)[0]
-    assert zlib.decompressobj(-9).decompress(payload + b"\x00\x00\xff\xff") == message
+    assert type(compressor_of(raw)) is tuned_deflate(6)
+    assert issubclass(tuned_deflate(6), PerMessageDeflate)
+    # A 9-bit window: what comes out inflates through a 9-bit window, even
+    # where the message repeats itself 2000 bytes back (which a wider
+    # window refers to, and a 9-bit inflater, taking its output a little at
+    # a time, then fails on).
+    import random
+
+    far = random.Random(7).randbytes(2000) * 3
+    for window, fits in ((9, True), (15, False)):
+        raw, _ = open_with("permessage-deflate", deflate_server_max_window_bits=window)
+        raw.send(masked_frame(far, opcode=2))
+        [(_, _, payload)] = replies(raw, 0)[0]
+        if fits:
+            assert small_window_inflate(payload, 9) == far
+        else:
+            with pytest.raises(zlib.error, match="too far back"):
+                small_window_inflate(payload, 9)
+
+
+def small_window_inflate(data, bits):
+    inflater = zlib.decompressobj(-bits)
+    out = inflater.decompress(data, 64)
+    while inflater.unconsumed_tail:
+        out += inflater.decompress(inflater.unconsumed_tail, 64)
+    return out + inflater.decompress(b"\x00\x00\xff\xff")
+
+
+def test_the_memory_level_reaches_the_compressor():
+    # zlib's output depends on its memory level (its hash table): the same
+    # message compressed at 1 and at 9 differs.
+    import random
+
+    words = [random.Random(3).randbytes(5).hex() for _ in range(400)]
+    text = " ".join(random.Random(4).choice(words) for _ in range(6000)).encode()
+    outputs = {}
+    for level in (1, 9):
+        raw, _ = open_with("permessage-deflate", deflate_mem_level=level)
+        raw.send(masked_frame(text))
+        [(_, _, payload)] = replies(raw, 0)[0]
+        assert zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff") == text
+        outputs[level] = payload
+    assert outputs[1] != outputs[9]
 
 
 def test_no_context_takeover_frees_the_compressor_between_messages():
@@ -201,3 +251,33 @@ def test_bad_values_are_named(options, words):
     with pytest.raises(ValueError) as caught:
         ProtocolOptions(**options)
     assert words in str(caught.value)
+
+
+def compressed_frame(data, opcode=1):
+    c = zlib.compressobj(6, zlib.DEFLATED, -15)
+    body = (c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH))[:-4]
+    frame = bytearray(masked_frame(body, opcode=opcode))
+    frame[0] |= 0x40  # RSV1: compressed
+    return bytes(frame)
+
+
+@pytest.mark.parametrize("deflate", ["on", "inflate-only"])
+def test_a_compressed_message_over_the_limit_is_refused_not_cut_short(deflate):
+    # zlib holds back output it has not been asked for: a message of
+    # highly compressible bytes one over the limit came out cut to the
+    # limit, without an error (Autobahn asked zlib for exactly the budget).
+    limit = 65536
+    tree = RouteTree([Route("/echo", EchoHandler, {"deflate": deflate, "max_message_size": limit})])
+    for size, fits in ((limit, True), (limit + 1, False), (limit - 1, True), (limit * 3, False)):
+        raw = raw_connect(tree)
+        raw.send(upgrade_request("/echo", "Sec-WebSocket-Extensions: permessage-deflate\r\n"))
+        head, _, _ = raw.received.partition(b"\r\n\r\n")
+        raw.send(compressed_frame(b"\x00" * size, opcode=2))
+        [(rsv1, opcode, payload)] = replies(raw, 0)[0][:1]
+        if fits:
+            if rsv1:
+                payload = zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff")
+            assert (opcode, payload) == (2, b"\x00" * size), size
+        else:
+            assert opcode == 8 and int.from_bytes(payload[:2], "big") == 1009, size
+        raw.restore_loop()

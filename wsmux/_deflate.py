@@ -58,36 +58,51 @@ class DeflateAccept(PerMessageDeflateOfferAccept):
         return "; ".join(parts)
 
 
-def accept_deflate(options: ProtocolOptions, offers: list[Any]) -> Optional[DeflateAccept]:
+def accept_deflate(
+    options: ProtocolOptions, offers: list[Any], windows: Optional[list[Any]] = None
+) -> Optional[DeflateAccept]:
     """
     Choose the first permessage-deflate offer the route can accept.
 
     @param options: the route's options.
     @param offers: the client's offers, parsed by Autobahn, in its order.
+    @param windows: for each permessage-deflate offer, in order, what it
+        said of C{client_max_window_bits} (see L{client_windows}); Autobahn's
+        parsed offer keeps only whether it was there.
     @return: the accept, or C{None} to go on without compression.
     """
     if options.deflate == "off":
         return None
     client_bits = options.deflate_client_max_window_bits
+    index = -1
     for offer in offers:
         if not isinstance(offer, PerMessageDeflateOffer):
             continue
+        index += 1
         if client_bits and not offer.accept_max_window_bits:
             # The client cannot be held to a smaller window, and the route
             # requires one: this offer is declined (another may do).
             continue
+        asked: Any = windows[index] if windows is not None and index < len(windows) else None
+        request = client_bits
+        if client_bits and isinstance(asked, int) and not isinstance(asked, bool):
+            # A client that named its own limit is answered with the smaller
+            # of the two (RFC 7692 7.1.2.2: never more than it offered).
+            request = min(client_bits, asked)
         window = options.deflate_server_max_window_bits
         if offer.request_max_window_bits:
             window = min(window, offer.request_max_window_bits)
         return DeflateAccept(
             offer,
-            request_max_window_bits=client_bits,
+            request_max_window_bits=request,
             no_context_takeover=bool(
                 options.deflate_server_no_context_takeover or offer.request_no_context_takeover
             ),
             window_bits=window,
             mem_level=options.deflate_mem_level,
-            max_message_size=options.max_message_size or None,
+            # The route's limit is the protocol's: Autobahn hands the
+            # decompressor what is left of it with every frame.
+            max_message_size=None,
         )
     if client_bits:
         log.debug(
@@ -98,12 +113,54 @@ def accept_deflate(options: ProtocolOptions, offers: list[Any]) -> Optional[Defl
     return None
 
 
+def client_windows(header: str) -> list[Any]:
+    """
+    What each permessage-deflate offer in a C{Sec-WebSocket-Extensions}
+    value says of C{client_max_window_bits}: C{None} (absent), C{True}
+    (no value) or the number of bits.
+    """
+    found: list[Any] = []
+    for extension in header.split(","):
+        name, *params = (part.strip() for part in extension.split(";"))
+        if name.lower() != PerMessageDeflateOffer.EXTENSION_NAME:
+            continue
+        value: Any = None
+        for param in params:
+            key, sep, raw = param.partition("=")
+            if key.strip().lower() == "client_max_window_bits":
+                raw = raw.strip().strip('"')
+                value = int(raw) if sep and raw.isdigit() else True
+        found.append(value)
+    return found
+
+
+def accept_on_connection(protocol: Any, offers: list[Any]) -> Optional[DeflateAccept]:
+    """
+    The accept of a route that requires a client window: with the client's
+    own limit read from its request (the connection's
+    C{perMessageCompressionAccept}).
+    """
+    header = protocol.http_headers.get("sec-websocket-extensions", "")
+    return accept_deflate(protocol.factory.options, offers, client_windows(header))
+
+
 class _TunedDeflate(PerMessageDeflate):
     # The server side of Autobahn's PerMessageDeflate, with a compression
     # level, and without a compressor between messages when the context is
     # not kept.  Its own compressor attribute: Autobahn's is left unused.
     level = DEFAULT_LEVEL
     _wsmux_compressor: Any = None
+
+    def decompress_message_data(self, data: bytes, max_output_len: Optional[int] = None) -> bytes:
+        # Autobahn asks zlib for at most what is left of the message limit
+        # and takes a full budget with nothing left unconsumed as within it;
+        # but zlib may still hold output back, which the end of the message
+        # then drops: a message just over the limit arrived cut short,
+        # without an error.  Asking for one byte more lets an over-long
+        # message show itself, and Autobahn's own check fails it (1009).
+        if max_output_len is not None:
+            max_output_len += 1
+        return super().decompress_message_data(data, max_output_len)  # type: ignore[no-any-return]
 
     def start_compress_message(self) -> None:
         if self._wsmux_compressor is None:
@@ -133,12 +190,10 @@ def tuned_deflate(level: int) -> type:
 
 def deflate_class(options: ProtocolOptions) -> Optional[type]:
     """
-    The class a route's compressors become, or C{None} where Autobahn's own
-    do as the options say.
+    The class a route's compressors become (C{None} for a route without
+    permessage-deflate).
     """
-    if options.deflate != "on":
-        return None
-    if options.deflate_level == DEFAULT_LEVEL and not options.deflate_server_no_context_takeover:
+    if options.deflate == "off":
         return None
     return tuned_deflate(options.deflate_level)
 

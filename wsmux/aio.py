@@ -135,6 +135,14 @@ class AsyncConnection:
         return self.protocol.http_request_path  # type: ignore[no-any-return]
 
     @property
+    def latency(self) -> Optional[float]:
+        """
+        The last keepalive ping's round trip, in seconds (C{None} before
+        the first pong).
+        """
+        return self.protocol.wsmux.latency  # type: ignore[no-any-return]
+
+    @property
     def closed(self) -> bool:
         return self.close_code is not None
 

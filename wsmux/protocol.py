@@ -32,7 +32,7 @@ from wsmux._compat_autobahn import (
     fail_connection,
     fast_path_ok,
 )
-from wsmux._deflate import tune
+from wsmux._deflate import accept_on_connection, tune
 from wsmux._responses import safe_headers, status_reason
 from wsmux._writes import scheduler_for
 from wsmux.connection import LOST, Connection, RoutePolicy, close_with
@@ -481,9 +481,10 @@ class ThresholdMixin(_Hooked):
 
 class DeflateTuningMixin(_Hooked):
     """
-    For a route with a compression level of its own or no context
-    takeover: the negotiated compressor takes the route's class (see
-    L{wsmux._deflate.tune}) before the handler can send.
+    For a route with permessage-deflate: the negotiated extension takes the
+    route's class (see L{wsmux._deflate.tune}: its compression level and
+    memory, and a decompression limit that holds to the byte) before the
+    handler can send or a message arrives.
     """
 
     _wsmux_policy: RoutePolicy
@@ -608,6 +609,14 @@ def route_protocol(
         # for a debug log line that is formatted whether or not anyone
         # reads it (a third of the cost of a handshake, measured).
         namespace["CONFIG_ATTRS"] = ()
+        if options.deflate_client_max_window_bits and "perMessageCompressionAccept" in shared:
+            # The accept must read the client's request (see
+            # wsmux._deflate.accept_on_connection): a method of the
+            # connection's, not the factory's.
+            namespace["_wsmux_factory_options"] = tuple(
+                n for n in shared if n != "perMessageCompressionAccept"
+            )
+            namespace["perMessageCompressionAccept"] = accept_on_connection
     try:
         # LeanServerProtocol goes right above Autobahn, below the handler.
         lean = (LeanServerProtocol,) if LEAN_PROTOCOL else ()

@@ -222,7 +222,7 @@ class Options(usage.Options):
 
     def opt_route(self, value: str) -> None:
         """
-        Serve HANDLER at PATH (PATH=HANDLER). HANDLER is echo, broadcast or the dotted path of a WebSocketServerProtocol subclass; a comma-separated list is tried in order. PATH may hold parameters: /rooms/{room}. Repeatable.
+        Serve HANDLER at PATH (PATH=HANDLER). HANDLER is echo, echo-async, broadcast, pubsub, the dotted path of a WebSocketServerProtocol subclass or of an async def function, or exec:COMMAND (a program per connection); a comma-separated list is tried in order. PATH may hold parameters: /rooms/{room}. Repeatable.
         """
         try:
             self["routes"].append(parse_route_arg(value))
