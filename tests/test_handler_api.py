@@ -296,6 +296,12 @@ def test_server_wide_events_across_routes():
     tree.events.off("opened", broken)
     with pytest.raises(ValueError):
         tree.events.on("nonsense", print)
+    # Closed by the server: its code, not the client's echo of it.
+    b = connect(tree, "/a")
+    b.server.wsmux.close(4001, "server says")
+    b.flush()
+    assert b.client.close[1] in (1000, 4001)  # what Autobahn's client echoes
+    assert seen[-1][1:] == (b.server.wsmux.id, 4001, True)
 
 
 def test_a_connection_that_leaves_before_its_handshake_is_a_failed_handshake():

@@ -164,9 +164,12 @@ class _TunedDeflate(PerMessageDeflate):
 
     def start_compress_message(self) -> None:
         if self._wsmux_compressor is None:
-            self._wsmux_compressor = zlib.compressobj(
+            compressor = self._wsmux_compressor = zlib.compressobj(
                 self.level, zlib.DEFLATED, -self.server_max_window_bits, self.mem_level
             )
+            # Autobahn calls this for every piece of a message: the zlib
+            # method itself, without a Python call around it.
+            self.compress_message_data = compressor.compress  # type: ignore[method-assign,assignment]
 
     def compress_message_data(self, data: bytes) -> bytes:
         return self._wsmux_compressor.compress(data)  # type: ignore[no-any-return]
@@ -175,6 +178,7 @@ class _TunedDeflate(PerMessageDeflate):
         data: bytes = self._wsmux_compressor.flush(zlib.Z_SYNC_FLUSH)
         if self.server_no_context_takeover:
             self._wsmux_compressor = None
+            del self.compress_message_data  # and the compressor with it
         # The empty stored block that ends a sync flush is left off (RFC 7692 7.2.1).
         return data[:-4]
 

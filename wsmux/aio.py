@@ -33,6 +33,8 @@ from autobahn.twisted.websocket import WebSocketServerProtocol
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.python.failure import Failure
 
+from wsmux.connection import closed_with
+
 Message = Union[str, bytes]
 _OPEN = WebSocketServerProtocol.STATE_OPEN
 
@@ -48,7 +50,7 @@ class ConnectionClosed(Exception):
     """
 
     def __init__(self, code: Optional[int], reason: Union[str, bytes, None]) -> None:
-        if isinstance(reason, bytes):  # as Autobahn keeps a reason it sent
+        if isinstance(reason, bytes):
             reason = reason.decode("utf-8", "replace")
         self.code = code if code is not None else 1006
         self.reason = reason or ""
@@ -244,9 +246,9 @@ class AsyncConnection:
             return ConnectionClosed(self.close_code, self.close_reason)
         # Closing, or ended before Autobahn called onClose: the codes it has.
         protocol = self.protocol
-        if protocol.closedByMe and protocol.localCloseCode is not None:
-            return ConnectionClosed(protocol.localCloseCode, protocol.localCloseReason)
-        return ConnectionClosed(protocol.remoteCloseCode, protocol.remoteCloseReason)
+        return ConnectionClosed(
+            *closed_with(protocol, protocol.remoteCloseCode, protocol.remoteCloseReason)
+        )
 
     # -- closing ------------------------------------------------------------------
 
@@ -281,11 +283,7 @@ class AsyncConnection:
     def _ended(self, code: Optional[int], reason: Optional[str]) -> None:
         if self.close_code is not None:
             return
-        protocol = self.protocol
-        if protocol.closedByMe and protocol.localCloseCode is not None:
-            # Closed from this side: the code it sent, not the peer's echo.
-            code, reason = protocol.localCloseCode, protocol.localCloseReason
-        closed = ConnectionClosed(code, reason)
+        closed = ConnectionClosed(*closed_with(self.protocol, code, reason))
         self.close_code, self.close_reason = closed.code, closed.reason
         # Was the handler waiting on this connection?  Then it hears of the
         # end from what it awaits (async for ends, recv and send fail) and

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Union
 
 import txaio
 from autobahn.websocket.protocol import WebSocketProtocol
@@ -152,6 +152,22 @@ def clock() -> Any:
 # The close codes an endpoint may send (RFC 6455 7.4.1 and the IANA
 # registry): not 1004-1006 or 1015, which are never sent, nor 1016-2999.
 SENDABLE_CLOSE_CODES = frozenset([*range(1000, 1004), *range(1007, 1015), *range(3000, 5000)])
+
+
+def closed_with(
+    protocol: Any, code: Optional[int], reason: Union[str, bytes, None]
+) -> tuple[Optional[int], str]:
+    """
+    The code and reason that closed a connection: the ones this side sent
+    when it started the closing handshake, else the peer's (C{code} and
+    C{reason}, as Autobahn's C{onClose} has them; the peer's echo of our
+    code says nothing new).
+    """
+    if protocol.closedByMe and protocol.localCloseCode is not None:
+        code, reason = protocol.localCloseCode, protocol.localCloseReason
+    if isinstance(reason, bytes):  # as Autobahn keeps a reason it sent
+        reason = reason.decode("utf-8", "replace")
+    return code, reason or ""
 
 
 def close_reason(reason: Optional[str]) -> bytes:

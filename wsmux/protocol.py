@@ -35,7 +35,7 @@ from wsmux._compat_autobahn import (
 from wsmux._deflate import accept_on_connection, tune
 from wsmux._responses import safe_headers, status_reason
 from wsmux._writes import scheduler_for
-from wsmux.connection import LOST, Connection, RoutePolicy, close_with
+from wsmux.connection import LOST, Connection, RoutePolicy, close_with, closed_with
 from wsmux.factory import ProtocolOptions
 from wsmux.logs import log
 
@@ -203,15 +203,16 @@ class RouteProtocolMixin(_Hooked):
         conn = self.wsmux
         registry = conn._registry
         if getattr(self, "http_response_data", None) is not None:  # it was open
+            shown, why = closed_with(self, code, reason)
             if registry is not None:
-                registry.events.fire("closed", conn, code, reason, wasClean)
+                registry.events.fire("closed", conn, shown, why, wasClean)
             log.info(
                 "close route={route} conn={conn} peer={peer} code={code} reason={reason!r}",
                 conn=conn.id,
                 route=conn.policy.route,
                 peer=self.peer,
-                code=code,
-                reason=reason or "",
+                code=shown,
+                reason=why,
             )
         elif registry is not None and (conn._extra is None or not conn._extra.refused):
             why = getattr(self, "wasNotCleanReason", None) or "the connection ended first"
