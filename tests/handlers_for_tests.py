@@ -231,14 +231,27 @@ class Knows(WebSocketServerProtocol):
 
 
 async def asyncio_user(ws):
-    # An async handler that awaits asyncio itself (twistd -r asyncio): a
-    # sleep and an executor's future, between the connection's own awaits.
+    # An async handler that uses asyncio itself (twistd -r asyncio): a
+    # sleep, an executor's future, and the tools that need a Task
+    # (asyncio.timeout, wait_for on the connection's own recv, TaskGroup),
+    # between the connection's own awaits and a Deferred of Twisted's.
     import asyncio
 
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
     loop = asyncio.get_running_loop()
-    async for message in ws:
+    while True:
+        try:
+            async with asyncio.timeout(30):
+                message = await asyncio.wait_for(ws.recv(), 30)
+        except Exception:
+            return
         await asyncio.sleep(0.01)
-        answer = await loop.run_in_executor(None, str.upper, message)
+        await deferLater(reactor, 0.01)
+        async with asyncio.TaskGroup() as group:
+            upper = group.create_task(asyncio.to_thread(str.upper, message))
+        answer = await loop.run_in_executor(None, str.strip, upper.result())
         await ws.send(answer)
 
 

@@ -6,7 +6,7 @@ backpressure, close, a handler's end and errors, cancellation.
 import asyncio
 
 import pytest
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import globalLogPublisher
 
 from wsmux import Route, RouteTree
@@ -215,36 +215,48 @@ def test_a_function_or_its_dotted_name_is_a_handler():
         async_handler(lambda ws: None)
 
 
-def test_asyncio_futures_can_be_awaited_where_an_asyncio_loop_runs():
-    # The bridge hands an asyncio future to Twisted as a Deferred.
-    from wsmux.aio import _bridge
+def test_in_an_asyncio_task_deferreds_and_asyncio_tools_both_work():
+    # Under the asyncio reactor a handler runs as an asyncio Task: the
+    # Deferreds it awaits are waited on for it, with their results.
+    from wsmux.aio import _in_task
 
-    loop = asyncio.new_event_loop()
-    try:
-        future = loop.create_future()
+    async def main():
+        loop = asyncio.get_running_loop()
+        later = Deferred()
+        loop.call_later(0.01, later.callback, "from a Deferred")
+        failing = Deferred()
+        loop.call_later(0.01, failing.errback, ValueError("a Deferred's failure"))
 
-        async def uses_asyncio():
-            value = await future
-            return value * 2
+        async def handler():
+            got = [await later]
+            try:
+                await failing
+            except ValueError as e:
+                got.append(str(e))
+            async with asyncio.timeout(5):  # needs a Task
+                got.append(await asyncio.wait_for(asyncio.sleep(0.01, "asyncio"), 5))
+            return got
 
-        done = Deferred.fromCoroutine(_bridge(uses_asyncio()))
-        assert not done.called
-        future.set_result(21)
-        loop.run_until_complete(asyncio.sleep(0))  # runs the future's callbacks
-        assert done.result == 42
-
-        cancelled = loop.create_future()
+        assert await loop.create_task(_in_task(handler())) == [
+            "from a Deferred",
+            "a Deferred's failure",
+            "asyncio",
+        ]
+        # Cancelling the Task cancels the Deferred it waits on.
+        cancelled = []
+        stuck = Deferred(lambda d: cancelled.append(True))
 
         async def waits():
-            await cancelled
+            await stuck
 
-        task = Deferred.fromCoroutine(_bridge(waits()))
-        task.addErrback(lambda f: None)
+        task = loop.create_task(_in_task(waits()))
+        await asyncio.sleep(0.01)
         task.cancel()
-        loop.run_until_complete(asyncio.sleep(0))
-        assert cancelled.cancelled()
-    finally:
-        loop.close()
+        with pytest.raises((asyncio.CancelledError, CancelledError)):
+            await task
+        assert cancelled == [True]
+
+    asyncio.run(main())
 
 
 class Chat(AsyncHandler):

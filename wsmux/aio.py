@@ -15,10 +15,13 @@ or a plain function, named in a route like a handler class::
             await ws.send(message)
 
 The coroutine runs on Deferreds (C{Deferred.fromCoroutine}), so it works
-under any reactor.  It may await Deferreds, coroutines and, under Twisted's
-asyncio reactor, asyncio futures and the libraries built on them (see
-L{_bridge}).  L{AsyncConnection} is what it receives: C{recv()}, C{send()},
-C{close()}, C{async for}, and what the handler knows about its client.
+under any reactor and may await Deferreds and coroutines.  Under Twisted's
+asyncio reactor it runs as an asyncio Task instead, so that asyncio code
+works in it as anywhere (C{asyncio.timeout}, C{wait_for}, C{TaskGroup}); the
+Deferreds it awaits are waited on for it (see L{_InTask}), and the
+connection's own methods return asyncio futures there.  L{AsyncConnection}
+is what it receives: C{recv()}, C{send()}, C{close()}, C{async for}, and
+what the handler knows about its client.
 """
 
 from __future__ import annotations
@@ -83,9 +86,10 @@ class AsyncConnection:
         "_closed_waiters",
         "_task",
         "_max_queue",
+        "_loop",
     )
 
-    def __init__(self, protocol: Any, max_queue: int) -> None:
+    def __init__(self, protocol: Any, max_queue: int, loop: Any = None) -> None:
         self.protocol = protocol
         self.close_code: Optional[int] = None
         self.close_reason: Optional[str] = None
@@ -97,6 +101,9 @@ class AsyncConnection:
         self._closed_waiters: tuple[Deferred[None], ...] = ()
         self._task: Optional[Deferred[Any]] = None
         self._max_queue = max_queue
+        # The asyncio loop the handler's Task runs on (asyncio reactor), or
+        # None: what the methods return is then a Deferred.
+        self._loop = loop
 
     # -- what the handler knows -------------------------------------------------
 
@@ -150,7 +157,7 @@ class AsyncConnection:
 
     # -- receiving ----------------------------------------------------------------
 
-    def recv(self) -> Deferred[Message]:
+    def recv(self) -> Any:
         """
         The next message: a Deferred that fires with it (C{str} for text,
         C{bytes} for binary), or fails with L{ConnectionClosed} once the
@@ -158,6 +165,16 @@ class AsyncConnection:
 
         @raise RuntimeError: when a C{recv()} is already waiting.
         """
+        return self._out(self._recv())
+
+    def _out(self, result: Deferred[Any]) -> Any:
+        # What the handler gets: the Deferred, or in an asyncio Task an
+        # asyncio future (which asyncio's own tools, wait_for and gather,
+        # take).
+        loop = self._loop
+        return result if loop is None else result.asFuture(loop)
+
+    def _recv(self) -> Deferred[Message]:
         inbox = self._inbox
         if inbox:
             message = inbox.popleft()
@@ -180,10 +197,10 @@ class AsyncConnection:
     def __aiter__(self) -> AsyncConnection:
         return self
 
-    def __anext__(self) -> Deferred[Message]:
+    def __anext__(self) -> Any:
         # recv(), with the end of the connection as the end of the loop (a
         # Deferred rather than a coroutine: one object less per message).
-        return self.recv().addErrback(_end_of_loop)
+        return self._out(self._recv().addErrback(_end_of_loop))
 
     def _received(self, message: Message) -> None:
         getter = self._getter
@@ -207,7 +224,7 @@ class AsyncConnection:
 
     # -- sending ------------------------------------------------------------------
 
-    def send(self, message: Message) -> Deferred[None]:
+    def send(self, message: Message) -> Any:
         """
         Send one message: C{str} as text, C{bytes} (or C{bytearray},
         C{memoryview}) as binary.  The Deferred fires once the client is
@@ -216,6 +233,9 @@ class AsyncConnection:
         bound).  It fails with L{ConnectionClosed} once the connection
         has ended.
         """
+        return self._out(self._send(message))
+
+    def _send(self, message: Message) -> Deferred[None]:
         if isinstance(message, str):
             payload, binary = message.encode("utf-8"), False
         elif isinstance(message, (bytes, bytearray, memoryview)):
@@ -252,7 +272,7 @@ class AsyncConnection:
 
     # -- closing ------------------------------------------------------------------
 
-    def close(self, code: int = 1000, reason: str = "") -> Deferred[None]:
+    def close(self, code: int = 1000, reason: str = "") -> Any:
         """
         Start the closing handshake with any code a server may send (see
         L{wsmux.connection.Connection.close}); the Deferred fires once the
@@ -265,10 +285,13 @@ class AsyncConnection:
             connection.release_reading(self)
         return self.wait_closed()
 
-    def wait_closed(self) -> Deferred[None]:
+    def wait_closed(self) -> Any:
         """
         A Deferred that fires once the connection has ended.
         """
+        return self._out(self._wait_closed())
+
+    def _wait_closed(self) -> Deferred[None]:
         if self.close_code is not None:
             return succeed(None)
         waiter: Deferred[None] = Deferred(self._forget_closed_waiter)
@@ -330,14 +353,16 @@ class AsyncHandler(WebSocketServerProtocol):
         raise NotImplementedError(f"{type(self).__name__} must define async def handle(self, ws)")
 
     def onOpen(self) -> None:
-        ws = self._wsmux_aio = AsyncConnection(self, max(1, self.max_queue))
+        loop = _running_asyncio_loop()
+        ws = self._wsmux_aio = AsyncConnection(self, max(1, self.max_queue), loop)
         try:
             coroutine = self.handle(ws)
             if not inspect.iscoroutine(coroutine):
                 raise TypeError(f"{type(self).__name__}.handle must be an async def method")
-            if _asyncio_reactor():
-                coroutine = _bridge(coroutine)
-            task = Deferred.fromCoroutine(coroutine)
+            if loop is not None:
+                task = Deferred.fromFuture(loop.create_task(_in_task(coroutine)))
+            else:
+                task = Deferred.fromCoroutine(coroutine)
         except Exception:
             self.wsmux.handler_failed("handle")
             return
@@ -413,25 +438,35 @@ def _end_of_loop(failure: Failure) -> Message:
 
 @functools.cache
 def _asyncio_reactor() -> bool:
-    # Whether the installed reactor runs an asyncio loop (only there can an
-    # asyncio future complete, so only there is the bridge needed).
+    # Whether the installed reactor runs an asyncio loop.
     from twisted.internet import reactor
     from twisted.internet.asyncioreactor import AsyncioSelectorReactor
 
     return isinstance(reactor, AsyncioSelectorReactor)
 
 
-async def _bridge(coroutine: Coroutine[Any, Any, Any]) -> Any:
-    return await _Bridged(coroutine)
+def _running_asyncio_loop() -> Any:
+    # The loop a handler's Task runs on: the asyncio reactor's, running
+    # (wsmux calls handlers from it); None under any other reactor.
+    if not _asyncio_reactor():
+        return None
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
-class _Bridged:
-    # Twisted's coroutine runner waits on Deferreds; a coroutine awaiting
-    # an asyncio future hands the runner the future, which it cannot wait
-    # on.  This passes every step of the coroutine through, turning each
-    # future it waits on into a Deferred (Deferred.fromFuture), so asyncio
-    # libraries can be awaited where an asyncio loop runs (Twisted's
-    # asyncio reactor).  Cancelling the Deferred cancels the future.
+async def _in_task(coroutine: Coroutine[Any, Any, Any]) -> Any:
+    return await _InTask(coroutine)
+
+
+class _InTask:
+    # An asyncio Task waits on asyncio futures only; a coroutine that
+    # awaits a Deferred hands it the Deferred.  This passes every step of
+    # the coroutine through, waiting on each Deferred it awaits with a
+    # future that completes when the Deferred fires (its result left in
+    # it, for the coroutine's await to read).  Cancelling the Task while
+    # it waits cancels the Deferred.
     __slots__ = ("coroutine",)
 
     def __init__(self, coroutine: Coroutine[Any, Any, Any]) -> None:
@@ -439,6 +474,7 @@ class _Bridged:
 
     def __await__(self) -> Generator[Any, Any, Any]:
         coroutine = self.coroutine
+        loop = asyncio.get_running_loop()
         value: Any = None
         error: Optional[BaseException] = None
         while True:
@@ -449,17 +485,19 @@ class _Bridged:
                     step = coroutine.send(value)
             except StopIteration as stop:
                 return stop.value
-            if asyncio.isfuture(step):
-                # The future's own __await__ reads its result (or raises
-                # its exception) when the coroutine resumes.
+            value = None
+            if isinstance(step, Deferred):
+                fired = loop.create_future()
+                step.addBoth(_completes, fired)
                 try:
-                    yield Deferred.fromFuture(step)  # type: ignore[arg-type]
+                    yield from fired
                 except GeneratorExit:
                     coroutine.close()
                     raise
                 except BaseException:
-                    pass
-                value = None
+                    # The Task was cancelled: so is what it waits on, whose
+                    # failure the coroutine's await then reads.
+                    step.cancel()
                 continue
             try:
                 value = yield step
@@ -468,6 +506,12 @@ class _Bridged:
                 raise
             except BaseException as e:
                 error = e
+
+
+def _completes(result: Any, fired: Any) -> Any:
+    if not fired.done():
+        fired.set_result(None)
+    return result
 
 
 __all__ = [
