@@ -44,6 +44,7 @@ from wsmux.bridge import EXEC_KEYS, ExecSpec
 from wsmux.factory import OPTION_NAMES, ProtocolOptions
 from wsmux.limits import LIMIT_NAMES, ServerLimits
 from wsmux.logs import LOG_FORMATS, LOG_LEVELS
+from wsmux.proxy import PROXY_KEYS, ProxySpec
 from wsmux.resources import RESOURCE_KINDS, ResourceSpec, check_spec
 from wsmux.routing import RouteClash, RouteError, canonical_path, check_clashes, parse_path
 from wsmux.tls import TLS_VERSIONS, HostCertificate, TlsSettings
@@ -78,6 +79,7 @@ class RouteSpec:
     @ivar options: per-route option overrides.
     @ivar origin: where it was configured, for error messages.
     @ivar exec: what an exec route (C{handler = "exec"}) runs.
+    @ivar proxy: where a proxy route (C{handler = "proxy"}) relays to.
     """
 
     path: str
@@ -85,6 +87,7 @@ class RouteSpec:
     options: dict[str, Any] = field(default_factory=dict)
     origin: str = "command line"
     exec: Optional[ExecSpec] = None
+    proxy: Optional[ProxySpec] = None
 
 
 @dataclass(frozen=True)
@@ -612,7 +615,14 @@ def _checked(
 
 
 def _route(table: dict[str, Any], where: str, path: str, bad: Any) -> RouteSpec:
-    exec_spec = None
+    exec_spec = proxy_spec = None
+    if table.get("handler") == "proxy":
+        gateway = {k: v for k, v in table.items() if k in PROXY_KEYS}
+        table = {k: v for k, v in table.items() if k not in PROXY_KEYS}
+        try:
+            proxy_spec = ProxySpec.from_table(gateway, str(Path(path).parent))
+        except ValueError as e:
+            raise bad(where, str(e)) from None
     if table.get("handler") == "exec":
         gateway = {k: v for k, v in table.items() if k in EXEC_KEYS}
         table = {k: v for k, v in table.items() if k not in EXEC_KEYS}
@@ -643,6 +653,7 @@ def _route(table: dict[str, Any], where: str, path: str, bad: Any) -> RouteSpec:
         _options(options, where, bad),
         f"{path} {where}",
         exec_spec,
+        proxy_spec,
     )
 
 
@@ -666,6 +677,12 @@ def parse_route_arg(value: str) -> RouteSpec:
         except ValueError as e:
             raise ConfigError(f"--route {value!r}: {e}") from None
         return RouteSpec(path, ("exec",), {}, f"--route {value}", spec)
+    if handler.startswith("proxy:"):
+        try:
+            proxy = ProxySpec.from_arg(handler[6:])
+        except ValueError as e:
+            raise ConfigError(f"--route {value!r}: {e}") from None
+        return RouteSpec(path, ("proxy",), {}, f"--route {value}", proxy=proxy)
     return RouteSpec(path, tuple(h.strip() for h in handler.split(",")), {}, f"--route {value}")
 
 

@@ -21,6 +21,7 @@ from wsmux.config import Settings, port_description
 from wsmux.handlers import resolve_callable, resolve_handler
 from wsmux.logs import log
 from wsmux.metrics import HealthResource, MetricsResource, metrics_registry
+from wsmux.proxy import proxy_handler
 from wsmux.resources import build_resource
 from wsmux.routing import Route, RouteError, RouteTree
 from wsmux.site import WebSocketSite
@@ -43,6 +44,8 @@ def build_tree(settings: Settings, reactor: Any = None) -> RouteTree:
             spec.path,
             (exec_handler(spec.exec, spec.path),)
             if spec.exec is not None
+            else (proxy_handler(spec.proxy, spec.path),)
+            if spec.proxy is not None
             else tuple(resolve_handler(h) for h in spec.handlers),
             spec.options,
         )

@@ -222,7 +222,7 @@ class Options(usage.Options):
 
     def opt_route(self, value: str) -> None:
         """
-        Serve HANDLER at PATH (PATH=HANDLER). HANDLER is echo, echo-async, broadcast, pubsub, the dotted path of a WebSocketServerProtocol subclass or of an async def function, or exec:COMMAND (a program per connection); a comma-separated list is tried in order. PATH may hold parameters: /rooms/{room}. Repeatable.
+        Serve HANDLER at PATH (PATH=HANDLER). HANDLER is echo, echo-async, broadcast, pubsub, the dotted path of a WebSocketServerProtocol subclass or of an async def function, exec:COMMAND (a program per connection) or proxy:URL (relayed to a WebSocket backend); a comma-separated list is tried in order. PATH may hold parameters: /rooms/{room}. Repeatable.
         """
         try:
             self["routes"].append(parse_route_arg(value))
@@ -365,7 +365,7 @@ class Options(usage.Options):
         where = self["config"] or "command line"
         try:
             for spec in self.settings.routes:
-                if spec.exec is not None:
+                if spec.exec is not None or spec.proxy is not None:
                     continue  # checked as it was read
                 for handler in spec.handlers:
                     resolve_handler(handler)

@@ -203,6 +203,7 @@ def test_backpressure_both_ways(start_server, tmp_path, programs):
     time.sleep(1)  # unbounded, the server would buffer hundreds of MB meanwhile
     assert rss_kib(pid) - before < 16 * 1024
     assert peer.read_frame()[1] == b"x" * 1000  # and it is all still flowing
+    assert "slow consumer" not in server.log()  # paused, not overflowing
     peer.close()
     # A client that floods a program that does not read.
     peer = Peer(server.port)

@@ -1,0 +1,186 @@
+"""
+Proxy routes on a real twistd wsmux, relaying to a real backend (a Python
+websockets server): what passes through, refusals, closes mirrored both
+ways, a backend that dies, and backpressure both ways.
+"""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
+
+BACKEND = Path(__file__).resolve().parents[1] / "programs" / "ws_backend.py"
+
+
+class Backend:
+    def __init__(self, *tls):
+        self.process = subprocess.Popen(
+            [sys.executable, "-u", str(BACKEND), *map(str, tls)], stdout=subprocess.PIPE, text=True
+        )
+        line = self.process.stdout.readline()
+        assert line.startswith("PORT "), line
+        self.port = int(line.split()[1])
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def backend():
+    started = Backend()
+    yield started
+    started.stop()
+
+
+def proxy_server(start_server, backend, *extra):
+    base = f"ws://127.0.0.1:{backend.port}"
+    return start_server(
+        "--route", f"/svc/{{name}}=proxy:{base}/{{name}}",
+        "--route", "/echo=echo",
+        "--trusted-proxy-networks", "127.0.0.0/8",
+        *extra,
+    )  # fmt: skip
+
+
+def test_what_passes_through_and_back(start_server, backend):
+    server = proxy_server(start_server, backend)
+    with connect(
+        server.url("/svc/info?room=a%20b"),
+        subprotocols=["superchat", "chat"],
+        origin="https://app.example",
+        additional_headers={
+            "Cookie": "s=1",
+            "Authorization": "Bearer t",
+            "X-Forwarded-For": "203.0.113.9",
+        },
+    ) as ws:
+        info = json.loads(ws.recv(timeout=10))
+        assert ws.subprotocol == info["subprotocol"] in ("chat", "superchat")
+        assert info["path"] == "/info" and info["query"] == "room=a%20b"
+        headers = info["headers"]
+        assert headers["origin"] == "https://app.example"
+        assert headers["cookie"] == "s=1" and headers["authorization"] == "Bearer t"
+        # The trusted proxy's word, then the address wsmux saw.
+        assert headers["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
+        assert headers["forwarded"] == "for=203.0.113.9, for=127.0.0.1;proto=http"
+        assert headers["x-forwarded-proto"] == "http"
+        ws.send("text stays text")
+        assert ws.recv(timeout=5) == "text stays text"
+        ws.send(b"\x00binary")
+        assert ws.recv(timeout=5) == b"\x00binary"
+    with connect(server.url("/svc/greet"), subprotocols=["chat"]) as ws:
+        assert ws.recv(timeout=10) == "hello first"  # sent by the backend before our 101
+
+
+def test_refusals_and_unreachable_backends(start_server, backend, tmp_path):
+    server = proxy_server(start_server, backend)
+    with pytest.raises(InvalidStatus) as refused:
+        connect(server.url("/svc/refuse"), subprotocols=["chat"])
+    assert refused.value.response.status_code == 403
+    # This backend insists on a subprotocol: its 400 is the client's.
+    with pytest.raises(InvalidStatus) as refused:
+        connect(server.url("/svc/echo"))
+    assert refused.value.response.status_code == 400
+    backend.stop()
+    started = time.monotonic()
+    with pytest.raises(InvalidStatus) as unreachable:
+        connect(server.url("/svc/echo"), subprotocols=["chat"])
+    assert unreachable.value.response.status_code == 502
+    assert time.monotonic() - started < 10
+    assert "no backend took the connection" in server.log()
+
+
+def test_closes_are_mirrored_both_ways(start_server, backend):
+    server = proxy_server(start_server, backend)
+    with connect(server.url("/svc/close"), subprotocols=["chat"]) as ws:
+        ws.send("close 4123 backend says bye")
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=5)
+        assert (ws.close_code, ws.close_reason) == (4123, "backend says bye")
+    with connect(server.url("/svc/echo"), subprotocols=["chat"]) as ws:
+        ws.send("x")
+        ws.recv(timeout=5)
+        ws.close(4321, "client says bye")
+    # A backend that dies mid-stream: the client gets 1014.
+    with connect(server.url("/svc/die"), subprotocols=["chat"]) as ws:
+        ws.send("die now")
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=5)
+        assert ws.close_code == 1014
+    with connect(server.url("/echo")) as ws:  # the server is fine
+        ws.send("ok")
+        assert ws.recv(timeout=5) == "ok"
+
+
+def test_backpressure_both_ways(start_server, backend):
+    from tests.hostile.rawws import Peer, frame, rss_kib
+
+    server = proxy_server(start_server, backend)
+    pid = server.process.pid
+    # A backend that floods a client that does not read.
+    peer = Peer(server.port, rcvbuf=4096)
+    peer.open("/svc/flood", "Sec-WebSocket-Protocol: chat\r\n")
+    before = rss_kib(pid)
+    time.sleep(1)
+    assert rss_kib(pid) - before < 16 * 1024
+    for _ in range(50):  # and it still flows, past the 1 MiB send queue
+        opcode, payload, _ = peer.read_frame()
+        assert opcode == 2 and payload == b"z" * 65536
+    assert "slow consumer" not in server.log()  # paused, not overflowing
+    peer.close()
+    # A client that floods a backend that does not read.
+    peer = Peer(server.port)
+    peer.open("/svc/noread", "Sec-WebSocket-Protocol: chat\r\n")
+    before = rss_kib(pid)
+    message = frame(b"y" * 60000)
+    sent = 0
+    peer.sock.settimeout(0.5)
+    try:
+        while sent < 3000:
+            peer.sock.sendall(message)
+            sent += 1
+    except (TimeoutError, OSError):
+        pass
+    assert sent < 3000  # TCP pushed back
+    assert rss_kib(pid) - before < 32 * 1024
+    peer.close()
+    with connect(server.url("/echo")) as ws:
+        ws.send("ok")
+        assert ws.recv(timeout=5) == "ok"
+
+
+def test_wss_backends_are_verified_against_the_ca(start_server, tmp_path):
+    import trustme
+
+    ca, stranger = trustme.CA(), trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    for name, issuer in (("good", ca), ("bad", stranger)):
+        cert = issuer.issue_cert("127.0.0.1")
+        cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / f"{name}.pem"))
+    good = Backend(tmp_path / "good.pem", tmp_path / "good.pem")
+    bad = Backend(tmp_path / "bad.pem", tmp_path / "bad.pem")
+    try:
+        config = tmp_path / "wsmux.toml"
+        config.write_text(
+            "[[routes]]\npath = '/good/{name}'\nhandler = 'proxy'\n"
+            f"backend = 'wss://127.0.0.1:{good.port}/{{name}}'\nca = 'ca.pem'\n\n"
+            "[[routes]]\npath = '/bad/{name}'\nhandler = 'proxy'\n"
+            f"backend = 'wss://127.0.0.1:{bad.port}/{{name}}'\nca = 'ca.pem'\n"
+        )
+        server = start_server("--config", str(config))
+        with connect(server.url("/good/echo"), subprotocols=["chat"]) as ws:
+            ws.send("over wss")
+            assert ws.recv(timeout=10) == "over wss"
+        with pytest.raises(InvalidStatus) as refused:
+            connect(server.url("/bad/echo"), subprotocols=["chat"])
+        assert refused.value.response.status_code == 502
+    finally:
+        good.stop()
+        bad.stop()

@@ -1,0 +1,428 @@
+"""
+Proxy routes (C{handler = "proxy"}): each client connection relayed to a
+WebSocket backend, message by message.
+
+    [[routes]]
+    path = "/svc/{name}"
+    handler = "proxy"
+    backend = "ws://127.0.0.1:9000/{name}"   # or a list: round-robin, the next on failure
+    connect_timeout = 10
+    ca = "backend-ca.pem"                   # wss:// backends: the CA to verify them with
+
+The backend is connected to (TCP, TLS and its opening handshake, within
+C{connect_timeout}) before the client gets its 101, so the client's answer
+is the backend's: its subprotocol, or its refusal's status (a 4xx), or 502
+when no backend could be reached.  Offered subprotocols, C{Origin},
+cookies, C{Authorization} and C{User-Agent} pass through;
+C{X-Forwarded-For} (the addresses wsmux's trusted proxies vouch for, then
+the client's), C{X-Forwarded-Proto}, C{X-Forwarded-Host} and C{Forwarded}
+are set.  C{{name}} in the backend URL is the path parameter (URL-quoted),
+C{{query}} the client's query string, which is otherwise appended.
+
+Messages are relayed whole, text as text; each leg answers its own pings.
+A close is mirrored: code and reason, either way.  A leg that ends without
+one ends the other: the client gets 1014 (bad gateway) when the backend
+vanished, the backend 1001 (going away) when the client did.  Backpressure
+runs both ways: a client that does not read pauses reading from the
+backend, a backend that does not read pauses reading from the client.  The
+route's limits (message and frame sizes, idle timeout, connection caps)
+apply to the client leg, and its message and frame sizes to what the
+backend sends too.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass
+from typing import Any, Optional
+from urllib.parse import quote, urlsplit
+
+from autobahn.twisted.websocket import (
+    WebSocketClientFactory,
+    WebSocketClientProtocol,
+    WebSocketServerProtocol,
+    connectWS,
+)
+from autobahn.websocket.types import ConnectionDeny
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
+from zope.interface import implementer
+
+from wsmux.connection import SENDABLE_CLOSE_CODES, close_with
+from wsmux.logs import log
+
+PROXY_KEYS = frozenset({"backend", "connect_timeout", "ca"})
+# Request headers that go through to the backend as they came.
+PASSED_HEADERS = ("cookie", "authorization", "accept-language")
+
+
+@dataclass(frozen=True)
+class ProxySpec:
+    """
+    Where a proxy route relays to.
+
+    @ivar backends: backend URL templates (C{ws://} or C{wss://}), tried
+        round-robin; a backend that cannot be reached passes the
+        connection to the next.
+    @ivar connect_timeout: seconds to connect and finish the opening
+        handshake with a backend.
+    @ivar ca: a PEM file of the CA certificates C{wss://} backends are
+        verified against (the system's when empty).
+    """
+
+    backends: tuple[str, ...]
+    connect_timeout: float = 10.0
+    ca: str = ""
+
+    @classmethod
+    def from_table(cls, table: dict[str, Any], base: str = "") -> ProxySpec:
+        """
+        Check the proxy keys of a route.
+
+        @raise ValueError: naming the key and what it must be.
+        """
+        unknown = set(table) - PROXY_KEYS
+        if unknown:
+            raise ValueError(f"unknown key {sorted(unknown)[0]!r} for a proxy route")
+        backend = table.get("backend")
+        backends: list[Any] = backend if isinstance(backend, list) else [backend]
+        if not backends or not all(isinstance(b, str) and b for b in backends):
+            raise ValueError("backend is required: a ws:// or wss:// URL, or a list of them")
+        for url in backends:
+            _check_url(url)
+        timeout = table.get("connect_timeout", 10.0)
+        if (
+            not isinstance(timeout, (int, float))
+            or isinstance(timeout, bool)
+            or not 0 < timeout <= 300
+        ):
+            raise ValueError(
+                f"connect_timeout must be more than 0 and at most 300, got {timeout!r}"
+            )
+        ca = table.get("ca", "")
+        if not isinstance(ca, str):
+            raise ValueError("ca must be a file name")
+        if ca and base and not os.path.isabs(ca):
+            ca = os.path.join(base, ca)
+        if ca:
+            _load_ca(ca)  # a bad file is an error now, not at the first connection
+        return cls(tuple(backends), float(timeout), ca)
+
+    @classmethod
+    def from_arg(cls, text: str) -> ProxySpec:
+        """
+        C{--route PATH=proxy:URL[,URL...]}.
+        """
+        return cls.from_table({"backend": [u.strip() for u in text.split(",")]})
+
+
+def _check_url(url: str) -> None:
+    parts = urlsplit(url.replace("{", "").replace("}", ""))
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError(f"backend {url!r} must be a ws:// or wss:// URL with a host")
+    if any(ord(c) < 0x21 for c in url):
+        raise ValueError(f"backend {url!r} has a space or a control character")
+    try:
+        _ = parts.port
+    except ValueError:
+        raise ValueError(f"backend {url!r} has a bad port") from None
+
+
+def _load_ca(path: str) -> Any:
+    from twisted.internet.ssl import Certificate
+
+    try:
+        with open(path, "rb") as f:
+            return Certificate.loadPEM(f.read())
+    except OSError as e:
+        raise ValueError(f"ca {path!r} cannot be read: {e.strerror}") from None
+    except Exception as e:
+        raise ValueError(f"ca {path!r} is not a PEM certificate: {e}") from None
+
+
+# -- the backend leg -------------------------------------------------------------------
+
+
+class _Backend(WebSocketClientProtocol):
+    front: Any = None  # the ProxyHandler this leg belongs to
+    ready: Optional[Deferred[Any]] = None  # fires once open, fails if it never is
+    # Messages that came before the client's 101 went out (reading is
+    # paused from the backend's open to the client's: at most one read).
+    early: Optional[list[tuple[bytes, bool]]] = None
+
+    def onOpen(self) -> None:
+        ready, self.ready = self.ready, None
+        if ready is not None:
+            self.early = []
+            transport: Any = self.transport
+            transport.pauseProducing()  # until the client is open too
+            ready.callback(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        front = self.front
+        if front is not None and front.state == WebSocketServerProtocol.STATE_OPEN:
+            front.sendMessage(payload, isBinary)
+        elif self.early is not None:
+            self.early.append((payload, isBinary))
+
+    def onClose(self, wasClean: bool, code: Optional[int], reason: Optional[str]) -> None:
+        ready, self.ready = self.ready, None
+        if ready is not None:
+            ready.errback(_Refused(_status_of(self), reason or self.wasNotCleanReason or ""))
+            return
+        front, self.front = self.front, None
+        if front is not None:
+            front._wsmux_backend_closed(wasClean, code, reason)
+
+
+class _Refused(Exception):
+    def __init__(self, status: Optional[int], why: str) -> None:
+        super().__init__(why)
+        self.status = status
+
+
+def _status_of(protocol: Any) -> Optional[int]:
+    # The status of a backend's refusal (its response was not a 101).
+    line = getattr(protocol, "http_status_line", None)
+    try:
+        return int(line.split()[1]) if line else None
+    except (IndexError, ValueError):
+        return None
+
+
+class _BackendFactory(WebSocketClientFactory):
+    protocol = _Backend
+    ready: Deferred[Any]
+
+    def buildProtocol(self, addr: Any) -> Any:
+        protocol: Any = super().buildProtocol(addr)
+        protocol.ready = self.ready
+        return protocol
+
+    def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
+        if not self.ready.called:
+            self.ready.errback(_Refused(None, reason.getErrorMessage()))
+
+
+@implementer(IPushProducer)
+class _Reading:
+    # One leg's reading, as the producer of what the other leg writes: a
+    # leg that does not take what it is sent pauses reading the other.
+
+    def __init__(self, hold: Any, release: Any, stop: Any) -> None:
+        self.pauseProducing = hold
+        self.resumeProducing = release
+        self.stopProducing = stop
+
+
+# -- the client leg --------------------------------------------------------------------
+
+
+class ProxyHandler(WebSocketServerProtocol):
+    """
+    The handler of a proxy route (see the module docstring); a route's
+    class is made by L{proxy_handler}.
+    """
+
+    spec: ProxySpec
+    turns: Any  # the round-robin counter of the route
+    wsmux: Any  # the connection object, set by wsmux on every handler
+
+    _wsmux_backend: Optional[_Backend] = None
+
+    async def onConnect(self, request: Any) -> Any:  # type: ignore[override]
+        urls = self._wsmux_backend_urls(request)
+        start = next(self.turns) % len(urls)
+        failures = []
+        refused = None
+        for url in urls[start:] + urls[:start]:
+            try:
+                backend = await self._wsmux_connect(url, request)
+            except _Refused as e:
+                failures.append(f"{_redacted(url)}: {e}")
+                if e.status is not None:
+                    refused = e.status
+                    break  # the backend answered: its answer is the answer
+                continue
+            self._wsmux_backend = backend
+            backend.front = self
+            return backend.websocket_protocol_in_use
+        log.warn(
+            "route {route}: no backend took the connection ({why})",
+            route=self.wsmux.policy.route,
+            why="; ".join(failures),
+        )
+        if refused is not None and 400 <= refused < 500:
+            raise ConnectionDeny(refused, "Refused by the backend")
+        raise ConnectionDeny(502, "Bad Gateway: the backend could not be reached")
+
+    def _wsmux_backend_urls(self, request: Any) -> list[str]:
+        params = {k: quote(v, safe="") for k, v in self.wsmux.path_params.items()}
+        query = self.http_request_uri.partition("?")[2] if self.http_request_uri else ""
+        urls = []
+        for template in self.spec.backends:
+            url = template
+            for name, value in params.items():
+                url = url.replace("{" + name + "}", value)
+            if "{query}" in url:
+                url = url.replace("{query}", query)
+            elif query:
+                url += ("&" if "?" in url else "?") + query
+            urls.append(url)
+        return urls
+
+    def _wsmux_connect(self, url: str, request: Any) -> Deferred[Any]:
+        options = self.factory.options
+        connection = self.wsmux
+        headers = {
+            name: value
+            for name, value in request.headers.items()
+            if name in PASSED_HEADERS and _safe(value)
+        }
+        chain = [a for a in connection.address_chain if a]
+        headers["X-Forwarded-For"] = ", ".join(chain)
+        proto = "https" if connection.tls else "http"
+        headers["X-Forwarded-Proto"] = proto
+        host = request.host or ""
+        if _safe(host):
+            headers["X-Forwarded-Host"] = host
+        headers["Forwarded"] = ", ".join(_forwarded(a) for a in chain) + f";proto={proto}"
+        origin = request.headers.get("origin")
+        agent = request.headers.get("user-agent")
+        factory = _BackendFactory(
+            url,
+            origin=origin if origin and _safe(origin) else None,
+            protocols=list(request.protocols) or None,
+            useragent=agent if agent and _safe(agent) else None,
+            headers=headers,
+        )
+        ready: Deferred[Any] = Deferred()
+        factory.ready = ready
+        factory.setProtocolOptions(
+            openHandshakeTimeout=self.spec.connect_timeout,
+            closeHandshakeTimeout=options.close_handshake_timeout,
+            maxMessagePayloadSize=options.max_message_size,
+            maxFramePayloadSize=options.max_frame_size,
+            autoPingInterval=options.ping_interval,
+            autoPingTimeout=options.ping_timeout,
+            failByDrop=False,
+        )
+        context = None
+        if factory.isSecure:
+            from twisted.internet.ssl import optionsForClientTLS, platformTrust
+
+            trust = _load_ca(self.spec.ca) if self.spec.ca else platformTrust()
+            context = optionsForClientTLS(factory.host, trustRoot=trust)
+        connector = connectWS(factory, context, timeout=self.spec.connect_timeout)
+
+        def failed(failure: Any) -> Any:
+            connector.disconnect()
+            return failure
+
+        ready.addErrback(failed)
+        return ready
+
+    def onOpen(self) -> None:
+        backend = self._wsmux_backend
+        if backend is None or backend.transport is None:
+            self.wsmux.close(1014, "the backend went away")
+            return
+        connection = self.wsmux
+        early, backend.early = backend.early or [], None
+        for payload, binary in early:
+            self.sendMessage(payload, binary)
+        backend_transport: Any = backend.transport
+        backend_transport.resumeProducing()
+        # A client that does not read pauses reading from the backend ...
+        connection.register_producer(
+            _Reading(
+                backend_transport.pauseProducing,
+                backend_transport.resumeProducing,
+                lambda: None,
+            )
+        )
+        # ... and a backend that does not read pauses reading from the client.
+        backend_transport.registerProducer(
+            _Reading(
+                lambda: connection.hold_reading(backend),
+                lambda: connection.release_reading(backend),
+                lambda: connection.release_reading(backend),
+            ),
+            True,
+        )
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        backend = self._wsmux_backend
+        if backend is not None and backend.state == WebSocketClientProtocol.STATE_OPEN:
+            backend.sendMessage(payload, isBinary)
+
+    def onClose(self, wasClean: bool, code: Optional[int], reason: Optional[str]) -> None:
+        backend, self._wsmux_backend = self._wsmux_backend, None
+        if backend is None:
+            return
+        backend.front = None
+        if backend.state != WebSocketClientProtocol.STATE_OPEN:
+            return
+        if wasClean and code in SENDABLE_CLOSE_CODES:
+            close_with(backend, code, reason)  # type: ignore[arg-type]
+        elif wasClean:
+            close_with(backend, 1000, reason)
+        else:
+            close_with(backend, 1001, "the client went away")
+
+    def _wsmux_backend_closed(
+        self, wasClean: bool, code: Optional[int], reason: Optional[str]
+    ) -> None:
+        self._wsmux_backend = None
+        if self.state != WebSocketServerProtocol.STATE_OPEN:
+            return
+        if wasClean and code in SENDABLE_CLOSE_CODES:
+            self.wsmux.close(code, reason or "")
+        elif wasClean:
+            self.wsmux.close(1000, reason or "")
+        else:
+            self.wsmux.close(1014, "the backend went away")
+
+    def connectionLost(self, reason: Any = None) -> None:
+        super().connectionLost(reason)
+        backend, self._wsmux_backend = self._wsmux_backend, None
+        if backend is not None:
+            backend.front = None
+            if backend.transport is not None:
+                if backend.state == WebSocketClientProtocol.STATE_OPEN:
+                    close_with(backend, 1001, "the client went away")
+                else:
+                    backend.dropConnection(abort=True)
+
+
+def _safe(value: str) -> bool:
+    # A value that cannot end a header line or the head.
+    return not any(c in value for c in "\r\n\0")
+
+
+def _forwarded(address: str) -> str:
+    # RFC 7239: an IPv6 address is quoted and bracketed.
+    return f'for="[{address}]"' if ":" in address else f"for={address}"
+
+
+def _redacted(url: str) -> str:
+    # A URL as logged: without a password.
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@")
+    return url
+
+
+def proxy_handler(spec: ProxySpec, route: str) -> type:
+    """
+    The handler class of one proxy route.
+    """
+    return type(
+        "ProxyHandler",
+        (ProxyHandler,),
+        {"spec": spec, "turns": itertools.count(), "__qualname__": f"ProxyHandler[{route}]"},
+    )
+
+
+__all__ = ["ProxyHandler", "ProxySpec", "proxy_handler"]
