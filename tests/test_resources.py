@@ -158,6 +158,7 @@ def test_resources_in_the_file_and_on_the_command_line(public, tmp_path):
         ("path = '/x'\nredirect = 'ftp://x'", "redirect must be an http(s) URL"),
         ("path = '/x'\nredirect = '/y'\nstatus = 200", "status must be one of"),
         ("path = '/x'\nredirect = 'https://a/\\r\\nX: y'", "redirect must be"),
+        ("path = '/x'\nredirect = '//evil.example/'", "redirect must be"),
         ("path = 'x'\nstatic = 'public'", "must start with '/'"),
     ],
 )

@@ -19,8 +19,8 @@ exiting closes the connection (1000 for status 0, 1011 otherwise); the
 connection ending closes the child's stdin and sends SIGTERM to its process
 group, then SIGKILL after C{kill_grace} seconds; stopping wsmux does the same
 for every child and waits for them.  Each child leads a session of its own
-(C{setsid}), so the signals reach whatever it started too, and nothing of it
-outlives the connection.
+(C{setsid}), so the signals reach whatever it started too (unless that
+starts a session of its own, as a daemon does).
 """
 
 from __future__ import annotations
@@ -441,9 +441,13 @@ class ExecHandler(WebSocketServerProtocol):
             "UNIQUE_ID": str(connection.id),
         }
         for name, value in self.http_headers.items():
-            key = "HTTP_" + name.upper().replace("-", "_")
-            if key.replace("_", "").isalnum():
-                cgi[key] = value
+            # Letters, digits and dashes only: a name with an underscore
+            # would stand in for the dashed one a front proxy sets.  Never
+            # Proxy (as HTTP_PROXY it would redirect the program's own HTTP
+            # client: "httpoxy").
+            if not name.replace("-", "").isalnum() or name.lower() == "proxy":
+                continue
+            cgi["HTTP_" + name.upper().replace("-", "_")] = value
         for name, value in connection.path_params.items():
             cgi["PARAM_" + name.upper()] = value
         env.update(cgi)

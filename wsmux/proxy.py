@@ -127,18 +127,28 @@ def _check_url(url: str) -> None:
         _ = parts.port
     except ValueError:
         raise ValueError(f"backend {url!r} has a bad port") from None
+    if "{query}" in url and "?" not in url.partition("{query}")[0]:
+        raise ValueError(f"backend {url!r}: {{query}} belongs after the '?'")
 
 
 def _load_ca(path: str) -> Any:
-    from twisted.internet.ssl import Certificate
+    # Every certificate of a PEM bundle, as one trust root.
+    from twisted.internet.ssl import Certificate, trustRootFromCertificates
 
+    end = b"-----END CERTIFICATE-----"
     try:
         with open(path, "rb") as f:
-            return Certificate.loadPEM(f.read())
+            data = f.read()
+        blocks = [
+            block + end for block in data.split(end) if b"-----BEGIN CERTIFICATE-----" in block
+        ]
+        if not blocks:
+            raise ValueError("no certificate in it")
+        return trustRootFromCertificates([Certificate.loadPEM(block) for block in blocks])
     except OSError as e:
         raise ValueError(f"ca {path!r} cannot be read: {e.strerror}") from None
     except Exception as e:
-        raise ValueError(f"ca {path!r} is not a PEM certificate: {e}") from None
+        raise ValueError(f"ca {path!r} is not a PEM certificate bundle: {e}") from None
 
 
 # -- the backend leg -------------------------------------------------------------------
@@ -165,6 +175,17 @@ class _Backend(WebSocketClientProtocol):
             front.sendMessage(payload, isBinary)
         elif self.early is not None:
             self.early.append((payload, isBinary))
+
+    def onCloseFrame(self, code: Any, reasonRaw: Any) -> Any:
+        # The backend's close goes on to the client at once, not when its
+        # TCP connection is over (a backend may keep it open).
+        was_open = self.state == WebSocketClientProtocol.STATE_OPEN
+        result = super().onCloseFrame(code, reasonRaw)
+        front = self.front
+        if was_open and front is not None and not self.failedByMe:
+            self.front = None
+            front._wsmux_backend_closed(True, self.remoteCloseCode, self.remoteCloseReason)
+        return result
 
     def onClose(self, wasClean: bool, code: Optional[int], reason: Optional[str]) -> None:
         ready, self.ready = self.ready, None
@@ -258,7 +279,7 @@ class ProxyHandler(WebSocketServerProtocol):
         raise ConnectionDeny(502, "Bad Gateway: the backend could not be reached")
 
     def _wsmux_backend_urls(self, request: Any) -> list[str]:
-        params = {k: quote(v, safe="") for k, v in self.wsmux.path_params.items()}
+        params = {k: _segment(v) for k, v in self.wsmux.path_params.items()}
         query = self.http_request_uri.partition("?")[2] if self.http_request_uri else ""
         urls = []
         for template in self.spec.backends:
@@ -394,6 +415,13 @@ class ProxyHandler(WebSocketServerProtocol):
                     close_with(backend, 1001, "the client went away")
                 else:
                     backend.dropConnection(abort=True)
+
+
+def _segment(value: str) -> str:
+    # A path parameter as one segment of the backend's path: quoted, and
+    # never a dot segment ("." and ".." would move up the backend's path).
+    quoted = quote(value, safe="")
+    return quoted.replace(".", "%2E") if quoted in (".", "..") else quoted
 
 
 def _safe(value: str) -> bool:

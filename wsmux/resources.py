@@ -23,6 +23,8 @@ from twisted.web.static import File
 
 RESOURCE_KINDS: tuple[str, ...] = ("static", "wsgi", "redirect", "resource")
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+MAX_RANGES = 8
+WSGI_THREADS = 10
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,8 @@ class StaticFiles(File):
     - Nothing is executed: no C{.rpy} or other processors.
 
     Content types, C{Last-Modified}/C{If-Modified-Since} and C{Range} are
-    Twisted's.
+    Twisted's; a request naming more than L{MAX_RANGES} ranges gets the
+    whole file once.
     """
 
     listing = False
@@ -83,6 +86,12 @@ class StaticFiles(File):
     def getChild(self, path: bytes, request: IRequest) -> Any:
         if not self.dotfiles and path.startswith(b"."):
             return self.childNotFound
+        if b"\0" in path:
+            return self.childNotFound
+        try:
+            path.decode("utf-8")
+        except UnicodeDecodeError:
+            return self.childNotFound  # (Twisted's File would log a traceback)
         child = super().getChild(path, request)
         target = getattr(child, "path", None)
         if isinstance(target, str) and not self._inside(target):
@@ -92,6 +101,15 @@ class StaticFiles(File):
     def _inside(self, path: str) -> bool:
         real = os.path.realpath(path)
         return real == self.root or real.startswith(self.root.rstrip(os.sep) + os.sep)
+
+    def render_GET(self, request: Any) -> Any:
+        # Many ranges in one request (overlapping ones, above all) would
+        # make one response many times the file: past a few, the whole file
+        # is sent instead, once.
+        ranges = request.getHeader(b"range")
+        if ranges is not None and ranges.count(b",") >= MAX_RANGES:
+            request.requestHeaders.removeHeader(b"range")
+        return super().render_GET(request)
 
     def directoryListing(self) -> Any:
         if self.listing:
@@ -144,8 +162,11 @@ def check_spec(spec: ResourceSpec) -> None:
             raise ValueError(
                 f"status must be one of {', '.join(map(str, REDIRECT_STATUSES))}, got {status!r}"
             )
-        if not spec.target.startswith(("http://", "https://", "/")) or any(
-            ord(c) < 0x21 for c in spec.target
+        target = spec.target
+        if (
+            not target.startswith(("http://", "https://", "/"))
+            or target.startswith(("//", "/\\"))  # another host, however it is spelled
+            or any(ord(c) < 0x21 for c in target)
         ):
             raise ValueError(
                 f"redirect must be an http(s) URL or an absolute path, got {spec.target!r}"
@@ -195,8 +216,7 @@ def build_resource(spec: ResourceSpec, reactor: Optional[Any] = None) -> IResour
             from twisted.internet import reactor as installed
 
             reactor = installed
-        pool: Any = reactor.getThreadPool()  # type: ignore[union-attr]
-        return WSGIResource(reactor, pool, app)
+        return WSGIResource(reactor, _wsgi_pool(reactor), app)
     found = _import(spec.target, "resource")
     if isinstance(found, type) or (callable(found) and not IResource.providedBy(found)):
         try:
@@ -206,6 +226,18 @@ def build_resource(spec: ResourceSpec, reactor: Optional[Any] = None) -> IResour
     if not IResource.providedBy(found):
         raise ValueError(f"resource {spec.target!r} is not a twisted.web resource")
     return found  # type: ignore[no-any-return]
+
+
+def _wsgi_pool(reactor: Any) -> Any:
+    # WSGI applications get a thread pool of their own: a hanging one must
+    # not take the reactor's, which name lookups (a proxy route's backend
+    # host) need.  Started with the reactor, stopped before it stops.
+    from twisted.python.threadpool import ThreadPool
+
+    pool = ThreadPool(minthreads=0, maxthreads=WSGI_THREADS, name="wsmux-wsgi")
+    reactor.callWhenRunning(pool.start)
+    reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
+    return pool
 
 
 def _import(name: str, what: str) -> Any:

@@ -96,12 +96,16 @@ def exec_config(tmp_path, programs, **extra):
 
 def test_lines_environment_exit_statuses_and_stderr(start_server, tmp_path, programs):
     server = start_server("--config", str(exec_config(tmp_path, programs)))
-    with connect(server.url("/count/lobby?q=1"), additional_headers={"X-Token": "t0k"}) as ws:
+    spoof = {"X-Token": "t0k", "X_Token": "spoofed", "Proxy": "http://attacker.example:8080"}
+    with connect(server.url("/count/lobby?q=1"), additional_headers=spoof) as ws:
         assert ws.recv(timeout=10) == "hello lobby from 127.0.0.1"
         ws.send("3")
         assert [ws.recv(timeout=5) for _ in range(3)] == ["1", "2", "3"]
         ws.send("env")
-        env = dict(ws.recv(timeout=5).split("=", 1) for _ in range(7))
+        env = dict(ws.recv(timeout=5).split("=", 1) for _ in range(8))
+        # An underscored name does not stand in for the dashed one, and a
+        # client's Proxy header never becomes HTTP_PROXY ("httpoxy").
+        assert env["HTTP_PROXY"] == ""
         assert env["PATH_INFO"] == "/count/lobby" and env["QUERY_STRING"] == "q=1"
         assert env["HTTP_X_TOKEN"] == "t0k" and env["HTTPS"] == "off"
         assert env["SERVER_PORT"] == str(server.port) and env["UNIQUE_ID"].isdigit()

@@ -43,6 +43,7 @@ def proxy_server(start_server, backend, *extra):
     base = f"ws://127.0.0.1:{backend.port}"
     return start_server(
         "--route", f"/svc/{{name}}=proxy:{base}/{{name}}",
+        "--route", f"/deep/{{name}}=proxy:{base}/info/{{name}}",
         "--route", "/echo=echo",
         "--trusted-proxy-networks", "127.0.0.0/8",
         *extra,
@@ -75,6 +76,11 @@ def test_what_passes_through_and_back(start_server, backend):
         assert ws.recv(timeout=5) == "text stays text"
         ws.send(b"\x00binary")
         assert ws.recv(timeout=5) == b"\x00binary"
+    # A path parameter is one segment of the backend's path, never a dot
+    # segment that would move up it.
+    for name, arrives in (("%2e%2e", "/info/%2E%2E"), ("a%2Fb", "/info/a%2Fb"), (".x", "/info/.x")):
+        with connect(server.url(f"/deep/{name}"), subprotocols=["chat"]) as ws:
+            assert json.loads(ws.recv(timeout=10))["path"] == arrives, name
     with connect(server.url("/svc/greet"), subprotocols=["chat"]) as ws:
         assert ws.recv(timeout=10) == "hello first"  # sent by the backend before our 101
 
@@ -160,7 +166,8 @@ def test_wss_backends_are_verified_against_the_ca(start_server, tmp_path):
     import trustme
 
     ca, stranger = trustme.CA(), trustme.CA()
-    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    # A bundle: the CA that signed the backend is not the first in it.
+    (tmp_path / "ca.pem").write_bytes(trustme.CA().cert_pem.bytes() + ca.cert_pem.bytes())
     for name, issuer in (("good", ca), ("bad", stranger)):
         cert = issuer.issue_cert("127.0.0.1")
         cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / f"{name}.pem"))
@@ -184,3 +191,56 @@ def test_wss_backends_are_verified_against_the_ca(start_server, tmp_path):
     finally:
         good.stop()
         bad.stop()
+
+
+def test_a_backend_close_goes_on_at_once_even_if_it_keeps_tcp_open(start_server):
+    # A backend that sends its close frame and then keeps the connection
+    # open (it should close TCP, RFC 6455 7.1.1; some do not).
+    import base64
+    import hashlib
+    import socket
+    import struct
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.settimeout(10)
+    held = []
+
+    def serve():
+        conn, _ = listener.accept()
+        held.append(conn)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += conn.recv(4096)
+        key = next(
+            line.split(b":", 1)[1].strip()
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"sec-websocket-key:")
+        )
+        accept = base64.b64encode(
+            hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()
+        )
+        conn.sendall(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+        )
+        body = struct.pack(">H", 4000) + b"keep"
+        conn.sendall(bytes([0x88, len(body)]) + body)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    port = listener.getsockname()[1]
+    server = start_server("--route", f"/k=proxy:ws://127.0.0.1:{port}/")
+    started = time.monotonic()
+    try:
+        with connect(server.url("/k")) as ws:
+            with pytest.raises(ConnectionClosed):
+                ws.recv(timeout=10)
+            assert (ws.close_code, ws.close_reason) == (4000, "keep")
+        assert time.monotonic() - started < 5  # not when the backend's TCP ends
+    finally:
+        for conn in held:
+            conn.close()
+        listener.close()

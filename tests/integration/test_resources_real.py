@@ -62,6 +62,13 @@ def test_static_wsgi_redirect_and_routes_on_one_port(start_server, site_dir):
     status, head, body = raw_get(port, "/data.bin", "Range: bytes=256-511\r\n")
     assert status == 206 and "Content-Range: bytes 256-511/1024" in head
     assert body == bytes(range(256))
+    # Many (overlapping) ranges: the whole file once, not the file many times.
+    many = ",".join(["0-"] * 50)
+    status, head, body = raw_get(port, "/data.bin", f"Range: bytes={many}\r\n")
+    assert status == 200 and len(body) == 1024
+    # A NUL or a byte that is not UTF-8 in a segment: a plain 404.
+    for target in ("/index.html%00.txt", "/%c0%ae%c0%ae/secret.txt"):
+        assert raw_get(port, target)[0] == 404, target
     # Nothing outside the directory, however it is asked for.
     for target in (
         "/../secret.txt",

@@ -18,6 +18,7 @@ for line in sys.stdin:
             "HTTPS",
             "UNIQUE_ID",
             "SECRET",
+            "HTTP_PROXY",
         ):
             print(f"{key}={os.environ.get(key, '')}", flush=True)
         continue

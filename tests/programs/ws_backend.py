@@ -28,7 +28,7 @@ def refuse(connection, request):
 
 async def handler(ws):
     path, _, query = ws.request.path.partition("?")
-    if path == "/info":
+    if path.startswith("/info"):
         await ws.send(json.dumps({
             "path": path,
             "query": query,
