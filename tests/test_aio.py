@@ -185,14 +185,19 @@ def test_send_waits_while_the_client_is_not_reading():
     conn.restore_loop()
 
 
+def recording(transport):
+    # The pauses and resumes of reading from the client, in order.
+    calls = []
+    transport.pauseProducing = lambda: calls.append("pause")
+    transport.resumeProducing = lambda: calls.append("resume")
+    return calls
+
+
 def test_a_handler_that_does_not_recv_pauses_reading_from_the_client():
     conn = connect(tree(), "/do/idle")
     conn.flush()
     ws = seen["handler"]
-    transport = conn.server.transport
-    calls = []
-    transport.pauseProducing = lambda: calls.append("pause")
-    transport.resumeProducing = lambda: calls.append("resume")
+    calls = recording(conn.server.transport)
     for i in range(AsyncHandler.max_queue - 1):
         conn.client.sendMessage(str(i).encode())
     conn.flush()
@@ -311,10 +316,7 @@ def test_reading_held_for_the_queue_stays_held_through_write_backpressure():
     conn = connect(tree(), "/do/idle")
     conn.flush()
     ws = seen["handler"]
-    transport = conn.server.transport
-    calls = []
-    transport.pauseProducing = lambda: calls.append("pause")
-    transport.resumeProducing = lambda: calls.append("resume")
+    calls = recording(conn.server.transport)
     for i in range(AsyncHandler.max_queue):
         conn.client.sendMessage(str(i).encode())
     conn.flush()

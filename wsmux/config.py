@@ -61,6 +61,11 @@ _TLS_KEYS = {
 }  # fmt: skip
 _HOST_KEYS = {"name", "cert", "key", "passphrase"}
 _ROUTE_KEYS = {"path", "handler"} | OPTION_NAMES
+# Handlers with keys of their own: the keys, and what makes their spec.
+_GATEWAYS: dict[str, tuple[frozenset[str], Callable[..., Any]]] = {
+    "exec": (EXEC_KEYS, ExecSpec.from_table),
+    "proxy": (PROXY_KEYS, ProxySpec.from_table),
+}
 
 
 class ConfigError(ValueError):
@@ -615,21 +620,19 @@ def _checked(
 
 
 def _route(table: dict[str, Any], where: str, path: str, bad: Any) -> RouteSpec:
-    exec_spec = proxy_spec = None
-    if table.get("handler") == "proxy":
-        gateway = {k: v for k, v in table.items() if k in PROXY_KEYS}
-        table = {k: v for k, v in table.items() if k not in PROXY_KEYS}
+    # The exec and proxy handlers take keys of their own beside the
+    # protocol options: their spec is made from those.
+    specs: dict[str, Any] = {"exec": None, "proxy": None}
+    kind = table.get("handler")
+    if isinstance(kind, str) and kind in _GATEWAYS:
+        keys, make = _GATEWAYS[kind]
         try:
-            proxy_spec = ProxySpec.from_table(gateway, str(Path(path).parent))
+            specs[kind] = make(
+                {k: v for k, v in table.items() if k in keys}, str(Path(path).parent)
+            )
         except ValueError as e:
             raise bad(where, str(e)) from None
-    if table.get("handler") == "exec":
-        gateway = {k: v for k, v in table.items() if k in EXEC_KEYS}
-        table = {k: v for k, v in table.items() if k not in EXEC_KEYS}
-        try:
-            exec_spec = ExecSpec.from_table(gateway, str(Path(path).parent))
-        except ValueError as e:
-            raise bad(where, str(e)) from None
+        table = {k: v for k, v in table.items() if k not in keys}
     unknown = set(table) - _ROUTE_KEYS
     if unknown:
         raise bad(
@@ -652,8 +655,8 @@ def _route(table: dict[str, Any], where: str, path: str, bad: Any) -> RouteSpec:
         tuple(str(h) for h in handlers),
         _options(options, where, bad),
         f"{path} {where}",
-        exec_spec,
-        proxy_spec,
+        specs["exec"],
+        specs["proxy"],
     )
 
 

@@ -188,7 +188,7 @@ def resolve_handler(name: str) -> type:
             f"{', '.join(sorted(BUILTIN_HANDLERS))} or a dotted path such as "
             "mypackage.handlers.ChatHandler"
         )
-    obj = _import(name, "handler")
+    obj = import_named(name, "handler")
     if inspect.iscoroutinefunction(obj):
         return async_handler(obj)
     if not (isinstance(obj, type) and issubclass(obj, WebSocketServerProtocol)):
@@ -205,13 +205,19 @@ def resolve_callable(name: str, what: str) -> Any:
 
     @raise ValueError: if it cannot be imported or is not callable.
     """
-    obj = _import(name, what)
+    obj = import_named(name, what)
     if not callable(obj):
         raise ValueError(f"{what} {name!r} is not callable")
     return obj
 
 
-def _import(name: str, what: str) -> Any:
+def import_named(name: str, what: str) -> Any:
+    """
+    Import the object at a dotted path.
+
+    @param what: what it is meant to be, for the error.
+    @raise ValueError: saying why it cannot be imported.
+    """
     try:
         return namedAny(name)
     except Exception as e:

@@ -14,12 +14,12 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from twisted.python.reflect import namedAny
-from twisted.web import resource as _resource
 from twisted.web.iweb import IRequest
 from twisted.web.pages import notFound
-from twisted.web.resource import IResource
+from twisted.web.resource import IResource, Resource
 from twisted.web.static import File
+
+from wsmux.handlers import import_named
 
 RESOURCE_KINDS: tuple[str, ...] = ("static", "wsgi", "redirect", "resource")
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
@@ -117,7 +117,7 @@ class StaticFiles(File):
         return self.childNotFound
 
 
-class RedirectTo(_resource.Resource):
+class RedirectTo(Resource):
     """
     Redirect every request (the path and everything below it) to one URL.
     """
@@ -181,10 +181,10 @@ def check_imports(spec: ResourceSpec) -> None:
     @raise ValueError: saying what is wrong.
     """
     if spec.kind == "wsgi":
-        if not callable(_import(spec.target.replace(":", "."), "WSGI application")):
+        if not callable(import_named(spec.target.replace(":", "."), "WSGI application")):
             raise ValueError(f"WSGI application {spec.target!r} is not callable")
     elif spec.kind == "resource":
-        found = _import(spec.target, "resource")
+        found = import_named(spec.target, "resource")
         if not (IResource.providedBy(found) or callable(found)):
             raise ValueError(
                 f"resource {spec.target!r} is neither a twisted.web resource nor makes one"
@@ -209,7 +209,7 @@ def build_resource(spec: ResourceSpec, reactor: Optional[Any] = None) -> IResour
     if spec.kind == "wsgi":
         from twisted.web.wsgi import WSGIResource
 
-        app = _import(spec.target.replace(":", "."), "WSGI application")
+        app = import_named(spec.target.replace(":", "."), "WSGI application")
         if not callable(app):
             raise ValueError(f"WSGI application {spec.target!r} is not callable")
         if reactor is None:
@@ -217,7 +217,7 @@ def build_resource(spec: ResourceSpec, reactor: Optional[Any] = None) -> IResour
 
             reactor = installed
         return WSGIResource(reactor, _wsgi_pool(reactor), app)
-    found = _import(spec.target, "resource")
+    found = import_named(spec.target, "resource")
     if isinstance(found, type) or (callable(found) and not IResource.providedBy(found)):
         try:
             found = found()
@@ -238,10 +238,3 @@ def _wsgi_pool(reactor: Any) -> Any:
     reactor.callWhenRunning(pool.start)
     reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
     return pool
-
-
-def _import(name: str, what: str) -> Any:
-    try:
-        return namedAny(name)
-    except Exception as e:
-        raise ValueError(f"cannot import {what} {name!r}: {e}") from None
