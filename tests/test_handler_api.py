@@ -340,6 +340,23 @@ def test_cookies_are_read_in_one_linear_pass():
     assert time.process_time() - started < 0.5
 
 
+def test_several_cookie_headers_are_one_list_of_pairs():
+    from types import SimpleNamespace
+
+    from wsmux.connection import cookie_header, parse_cookies
+
+    # Autobahn joins a repeated header with ", ": for Cookie that would run
+    # one header's last value into the next header's first pair.
+    head = b"GET / HTTP/1.1\r\nCookie: a=1\r\nHost: h\r\ncookie: b=2, c\r\n\r\n"
+    two = SimpleNamespace(http_headers={"cookie": "a=1, b=2, c"}, http_request_data=head)
+    assert cookie_header(two) == "a=1; b=2, c"
+    assert parse_cookies(cookie_header(two)) == {"a": "1", "b": "2, c"}
+    one = b"GET / HTTP/1.1\r\nCookie: a=1, b=2\r\n\r\n"
+    one_header = SimpleNamespace(http_headers={"cookie": "a=1, b=2"}, http_request_data=one)
+    assert cookie_header(one_header) == "a=1, b=2"  # one header: as the client sent it
+    assert cookie_header(SimpleNamespace()) == ""
+
+
 class ClosesInOnConnect(WebSocketServerProtocol):
     def onConnect(self, request):
         if "drop" in request.params:

@@ -43,6 +43,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from wsmux.connection import cookie_header
 from wsmux.logs import log
 
 EXEC_KEYS = frozenset({"command", "mode", "max_processes", "cwd", "env", "pass_env", "kill_grace"})
@@ -448,6 +449,8 @@ class ExecHandler(WebSocketServerProtocol):
             if not name.replace("-", "").isalnum() or name.lower() == "proxy":
                 continue
             cgi["HTTP_" + name.upper().replace("-", "_")] = value
+        if "HTTP_COOKIE" in cgi:
+            cgi["HTTP_COOKIE"] = cookie_header(self)
         for name, value in connection.path_params.items():
             cgi["PARAM_" + name.upper()] = value
         env.update(cgi)

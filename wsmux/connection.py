@@ -185,6 +185,28 @@ def close_reason(reason: Optional[str]) -> bytes:
 _TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
+def cookie_header(protocol: Any) -> str:
+    """
+    The request's C{Cookie} header.  A client that sent several (RFC 6265
+    5.4 says one; some clients and proxies send more) has them joined with
+    C{"; "}, not with the C{", "} Autobahn joins other repeated headers
+    with, which would run one header's last value into the next one's
+    first pair.  The separate headers are read from the request's head
+    (C{http_request_data}) only when the joined value has a comma.
+    """
+    value: str = (getattr(protocol, "http_headers", None) or {}).get("cookie") or ""
+    if "," in value:
+        head = getattr(protocol, "http_request_data", None) or b""
+        found = [
+            line[7:].strip().decode("iso-8859-1")
+            for line in head.splitlines()[1:]
+            if line[:7].lower() == b"cookie:"
+        ]
+        if len(found) > 1:
+            value = "; ".join(found)
+    return value
+
+
 def parse_cookies(header: str) -> dict[str, str]:
     """
     The pairs of a C{Cookie} header, name to value (the first of a name
@@ -397,8 +419,7 @@ class Connection:
         extra = self._extra
         if extra is not None and extra.cookies is not None:
             return extra.cookies
-        headers = getattr(self.protocol, "http_headers", None) or {}
-        cookies = parse_cookies(headers.get("cookie") or "")
+        cookies = parse_cookies(cookie_header(self.protocol))
         self._more().cookies = cookies
         return cookies
 

@@ -49,7 +49,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
-from wsmux.connection import SENDABLE_CLOSE_CODES, close_with
+from wsmux.connection import SENDABLE_CLOSE_CODES, close_with, cookie_header
 from wsmux.logs import log
 
 PROXY_KEYS = frozenset({"backend", "connect_timeout", "ca"})
@@ -187,6 +187,19 @@ class _Backend(WebSocketClientProtocol):
             front._wsmux_backend_closed(True, self.remoteCloseCode, self.remoteCloseReason)
         return result
 
+    def sendCloseFrame(
+        self, code: Optional[int] = None, reasonUtf8: Optional[bytes] = None, isReply: bool = False
+    ) -> None:
+        super().sendCloseFrame(code, reasonUtf8, isReply)
+        # This leg failed the backend (a message over the route's limit, a
+        # protocol error): the client hears of it now, not when the
+        # backend has answered the close or the close timeout has run.
+        front = self.front
+        if self.failedByMe and not isReply and front is not None:
+            self.front = None
+            why = "the backend's message was over the limit" if code == 1009 else None
+            front._wsmux_backend_closed(False, code, None, why or "the backend broke the protocol")
+
     def onClose(self, wasClean: bool, code: Optional[int], reason: Optional[str]) -> None:
         ready, self.ready = self.ready, None
         if ready is not None:
@@ -297,7 +310,7 @@ class ProxyHandler(WebSocketServerProtocol):
         options = self.factory.options
         connection = self.wsmux
         headers = {
-            name: value
+            name: cookie_header(self) if name == "cookie" else value
             for name, value in request.headers.items()
             if name in PASSED_HEADERS and _safe(value)
         }
@@ -393,7 +406,11 @@ class ProxyHandler(WebSocketServerProtocol):
             close_with(backend, 1001, "the client went away")
 
     def _wsmux_backend_closed(
-        self, wasClean: bool, code: Optional[int], reason: Optional[str]
+        self,
+        wasClean: bool,
+        code: Optional[int],
+        reason: Optional[str],
+        why: str = "the backend went away",
     ) -> None:
         self._wsmux_backend = None
         if self.state != WebSocketServerProtocol.STATE_OPEN:
@@ -403,7 +420,7 @@ class ProxyHandler(WebSocketServerProtocol):
         elif wasClean:
             self.wsmux.close(1000, reason or "")
         else:
-            self.wsmux.close(1014, "the backend went away")
+            self.wsmux.close(1014, why)
 
     def connectionLost(self, reason: Any = None) -> None:
         super().connectionLost(reason)

@@ -1,10 +1,13 @@
 """
 Proxy routes on a real twistd wsmux, relaying to a real backend (a Python
-websockets server): what passes through, refusals, closes mirrored both
-ways, a backend that dies, and backpressure both ways.
+websockets server and a Node ws server, each test against both): what
+passes through, refusals, closes mirrored both ways, a backend that dies,
+and backpressure both ways.
 """
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -14,13 +17,36 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-BACKEND = Path(__file__).resolve().parents[1] / "programs" / "ws_backend.py"
+PROGRAMS = Path(__file__).resolve().parents[1] / "programs"
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+KINDS = ("websockets", "node-ws")
+
+
+def node_modules() -> Path:
+    """
+    bench/node_modules, with Node's ws in it: installed from bench's
+    package-lock.json when it is not there yet.
+    """
+    modules = BENCH / "node_modules"
+    if not (modules / "ws" / "package.json").exists():
+        npm = shutil.which("npm")
+        if npm is None or shutil.which("node") is None:
+            pytest.fail("Node.js and npm are needed for the Node ws backend: .ci/system-deps")
+        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=BENCH, check=True,
+                       timeout=600, stdout=subprocess.DEVNULL)  # fmt: skip
+    return modules
 
 
 class Backend:
-    def __init__(self, *tls):
+    def __init__(self, kind, *tls):
+        if kind == "node-ws":
+            command = ["node", str(PROGRAMS / "ws_backend.cjs")]
+            env = dict(os.environ, NODE_PATH=str(node_modules()))
+        else:
+            command = [sys.executable, "-u", str(PROGRAMS / "ws_backend.py")]
+            env = None
         self.process = subprocess.Popen(
-            [sys.executable, "-u", str(BACKEND), *map(str, tls)], stdout=subprocess.PIPE, text=True
+            [*command, *map(str, tls)], stdout=subprocess.PIPE, text=True, env=env
         )
         line = self.process.stdout.readline()
         assert line.startswith("PORT "), line
@@ -32,9 +58,9 @@ class Backend:
         self.process.wait(timeout=10)
 
 
-@pytest.fixture
-def backend():
-    started = Backend()
+@pytest.fixture(params=KINDS)
+def backend(request):
+    started = Backend(request.param)
     yield started
     started.stop()
 
@@ -56,18 +82,19 @@ def test_what_passes_through_and_back(start_server, backend):
         server.url("/svc/info?room=a%20b"),
         subprotocols=["superchat", "chat"],
         origin="https://app.example",
-        additional_headers={
-            "Cookie": "s=1",
-            "Authorization": "Bearer t",
-            "X-Forwarded-For": "203.0.113.9",
-        },
+        additional_headers=[
+            ("Cookie", "s=1"),
+            ("Cookie", "t=2"),  # two headers: one list of pairs to the backend
+            ("Authorization", "Bearer t"),
+            ("X-Forwarded-For", "203.0.113.9"),
+        ],
     ) as ws:
         info = json.loads(ws.recv(timeout=10))
         assert ws.subprotocol == info["subprotocol"] in ("chat", "superchat")
         assert info["path"] == "/info" and info["query"] == "room=a%20b"
         headers = info["headers"]
         assert headers["origin"] == "https://app.example"
-        assert headers["cookie"] == "s=1" and headers["authorization"] == "Bearer t"
+        assert headers["cookie"] == "s=1; t=2" and headers["authorization"] == "Bearer t"
         # The trusted proxy's word, then the address wsmux saw.
         assert headers["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
         assert headers["forwarded"] == "for=203.0.113.9, for=127.0.0.1;proto=http"
@@ -162,7 +189,8 @@ def test_backpressure_both_ways(start_server, backend):
         assert ws.recv(timeout=5) == "ok"
 
 
-def test_wss_backends_are_verified_against_the_ca(start_server, tmp_path):
+@pytest.mark.parametrize("kind", KINDS)
+def test_wss_backends_are_verified_against_the_ca(start_server, tmp_path, kind):
     import trustme
 
     ca, stranger = trustme.CA(), trustme.CA()
@@ -171,8 +199,8 @@ def test_wss_backends_are_verified_against_the_ca(start_server, tmp_path):
     for name, issuer in (("good", ca), ("bad", stranger)):
         cert = issuer.issue_cert("127.0.0.1")
         cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / f"{name}.pem"))
-    good = Backend(tmp_path / "good.pem", tmp_path / "good.pem")
-    bad = Backend(tmp_path / "bad.pem", tmp_path / "bad.pem")
+    good = Backend(kind, tmp_path / "good.pem", tmp_path / "good.pem")
+    bad = Backend(kind, tmp_path / "bad.pem", tmp_path / "bad.pem")
     try:
         config = tmp_path / "wsmux.toml"
         config.write_text(
@@ -244,3 +272,27 @@ def test_a_backend_close_goes_on_at_once_even_if_it_keeps_tcp_open(start_server)
         for conn in held:
             conn.close()
         listener.close()
+
+
+def test_a_backend_message_over_the_limit_ends_the_client_at_once(start_server, backend, tmp_path):
+    # The route's limit holds for the backend's messages too; the client
+    # hears of it when the backend leg fails, not after the close timeout.
+    config = tmp_path / "wsmux.toml"
+    config.write_text(
+        "[[routes]]\npath = '/svc/{name}'\nhandler = 'proxy'\n"
+        f"backend = 'ws://127.0.0.1:{backend.port}/{{name}}'\n"
+        "max_message_size = 1000\nclose_handshake_timeout = 30\n"
+    )
+    server = start_server("--config", str(config))
+    with connect(server.url("/svc/big"), subprotocols=["chat"]) as ws:
+        ws.send("1000")
+        assert ws.recv(timeout=5) == "x" * 1000  # at the limit: relayed
+        started = time.monotonic()
+        ws.send("1001")
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=20)
+        assert (ws.close_code, ws.close_reason) == (
+            1014,
+            "the backend's message was over the limit",
+        )
+        assert time.monotonic() - started < 15  # not the 30 s close timeout

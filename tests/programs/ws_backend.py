@@ -4,7 +4,8 @@ A Python websockets server, as a backend for proxy routes in tests.
 With CHAIN KEY arguments it serves wss.  Prints "PORT <n>" once listening on 127.0.0.1 (port 0: the kernel's
 choice).  Paths: /echo, /info (what it was sent, as JSON), /greet (a
 message at once), /close (closes as asked), /refuse (403), /die (exits
-the process on the first message), /noread, /flood.
+the process on the first message), /noread, /flood, /big (a text
+message of as many bytes as asked).
 """
 
 import asyncio
@@ -46,6 +47,9 @@ async def handler(ws):
     async for message in ws:
         if path == "/die":
             os._exit(1)
+        if path == "/big" and isinstance(message, str):
+            await ws.send("x" * int(message))
+            continue
         if path == "/close" and isinstance(message, str):
             _, code, reason = message.split(" ", 2)
             await ws.close(int(code), reason)
