@@ -10,7 +10,8 @@ asyncio reactor (wsmux-asyncio; and, with --only,
 wsmux-public: every internal of the seam switched off), raw Autobahn on
 Twisted through twisted.web's WebSocketResource,
 Python websockets on asyncio and on uvloop, and Node's ws (npm install in
-bench/).  The load generator is bench/loadgen.c (C, one thread on epoll;
+bench/); and for the proxy scenarios (p-*), Debian's nginx as the other
+front, both relaying to one Node ws backend.  The load generator is bench/loadgen.c (C, one thread on epoll;
 built here with cc, zlib and OpenSSL's libcrypto) in a process of its own;
 it reports the CPU it and the server used, so the table shows which side
 was the limit.  Results (medians) go to docs/benchmarks/results.json, a
@@ -30,6 +31,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -84,6 +86,7 @@ PEERS = [
     "websockets",
     "websockets-uvloop",
     "node-ws",
+    "nginx",
 ]
 
 # wsmux itself, run another way: on twistd's asyncio reactor, and with every
@@ -102,7 +105,75 @@ SCENARIOS = [
     ("f-c", "broadcast", True, "deliveries_per_s"),
     ("g", "idle", True, "kib_per_connection"),
     ("g-min", "idle", "min", "kib_per_connection"),
+    # Through a proxy: the load generator talks to a front (wsmux's proxy
+    # route, or nginx) that relays every connection to one backend (Node's
+    # ws, the echo and room of node_ws.mjs), started afresh for each run.
+    ("p-a", "echo", False, "messages_per_s"),
+    ("p-b", "big", False, "mb_per_s"),
+    ("p-d", "handshakes", False, "handshakes_per_s"),
+    ("p-e", "idle", False, "kib_per_connection"),
 ]
+# The proxy scenarios, and the fronts that run them (the servers that are
+# not proxies run only the others).
+PROXIED = {"p-a", "p-b", "p-d", "p-e"}
+FRONTS = {"wsmux", "wsmux-baseline", "nginx"}
+
+
+def proxy_front(peer, port, backend, directory):
+    """
+    The command of a front that relays /echo and /rooms/{room} to the
+    backend on port C{backend}: wsmux with proxy routes, or Debian's nginx
+    (one worker, as wsmux is one process; the configuration is written to
+    C{directory}).
+    """
+    base = f"ws://127.0.0.1:{backend}"
+    if peer == "wsmux":
+        return [TWISTD, "-n", "--pidfile=", "wsmux", "--port", f"tcp:{port}:interface=127.0.0.1",
+                "--route", f"/echo=proxy:{base}/echo",
+                "--route", f"/rooms/{{room}}=proxy:{base}/rooms/{{room}}", *LIMITS]  # fmt: skip
+    temp = "\n".join(f"  {kind}_temp_path {directory}/{kind};"
+                     for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))  # fmt: skip
+    (directory / "nginx.conf").write_text(f"""\
+{"user root;" if os.geteuid() == 0 else ""}
+daemon off;
+worker_processes 1;
+pid {directory}/nginx.pid;
+error_log {directory}/error.log warn;
+events {{ worker_connections 20000; }}
+http {{
+  access_log off;
+{temp}
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    location / {{
+      proxy_pass http://127.0.0.1:{backend};
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection "upgrade";
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_read_timeout 600s;
+      proxy_send_timeout 600s;
+    }}
+  }}
+}}
+""")
+    return ["nginx", "-e", str(directory / "error.log"), "-p", str(directory),
+            "-c", str(directory / "nginx.conf")]  # fmt: skip
+
+
+def worker_of(pid, timeout=10.0):
+    """
+    The one worker process of nginx's master C{pid}: the process that
+    serves, whose CPU and memory are measured.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        if children:
+            return int(children[0])
+        time.sleep(0.05)
+    raise RuntimeError("nginx started no worker")
 
 
 def build_loadgen():
@@ -124,7 +195,7 @@ def build_loadgen():
 BASELINE: "Path | None" = None
 
 
-def run_once(peer, scenario, deflate, seconds):
+def run_once(peer, scenario, deflate, seconds, proxied=False):
     port = free_port()
     root = ROOT
     extra_args, extra_env = VARIANTS.get(peer, ([], {}))
@@ -134,39 +205,61 @@ def run_once(peer, scenario, deflate, seconds):
     elif peer in VARIANTS:
         peer = "wsmux"
     env = dict(os.environ, PYTHONPATH=str(root), **extra_env)
-    command = peer_command(peer, port, deflate)
-    command[1:1] = extra_args
-    server = subprocess.Popen(command, cwd=root, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        wait_port(port)
-        time.sleep(0.5)
-        args = [str(LOADGEN), scenario, str(port), "--seconds", str(seconds),
-                "--server-pid", str(server.pid)]  # fmt: skip
-        if deflate:
-            args.append("--deflate")
-        if scenario == "idle":
-            before = rss_kib(server.pid)
-            gen = subprocess.Popen(
-                args, cwd=BENCH, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-            )
-            ready = json.loads(gen.stdout.readline())
-            time.sleep(1)
-            after = rss_kib(server.pid)
-            gen.stdin.write("done\n")
-            gen.stdin.flush()
-            gen.wait(timeout=60)
-            return {"kib_per_connection": (after - before) / ready["ready"]}
-        result = subprocess.run(args, cwd=BENCH, capture_output=True, text=True, timeout=180)
-        if result.returncode != 0:
-            raise RuntimeError(result.stderr.strip() or f"load generator exit {result.returncode}")
-        return json.loads(result.stdout.strip().splitlines()[-1])
-    finally:
-        server.terminate()
+    backend = None
+    with tempfile.TemporaryDirectory(prefix="wsmux-bench-") as directory:
+        if proxied:
+            backend_port = free_port()
+            backend = subprocess.Popen(peer_command("node-ws", backend_port, False),
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+            wait_port(backend_port)
+            command = proxy_front(peer, port, backend_port, Path(directory))
+        else:
+            command = peer_command(peer, port, deflate)
+        command[1:1] = extra_args
+        server = subprocess.Popen(command, cwd=root, env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
+            return measure(server, port, scenario, deflate, seconds, peer == "nginx")
+        finally:
+            for process in (server, backend):
+                if process is None:
+                    continue
+                process.terminate()
+                try:
+                    process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+
+
+def measure(server, port, scenario, deflate, seconds, master=False):
+    """
+    One run of the load generator against the server on C{port}; with
+    C{master}, the server is a master process and its one worker is the
+    process measured.
+    """
+    wait_port(port)
+    time.sleep(0.5)
+    pid = worker_of(server.pid) if master else server.pid
+    args = [str(LOADGEN), scenario, str(port), "--seconds", str(seconds),
+            "--server-pid", str(pid)]  # fmt: skip
+    if deflate:
+        args.append("--deflate")
+    if scenario == "idle":
+        before = rss_kib(pid)
+        gen = subprocess.Popen(
+            args, cwd=BENCH, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        ready = json.loads(gen.stdout.readline())
+        time.sleep(1)
+        after = rss_kib(pid)
+        gen.stdin.write("done\n")
+        gen.stdin.flush()
+        gen.wait(timeout=60)
+        return {"kib_per_connection": (after - before) / ready["ready"]}
+    result = subprocess.run(args, cwd=BENCH, capture_output=True, text=True, timeout=180)
+    if result.returncode != 0:
+        raise RuntimeError(result.stderr.strip() or f"load generator exit {result.returncode}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def main():
@@ -192,14 +285,17 @@ def main():
             continue
         # Repetitions go round the peers (a, b, c, a, b, c...), so that a
         # change in the machine's load during the run touches every peer.
-        runs: dict[str, list] = {peer: [] for peer in peers}
+        proxied = label in PROXIED
+        these = [peer for peer in peers
+                 if (peer in FRONTS if proxied else peer != "nginx")]  # fmt: skip
+        runs: dict[str, list] = {peer: [] for peer in these}
         for _ in range(options.repeat):
-            for peer in peers:
+            for peer in these:
                 try:
-                    runs[peer].append(run_once(peer, scenario, deflate, options.seconds))
+                    runs[peer].append(run_once(peer, scenario, deflate, options.seconds, proxied))
                 except Exception as e:  # a peer that cannot run a scenario is reported, not fatal
                     print(f"{label} {peer}: failed: {e}", file=sys.stderr)
-        for peer in peers:
+        for peer in these:
             done = runs[peer]
             if done:
                 row = {key: statistics.median(r[key] for r in done if r.get(key) is not None)

@@ -36,6 +36,7 @@ EXPECTED = [
     "autobahn.lazy_pformat",
     "autobahn.fast_frames",
     "autobahn.nvx_masker",
+    "autobahn.relay_client",
     "autobahn.fail_connection",
     "autobahn.per_message_compress",
 ]

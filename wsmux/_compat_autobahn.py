@@ -15,6 +15,9 @@ C{WSMUX_PUBLIC_PATH} is unset; otherwise wsmux takes Autobahn's own path.
     (else Autobahn's own);
   - L{FastReceiveMixin} and L{FastSendMixin}: whole small frames without
     Autobahn's per-frame hooks (else Autobahn's frame path);
+  - L{RelayClientProtocol}: a proxy route's backend leg starts without
+    Autobahn's debug-line formatting and takes and sends whole small
+    frames without its per-frame hooks (else Autobahn's client protocol);
   - L{fail_connection}: a route fails a connection as Autobahn does (else
     by sending the close frame itself);
   - L{compressing}: whether a connection deflates (else read from the
@@ -31,7 +34,7 @@ from urllib import parse
 
 import txaio
 from autobahn.twisted.util import create_transport_details
-from autobahn.twisted.websocket import WebSocketServerProtocol
+from autobahn.twisted.websocket import WebSocketClientProtocol, WebSocketServerProtocol
 from autobahn.util import ObservableMixin
 from autobahn.wamp.types import TransportDetails
 from autobahn.websocket import protocol as _ws
@@ -593,14 +596,21 @@ LAZY_PFORMAT = declare(
 
 def _connection_made(protocol: Any) -> None:
     # Autobahn's own set-up of a connection, with its debug line's option
-    # list formatted only if the line is written.  The module's pformat is
-    # put back at once: Autobahn's other users of it (Timings) need a str.
+    # list formatted only if the line is written.
+    _lazily_formatted(WebSocketProtocol._connectionMade, protocol)
+
+
+def _lazily_formatted(method: Any, protocol: Any) -> None:
+    # Call one of Autobahn's methods whose debug lines pretty-print their
+    # arguments, with the printing done only if a line is written.  The
+    # module's pformat is put back at once: Autobahn's other users of it
+    # (Timings) need a str.
     if not LAZY_PFORMAT:
-        WebSocketProtocol._connectionMade(protocol)
+        method(protocol)
         return
     _ws.pformat = _Pformat  # type: ignore[assignment]
     try:
-        WebSocketProtocol._connectionMade(protocol)
+        method(protocol)
     finally:
         _ws.pformat = pprint.pformat
 
@@ -1056,6 +1066,180 @@ class FastSendMixin(_Hooked):
             self.trafficStats.outgoingOctetsWireLevel += len(data)
         elif state == self.STATE_CONNECTING:
             self.trafficStats.preopenOutgoingOctetsWireLevel += len(data)
+
+
+# -- a proxy route's backend leg -----------------------------------------------
+
+RELAY_CLIENT = declare(
+    "autobahn.relay_client",
+    touches=(
+        "WebSocketClientProtocol._connectionMade (replaced: what it does, without its debug line)",
+        "WebSocketProtocol data / current_frame / inside_message / processData / "
+        "_perMessageCompress / send_queue / trafficStats (as autobahn.fast_frames)",
+    ),
+    why=(
+        "a proxy route's backend leg is opened for every client and relays every "
+        "message: Autobahn's client pretty-prints its options for a debug line on "
+        "each connection (a fifth of a proxied handshake) and takes each frame "
+        "through a dozen hooks and a masker object per message"
+    ),
+    checked="Autobahn 26.7.1, 26.10.2",
+    fallback="the backend leg is Autobahn's own client protocol",
+    needs=("autobahn.fast_frames", "autobahn.lazy_pformat"),
+    check=lambda: all_of(
+        missing_names(WebSocketClientProtocol, ("_connectionMade", "startHandshake")),
+        code_names(
+            _ws.WebSocketClientProtocol._connectionMade,
+            ("_connectionMade", "proxy", "startProxyConnect", "startHandshake"),
+        ),
+        code_names(WebSocketClientProtocol.consumeData, ("processData",)),
+        code_names(WebSocketClientProtocol.startHandshake, ("pformat",)),
+    ),
+)
+
+
+class RelayClientProtocol(WebSocketClientProtocol):
+    """
+    A client protocol for relaying: Autobahn's, started without its eager
+    debug-line formatting, and with whole unmasked data frames taken and
+    whole messages sent (masked) in one step each.
+
+    Everything else (pings, closes, fragments, frames not whole in the
+    buffer, compression, options that log or time frames) takes
+    Autobahn's own path.
+    """
+
+    def _connectionMade(self) -> None:
+        if not RELAY_CLIENT:
+            super()._connectionMade()
+            return
+        # WebSocketClientProtocol._connectionMade, without its debug line.
+        _connection_made(self)
+        if self.factory.proxy is not None:
+            self.startProxyConnect()
+        else:
+            # Its first debug line pretty-prints the transport's details.
+            _lazily_formatted(WebSocketClientProtocol.startHandshake, self)
+
+    def consumeData(self) -> None:
+        if not RELAY_CLIENT or self.state != self.STATE_OPEN:
+            super().consumeData()  # the handshake, a closing connection
+            return
+        open_, closing = self.STATE_OPEN, self.STATE_CLOSING
+        while True:
+            state = self.state
+            if state != open_ and state != closing:
+                return
+            if state == open_ and self._wsmux_take_messages():
+                continue
+            if not self.processData():
+                return
+
+    def _wsmux_take_messages(self) -> bool:
+        """
+        Cut the whole unmasked data frames at the head of the buffer out of
+        it and hand each to C{onMessage}; whether any was.
+        """
+        if (
+            self.current_frame is not None
+            or self.inside_message
+            or self.logFrames  # type: ignore[attr-defined]
+            or self.trackedTimings
+        ):
+            return False
+        data: bytes = self.data
+        end = len(data)
+        max_message: int = self.maxMessagePayloadSize  # type: ignore[attr-defined]
+        max_frame: int = self.maxFramePayloadSize  # type: ignore[attr-defined]
+        validate = self.utf8validateIncoming  # type: ignore[attr-defined]
+        messages: list[tuple[bytes, bool]] = []
+        octets = 0
+        i = 0
+        while end - i >= 2:
+            b0 = data[i]
+            length = data[i + 1]
+            if (b0 != _TEXT and b0 != _BINARY) or length >= 0x80:
+                break  # not a whole data frame, or masked (Autobahn fails it)
+            if length < 126:
+                start = i + 2
+            elif length == 126:
+                if end - i < 4:
+                    break
+                length = (data[i + 2] << 8) | data[i + 3]
+                if length < 126:
+                    break  # not minimal: Autobahn's path fails it
+                start = i + 4
+            else:
+                if end - i < 10:
+                    break
+                length = int.from_bytes(data[i + 2 : i + 10], "big")
+                if length < 65536 or length >> 63:
+                    break
+                start = i + 10
+            stop = start + length
+            if stop > end or (0 < max_message < length) or (0 < max_frame < length):
+                break
+            payload = data[start:stop]
+            if b0 == _TEXT and validate:
+                try:
+                    payload.decode("utf-8")
+                except UnicodeDecodeError:
+                    break  # Autobahn's path closes with 1007
+            messages.append((payload, b0 == _BINARY))
+            octets += length
+            i = stop
+        if not messages:
+            return False
+        self.data = data[i:]
+        stats = self.trafficStats
+        stats.incomingOctetsWebSocketLevel += octets
+        stats.incomingOctetsAppLevel += octets
+        stats.incomingWebSocketFrames += len(messages)
+        stats.incomingWebSocketMessages += len(messages)
+        if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:  # type: ignore[attr-defined]
+            self._cancelAutoPingTimeoutCall()
+        for payload, is_binary in messages:
+            if self.state != self.STATE_OPEN:
+                break  # closed by a message before: the rest is not delivered
+            self.onMessage(payload, is_binary)
+        return True
+
+    def sendMessage(
+        self,
+        payload: bytes,
+        isBinary: bool = False,
+        fragmentSize: Optional[int] = None,
+        sync: bool = False,
+        doNotCompress: bool = False,
+    ) -> None:
+        length = len(payload)
+        if (
+            RELAY_CLIENT
+            and fragmentSize is None
+            and not sync
+            and type(payload) is bytes
+            and self.state == self.STATE_OPEN
+            and self._perMessageCompress is None
+            and not self.send_queue
+            and not (0 < self.autoFragmentSize < length)  # type: ignore[attr-defined]
+            and not self.logFrames  # type: ignore[attr-defined]
+            and not self.logOctets  # type: ignore[attr-defined]
+            and not self.trackedTimings
+        ):
+            mask = os.urandom(4)  # RFC 6455 5.3: a fresh, unpredictable mask
+            header = bytearray(frame_header(_BINARY if isBinary else _TEXT, length))
+            header[1] |= 0x80
+            data = bytes(header) + mask + (unmask(payload, mask) if length else b"")
+            transport: Any = self.transport
+            transport.write(data)
+            stats = self.trafficStats
+            stats.outgoingWebSocketMessages += 1
+            stats.outgoingWebSocketFrames += 1
+            stats.outgoingOctetsAppLevel += length
+            stats.outgoingOctetsWebSocketLevel += length
+            stats.outgoingOctetsWireLevel += len(data)
+            return
+        super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress)
 
 
 # -- failing a connection ------------------------------------------------------

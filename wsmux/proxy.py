@@ -49,6 +49,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
+from wsmux._compat_autobahn import RelayClientProtocol
 from wsmux.connection import SENDABLE_CLOSE_CODES, close_with, cookie_header
 from wsmux.logs import log
 
@@ -154,12 +155,26 @@ def _load_ca(path: str) -> Any:
 # -- the backend leg -------------------------------------------------------------------
 
 
-class _Backend(WebSocketClientProtocol):
+class _Backend(RelayClientProtocol):
     front: Any = None  # the ProxyHandler this leg belongs to
     ready: Optional[Deferred[Any]] = None  # fires once open, fails if it never is
     # Messages that came before the client's 101 went out (reading is
     # paused from the backend's open to the client's: at most one read).
     early: Optional[list[tuple[bytes, bool]]] = None
+
+    def dataReceived(self, data: bytes) -> None:
+        # What one read from the backend makes the client leg send goes
+        # out as one write, as the client leg's own reads do.
+        front = self.front
+        writes = front.wsmux.policy.writes if front is not None else None
+        if writes is None or writes.held is not None:
+            super().dataReceived(data)
+            return
+        writes.start()
+        try:
+            super().dataReceived(data)
+        finally:
+            writes.send_held()
 
     def onOpen(self) -> None:
         ready, self.ready = self.ready, None

@@ -221,24 +221,28 @@ def test_wss_backends_are_verified_against_the_ca(start_server, tmp_path, kind):
         bad.stop()
 
 
-def test_a_backend_close_goes_on_at_once_even_if_it_keeps_tcp_open(start_server):
-    # A backend that sends its close frame and then keeps the connection
-    # open (it should close TCP, RFC 6455 7.1.1; some do not).
-    import base64
-    import hashlib
-    import socket
-    import struct
-    import threading
+class RawBackend:
+    """
+    A backend on a raw socket: it answers one opening handshake with a
+    101, then sends and reads exactly the bytes a test asks for.
+    """
 
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-    listener.settimeout(10)
-    held = []
+    def __init__(self):
+        import socket
 
-    def serve():
-        conn, _ = listener.accept()
-        held.append(conn)
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(1)
+        self.listener.settimeout(10)
+        self.port = self.listener.getsockname()[1]
+        self.conn = None
+
+    def accept(self):
+        import base64
+        import hashlib
+
+        conn, _ = self.listener.accept()
+        conn.settimeout(10)
         head = b""
         while b"\r\n\r\n" not in head:
             head += conn.recv(4096)
@@ -254,13 +258,36 @@ def test_a_backend_close_goes_on_at_once_even_if_it_keeps_tcp_open(start_server)
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
             b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
         )
-        body = struct.pack(">H", 4000) + b"keep"
-        conn.sendall(bytes([0x88, len(body)]) + body)
+        self.conn = conn
+        return conn
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    port = listener.getsockname()[1]
-    server = start_server("--route", f"/k=proxy:ws://127.0.0.1:{port}/")
+    def serve_in_thread(self, then):
+        import threading
+
+        def run():
+            then(self.accept())
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        return thread
+
+    def close(self):
+        if self.conn is not None:
+            self.conn.close()
+        self.listener.close()
+
+
+def test_a_backend_close_goes_on_at_once_even_if_it_keeps_tcp_open(start_server):
+    # A backend that sends its close frame and then keeps the connection
+    # open (it should close TCP, RFC 6455 7.1.1; some do not).
+    import struct
+
+    from tests.hostile.rawws import frame
+
+    backend = RawBackend()
+    body = struct.pack(">H", 4000) + b"keep"
+    backend.serve_in_thread(lambda conn: conn.sendall(frame(body, opcode=8, masked=False)))
+    server = start_server("--route", f"/k=proxy:ws://127.0.0.1:{backend.port}/")
     started = time.monotonic()
     try:
         with connect(server.url("/k")) as ws:
@@ -269,9 +296,96 @@ def test_a_backend_close_goes_on_at_once_even_if_it_keeps_tcp_open(start_server)
             assert (ws.close_code, ws.close_reason) == (4000, "keep")
         assert time.monotonic() - started < 5  # not when the backend's TCP ends
     finally:
-        for conn in held:
-            conn.close()
-        listener.close()
+        backend.close()
+
+
+def test_every_frame_shape_a_backend_may_send(start_server):
+    # Whole frames of each length encoding, several in one write, a
+    # fragmented message and a ping between its fragments: each relayed
+    # as the message it is.  Then the client's messages reach the backend
+    # masked, each with a mask of its own.
+    from tests.hostile.rawws import frame
+
+    backend = RawBackend()
+    big = bytes(range(256)) * 300  # 76,800 bytes: a 64-bit length
+    sent = [
+        frame(b"", masked=False),
+        frame("é".encode() * 62 + b"x", masked=False),  # 125 bytes
+        frame(b"b" * 126, opcode=2, masked=False),  # the smallest 16-bit length
+        frame(b"c" * 65535, opcode=2, masked=False),  # the largest
+        frame(big, opcode=2, masked=False),
+        frame(b"frag", fin=False, masked=False)
+        + frame(b"p", opcode=9, masked=False)
+        + frame(b"ment", opcode=0, masked=False),
+    ]
+    backend.serve_in_thread(lambda conn: conn.sendall(b"".join(sent)))
+    server = start_server("--route", f"/f=proxy:ws://127.0.0.1:{backend.port}/")
+    try:
+        with connect(server.url("/f"), max_size=2**20) as ws:
+            got = [ws.recv(timeout=10) for _ in range(6)]
+            assert got == ["", "é" * 62 + "x", b"b" * 126, b"c" * 65535, big, "fragment"]
+            opcode, payload, _ = read_masked(backend.conn)
+            assert (opcode, payload) == (10, b"p")  # the backend leg answered its ping
+            masks = set()
+            for message in ("one", b"\x00two", "three" * 30000):
+                ws.send(message)
+                opcode, payload, mask = read_masked(backend.conn)
+                expected = message.encode() if isinstance(message, str) else message
+                assert (opcode, payload) == (1 if isinstance(message, str) else 2, expected)
+                masks.add(mask)
+            assert len(masks) == 3
+    finally:
+        backend.close()
+
+
+def read_masked(conn):
+    """
+    One frame a client sends (masked, RFC 6455 5.3): its opcode, payload
+    unmasked, and mask; an unmasked frame fails the test.
+    """
+    import struct
+
+    def take(n):
+        data = b""
+        while len(data) < n:
+            chunk = conn.recv(n - len(data))
+            assert chunk, "the connection ended"
+            data += chunk
+        return data
+
+    b0, b1 = take(2)
+    assert b1 & 0x80, "a client frame must be masked"
+    n = b1 & 0x7F
+    if n == 126:
+        n = struct.unpack(">H", take(2))[0]
+    elif n == 127:
+        n = struct.unpack(">Q", take(8))[0]
+    mask = take(4)
+    payload = bytes(b ^ mask[i % 4] for i, b in enumerate(take(n)))
+    return b0 & 0x0F, payload, mask
+
+
+@pytest.mark.parametrize(
+    "bad, why",
+    [
+        (b"\x81\x02\xc3\x28", "invalid UTF-8"),
+        (b"\x82\x81abcdx", "a masked frame from a server"),
+        (b"\x82\x7e\x00\x05hello", "a length not in its shortest form"),
+    ],
+)
+def test_a_backend_that_breaks_the_protocol_ends_the_client_with_1014(start_server, bad, why):
+    backend = RawBackend()
+    backend.serve_in_thread(lambda conn: conn.sendall(b"\x81\x02ok" + bad))
+    server = start_server("--route", f"/x=proxy:ws://127.0.0.1:{backend.port}/")
+    try:
+        with connect(server.url("/x")) as ws:
+            assert ws.recv(timeout=10) == "ok"
+            with pytest.raises(ConnectionClosed):
+                ws.recv(timeout=10)
+            assert ws.close_code == 1014, why
+    finally:
+        backend.close()
+    assert "Traceback" not in server.log()
 
 
 def test_a_backend_message_over_the_limit_ends_the_client_at_once(start_server, backend, tmp_path):
