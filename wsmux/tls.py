@@ -102,6 +102,10 @@ def _read(path: str) -> bytes:
         raise CertificateError(f"{path}: cannot read: {e.strerror}") from None
 
 
+# Seconds a TLS session may be resumed for (OpenSSL's default for TLS 1.2).
+SESSION_LIFETIME = 300
+
+
 def load_certificate_options(
     entry: HostCertificate, min_version: str = "1.2"
 ) -> CertificateOptions:
@@ -139,6 +143,7 @@ def load_certificate_options(
             raiseMinimumTo=TLS_VERSIONS[min_version],
             acceptableCiphers=AcceptableCiphers.fromOpenSSLCipherString(FORWARD_SECRET_CIPHERS),
             acceptableProtocols=[b"http/1.1"],
+            enableSessions=True,
         )
         context = options.getContext()
     except Exception as e:
@@ -149,6 +154,12 @@ def load_certificate_options(
         context.check_privatekey()
     except SSL.Error as e:
         raise CertificateError(f"{key_file}: the key does not match {entry.cert} ({e})") from None
+    # Resumed sessions come from OpenSSL's cache in this process (enableSessions
+    # above; no session tickets, whose key would be a long-lived secret): at
+    # most OpenSSL's 20,480 sessions, each kept this long.  OpenSSL resumes a
+    # session under any of the process's server names; clients offer one only
+    # for the name they made it with (RFC 8446 4.6.1).
+    context.set_timeout(SESSION_LIFETIME)
     return options
 
 
@@ -281,7 +292,8 @@ class SniContextMap:
         wildcard: dict[str, CertificateOptions] = {}
         for entry in self._entries():
             options = load_certificate_options(entry, self.settings.min_version)
-            options.getContext().set_tlsext_servername_callback(self._server_name)
+            context = options.getContext()
+            context.set_tlsext_servername_callback(self._server_name)
             name = entry.name.lower().rstrip(".")
             if not name:
                 default = options

@@ -163,6 +163,41 @@ def test_wss_echo_per_host(tls_server, pki, host):
         assert ws.recv(timeout=5) == f"hello {host}"
 
 
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_a_tls_session_is_resumed(tls_server, pki, version):
+    # A client that kept its session resumes it: no certificate and no key
+    # exchange signed again (wsmux's cache, not session tickets).
+    context = wss_context(pki)
+    context.minimum_version = context.maximum_version = version
+
+    def upgrade(session=None):
+        raw = socket.create_connection(("127.0.0.1", tls_server.tls_port), timeout=10)
+        conn = context.wrap_socket(raw, server_hostname="a.test", session=session)
+        conn.sendall(
+            b"GET /echo HTTP/1.1\r\nHost: a.test\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += conn.recv(4096)  # TLS 1.3's session arrives before the 101
+        assert head.startswith(b"HTTP/1.1 101"), head
+        return conn
+
+    def close(conn):
+        # A clean TLS close: OpenSSL forgets a session whose connection
+        # ended without one.
+        conn.unwrap().close()
+
+    first = upgrade()
+    session, reused = first.session, first.session_reused
+    close(first)
+    assert session is not None and not reused
+    second = upgrade(session)
+    assert second.session_reused
+    close(second)
+
+
 def test_shared_port_takes_ws_and_wss(tls_server, pki):
     port = tls_server.shared_port
     with connect(
