@@ -3,9 +3,11 @@
  * standard output.  Loopback only; bounded in time and count.
  *
  *   loadgen SCENARIO PORT [--deflate] [--seconds N] [--server-pid PID] [--count N]
+ *           [--tls [--tls-resume] [--sni NAME]]
  *
  * SCENARIO is echo (64-byte text, 50 connections, 8 in flight each), big
- * (1 MiB binary, 4 connections, 1 in flight), broadcast (1,000 subscribers
+ * (1 MiB binary, 4 connections, 1 in flight), latency (64-byte text, one
+ * connection, one message in flight: the round trip alone), broadcast (1,000 subscribers
  * and a publisher in one room, 64-byte text, 4 messages in flight),
  * handshakes (20 concurrent connectors: open, close, again) or idle (5,000
  * open connections; prints {"ready": N}, waits for a line on standard input;
@@ -17,7 +19,10 @@
  * sends is masked with a fresh key, it checks each 101 and its
  * Sec-WebSocket-Accept, answers pings, reassembles fragments, does the
  * closing handshake, and with --deflate negotiates permessage-deflate and
- * honours the parameters the server answers with (zlib).
+ * honours the parameters the server answers with (zlib).  It checks what it
+ * gets: every echoed message is numbered and must come back byte for byte,
+ * and every broadcast delivery must be a message published, byte for byte;
+ * a wrong byte ends the run with an error.
  *
  * With --count N, handshakes does exactly N handshakes, as fast as it can,
  * and reports how long they took: for counting the server's instructions per
@@ -28,16 +33,24 @@
  * the measured window (1.0 = one core busy the whole time), so a report can
  * show which side was the limit.
  *
- * Build: cc -O2 -o loadgen loadgen.c -lz -lcrypto  (bench/run.py does it).
+ * With --tls it speaks wss: TLS through OpenSSL, with SNI (--sni, "localhost"
+ * by default), the server's certificate not verified (a benchmark, on
+ * loopback), and each connection a full TLS handshake unless --tls-resume,
+ * which resumes the last session the server gave (a ticket or an ID).
+ *
+ * Build: cc -O2 -o loadgen loadgen.c -lz -lssl -lcrypto  (bench/run.py does it).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
+#include <openssl/ssl.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -158,6 +171,21 @@ static double seconds = 5;
 static int server_pid;
 static int epoll_fd;
 static long count; /* handshakes: exactly this many, when set */
+static SSL_CTX *tls;             /* with --tls */
+static int tls_resume;           /* with --tls-resume */
+static const char *sni = "localhost";
+static SSL_SESSION *last_session; /* the one to resume */
+static int tls_wanted;
+static long resumed; /* TLS handshakes that resumed a session */
+
+/* OpenSSL's word that the server gave a session: the next connection
+ * resumes it. */
+static int keep_session(SSL *ssl, SSL_SESSION *session) {
+    (void)ssl;
+    if (last_session) SSL_SESSION_free(last_session);
+    last_session = session;
+    return 1; /* kept: OpenSSL must not free it */
+}
 static long started, completed;
 static double first_start;
 
@@ -230,6 +258,9 @@ static void print_usage_fields(void) {
     printf(", \"loadgen_cpu\": %.3f", window.own_share);
 }
 
+/* Round trips (echo), fan-outs (broadcast) or opening handshakes, in ms. */
+static samples_t latencies;
+
 /* ------------------------------------------------------------ handshake */
 
 static struct {
@@ -253,10 +284,12 @@ static void make_keys(void) {
 
 /* ----------------------------------------------------------- connection */
 
-enum { CONNECTING, UPGRADING, OPEN, CLOSING };
+enum { CONNECTING, TLS_HANDSHAKE, UPGRADING, OPEN, CLOSING };
 
 typedef struct conn {
     int fd, state, key, wants_out, dirty, got_close;
+    SSL *ssl;          /* with --tls */
+    double opened_at;  /* when connect() was called */
     const char *path;
     buf_t in, out, message;
     size_t need; /* bytes wanted in `in` before the next frame is whole */
@@ -264,8 +297,10 @@ typedef struct conn {
     /* permessage-deflate, when negotiated */
     int pmd, client_no_context, server_no_context;
     z_stream zd, zi;
-    /* echo: when each message in flight was sent, oldest first */
+    /* echo: when each message in flight was sent and its number, oldest
+     * first (the reply must be that message, byte for byte) */
     double sent[IN_FLIGHT_MAX];
+    uint64_t sent_seq[IN_FLIGHT_MAX];
     int sent_head, sent_count;
     struct conn *next_dirty;
 } conn_t;
@@ -306,6 +341,7 @@ static conn_t *conn_open(const char *path) {
     c->path = path;
     c->key = connections_made++ % KEYS;
     c->state = CONNECTING;
+    c->opened_at = now_ms();
     struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.ptr = c};
     if (epoll_ctl(epoll_fd, EPOLL_CTL_ADD, c->fd, &ev) < 0) die("epoll_ctl: %s", strerror(errno));
     c->wants_out = 1;
@@ -316,7 +352,11 @@ static conn_t *conn_open(const char *path) {
 
 /* Forget c: the scenario has been told (or never needs to be). */
 static void conn_free(conn_t *c) {
-    if (c->state == CONNECTING || c->state == UPGRADING) connecting--;
+    if (c->state == CONNECTING || c->state == TLS_HANDSHAKE || c->state == UPGRADING) connecting--;
+    if (c->ssl) {
+        SSL_free(c->ssl);
+        c->ssl = NULL;
+    }
     active--;
     if (c->pmd) {
         deflateEnd(&c->zd);
@@ -341,7 +381,30 @@ static void conn_fail(conn_t *c, const char *fmt, ...) {
     conn_free(c);
 }
 
+/* Write what TLS will take; 0 when it wants to wait, -1 once c is gone. */
+static int tls_flush(conn_t *c) {
+    while (c->out.len > c->out.off) {
+        ERR_clear_error();
+        int n = SSL_write(c->ssl, c->out.p + c->out.off, (int)(c->out.len - c->out.off));
+        if (n > 0) {
+            c->out.off += n;
+            continue;
+        }
+        int error = SSL_get_error(c->ssl, n);
+        if (error == SSL_ERROR_WANT_WRITE || error == SSL_ERROR_WANT_READ) return 0;
+        conn_fail(c, "TLS write failed (%d)", error);
+        return -1;
+    }
+    return 0;
+}
+
 static void flush(conn_t *c) {
+    if (c->ssl) {
+        if (c->state == TLS_HANDSHAKE || tls_flush(c) < 0) return;
+        int pending = c->out.len > c->out.off;
+        if (pending != c->wants_out) watch(c, pending);
+        return;
+    }
     while (c->out.len > c->out.off) {
         ssize_t n = send(c->fd, c->out.p + c->out.off, c->out.len - c->out.off, MSG_NOSIGNAL);
         if (n < 0) {
@@ -426,19 +489,44 @@ static void send_message(conn_t *c, int binary, const uint8_t *data, size_t n) {
     }
 }
 
-static void send_echo(conn_t *c, int binary, const uint8_t *data, size_t n) {
+/* Every echoed message is different: its number, in its first 16 bytes (as
+ * hex digits, so that a text message stays text), then the scenario's
+ * payload.  A reply is checked against the message it answers. */
+#define SEQ_BYTES 16
+static uint64_t next_seq;
+
+static void put_seq(uint8_t *at, uint64_t seq) {
+    static const char hex[] = "0123456789abcdef";
+    for (int i = SEQ_BYTES - 1; i >= 0; i--, seq >>= 4) at[i] = hex[seq & 15];
+}
+
+static void send_echo(conn_t *c, int binary, uint8_t *data, size_t n) {
     if (c->sent_count == IN_FLIGHT_MAX) die("too many messages in flight");
-    c->sent[(c->sent_head + c->sent_count++) % IN_FLIGHT_MAX] = now_ms();
+    int slot = (c->sent_head + c->sent_count++) % IN_FLIGHT_MAX;
+    c->sent[slot] = now_ms();
+    c->sent_seq[slot] = next_seq;
+    if (n >= SEQ_BYTES) put_seq(data, next_seq);
+    next_seq++;
     send_message(c, binary, data, n);
 }
 
-/* When the oldest message in flight was sent (echo replies come in order). */
-static double echo_answered(conn_t *c) {
+/* When the oldest message in flight was sent (echo replies come in order),
+ * or -1 if none was, or -2 if the reply is not that message. */
+static double echo_answered(conn_t *c, const uint8_t *data, size_t n, const uint8_t *sent,
+                            size_t sent_size) {
     if (!c->sent_count) return -1;
     double t = c->sent[c->sent_head];
+    uint64_t seq = c->sent_seq[c->sent_head];
     c->sent_head = (c->sent_head + 1) % IN_FLIGHT_MAX;
     c->sent_count--;
-    return t;
+    if (n != sent_size) return -2;
+    if (n >= SEQ_BYTES) {
+        uint8_t head[SEQ_BYTES];
+        put_seq(head, seq);
+        if (memcmp(data, head, SEQ_BYTES) != 0) return -2;
+        data += SEQ_BYTES, sent += SEQ_BYTES, n -= SEQ_BYTES;
+    }
+    return memcmp(data, sent, n) == 0 ? t : -2;
 }
 
 static void send_close(conn_t *c) {
@@ -546,6 +634,7 @@ static void finish_upgrade(conn_t *c) {
     }
     c->state = OPEN;
     connecting--;
+    if (!strcmp(scenario, "handshakes") && window_open()) sample(&latencies, now_ms() - c->opened_at);
     on_open(c);
 }
 
@@ -677,16 +766,76 @@ static void read_frames(conn_t *c) {
     }
 }
 
-static void readable(conn_t *c) {
-    /* One read per event, so that one busy connection does not starve the
-     * others; a frame still short of `need` bytes gets a bigger read. */
-    size_t want = c->need > 65536 ? (c->need < (1u << 20) ? c->need : (1u << 20)) : 65536;
-    buf_reserve(&c->in, want);
-    ssize_t n = recv(c->fd, c->in.p + c->in.len, want, 0);
-    if (n < 0) {
-        if (errno == EAGAIN || errno == EINTR) return;
-        conn_fail(c, "recv: %s", strerror(errno));
+static void start_upgrade(conn_t *c);
+
+/* One step of the TLS handshake; the upgrade request once it is done. */
+static void tls_step(conn_t *c) {
+    ERR_clear_error();
+    int rc = SSL_connect(c->ssl);
+    if (rc == 1) {
+        if (SSL_session_reused(c->ssl)) resumed++;
+        start_upgrade(c);
         return;
+    }
+    int error = SSL_get_error(c->ssl, rc);
+    if (error == SSL_ERROR_WANT_READ)
+        watch(c, 0);
+    else if (error == SSL_ERROR_WANT_WRITE)
+        watch(c, 1);
+    else
+        conn_fail(c, "TLS handshake failed (%d: %s)", error,
+                  ERR_reason_error_string(ERR_peek_last_error()) ?: "no reason");
+}
+
+/* Everything TLS has decrypted for c, into c->in: bytes read, 0 at the end of
+ * the connection, -1 when nothing is there yet, -2 once c is gone. */
+static ssize_t tls_read(conn_t *c) {
+    ssize_t total = 0;
+    for (;;) {
+        buf_reserve(&c->in, 65536);
+        ERR_clear_error();
+        int n = SSL_read(c->ssl, c->in.p + c->in.len, (int)(c->in.cap - c->in.len));
+        if (n > 0) {
+            c->in.len += n;
+            total += n;
+            continue;
+        }
+        int error = SSL_get_error(c->ssl, n);
+        if (error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE)
+            return total ? total : -1;
+        if (error == SSL_ERROR_ZERO_RETURN) {
+            /* The server's close_notify: ours goes back, as TLS clients do
+             * (a server may wait for it before it closes the connection). */
+            SSL_shutdown(c->ssl);
+            return total ? total : 0;
+        }
+        if (error == SSL_ERROR_SYSCALL) return total ? total : 0; /* the TCP end */
+        conn_fail(c, "TLS read failed (%d)", error);
+        return -2;
+    }
+}
+
+static void readable(conn_t *c) {
+    ssize_t n;
+    if (c->state == TLS_HANDSHAKE) {
+        tls_step(c);
+        return;
+    }
+    if (c->ssl) {
+        n = tls_read(c);
+        if (n == -1 || n == -2) return;
+        if (n > 0) c->in.len -= n; /* counted again below */
+    } else {
+        /* One read per event, so that one busy connection does not starve
+         * the others; a frame still short of `need` bytes gets a bigger read. */
+        size_t want = c->need > 65536 ? (c->need < (1u << 20) ? c->need : (1u << 20)) : 65536;
+        buf_reserve(&c->in, want);
+        n = recv(c->fd, c->in.p + c->in.len, want, 0);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EINTR) return;
+            conn_fail(c, "recv: %s", strerror(errno));
+            return;
+        }
     }
     if (n == 0) {
         if (c->state == CLOSING && c->got_close) {
@@ -714,7 +863,20 @@ static void writable(conn_t *c) {
             conn_fail(c, "connect: %s", strerror(error));
             return;
         }
+        if (tls) {
+            c->ssl = SSL_new(tls);
+            if (!c->ssl || !SSL_set_fd(c->ssl, c->fd)) die("SSL_new failed");
+            SSL_set_tlsext_host_name(c->ssl, sni);
+            if (tls_resume && last_session) SSL_set_session(c->ssl, last_session);
+            c->state = TLS_HANDSHAKE;
+            tls_step(c);
+            return;
+        }
         start_upgrade(c);
+        return;
+    }
+    if (c->state == TLS_HANDSHAKE) {
+        tls_step(c);
         return;
     }
     flush(c);
@@ -728,7 +890,6 @@ static int in_flight;
 static int binary;
 static uint8_t *payload;
 static size_t payload_size;
-static samples_t latencies;
 static double replies, bytes, failed;
 static conn_t **open_conns;
 static const char *path = "/echo";
@@ -746,6 +907,14 @@ static double last_progress;
 static int idle_ready;
 static int idle_waiting; /* idle with deflate: first messages not yet echoed */
 
+/* The 64 bytes of message `id`: its number, then padding that varies with
+ * it, so that a delivery of the wrong bytes is seen. */
+static void published_text(char *text, uint64_t id) {
+    int n = snprintf(text, 65, "{\"id\":%llu,\"pad\":\"", (unsigned long long)id);
+    for (int i = n; i < 62; i++) text[i] = 'a' + (id + i) % 26;
+    memcpy(text + 62, "\"}", 2);
+}
+
 static void publish(void) {
     double t = now_ms();
     while (pending_count < 4 && !load_over(t)) {
@@ -753,9 +922,7 @@ static void publish(void) {
         while (pending[slot].used) slot++;
         uint64_t id = next_id++;
         char text[65];
-        int n = snprintf(text, sizeof text, "{\"id\":%llu,\"pad\":\"", (unsigned long long)id);
-        memset(text + n, 'x', 62 - n);
-        memcpy(text + 62, "\"}", 2);
+        published_text(text, id);
         pending[slot].id = id;
         pending[slot].at = t;
         pending[slot].remaining = target;
@@ -765,12 +932,17 @@ static void publish(void) {
     }
 }
 
+/* The scenarios that echo: each reply answers the oldest message in flight. */
+static int is_echo(void) {
+    return !strcmp(scenario, "echo") || !strcmp(scenario, "big") || !strcmp(scenario, "latency");
+}
+
 static void start_load(void) {
     window_start();
     last_progress = now_ms();
     if (!strcmp(scenario, "broadcast")) {
         publish();
-    } else if (!strcmp(scenario, "echo") || !strcmp(scenario, "big")) {
+    } else if (is_echo()) {
         running = opened;
         for (int i = 0; i < opened; i++)
             for (int k = 0; k < in_flight; k++)
@@ -803,10 +975,11 @@ static void on_message(conn_t *c, const uint8_t *data, size_t n) {
         idle_waiting--;
         return;
     }
-    if (!strcmp(scenario, "echo") || !strcmp(scenario, "big")) {
-        double sent = echo_answered(c);
+    if (is_echo()) {
+        double sent = echo_answered(c, data, n, payload, payload_size);
         if (sent < 0) {
-            conn_fail(c, "an echo nobody asked for");
+            die(sent == -1 ? "an echo nobody asked for"
+                           : "a wrong echo: not the message sent (length %zu)", n);
             return;
         }
         if (window_open()) {
@@ -819,10 +992,19 @@ static void on_message(conn_t *c, const uint8_t *data, size_t n) {
         else if (!c->sent_count)
             running--;
     } else if (!strcmp(scenario, "broadcast")) {
-        if (c == publisher || n < 7 || memcmp(data, "{\"id\":", 6) != 0) return;
+        /* Every delivery is one of the messages published, byte for byte. */
+        if (n != 64 || memcmp(data, "{\"id\":", 6) != 0)
+            die("a wrong delivery: not a message published (length %zu)", n);
         uint64_t id = strtoull((const char *)data + 6, NULL, 10);
+        char expected[65];
+        published_text(expected, id);
+        if (memcmp(data, expected, 64) != 0) die("a wrong delivery of message %llu",
+                                                 (unsigned long long)id);
+        if (c == publisher) return;
+        int found = 0;
         for (int i = 0; i < 4; i++) {
             if (!pending[i].used || pending[i].id != id) continue;
+            found = 1;
             if (window_open()) replies += 1;
             last_progress = t;
             if (--pending[i].remaining == 0) {
@@ -833,6 +1015,8 @@ static void on_message(conn_t *c, const uint8_t *data, size_t n) {
             }
             break;
         }
+        if (!found) die("a delivery of message %llu, which is not in flight",
+                        (unsigned long long)id);
     }
 }
 
@@ -894,7 +1078,7 @@ static void keep_connecting(double t) {
 }
 
 static void report(void) {
-    if (!strcmp(scenario, "echo") || !strcmp(scenario, "big")) {
+    if (is_echo()) {
         qsort(latencies.v, latencies.n, sizeof(double), by_value);
         printf("{\"messages_per_s\": %.1f, \"mb_per_s\": %.3f, ", replies / seconds,
                bytes / seconds / 1e6);
@@ -913,14 +1097,21 @@ static void report(void) {
                took);
         return;
     } else {
-        printf("{\"handshakes_per_s\": %.1f, \"failed\": %.0f", replies / seconds, failed);
+        qsort(latencies.v, latencies.n, sizeof(double), by_value);
+        printf("{\"handshakes_per_s\": %.1f, \"failed\": %.0f, ", replies / seconds, failed);
+        print_percentile("handshake_p50_ms", &latencies, 0.5);
+        printf(", ");
+        print_percentile("handshake_p99_ms", &latencies, 0.99);
+        if (tls_resume) printf(", \"resumed\": %ld", resumed);
     }
     print_usage_fields();
     printf("}\n");
 }
 
 int main(int argc, char **argv) {
-    if (argc < 3) die("usage: loadgen SCENARIO PORT [--deflate] [--seconds N] [--server-pid PID]");
+    if (argc < 3)
+        die("usage: loadgen SCENARIO PORT [--deflate] [--seconds N] [--server-pid PID] "
+            "[--count N] [--tls [--tls-resume] [--sni NAME]]");
     scenario = argv[1];
     port = atoi(argv[2]);
     for (int i = 3; i < argc; i++) {
@@ -932,6 +1123,12 @@ int main(int argc, char **argv) {
             server_pid = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--count") && i + 1 < argc)
             count = atol(argv[++i]);
+        else if (!strcmp(argv[i], "--tls"))
+            tls_wanted = 1;
+        else if (!strcmp(argv[i], "--tls-resume"))
+            tls_resume = 1;
+        else if (!strcmp(argv[i], "--sni") && i + 1 < argc)
+            sni = argv[++i];
         else
             die("unknown argument %s", argv[i]);
     }
@@ -939,6 +1136,8 @@ int main(int argc, char **argv) {
         target = 50, in_flight = 8, payload_size = 64;
     } else if (!strcmp(scenario, "big")) {
         target = 4, in_flight = 1, payload_size = 1 << 20, binary = 1;
+    } else if (!strcmp(scenario, "latency")) {
+        target = 1, in_flight = 1, payload_size = 64;
     } else if (!strcmp(scenario, "broadcast")) {
         target = 1000, path = "/rooms/bench";
     } else if (!strcmp(scenario, "idle")) {
@@ -956,8 +1155,27 @@ int main(int argc, char **argv) {
     files.rlim_cur = files.rlim_max;
     setrlimit(RLIMIT_NOFILE, &files);
     make_keys();
+    signal(SIGPIPE, SIG_IGN); /* OpenSSL writes to sockets with write() */
+    if (tls_resume && !tls_wanted) die("--tls-resume needs --tls");
+    if (tls_wanted) {
+        tls = SSL_CTX_new(TLS_client_method());
+        if (!tls) die("SSL_CTX_new failed");
+        SSL_CTX_set_verify(tls, SSL_VERIFY_NONE, NULL);
+        SSL_CTX_set_mode(tls, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+        if (tls_resume) {
+            SSL_CTX_set_session_cache_mode(tls, SSL_SESS_CACHE_CLIENT |
+                                                    SSL_SESS_CACHE_NO_INTERNAL_STORE);
+            SSL_CTX_sess_set_new_cb(tls, keep_session);
+        } else {
+            SSL_CTX_set_session_cache_mode(tls, SSL_SESS_CACHE_OFF);
+            SSL_CTX_set_options(tls, SSL_OP_NO_TICKET);
+        }
+    }
     payload = malloc(payload_size + 1);
-    memset(payload, binary ? 7 : 'x', payload_size);
+    /* Bytes that vary along the message (letters for text), so that a
+     * reply with bytes moved or lost does not match. */
+    for (size_t i = 0; i < payload_size; i++)
+        payload[i] = binary ? (uint8_t)(i * 131 + (i >> 8)) : (uint8_t)('a' + i % 26);
     open_conns = calloc(target + 1, sizeof *open_conns);
     epoll_fd = epoll_create1(EPOLL_CLOEXEC);
     if (!strcmp(scenario, "idle")) {

@@ -12,7 +12,7 @@ Twisted through twisted.web's WebSocketResource,
 Python websockets on asyncio and on uvloop, and Node's ws (npm install in
 bench/); and for the proxy scenarios (p-*), Debian's nginx as the other
 front, both relaying to one Node ws backend.  The load generator is bench/loadgen.c (C, one thread on epoll;
-built here with cc, zlib and OpenSSL's libcrypto) in a process of its own;
+built here with cc, zlib and OpenSSL) in a process of its own;
 it reports the CPU it and the server used, so the table shows which side
 was the limit.  Results (medians) go to docs/benchmarks/results.json, a
 table (results.rst) and a plot (ratios.png).  --baseline DIR adds one more
@@ -112,7 +112,26 @@ SCENARIOS = [
     ("p-b", "big", False, "mb_per_s"),
     ("p-d", "handshakes", False, "handshakes_per_s"),
     ("p-e", "idle", False, "kib_per_connection"),
+    # The round trip alone: one connection, one 64-byte message in flight.
+    ("l", "latency", False, "p50_ms"),
+    # Over TLS (wss): the same scenarios, each server with the same
+    # certificate (TLS below says which), the load generator speaking TLS.
+    ("w-a", "echo", False, "messages_per_s"),
+    ("w-b", "big", False, "mb_per_s"),
+    ("w-c", "broadcast", False, "deliveries_per_s"),
+    ("w-d", "handshakes", False, "handshakes_per_s"),
+    ("w-d-rsa", "handshakes", False, "handshakes_per_s"),
+    ("w-d-resume", "handshakes", False, "handshakes_per_s"),
+    ("w-e", "idle", False, "kib_per_connection"),
+    ("w-f-a", "echo", True, "messages_per_s"),
+    ("w-f-c", "broadcast", True, "deliveries_per_s"),
+    ("w-l", "latency", False, "p50_ms"),
 ]
+# The wss scenarios: the certificate each uses (ECDSA P-256, or RSA 2048:
+# the key type matters only to the handshake), and whether the load
+# generator resumes TLS sessions (each connection a full handshake otherwise).
+TLS = {label: ("rsa" if label.endswith("-rsa") else "ecdsa", label.endswith("-resume"))
+       for label, *_ in SCENARIOS if label.startswith("w-")}  # fmt: skip
 # The proxy scenarios, and the fronts that run them (the servers that are
 # not proxies run only the others).
 PROXIED = {"p-a", "p-b", "p-d", "p-e"}
@@ -162,6 +181,46 @@ http {{
             "-c", str(directory / "nginx.conf")]  # fmt: skip
 
 
+def make_certificates(directory):
+    """
+    A self-signed certificate for localhost and 127.0.0.1 of each key type
+    the wss scenarios use: {"ecdsa": (chain, key), "rsa": (chain, key)}.
+    """
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.x509.oid import NameOID
+
+    made = {}
+    for kind, key in (("ecdsa", ec.generate_private_key(ec.SECP256R1())),
+                      ("rsa", rsa.generate_private_key(public_exponent=65537, key_size=2048))):  # fmt: skip
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (
+            x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.SubjectAlternativeName([
+                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False)
+            .sign(key, hashes.SHA256())
+        )  # fmt: skip
+        chain, private = directory / f"{kind}.pem", directory / f"{kind}.key"
+        chain.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        private.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                              serialization.PrivateFormat.PKCS8,
+                                              serialization.NoEncryption()))  # fmt: skip
+        made[kind] = (chain, private)
+    return made
+
+
+# The certificates of this run (made in main, in a temporary directory).
+CERTIFICATES: dict = {}
+
+
 def worker_of(pid, timeout=10.0):
     """
     The one worker process of nginx's master C{pid}: the process that
@@ -183,7 +242,7 @@ def build_loadgen():
     source = BENCH / "loadgen.c"
     if LOADGEN.exists() and LOADGEN.stat().st_mtime >= source.stat().st_mtime:
         return
-    command = ["cc", "-O3", "-Wall", "-o", str(LOADGEN), str(source), "-lz", "-lcrypto"]
+    command = ["cc", "-O3", "-Wall", "-o", str(LOADGEN), str(source), "-lz", "-lssl", "-lcrypto"]
     try:
         subprocess.run(command, check=True)
     except (OSError, subprocess.CalledProcessError) as e:
@@ -195,7 +254,7 @@ def build_loadgen():
 BASELINE: "Path | None" = None
 
 
-def run_once(peer, scenario, deflate, seconds, proxied=False):
+def run_once(peer, scenario, deflate, seconds, proxied=False, tls=None):
     port = free_port()
     root = ROOT
     extra_args, extra_env = VARIANTS.get(peer, ([], {}))
@@ -205,6 +264,12 @@ def run_once(peer, scenario, deflate, seconds, proxied=False):
     elif peer in VARIANTS:
         peer = "wsmux"
     env = dict(os.environ, PYTHONPATH=str(root), **extra_env)
+    loadgen_flags = []
+    if tls is not None:
+        kind, resume = tls
+        chain, key = CERTIFICATES[kind]
+        env.update(BENCH_TLS_CERT=str(chain), BENCH_TLS_KEY=str(key))
+        loadgen_flags = ["--tls"] + (["--tls-resume"] if resume else [])
     backend = None
     with tempfile.TemporaryDirectory(prefix="wsmux-bench-") as directory:
         if proxied:
@@ -215,11 +280,17 @@ def run_once(peer, scenario, deflate, seconds, proxied=False):
             command = proxy_front(peer, port, backend_port, Path(directory))
         else:
             command = peer_command(peer, port, deflate)
+            if tls is not None and peer == "wsmux":
+                at = command.index("--port")
+                command[at : at + 2] = ["--tls-port", command[at + 1],
+                                        "--cert", env["BENCH_TLS_CERT"],
+                                        "--key", env["BENCH_TLS_KEY"]]  # fmt: skip
         command[1:1] = extra_args
         server = subprocess.Popen(command, cwd=root, env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         try:
-            return measure(server, port, scenario, deflate, seconds, peer == "nginx")
+            return measure(server, port, scenario, deflate, seconds, peer == "nginx",
+                           loadgen_flags)  # fmt: skip
         finally:
             for process in (server, backend):
                 if process is None:
@@ -231,17 +302,17 @@ def run_once(peer, scenario, deflate, seconds, proxied=False):
                     process.kill()
 
 
-def measure(server, port, scenario, deflate, seconds, master=False):
+def measure(server, port, scenario, deflate, seconds, master=False, flags=()):
     """
     One run of the load generator against the server on C{port}; with
     C{master}, the server is a master process and its one worker is the
-    process measured.
+    process measured.  C{flags} go to the load generator (--tls).
     """
     wait_port(port)
     time.sleep(0.5)
     pid = worker_of(server.pid) if master else server.pid
     args = [str(LOADGEN), scenario, str(port), "--seconds", str(seconds),
-            "--server-pid", str(pid)]  # fmt: skip
+            "--server-pid", str(pid), *flags]  # fmt: skip
     if deflate:
         args.append("--deflate")
     if scenario == "idle":
@@ -271,6 +342,8 @@ def main():
     parser.add_argument("--baseline", type=Path, help="another wsmux checkout to compare with")
     options = parser.parse_args()
     build_loadgen()
+    certificates = tempfile.TemporaryDirectory(prefix="wsmux-bench-tls-")
+    CERTIFICATES.update(make_certificates(Path(certificates.name)))
     peers = options.only.split(",")
     PEERS.extend(peer for peer in peers if peer in VARIANTS and peer not in PEERS)
     if options.baseline is not None:
@@ -292,7 +365,8 @@ def main():
         for _ in range(options.repeat):
             for peer in these:
                 try:
-                    runs[peer].append(run_once(peer, scenario, deflate, options.seconds, proxied))
+                    runs[peer].append(run_once(peer, scenario, deflate, options.seconds, proxied,
+                                               TLS.get(label)))  # fmt: skip
                 except Exception as e:  # a peer that cannot run a scenario is reported, not fatal
                     print(f"{label} {peer}: failed: {e}", file=sys.stderr)
         for peer in these:
@@ -321,7 +395,9 @@ def main():
 # Metric -> the latency figures (p50, p99) reported with it.
 LATENCIES = {
     "messages_per_s": ("p50_ms", "p99_ms"),
+    "p50_ms": ("p50_ms", "p99_ms"),
     "deliveries_per_s": ("fanout_p50_ms", "fanout_p99_ms"),
+    "handshakes_per_s": ("handshake_p50_ms", "handshake_p99_ms"),
 }
 
 
@@ -379,7 +455,7 @@ class Report:
         lines = []
         for label, _scenario, _deflate, metric in SCENARIOS:
             figures = {p: r for p, r in self.results.get(label, {}).items() if r.get(metric)}
-            if not figures or metric == "kib_per_connection":
+            if not figures or metric in ("kib_per_connection", "p50_ms"):
                 continue
             best = max(figures, key=lambda p: figures[p][metric])
             row = figures[best]
@@ -415,7 +491,9 @@ class Report:
         lines = [f"Measured {self.date} on {self.machine}; medians.", ""]
         lines += ["Load generator ceiling (``bench/loadgen.c``), against the fastest server in each "
                   "scenario:", ""] + [f"* {line}" for line in self.ceilings()] + [""]  # fmt: skip
-        lines += ["wsmux against each peer (memory: lower is better):", ""] + table(self.ratios())
+        lines += ["wsmux against each peer (memory and latency: lower is better):", ""] + table(
+            self.ratios()
+        )
         lines += ["Every server's figures, latency (a, c, f) and the CPU each side used in the "
                   "measured window (1.00 = one core busy all the time):", ""]  # fmt: skip
         return "\n".join(lines + table(self.figures()))
@@ -443,7 +521,7 @@ def write(report: Report) -> None:
         axis.bar([x + i * width for x in range(len(labels))], values, width, label=peer)
     axis.axhline(1.0, color="black", linewidth=0.8)
     axis.set_xticks([x + width * (len(PEERS) - 2) / 2 for x in range(len(labels))], labels)
-    axis.set_ylabel("wsmux / peer (memory: lower is better)")
+    axis.set_ylabel("wsmux / peer (memory, latency: lower is better)")
     axis.set_title(f"wsmux against its peers, {report.date}")
     axis.legend(fontsize=8)
     figure.tight_layout()

@@ -1,8 +1,10 @@
 """
 Raw Autobahn on Twisted, served through twisted.web's WebSocketResource:
-echo at /echo, a room at /rooms/bench.
+echo at /echo, a room at /rooms/bench.  With BENCH_TLS_CERT and
+BENCH_TLS_KEY set, over Twisted's TLS (wss) with that chain and key.
 """
 
+import os
 import sys
 
 from autobahn.twisted.resource import WebSocketResource
@@ -61,5 +63,12 @@ root.putChild(b"echo", WebSocketResource(factory(Echo)))
 rooms = Resource()
 rooms.putChild(b"bench", WebSocketResource(factory(Room)))
 root.putChild(b"rooms", rooms)
-reactor.listenTCP(port, Site(root), interface="127.0.0.1")
+if os.environ.get("BENCH_TLS_CERT"):
+    from twisted.internet.ssl import PrivateCertificate
+
+    with open(os.environ["BENCH_TLS_CERT"]) as chain, open(os.environ["BENCH_TLS_KEY"]) as key:
+        certificate = PrivateCertificate.loadPEM(chain.read() + key.read())
+    reactor.listenSSL(port, Site(root), certificate.options(), interface="127.0.0.1")
+else:
+    reactor.listenTCP(port, Site(root), interface="127.0.0.1")
 reactor.run()

@@ -1,6 +1,9 @@
-// Node's ws: echo at /echo, one broadcast room at /rooms/bench.
+// Node's ws: echo at /echo, one broadcast room at /rooms/bench.  With
+// BENCH_TLS_CERT and BENCH_TLS_KEY set, over https.createServer (wss).
 import { WebSocketServer } from "ws";
+import fs from "node:fs";
 import http from "node:http";
+import https from "node:https";
 
 const port = Number(process.argv[2]);
 const flag = process.argv[3];
@@ -14,7 +17,12 @@ const deflate =
         zlibDeflateOptions: { memLevel: 1 },
       }
     : flag === "deflate";
-const server = http.createServer();
+const server = process.env.BENCH_TLS_CERT
+  ? https.createServer({
+      cert: fs.readFileSync(process.env.BENCH_TLS_CERT),
+      key: fs.readFileSync(process.env.BENCH_TLS_KEY),
+    })
+  : http.createServer();
 const options = { noServer: true, perMessageDeflate: deflate, maxPayload: 64 * 1024 * 1024 };
 const echo = new WebSocketServer(options);
 const room = new WebSocketServer(options);

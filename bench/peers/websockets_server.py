@@ -1,8 +1,12 @@
 """
 Python websockets (asyncio, or uvloop): echo at /echo, a room at /rooms/bench.
+With BENCH_TLS_CERT and BENCH_TLS_KEY set, over TLS (wss) with that
+certificate chain and key.
 """
 
 import asyncio
+import os
+import ssl
 import sys
 
 from websockets.asyncio.server import broadcast, serve
@@ -32,6 +36,14 @@ async def handler(ws):
             await ws.send(message)
 
 
+def tls_context():
+    if not os.environ.get("BENCH_TLS_CERT"):
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(os.environ["BENCH_TLS_CERT"], os.environ["BENCH_TLS_KEY"])
+    return context
+
+
 async def main():
     async with serve(
         handler,
@@ -41,6 +53,7 @@ async def main():
         compression="deflate" if flag == "deflate" else None,
         extensions=[SMALLEST] if flag == "deflate-min" else None,
         ping_interval=None,
+        ssl=tls_context(),
     ):
         await asyncio.Future()
 
