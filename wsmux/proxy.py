@@ -178,7 +178,7 @@ class _Backend(RelayClientProtocol):
 
     def onOpen(self) -> None:
         ready, self.ready = self.ready, None
-        if ready is not None:
+        if ready is not None and not ready.called:  # called: the client left first
             self.early = []
             transport: Any = self.transport
             transport.pauseProducing()  # until the client is open too
@@ -218,7 +218,8 @@ class _Backend(RelayClientProtocol):
     def onClose(self, wasClean: bool, code: Optional[int], reason: Optional[str]) -> None:
         ready, self.ready = self.ready, None
         if ready is not None:
-            ready.errback(_Refused(_status_of(self), reason or self.wasNotCleanReason or ""))
+            if not ready.called:
+                ready.errback(_Refused(_status_of(self), reason or self.wasNotCleanReason or ""))
             return
         front, self.front = self.front, None
         if front is not None:
@@ -279,6 +280,9 @@ class ProxyHandler(WebSocketServerProtocol):
     wsmux: Any  # the connection object, set by wsmux on every handler
 
     _wsmux_backend: Optional[_Backend] = None
+    # The backend being connected (fires with it, or fails) before the 101.
+    _wsmux_pending: Optional[Deferred[Any]] = None
+    _wsmux_gone = False  # the client left before the backend answered
 
     async def onConnect(self, request: Any) -> Any:  # type: ignore[override]
         urls = self._wsmux_backend_urls(request)
@@ -289,11 +293,15 @@ class ProxyHandler(WebSocketServerProtocol):
             try:
                 backend = await self._wsmux_connect(url, request)
             except _Refused as e:
+                if self._wsmux_gone:
+                    raise ConnectionDeny(502, "The client went away") from None
                 failures.append(f"{_redacted(url)}: {e}")
                 if e.status is not None:
                     refused = e.status
                     break  # the backend answered: its answer is the answer
                 continue
+            finally:
+                self._wsmux_pending = None
             self._wsmux_backend = backend
             backend.front = self
             return backend.websocket_protocol_in_use
@@ -348,6 +356,7 @@ class ProxyHandler(WebSocketServerProtocol):
         )
         ready: Deferred[Any] = Deferred()
         factory.ready = ready
+        self._wsmux_pending = ready
         factory.setProtocolOptions(
             openHandshakeTimeout=self.spec.connect_timeout,
             closeHandshakeTimeout=options.close_handshake_timeout,
@@ -439,6 +448,12 @@ class ProxyHandler(WebSocketServerProtocol):
 
     def connectionLost(self, reason: Any = None) -> None:
         super().connectionLost(reason)
+        self._wsmux_gone = True
+        pending, self._wsmux_pending = self._wsmux_pending, None
+        if pending is not None and not pending.called:
+            # Gone before the backend answered: its connection is given up
+            # (the errback disconnects it), and no other backend is tried.
+            pending.errback(_Refused(None, "the client went away"))
         backend, self._wsmux_backend = self._wsmux_backend, None
         if backend is not None:
             backend.front = None

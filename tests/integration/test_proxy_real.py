@@ -410,3 +410,89 @@ def test_a_backend_message_over_the_limit_ends_the_client_at_once(start_server, 
             "the backend's message was over the limit",
         )
         assert time.monotonic() - started < 15  # not the 30 s close timeout
+
+
+def test_a_client_gone_before_the_backend_answers_leaves_no_backend_connection(
+    start_server, tmp_path
+):
+    # Clients that send the upgrade and reset at once, before a slow
+    # backend's 101: every backend connection wsmux opened for them is
+    # closed, and wsmux holds no socket for them (a hostile review left 300
+    # such connections open, past every connection cap).
+    import base64
+    import hashlib
+    import os
+    import socket
+    import struct
+    import threading
+
+    from tests.hostile.rawws import request
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    listener.settimeout(10)
+    ended = []
+
+    def slow_backend(conn):
+        conn.settimeout(10)
+        try:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                head += chunk
+            time.sleep(0.5)  # the 101 comes now: wsmux has given up already
+            key = next(
+                line.split(b":", 1)[1].strip()
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"sec-websocket-key:")
+            )
+            accept = base64.b64encode(
+                hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()
+            )
+            conn.sendall(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+            )
+            while conn.recv(4096):
+                pass
+            ended.append(True)
+        except OSError:
+            ended.append(True)
+        finally:
+            conn.close()
+
+    def accept():
+        try:
+            while True:
+                conn, _ = listener.accept()
+                threading.Thread(target=slow_backend, args=(conn,), daemon=True).start()
+        except OSError:
+            pass
+
+    threading.Thread(target=accept, daemon=True).start()
+    port = listener.getsockname()[1]
+    config = tmp_path / "wsmux.toml"
+    config.write_text(
+        "[limits]\nmax_connections_per_ip = 5\n\n[[routes]]\npath = '/p'\nhandler = 'proxy'\n"
+        f"backend = 'ws://127.0.0.1:{port}/'\nconnect_timeout = 60\n"
+    )
+    server = start_server("--config", str(config))
+    fds = lambda: len(os.listdir(f"/proc/{server.process.pid}/fd"))  # noqa: E731
+    before = fds()
+    try:
+        for _ in range(20):
+            client = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            client.sendall(request("/p"))
+            time.sleep(0.05)  # wsmux has read the request and is connecting
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            client.close()
+        deadline = time.monotonic() + 5  # the connect timeout is 60 s
+        while (len(ended) < 20 or fds() > before) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(ended) == 20 and fds() <= before
+    finally:
+        listener.close()
+    assert "Traceback" not in server.log()
