@@ -3,7 +3,7 @@
  * standard output.  Loopback only; bounded in time and count.
  *
  *   loadgen SCENARIO PORT [--deflate] [--seconds N] [--server-pid PID] [--count N]
- *           [--tls [--tls-resume] [--sni NAME]]
+ *           [--warmup MS] [--tls [--tls-resume] [--sni NAME]]
  *
  * SCENARIO is echo (64-byte text, 50 connections, 8 in flight each), big
  * (1 MiB binary, 4 connections, 1 in flight), latency (64-byte text, one
@@ -64,7 +64,6 @@
 #include <unistd.h>
 #include <zlib.h>
 
-#define WARMUP_MS 1000.0
 #define MAX_CONNECTING 100
 #define MAX_MESSAGE (64u * 1024 * 1024)
 #define MAX_HEAD 8192
@@ -168,6 +167,7 @@ static const char *scenario;
 static int port;
 static int deflate_wanted;
 static double seconds = 5;
+static double warmup_ms = 1000; /* --warmup MS: load before the window opens */
 static int server_pid;
 static int epoll_fd;
 static long count; /* handshakes: exactly this many, when set */
@@ -216,7 +216,7 @@ static double own_cpu_seconds(void) {
            u.ru_stime.tv_usec / 1e6;
 }
 
-/* The measured window opens WARMUP_MS after the load starts and closes
+/* The measured window opens warmup_ms after the load starts and closes
  * `seconds` later. */
 static struct {
     double opens, closes; /* 0 until the load starts */
@@ -226,7 +226,7 @@ static struct {
 
 static void window_start(void) {
     double t = now_ms();
-    window.opens = t + WARMUP_MS;
+    window.opens = t + warmup_ms;
     window.closes = window.opens + seconds * 1000;
 }
 
@@ -1111,7 +1111,7 @@ static void report(void) {
 int main(int argc, char **argv) {
     if (argc < 3)
         die("usage: loadgen SCENARIO PORT [--deflate] [--seconds N] [--server-pid PID] "
-            "[--count N] [--tls [--tls-resume] [--sni NAME]]");
+            "[--count N] [--warmup MS] [--tls [--tls-resume] [--sni NAME]]");
     scenario = argv[1];
     port = atoi(argv[2]);
     for (int i = 3; i < argc; i++) {
@@ -1123,6 +1123,8 @@ int main(int argc, char **argv) {
             server_pid = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--count") && i + 1 < argc)
             count = atol(argv[++i]);
+        else if (!strcmp(argv[i], "--warmup") && i + 1 < argc)
+            warmup_ms = atof(argv[++i]);
         else if (!strcmp(argv[i], "--tls"))
             tls_wanted = 1;
         else if (!strcmp(argv[i], "--tls-resume"))

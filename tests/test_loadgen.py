@@ -28,7 +28,7 @@ def loadgen(tmp_path_factory):
 
 def run(loadgen, scenario, port, *flags):
     return subprocess.run(
-        [str(loadgen), scenario, str(port), "--seconds", "1", *flags],
+        [str(loadgen), scenario, str(port), "--seconds", "0.5", "--warmup", "100", *flags],
         capture_output=True,
         text=True,
         timeout=150,
