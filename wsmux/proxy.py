@@ -302,6 +302,13 @@ class ProxyHandler(WebSocketServerProtocol):
                 continue
             finally:
                 self._wsmux_pending = None
+            if failures:  # a backend is down: said, though another took over
+                log.warn(
+                    "route {route}: backend failed ({why}); {url} took the connection",
+                    route=self.wsmux.policy.route,
+                    why="; ".join(failures),
+                    url=_redacted(url),
+                )
             self._wsmux_backend = backend
             backend.front = self
             return backend.websocket_protocol_in_use
@@ -310,7 +317,7 @@ class ProxyHandler(WebSocketServerProtocol):
             route=self.wsmux.policy.route,
             why="; ".join(failures),
         )
-        if refused is not None and 400 <= refused < 500:
+        if refused is not None and 400 <= refused < 600:
             raise ConnectionDeny(refused, "Refused by the backend")
         raise ConnectionDeny(502, "Bad Gateway: the backend could not be reached")
 
@@ -358,7 +365,9 @@ class ProxyHandler(WebSocketServerProtocol):
         factory.ready = ready
         self._wsmux_pending = ready
         factory.setProtocolOptions(
-            openHandshakeTimeout=self.spec.connect_timeout,
+            # The deadline below covers the handshake: Autobahn's own timer
+            # rounds to whole seconds and may fire at once.
+            openHandshakeTimeout=0,
             closeHandshakeTimeout=options.close_handshake_timeout,
             maxMessagePayloadSize=options.max_message_size,
             maxFramePayloadSize=options.max_frame_size,
@@ -372,12 +381,26 @@ class ProxyHandler(WebSocketServerProtocol):
 
             trust = _load_ca(self.spec.ca) if self.spec.ca else platformTrust()
             context = optionsForClientTLS(factory.host, trustRoot=trust)
-        connector = connectWS(factory, context, timeout=self.spec.connect_timeout)
+        timeout = self.spec.connect_timeout
+        connector = connectWS(factory, context, timeout=timeout)
+        clock: Any = self.factory.reactor
+
+        def too_slow() -> None:
+            if not ready.called:
+                ready.errback(_Refused(None, f"no answer in {timeout:g} s"))
+
+        deadline = clock.callLater(timeout, too_slow)
+
+        def done(result: Any) -> Any:
+            if deadline.active():
+                deadline.cancel()
+            return result
 
         def failed(failure: Any) -> Any:
             connector.disconnect()
             return failure
 
+        ready.addBoth(done)
         ready.addErrback(failed)
         return ready
 

@@ -5,6 +5,7 @@ backpressure, and no process left over.
 """
 
 import os
+import re
 import shutil
 import signal
 import sys
@@ -19,8 +20,7 @@ PROGRAMS = Path(__file__).resolve().parents[1] / "programs"
 
 
 def processes_with(marker):
-    # Live processes (zombies count: they were not reaped) whose command
-    # line mentions marker.
+    # Live processes whose command line mentions marker.
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -30,6 +30,22 @@ def processes_with(marker):
         except OSError:
             continue
         if marker.encode() in cmdline:
+            found.append(int(entry))
+    return found
+
+
+def zombies_of(parent):
+    # Children of parent that ended and were never reaped (a zombie's
+    # command line is empty: it is found by its state).
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if fields[0] == "Z" and int(fields[1]) == parent:
             found.append(int(entry))
     return found
 
@@ -64,6 +80,7 @@ def exec_config(tmp_path, programs, **extra):
         "handler = 'exec'",
         f"command = ['{py}', '-u', '{programs / 'count.py'}']",
         "env = { SECRET = 'from the config' }",
+        f"cwd = '{tmp_path}'",
         f"max_processes = {extra.get('max_processes', 16)}",
         "",
         "[[routes]]",
@@ -102,7 +119,7 @@ def test_lines_environment_exit_statuses_and_stderr(start_server, tmp_path, prog
         ws.send("3")
         assert [ws.recv(timeout=5) for _ in range(3)] == ["1", "2", "3"]
         ws.send("env")
-        env = dict(ws.recv(timeout=5).split("=", 1) for _ in range(8))
+        env = dict(ws.recv(timeout=5).split("=", 1) for _ in range(10))
         # An underscored name does not stand in for the dashed one, and a
         # client's Proxy header never becomes HTTP_PROXY ("httpoxy").
         assert env["HTTP_PROXY"] == ""
@@ -110,6 +127,7 @@ def test_lines_environment_exit_statuses_and_stderr(start_server, tmp_path, prog
         assert env["HTTP_X_TOKEN"] == "t0k" and env["HTTPS"] == "off"
         assert env["SERVER_PORT"] == str(server.port) and env["UNIQUE_ID"].isdigit()
         assert env["SECRET"] == "from the config"
+        assert env["SERVER_NAME"] == "127.0.0.1" and env["CWD"] == str(tmp_path)
         ws.send("err")
         ws.send("1")
         assert ws.recv(timeout=5) == "1"
@@ -117,7 +135,9 @@ def test_lines_environment_exit_statuses_and_stderr(start_server, tmp_path, prog
         with pytest.raises(ConnectionClosed):
             ws.recv(timeout=5)
         assert ws.close_code == 1000
-    assert wait_for(lambda: "stderr: a line on stderr" in server.log())
+    # Tagged with the route and the connection.
+    assert wait_for(lambda: re.search(r"route /count/\{name\} conn=\d+ stderr: a line on stderr",
+                                      server.log()))  # fmt: skip
     with connect(server.url("/count/x")) as ws:
         ws.recv(timeout=10)
         ws.send("fail")
@@ -171,6 +191,7 @@ def test_a_cap_on_processes_and_none_left_after_200_cycles(start_server, tmp_pat
     assert wait_for(lambda: not processes_with(str(programs)), timeout=20), processes_with(
         str(programs)
     )
+    assert wait_for(lambda: not zombies_of(server.process.pid))  # every one reaped
     with connect(server.url("/count/after")) as ws:
         assert ws.recv(timeout=10) == "hello after from 127.0.0.1"
 

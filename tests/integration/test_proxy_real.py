@@ -114,9 +114,10 @@ def test_what_passes_through_and_back(start_server, backend):
 
 def test_refusals_and_unreachable_backends(start_server, backend, tmp_path):
     server = proxy_server(start_server, backend)
-    with pytest.raises(InvalidStatus) as refused:
-        connect(server.url("/svc/refuse"), subprotocols=["chat"])
-    assert refused.value.response.status_code == 403
+    for name, status in (("refuse", 403), ("busy", 503)):  # the backend's own status
+        with pytest.raises(InvalidStatus) as refused:
+            connect(server.url(f"/svc/{name}"), subprotocols=["chat"])
+        assert refused.value.response.status_code == status
     # This backend insists on a subprotocol: its 400 is the client's.
     with pytest.raises(InvalidStatus) as refused:
         connect(server.url("/svc/echo"))
@@ -297,6 +298,79 @@ def test_a_backend_close_goes_on_at_once_even_if_it_keeps_tcp_open(start_server)
         assert time.monotonic() - started < 5  # not when the backend's TCP ends
     finally:
         backend.close()
+
+
+@pytest.mark.parametrize("how", ["close", "drop"])
+def test_the_clients_close_reaches_the_backend(start_server, how):
+    # A client's close goes on with its code and reason; a client that
+    # vanishes is 1001 to the backend.
+    import socket
+    import struct
+
+    from tests.hostile.rawws import Peer, close_frame
+
+    backend = RawBackend()
+    accepted = []
+    backend.serve_in_thread(accepted.append)
+    server = start_server("--route", f"/c=proxy:ws://127.0.0.1:{backend.port}/")
+    try:
+        peer = Peer(server.port).open("/c")
+        deadline = time.monotonic() + 10
+        while not accepted and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if how == "close":
+            peer.send(close_frame(4321, b"client says bye"))
+        else:
+            peer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            peer.close()
+        opcode, payload, _ = read_masked(backend.conn)
+        code, reason = struct.unpack(">H", payload[:2])[0], payload[2:]
+        assert opcode == 8
+        if how == "close":
+            assert (code, reason) == (4321, b"client says bye")
+        else:
+            assert (code, reason) == (1001, b"the client went away")
+    finally:
+        backend.close()
+
+
+def test_a_silent_backend_times_out_and_a_list_fails_over(start_server, tmp_path):
+    # A backend that takes the TCP connection and never answers: 502 once
+    # connect_timeout has run, not later; with a list, the next backend
+    # serves the client.
+    import socket
+
+    from tests.twistd_process import free_port
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    good = Backend("websockets")
+    dead = free_port()  # nothing listens there
+    try:
+        config = tmp_path / "wsmux.toml"
+        config.write_text(
+            "[[routes]]\npath = '/silent'\nhandler = 'proxy'\n"
+            f"backend = 'ws://127.0.0.1:{silent.getsockname()[1]}/echo'\nconnect_timeout = 1\n\n"
+            "[[routes]]\npath = '/list/{name}'\nhandler = 'proxy'\n"
+            f"backend = ['ws://127.0.0.1:{dead}/{{name}}', "
+            f"'ws://127.0.0.1:{good.port}/info/{{name}}?from=wsmux&{{query}}']\n"
+        )
+        server = start_server("--config", str(config))
+        started = time.monotonic()
+        with pytest.raises(InvalidStatus) as unreachable:
+            connect(server.url("/silent"), open_timeout=20)
+        assert unreachable.value.response.status_code == 502
+        assert 0.9 < time.monotonic() - started < 8
+        assert "no answer in 1 s" in server.log()
+        for _ in range(2):  # round-robin: each turn starts at another; both succeed
+            with connect(server.url("/list/x?q=1"), subprotocols=["chat"]) as ws:
+                info = json.loads(ws.recv(timeout=10))
+                assert info["path"] == "/info/x" and info["query"] == "from=wsmux&q=1"
+        assert f"127.0.0.1:{dead}" in server.log()  # the failed one, named
+    finally:
+        silent.close()
+        good.stop()
 
 
 def test_every_frame_shape_a_backend_may_send(start_server):

@@ -19,8 +19,10 @@ for line in sys.stdin:
             "UNIQUE_ID",
             "SECRET",
             "HTTP_PROXY",
+            "SERVER_NAME",
         ):
             print(f"{key}={os.environ.get(key, '')}", flush=True)
+        print(f"CWD={os.getcwd()}", flush=True)
         continue
     if line == "exit":
         sys.exit(0)

@@ -21,6 +21,7 @@ const wss = new WebSocketServer({
   handleProtocols: (offered) => ["chat", "superchat"].find((p) => offered.has(p)) ?? false,
   verifyClient: (info, answer) => {
     if (info.req.url.startsWith("/refuse")) return answer(false, 403, "Forbidden");
+    if (info.req.url.startsWith("/busy")) return answer(false, 503, "Busy");
     // Like the websockets backend: a subprotocol is required.
     if (!info.req.headers["sec-websocket-protocol"]) return answer(false, 400, "No subprotocol");
     answer(true);

@@ -3,7 +3,7 @@ A Python websockets server, as a backend for proxy routes in tests.
 
 With CHAIN KEY arguments it serves wss.  Prints "PORT <n>" once listening on 127.0.0.1 (port 0: the kernel's
 choice).  Paths: /echo, /info (what it was sent, as JSON), /greet (a
-message at once), /close (closes as asked), /refuse (403), /die (exits
+message at once), /busy (503), /close (closes as asked), /refuse (403), /die (exits
 the process on the first message), /noread, /flood, /big (a text
 message of as many bytes as asked).
 """
@@ -24,6 +24,8 @@ SEEN = ("origin", "cookie", "authorization", "x-forwarded-for", "forwarded",
 def refuse(connection, request):
     if request.path.startswith("/refuse"):
         return Response(403, "Forbidden", Headers([("Content-Length", "2")]), b"no")
+    if request.path.startswith("/busy"):
+        return Response(503, "Busy", Headers([("Content-Length", "4")]), b"busy")
     return None
 
 
