@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import twisted
 
-from wsmux import _compat, _compat_autobahn, _compat_twisted
+from wsmux import _compat, _compat_autobahn, _compat_http2, _compat_twisted
 
 ROOT = Path(__file__).resolve().parent.parent
-SEAM = {"_compat.py", "_compat_twisted.py", "_compat_autobahn.py"}
+SEAM = {"_compat.py", "_compat_twisted.py", "_compat_autobahn.py", "_compat_http2.py"}
 
 # Every internal, by the name the seam gives it.
 EXPECTED = [
@@ -39,6 +39,7 @@ EXPECTED = [
     "autobahn.relay_client",
     "autobahn.fail_connection",
     "autobahn.per_message_compress",
+    "http2.extended_connect",
 ]
 
 
@@ -106,7 +107,7 @@ globalLogPublisher.addObserver(lambda e: lines.append(e))
 from twisted.internet import abstract
 del abstract.FileDescriptor.dataBuffer
 from twisted.logger import formatEvent
-from wsmux import _compat, _compat_autobahn, _compat_twisted
+from wsmux import _compat, _compat_autobahn, _compat_http2, _compat_twisted
 assert not _compat.enabled("twisted.direct_send")
 assert _compat.enabled("autobahn.lean_protocol")
 said = [formatEvent(e) for e in lines if "direct_send" in formatEvent(e)]
@@ -160,7 +161,7 @@ def test_outside_the_seam_every_private_name_read_is_wsmux_own():
 
 
 def test_the_environment_switches_every_internal_off():
-    code = "from wsmux import _compat, _compat_autobahn, _compat_twisted\n" \
+    code = "from wsmux import _compat, _compat_autobahn, _compat_http2, _compat_twisted\n" \
         "print(sorted(n for n, i in _compat.INTERNALS.items() if i.enabled))"  # fmt: skip
     out = subprocess.run(
         [sys.executable, "-c", code],
@@ -177,7 +178,7 @@ def test_the_environment_switches_every_internal_off():
 def test_the_versions_checked_are_said():
     # The seam's modules name the versions they were checked against; the
     # installed Twisted is one a matrix run covers (tox.ini).
-    for module in (_compat_twisted, _compat_autobahn):
+    for module in (_compat_twisted, _compat_autobahn, _compat_http2):
         assert "Checked against" in (module.__doc__ or "")
     assert twisted.__version__
 

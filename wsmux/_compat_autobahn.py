@@ -207,6 +207,9 @@ class GuardedHandshakeMixin(_Hooked):
             self.wsmux.handler_failed("the opening handshake")
 
 
+_UPGRADE_VERSIONS = (b"HTTP/1.1", b"HTTP/2")
+
+
 class DirectHandshakeMixin(_Hooked):
     """
     Open a connection from the request C{twisted.web} already parsed.
@@ -285,7 +288,10 @@ class DirectHandshakeMixin(_Hooked):
         me: Any = self
         if me.logOctets or me.trustXForwardedFor or me.state != me.STATE_CONNECTING:
             return None
-        if request.clientproto != b"HTTP/1.1" or request.method != b"GET":
+        # HTTP/2: a WebSocket stream's request, made an HTTP/1.1 upgrade
+        # (wsmux._compat_http2.WebSocketStream); h2 lets no other carry
+        # the upgrade headers.
+        if request.clientproto not in _UPGRADE_VERSIONS or request.method != b"GET":
             return None
         uri = request.uri.decode("iso-8859-1")
         if uri[:1] != "/" or uri[:2] == "//" or "#" in uri:

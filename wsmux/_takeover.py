@@ -151,15 +151,22 @@ class Handoff:
         Make C{protocol} the transport's protocol; what the client sends
         from now on goes to it.
         """
-        transport = self.transport
-        if isinstance(transport, ProtocolWrapper):
-            transport.wrappedProtocol = protocol
-        elif isinstance(getattr(transport, "protocol", None), ProtocolWrapper):
-            transport.protocol.wrappedProtocol = protocol
-        else:
-            transport.protocol = protocol
+        replace_protocol(self.transport, protocol)
         # Bytes twisted.web's parser still holds reach rawDataReceived.
         self.channel.rawDataReceived = protocol.dataReceived
+
+
+def replace_protocol(transport: Any, protocol: Any) -> None:
+    """
+    Make C{protocol} the one C{transport} delivers to (through the TLS
+    layer, or the wrapper that counts connections, when there is one).
+    """
+    if isinstance(transport, ProtocolWrapper):
+        transport.wrappedProtocol = protocol
+    elif isinstance(getattr(transport, "protocol", None), ProtocolWrapper):
+        transport.protocol.wrappedProtocol = protocol
+    else:
+        transport.protocol = protocol
 
 
 def hand_off(request: IRequest, transport: Any) -> Handoff:

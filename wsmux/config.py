@@ -57,7 +57,7 @@ DEFAULT_ROUTES: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 _TOP_KEYS = {"port", "limits", "tls", "defaults", "routes", "resources"}  # and SETTINGS, below
 _TLS_KEYS = {
-    "cert", "key", "passphrase", "directory", "strict", "min_version", "ports", "shared_ports", "hosts",
+    "cert", "key", "passphrase", "directory", "strict", "min_version", "http2", "ports", "shared_ports", "hosts",
 }  # fmt: skip
 _HOST_KEYS = {"name", "cert", "key", "passphrase"}
 _ROUTE_KEYS = {"path", "handler"} | OPTION_NAMES
@@ -273,10 +273,12 @@ def tls_from_flags(
     key: Optional[str] = None,
     strict: bool = False,
     min_version: Optional[str] = None,
+    no_http2: bool = False,
 ) -> dict[str, Any]:
     """
     The command line's C{[tls]} overrides (C{--certs}, C{--cert}, C{--key},
-    C{--tls-strict}, C{--tls-min-version}), checked as the file's are.
+    C{--tls-strict}, C{--tls-min-version}, C{--no-http2}), checked as the
+    file's are.
 
     @raise ConfigError: naming the flag.
     """
@@ -290,6 +292,8 @@ def tls_from_flags(
         tls["default"] = default
     if strict:
         tls["strict"] = True
+    if no_http2:
+        tls["http2"] = False
     if min_version:
         try:
             tls["min_version"] = tls_min_version(min_version)
@@ -548,7 +552,7 @@ def _tls_table(table: Any, path: str, bad: Any) -> dict[str, Any]:
                     "must be a port number, an endpoint description, or a list of them",
                 )
             out["tls_ports" if key == "ports" else "shared_ports"] = ports
-    for key in ("strict",):
+    for key in ("strict", "http2"):
         if key in table and not isinstance(table[key], bool):
             raise bad(f"tls.{key}", "must be true or false")
     if "min_version" in table:
@@ -595,6 +599,7 @@ def _tls_table(table: Any, path: str, bad: Any) -> dict[str, Any]:
         directory=directory,
         strict=table.get("strict", False),
         min_version=table.get("min_version", "1.2"),
+        http2=table.get("http2", True),
     )
     return out
 

@@ -428,7 +428,16 @@ class Connection:
         """
         Whether the connection came over TLS (wss://).
         """
-        return ISSLTransport.providedBy(self.protocol.transport)
+        transport = self.protocol.transport
+        return ISSLTransport.providedBy(transport) or getattr(transport, "wsmux_tls", False)
+
+    @property
+    def http2(self) -> bool:
+        """
+        Whether the WebSocket runs on an HTTP/2 stream (RFC 8441) rather
+        than a connection of its own.
+        """
+        return bool(getattr(self.protocol.transport, "wsmux_http2", False))
 
     @property
     def server_name(self) -> Optional[str]:
@@ -438,7 +447,7 @@ class Connection:
         """
         transport = self.protocol.transport
         handle = getattr(transport, "getHandle", None)
-        if handle is None or not ISSLTransport.providedBy(transport):
+        if handle is None or not self.tls:
             return None
         try:
             name = handle().get_servername()

@@ -55,6 +55,12 @@ class ServerLimits:
     max_header_name: int = _limit(
         256, "Longest HTTP request header name, in bytes; longer gets 431."
     )
+    max_http2_streams: int = _limit(
+        100,
+        "Most streams open at once on one HTTP/2 connection (WebSockets and requests): "
+        "the client is told so in its SETTINGS, and h2 refuses more (REFUSED_STREAM). "
+        "Each WebSocket stream also counts as a connection in the caps above.",
+    )
     max_body_size: int = _limit(
         65536,
         "Largest HTTP request body, in bytes, for the plain-HTTP resources; larger gets 413 "

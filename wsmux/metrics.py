@@ -30,6 +30,8 @@ class RouteStats:
     dropped: Counter[str] = field(default_factory=Counter)
     handler_errors: Counter[str] = field(default_factory=Counter)
     traffic: Counter[tuple[str, str]] = field(default_factory=Counter)
+    http2_websockets: Counter[str] = field(default_factory=Counter)
+    http2_connections: int = 0
 
     def listen(self, events: Any) -> None:
         """
@@ -43,6 +45,8 @@ class RouteStats:
 
     def _opened(self, connection: Any) -> None:
         self.handshakes[(connection.policy.route, "accepted")] += 1
+        if connection.http2:
+            self.http2_websockets[connection.policy.route] += 1
 
     def _refused(self, route: str, status: int, reason: str, peer: Any) -> None:
         self.handshakes[(route, str(status))] += 1
@@ -133,6 +137,19 @@ class WsmuxCollector:
         for (route, outcome), n in sorted(stats.handshakes.items()):
             handshakes.add_metric([route, outcome], n)
         yield handshakes
+        http2 = CounterMetricFamily(
+            "wsmux_http2_websockets",
+            "WebSockets opened on HTTP/2 streams (RFC 8441), by route",
+            labels=["route"],
+        )
+        for route, n in sorted(stats.http2_websockets.items()):
+            http2.add_metric([route], n)
+        yield http2
+        yield CounterMetricFamily(
+            "wsmux_http2_connections",
+            "HTTP/2 connections accepted (TLS clients that chose h2)",
+            value=stats.http2_connections,
+        )
 
         for kind, help_text in (
             ("messages_in", "Messages received"),

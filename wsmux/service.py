@@ -10,6 +10,7 @@ from typing import Any, Optional
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.task import deferLater
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
@@ -424,6 +425,11 @@ class DrainService(Service):
             h=sum(not c.idle for c in site.open_channels) if site is not None else 0,
         )
         closed = self.tree.close_all(1001, "server shutting down", self.timeout, clock=reactor)
+        # The shutdown goes on in a turn of its own, not inside the read
+        # that closed the last WebSocket: Twisted drops every connection
+        # still open there and then (an HTTP/2 connection whose streams
+        # were those WebSockets, its TLS layer in the middle of a read).
+        closed.addBoth(lambda result: deferLater(reactor, 0, lambda: result))
         if http.called:
             return closed
 

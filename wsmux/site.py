@@ -23,11 +23,13 @@ from typing import Any, Optional
 from urllib.parse import urlsplit
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import INegotiated
 from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.http import HTTPChannel, datetimeToString, unquote
 from twisted.web.server import Request, Site
 
+from wsmux._compat_http2 import HTTP2, take_http2
 from wsmux._compat_twisted import parse_whole_head, start_parsed_request
 from wsmux.limits import ServerLimits, client_address
 from wsmux.logs import log
@@ -126,6 +128,8 @@ class GuardedHTTPChannel(HTTPChannel):
     _upgrade_rest_size = 0
     # Requests answered on this connection so far.
     _served = 0
+    # Whether the TLS connection's ALPN choice is still to be looked at.
+    _alpn_unread = False
 
     def connectionMade(self) -> None:
         site = self.site
@@ -140,8 +144,18 @@ class GuardedHTTPChannel(HTTPChannel):
                 self._idle_timeout, self.timeOut = self.timeOut, None
         super().connectionMade()
         self._arm_deadline()
+        if HTTP2 and INegotiated.providedBy(self.transport):
+            self._alpn_unread = True
 
     def dataReceived(self, data: bytes) -> None:
+        if self._alpn_unread:
+            # The first bytes over TLS: the handshake, ALPN included, is
+            # done.  A client that chose h2 continues on HTTP/2.
+            self._alpn_unread = False
+            if take_http2(self, data):
+                self.site.channel_gone(self)
+                self._disarm_deadline()
+                return
         if not self._whole_head(data):
             super().dataReceived(data)
 
@@ -570,6 +584,15 @@ class WebSocketSite(Site):
         self.open_channels: set[GuardedHTTPChannel] = set()
         self.quiescing = False
         self._quiet: list[Deferred[None]] = []
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """
+        What C{twisted.web} would add to every TLS port's ALPN list (C{h2}
+        whenever the h2 library is installed): nothing.  The TLS settings
+        choose (L{wsmux.tls.load_certificate_options}), and a site that is
+        not wsmux's HTTP/2 must not be offered it.
+        """
+        return []
 
     def quiesce(self) -> Deferred[None]:
         """

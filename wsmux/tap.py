@@ -183,6 +183,12 @@ class Options(usage.Options):
     optFlags = [
         ["tls-strict", None, "Refuse unknown server names with an unrecognized_name alert."],
         [
+            "no-http2",
+            None,
+            "Offer HTTP/1.1 only on TLS ports (by default they offer HTTP/2 too, WebSockets "
+            "included, when the http2 extra is installed).",
+        ],
+        [
             "deflate-server-no-context-takeover",
             None,
             _NO_CONTEXT_HELP + " (Every route's default.)",
@@ -282,7 +288,7 @@ class Options(usage.Options):
         try:
             tls = tls_from_flags(
                 self["certs"], self["cert"], self["key"], bool(self["tls-strict"]),
-                self["tls-min-version"],
+                self["tls-min-version"], bool(self["no-http2"]),
             )  # fmt: skip
             self.config_bytes = None
             if self["config"]:

@@ -32,6 +32,7 @@ from twisted.internet.ssl import (
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
+from wsmux._compat_http2 import ALPN_HTTP2, HTTP2
 from wsmux.logs import log
 
 # Forward-secret suites only (TLS 1.3 suites always are).
@@ -78,6 +79,8 @@ class TlsSettings:
     @ivar strict: refuse unknown server names with an C{unrecognized_name}
         alert instead of serving the default certificate.
     @ivar min_version: C{"1.2"} or C{"1.3"}.
+    @ivar http2: offer HTTP/2 (ALPN C{h2}) besides HTTP/1.1, when wsmux
+        can serve it (the C{http2} extra).
     """
 
     default: Optional[HostCertificate] = None
@@ -85,6 +88,7 @@ class TlsSettings:
     directory: Optional[str] = None
     strict: bool = False
     min_version: str = "1.2"
+    http2: bool = True
 
     def __post_init__(self) -> None:
         if self.min_version not in TLS_VERSIONS:
@@ -107,10 +111,12 @@ SESSION_LIFETIME = 300
 
 
 def load_certificate_options(
-    entry: HostCertificate, min_version: str = "1.2"
+    entry: HostCertificate, min_version: str = "1.2", http2: bool = False
 ) -> CertificateOptions:
     """
     Parse one host's chain and key into hardened Twisted certificate options.
+
+    @param http2: offer C{h2} in ALPN (when wsmux can serve HTTP/2).
 
     @raise CertificateError: naming the file that is missing or wrong.
     """
@@ -142,7 +148,7 @@ def load_certificate_options(
             extraCertChain=extra,
             raiseMinimumTo=TLS_VERSIONS[min_version],
             acceptableCiphers=AcceptableCiphers.fromOpenSSLCipherString(FORWARD_SECRET_CIPHERS),
-            acceptableProtocols=[b"http/1.1"],
+            acceptableProtocols=ALPN_HTTP2 if http2 and HTTP2 else [b"http/1.1"],
             enableSessions=True,
         )
         context = options.getContext()
@@ -291,7 +297,9 @@ class SniContextMap:
         exact: dict[str, CertificateOptions] = {}
         wildcard: dict[str, CertificateOptions] = {}
         for entry in self._entries():
-            options = load_certificate_options(entry, self.settings.min_version)
+            options = load_certificate_options(
+                entry, self.settings.min_version, self.settings.http2
+            )
             context = options.getContext()
             context.set_tlsext_servername_callback(self._server_name)
             name = entry.name.lower().rstrip(".")

@@ -10,6 +10,7 @@ import os
 import shutil
 import threading
 from pathlib import Path
+from urllib.request import urlopen
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -209,3 +210,46 @@ def test_the_demo_page_never_connects_to_another_host(start_server):
     url, opened = in_browser(test)
     assert url == here + "echo"
     assert opened == [here + "rooms/garden"]
+
+
+def test_websockets_ride_the_pages_http2_connection(start_server, tmp_path):
+    # RFC 8441: Chromium opens a page's wss:// WebSockets as streams of the
+    # HTTP/2 connection it loaded the page on, when the server's SETTINGS
+    # allow it (no flag needed).
+    (tmp_path / "pki").mkdir()
+    pki = make_pki(tmp_path / "pki")
+    server = start_server(
+        "--tls-port", "tcp:0:interface=127.0.0.1", "--certs", str(pki.directory),
+        "--metrics-path", "/metrics",
+    )  # fmt: skip
+    port = next(port for kind, _, port in server.ports() if kind == "tls")
+    flags = [
+        "--host-resolver-rules=MAP a.test 127.0.0.1",
+        "--ignore-certificate-errors-spki-list=" + spki_hash(pki.files["a.test"][0]),
+    ]
+
+    def test(browser):
+        page = browser.new_page()
+        page.goto(f"https://a.test:{port}/")
+        protocol = page.evaluate("performance.getEntriesByType('navigation')[0].nextHopProtocol")
+        echoes = page.evaluate(
+            """async (url) => {
+                const one = (i) => new Promise((resolve, reject) => {
+                    const ws = new WebSocket(url);
+                    ws.onopen = () => ws.send("stream " + i);
+                    ws.onmessage = (e) => { resolve(e.data); };
+                    ws.onerror = () => reject(new Error("websocket " + i + " failed"));
+                });
+                return await Promise.all([one(1), one(2), one(3)]);
+            }""",
+            f"wss://a.test:{port}/echo",
+        )
+        return protocol, echoes
+
+    protocol, echoes = in_browser(test, flags)
+    assert protocol == "h2"
+    assert echoes == ["stream 1", "stream 2", "stream 3"]
+    metrics = urlopen(server.url("/metrics", "http"), timeout=5).read().decode()
+    # Three WebSockets, all as streams of the one HTTP/2 connection.
+    assert 'wsmux_http2_websockets_total{route="/echo"} 3.0' in metrics
+    assert "wsmux_http2_connections_total 1.0" in metrics

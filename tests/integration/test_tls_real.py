@@ -14,6 +14,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from tests.pki import make_pki
+from wsmux import _compat_http2
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +123,11 @@ def test_s_client_without_sni_gets_the_default(tls_server):
 
 
 def test_alpn_and_versions(tls_server):
+    # h2 exactly when wsmux serves it (not on the public path, nor
+    # without the http2 extra: tests/integration/test_http2_real.py).
     _, output = s_client(tls_server.tls_port, "-servername", "a.test", "-alpn", "h2,http/1.1")
+    assert f"ALPN protocol: {'h2' if _compat_http2.HTTP2 else 'http/1.1'}" in output
+    _, output = s_client(tls_server.tls_port, "-servername", "a.test", "-alpn", "http/1.1")
     assert "ALPN protocol: http/1.1" in output
     assert "Compression: NONE" in output
     for old in ("-tls1", "-tls1_1"):

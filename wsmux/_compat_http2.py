@@ -1,0 +1,711 @@
+"""
+WebSockets over HTTP/2 (RFC 8441), on Twisted's HTTP/2 connection: the
+seam's part that touches C{twisted.web._http2} (see L{wsmux._compat}).
+
+Twisted serves HTTP/2 only through its private C{twisted.web._http2}, and
+runs a request when its stream ends, which a WebSocket's stream never does.
+L{WebSocketH2Connection} is Twisted's connection with three changes:
+
+  - its SETTINGS say C{SETTINGS_ENABLE_CONNECT_PROTOCOL}, and an extended
+    CONNECT with C{:protocol = websocket} becomes a L{WebSocketStream}: its
+    request is run through the route tree at once, as an HTTP/1.1 upgrade
+    request (the same route, hook, handler chain, checks and limits), and a
+    route that takes it gets the stream as its transport;
+  - every other request's body is capped as over HTTP/1.1, and
+    connection-specific headers (which HTTP/2 forbids) are left out of
+    responses;
+  - the connection's write backpressure reaches every WebSocket on it.
+
+Without Twisted's HTTP/2 (or the C{h2} library: the C{http2} extra), or with
+its check failing, TLS ports offer C{http/1.1} only.
+
+Checked against Twisted 24.7.0 and 26.10.0, with h2 4.4.1.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections import deque
+from typing import Any, Iterable, Optional, Sequence
+
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import IConsumer, IPushProducer, ISSLTransport, ITransport
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from wsmux._compat import all_of, code_names, declare, missing_names
+from wsmux.logs import log
+
+try:
+    import h2.config
+    import h2.connection
+    import h2.errors
+    import h2.events
+    import h2.exceptions
+    import h2.settings
+    import priority
+    from twisted.web._http2 import H2Connection, H2Stream
+except ImportError as e:  # the http2 extra is not installed
+    _ABSENT: Optional[str] = f"the http2 extra is not installed ({e})"
+    _Connection: Any = object
+    _Stream: Any = object
+else:
+    _ABSENT = None
+    _Connection = H2Connection
+    _Stream = H2Stream
+
+
+def _extended_connect_parses() -> Optional[str]:
+    # h2 must take an extended CONNECT (RFC 8441) as a request.
+    server = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=False, header_encoding=None)
+    )
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    server.initiate_connection()
+    client.initiate_connection()
+    client.send_headers(
+        1,
+        [
+            (":method", "CONNECT"),
+            (":protocol", "websocket"),
+            (":scheme", "https"),
+            (":path", "/"),
+            (":authority", "localhost"),
+        ],
+    )
+    events = server.receive_data(client.data_to_send())
+    if not any(isinstance(event, h2.events.RequestReceived) for event in events):
+        return "h2 does not take an extended CONNECT request"
+    return None
+
+
+def _check() -> Optional[str]:
+    if _ABSENT is not None:
+        return _ABSENT
+    return all_of(
+        missing_names(
+            H2Connection,
+            (
+                "_requestReceived",
+                "_requestDataReceived",
+                "_requestEnded",
+                "_requestAborted",
+                "_requestDone",
+                "writeHeaders",
+                "writeDataToStream",
+                "endRequest",
+                "abortRequest",
+                "openStreamWindow",
+                "remainingOutboundWindow",
+                "timeoutConnection",
+            ),
+        ),
+        code_names(
+            H2Connection._requestReceived,
+            ("streams", "_streamCleanupCallbacks", "_outboundStreamQueues", "priority"),
+        ),
+        code_names(
+            H2Connection.dataReceived,
+            ("_requestReceived", "_requestDataReceived", "_requestEnded", "_requestAborted"),
+        ),
+        code_names(H2Connection.__init__, ("_streamCleanupCallbacks", "_outboundStreamQueues")),
+        code_names(H2Connection._requestDone, ("_streamCleanupCallbacks",)),
+        code_names(H2Connection.pauseProducing, ("_consumerBlocked",)),
+        code_names(
+            H2Stream.__init__, ("_request", "_conn", "_inboundDataBuffer", "_convertHeaders")
+        ),
+        missing_names(
+            H2Stream,
+            ("windowUpdated", "flowControlBlocked", "registerProducer", "requestDone"),
+        ),
+        None
+        if hasattr(h2.settings.SettingCodes, "ENABLE_CONNECT_PROTOCOL")
+        else "h2 has no SETTINGS_ENABLE_CONNECT_PROTOCOL",
+        _extended_connect_parses(),
+    )
+
+
+HTTP2 = declare(
+    "http2.extended_connect",
+    touches=(
+        "twisted.web._http2.H2Connection / H2Stream",
+        "H2Connection._requestReceived / _requestDataReceived / _requestEnded / _requestAborted",
+        "H2Connection._requestDone / _streamCleanupCallbacks / _outboundStreamQueues",
+        "H2Connection._consumerBlocked",
+        "H2Stream._request / _conn / _inboundDataBuffer / _convertHeaders",
+    ),
+    why=(
+        "HTTP/2, and WebSockets on its streams (RFC 8441): Twisted serves HTTP/2 only "
+        "through its private twisted.web._http2, and runs a request when its stream ends, "
+        "which a WebSocket's stream never does"
+    ),
+    checked="Twisted 24.7.0, 26.10.0; h2 4.4.1",
+    fallback="no HTTP/2: TLS ports offer http/1.1 only",
+    check=_check,
+)
+
+#: The ALPN protocols a TLS port offers, best first.
+ALPN_HTTP2 = [b"h2", b"http/1.1"]
+
+# Headers HTTP/2 forbids (RFC 9113 8.2.2): twisted.web and Autobahn write
+# some of them on an HTTP/1.1 response; on a stream they are left out.
+_CONNECTION_SPECIFIC = frozenset(
+    [b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"]
+)
+# Headers of a 101 that only HTTP/1.1's upgrade needs (RFC 8441 5).
+_UPGRADE_ONLY = _CONNECTION_SPECIFIC | {b"sec-websocket-accept"}
+# Request headers of a WebSocket stream that the HTTP/1.1 head wsmux makes
+# for it writes itself.
+_MADE = frozenset([b"host", b"sec-websocket-key", b"content-length"])
+# The most a response head written by the WebSocket side may take.
+_HEAD_MAX = 65536
+_FORBIDDEN = (b"\r", b"\n", b"\0")
+
+
+def _h2_headers(pairs: Any, drop: frozenset[bytes]) -> list[tuple[bytes, bytes]]:
+    return [(name.lower(), value) for name, value in pairs if name.lower() not in drop]
+
+
+class _Guarded(_Stream):  # type: ignore[misc]
+    """
+    What wsmux changes in every stream: no connection-specific response
+    headers.
+    """
+
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
+        pairs = [(k, v) for (k, values) in headers.getAllRawHeaders() for v in values]
+        self._conn.writeHeaders(
+            version, code, reason, _h2_headers(pairs, _CONNECTION_SPECIFIC), self.streamID
+        )
+
+
+class RequestStream(_Guarded):
+    """
+    A stream carrying an ordinary request: its body is capped as over
+    HTTP/1.1 (C{max_body_size}; a larger one gets 413).
+    """
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        limits = getattr(self.site, "limits", None)
+        if limits is not None:
+            self._request.wsmux_body_cap = limits.max_body_size
+
+    def body_too_large(self) -> None:
+        self._conn.refuse_stream(self.streamID, 413, "Content Too Large")
+
+
+class WebSocketStream(_Guarded):
+    """
+    A stream opened by an extended CONNECT for a WebSocket: the C{channel}
+    of its request while the route tree decides, then (through
+    L{StreamTransport}) the WebSocket protocol's transport.
+
+    What the client sends before a route takes the stream is kept without
+    opening the stream's window: at most the window (64 KiB) waits.
+    """
+
+    handed = False
+    lost = False
+    persistent = False
+
+    def __init__(self, *args: Any) -> None:
+        self._before: list[bytes] = []
+        self._before_size = 0
+        self._client_ended = False
+        super().__init__(*args)
+        # The hand-off takes the request channel's transport (and sets the
+        # attribute to None): the stream keeps its own reference.
+        self.socket = StreamTransport(self)
+        self.transport: Optional[StreamTransport] = self.socket
+
+    def _convertHeaders(self, headers: Sequence[tuple[bytes, bytes]]) -> None:
+        # The request is a WebSocket upgrade as HTTP/1.1 would have sent it,
+        # for the route tree to decide on and Autobahn to answer: its head
+        # is made here, with a key of its own (RFC 8441 5 has none).
+        request = self._request
+        add = request.requestHeaders.addRawHeader
+        path = authority = b""
+        lines = []
+        cookies = []
+        for name, value in headers:
+            if name[:1] == b":":
+                if name == b":path":
+                    path = value
+                elif name == b":authority":
+                    authority = value
+                continue
+            if name == b"cookie":
+                cookies.append(value)
+                continue
+            if name in _MADE:
+                continue
+            add(name, value)
+            lines.append(b"%s: %s" % (name, value))
+        if cookies:
+            # Split into fields over HTTP/2, one header for HTTP/1.1 (RFC
+            # 9113 8.2.3).
+            cookie = b"; ".join(cookies)
+            add(b"cookie", cookie)
+            lines.append(b"cookie: " + cookie)
+        key = base64.b64encode(os.urandom(16))
+        for name, value in (
+            (b"host", authority),
+            (b"upgrade", b"websocket"),
+            (b"connection", b"Upgrade"),
+            (b"sec-websocket-key", key),
+        ):
+            add(name, value)
+            lines.append(b"%s: %s" % (name, value))
+        self.command = b"GET"
+        self.path = path
+        # h2 checks names and values; the head made from them must not be
+        # able to say more than they do, whatever h2 lets through.
+        self.bad = (
+            path[:1] != b"/"
+            or b" " in path
+            or any(c in part for part in (path, authority, *lines) for c in _FORBIDDEN)
+        )
+        request.raw_head = b"GET %s HTTP/1.1\r\n%s\r\n\r\n" % (path, b"\r\n".join(lines))
+        request.wsmux_upgrade = True
+        request.gotLength(0)
+        request.parseCookies()
+
+    def start(self) -> None:
+        """
+        Run the request through the route tree (the stream has only begun).
+        """
+        if self.bad:
+            self._conn.refuse_stream(self.streamID, 400, "Bad Request")
+            return
+        self._request.requestReceived(self.command, self.path, b"HTTP/2")
+
+    # -- the hand-off (wsmux._takeover) ------------------------------------------
+
+    def handed_off(self) -> None:
+        self.handed = True
+
+    def take_upgrade_rest(self) -> bytes:
+        rest, size = b"".join(self._before), self._before_size
+        self._before, self._before_size = [], 0
+        if size:
+            self._conn.open_window(self.streamID, size)
+        if self._client_ended:
+            # After what came before it.
+            self._conn.reactor_call(0, self._end_of_client)
+        return rest
+
+    # -- what H2Connection calls ---------------------------------------------------
+
+    def receiveDataChunk(self, data: bytes, flowControlledLength: int) -> None:
+        if self.lost:
+            self._conn.open_window(None, flowControlledLength)
+        elif not self.handed:
+            self._before.append(data)
+            self._before_size += flowControlledLength
+        elif not self.producing:
+            self._inboundDataBuffer.append((data, flowControlledLength))
+        else:
+            self._deliver(data, flowControlledLength)
+
+    def _deliver(self, data: bytes, size: int) -> None:
+        protocol = self.socket.protocol
+        if protocol is None:
+            return
+        protocol.dataReceived(data)
+        self._conn.open_window(None if self.lost else self.streamID, size)
+
+    def requestComplete(self) -> None:
+        # The client ended its side (END_STREAM): like a TCP FIN, the
+        # WebSocket is over (after what is still buffered).
+        if not self.handed:
+            self._client_ended = True
+        elif not self.producing:
+            self._inboundDataBuffer.append((None, 0))
+        else:
+            self._end_of_client()
+
+    def _end_of_client(self) -> None:
+        # Our side ends too, after what is queued (as a TCP transport
+        # closes when the peer's FIN arrives).
+        if not self.socket.disconnecting:
+            self.socket.loseConnection()
+        self._lose(Failure(ConnectionDone("the client ended the stream")))
+
+    def connectionLost(self, reason: Failure) -> None:
+        # A reset stream, or the whole connection gone.
+        if self.handed:
+            self._lose(reason)
+        elif not self.lost:
+            self.lost = True
+            self._request.connectionLost(reason)
+
+    def finished(self, _: object = None) -> None:
+        """
+        Twisted let go of the stream (it sent END_STREAM or RST_STREAM):
+        the WebSocket's transport is closed.
+        """
+        if self._before_size:
+            # Kept for a route that did not take the stream: the
+            # connection's window is given back.
+            size, self._before, self._before_size = self._before_size, [], 0
+            self._conn.open_window(None, size)
+        if not self.handed or self.lost:
+            return
+        if self.socket.aborted:
+            # Inside the protocol's own abortConnection: it hears of it on
+            # the next turn, as from a TCP transport.
+            self._conn.reactor_call(0, self._lose, Failure(ConnectionAborted()))
+        else:
+            self._lose(Failure(ConnectionDone("the stream ended")))
+
+    def _lose(self, reason: Failure) -> None:
+        if self.lost:
+            return
+        self.lost = True
+        transport = self.socket
+        transport.disconnecting = True
+        transport.connected = False
+        protocol = transport.protocol
+        if protocol is not None:
+            protocol.connectionLost(reason)
+
+    def windowUpdated(self) -> None:
+        if self._conn.write_blocked:
+            return  # the connection's own buffer is full: not yet
+        super().windowUpdated()
+
+    # -- reading, paused and resumed by the WebSocket side ------------------------
+
+    def resumeProducing(self) -> None:
+        self.producing = True
+        buffered = self._inboundDataBuffer
+        while self.producing and buffered and not self.lost:
+            data, size = buffered.popleft()
+            if data is None:
+                self._end_of_client()
+            else:
+                self._deliver(data, size)
+
+
+@implementer(ITransport, IConsumer, IPushProducer)
+class StreamTransport:
+    """
+    The transport a WebSocket protocol gets for a L{WebSocketStream}.
+
+    The protocol writes its HTTP/1.1 answer first: a 101 becomes the
+    stream's 200 (with the subprotocol and extension headers), a refusal
+    keeps its status, headers and body; everything after it is DATA.
+    """
+
+    protocol: Any = None
+    disconnecting = False
+    connected = True
+    aborted = False
+    #: wsmux's flag: this WebSocket runs on an HTTP/2 stream.
+    wsmux_http2 = True
+
+    def __init__(self, stream: WebSocketStream) -> None:
+        self._stream = stream
+        self._head: Optional[bytes] = b""
+        self._tls = stream._conn.transport
+        # Whether the connection is TLS (as it is: h2 is offered there
+        # only).  Not ISSLTransport: Autobahn would take the stream for a
+        # TLSMemoryBIOProtocol, whose TLS handle it reads.
+        self.wsmux_tls = ISSLTransport.providedBy(self._tls)
+
+    def write(self, data: bytes) -> None:
+        if self.disconnecting:
+            return
+        if self._head is not None:
+            self._take_head(data)
+        elif data:
+            self._stream.write(data)
+
+    def writeSequence(self, data: Iterable[bytes]) -> None:
+        self.write(b"".join(data))
+
+    def _take_head(self, data: bytes) -> None:
+        head = self._head + data  # type: ignore[operator]
+        end = head.find(b"\r\n\r\n")
+        if end < 0:
+            if len(head) > _HEAD_MAX:
+                log.error("an HTTP/2 WebSocket's answer head is over {n} bytes", n=_HEAD_MAX)
+                self.abortConnection()
+            else:
+                self._head = head
+            return
+        self._head = None
+        lines = head[:end].split(b"\r\n")
+        status = lines[0].split(b" ", 2)
+        code = status[1] if len(status) > 1 and status[1].isdigit() else b"500"
+        pairs = []
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            pairs.append((name.strip(), value.strip()))
+        if code == b"101":
+            code = b"200"
+        self._stream._conn.writeHeaders(
+            b"HTTP/2", code, b"", _h2_headers(pairs, _UPGRADE_ONLY), self._stream.streamID
+        )
+        rest = head[end + 4 :]
+        if rest:
+            self._stream.write(rest)
+
+    def loseConnection(self) -> None:
+        if self.disconnecting:
+            return
+        if self._head is not None:
+            # Closed without an answer at all (a deadline): reset.
+            self.abortConnection()
+            return
+        self.disconnecting = True
+        stream = self._stream
+        if not stream.lost and stream.streamID in stream._conn.streams:
+            stream._conn.endRequest(stream.streamID)
+
+    def abortConnection(self) -> None:
+        if self.aborted:
+            return
+        if self._head is None and getattr(self.protocol, "wasClean", False):
+            # Autobahn drops the connection by aborting once a closing
+            # handshake it began is over: the stream ends (END_STREAM).
+            self.loseConnection()
+            return
+        self.aborted = self.disconnecting = True
+        stream = self._stream
+        connection = stream._conn
+        if not stream.lost and stream.streamID in connection.streams:
+            try:
+                connection.abortRequest(stream.streamID)
+            except h2.exceptions.H2Error:  # h2 has closed it already
+                connection._requestDone(stream.streamID)
+        else:
+            stream.finished()
+
+    def getPeer(self) -> Any:
+        return self._stream.getPeer()
+
+    def getHost(self) -> Any:
+        return self._stream.getHost()
+
+    def getHandle(self) -> Any:
+        return self._tls.getHandle()
+
+    def getPeerCertificate(self) -> Any:
+        return self._tls.getPeerCertificate()
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self._stream.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self._stream.unregisterProducer()
+
+    def pauseProducing(self) -> None:
+        self._stream.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._stream.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.abortConnection()
+
+
+class WebSocketH2Connection(_Connection):  # type: ignore[misc]
+    """
+    Twisted's HTTP/2 connection, offering extended CONNECT (RFC 8441) for
+    WebSockets, with wsmux's caps.
+
+    @ivar websockets: how many WebSocket streams this connection has had.
+    """
+
+    def __init__(self, site: Any, reactor: Any = None) -> None:
+        super().__init__(reactor)
+        self.site = site
+        self.factory = site
+        self.requestFactory = site.requestFactory
+        self.timeOut = site.timeOut
+        self.callLater = self._reactor.callLater
+        limits = site.limits
+        self.max_streams = limits.max_http2_streams
+        codes = h2.settings.SettingCodes
+        self.conn.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={
+                codes.MAX_CONCURRENT_STREAMS: self.max_streams,
+                codes.MAX_HEADER_LIST_SIZE: limits.max_request_line + limits.max_header_bytes,
+                codes.ENABLE_CONNECT_PROTOCOL: 1,
+            },
+        )
+        self.websockets = 0
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        # Each stream's window bounds what waits for it; the connection's
+        # is made room for all of them, so one stream paused (its handler
+        # not taking more) never holds up another.
+        window = self.conn.local_settings.initial_window_size
+        extra = max(0, self.max_streams * window - window)
+        if extra:
+            self.conn.increment_flow_control_window(extra)
+            self._tryToWriteControlData()
+        registry = getattr(self.site, "registry", None)
+        if registry is not None:
+            registry.stats.http2_connections += 1
+
+    # -- streams ---------------------------------------------------------------
+
+    def _requestReceived(self, event: Any) -> None:
+        stream_id = event.stream_id
+        headers = event.headers
+        method = protocol = None
+        for name, value in headers:
+            if name == b":method":
+                method = value
+            elif name == b":protocol":
+                protocol = value
+        args = (stream_id, self, headers, self.requestFactory, self.site, self.factory)
+        websocket = method == b"CONNECT" and protocol is not None
+        stream = WebSocketStream(*args) if websocket else RequestStream(*args)
+        self.streams[stream_id] = stream
+        cleanup: Deferred[int] = Deferred()
+        self._streamCleanupCallbacks[stream_id] = cleanup
+        self._outboundStreamQueues[stream_id] = deque()
+        try:
+            self.priority.insert_stream(stream_id)
+        except priority.DuplicateStreamError:  # a PRIORITY frame came first
+            pass
+        else:
+            self.priority.block(stream_id)
+        if not websocket:
+            return
+        cleanup.addCallback(stream.finished)
+        if (protocol or b"").lower() != b"websocket":
+            self.refuse_stream(stream_id, 501, "Not Implemented: only :protocol websocket")
+            return
+        self.websockets += 1
+        stream.start()
+
+    def _requestDataReceived(self, event: Any) -> None:
+        if event.stream_id in self.streams:
+            super()._requestDataReceived(event)
+        else:
+            # A stream wsmux is done with: its data still counts against
+            # the connection's window, which is given back.
+            self.open_window(None, event.flow_controlled_length)
+
+    def _requestEnded(self, event: Any) -> None:
+        if event.stream_id in self.streams:
+            super()._requestEnded(event)
+
+    def _requestAborted(self, event: Any) -> None:
+        if event.stream_id in self.streams:
+            super()._requestAborted(event)
+
+    def refuse_stream(self, stream_id: int, code: int, reason: str) -> None:
+        """
+        Answer C{code} on a stream and end it, whatever its request was doing.
+        """
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return
+        body = (reason + "\n").encode("utf-8")
+        try:
+            self.conn.send_headers(
+                stream_id,
+                [
+                    (b":status", b"%d" % code),
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"content-length", b"%d" % len(body)),
+                ],
+            )
+            self.conn.send_data(stream_id, body, end_stream=True)
+        except h2.exceptions.ProtocolError:
+            self.conn.reset_stream(stream_id)
+        if self._tryToWriteControlData():
+            stream.connectionLost(Failure(ConnectionLost(reason)))
+            if stream_id in self.streams:
+                self._requestDone(stream_id)
+
+    def open_window(self, stream_id: Optional[int], size: int) -> None:
+        """
+        Give back C{size} bytes of window: the stream's and the
+        connection's, or the connection's only (C{stream_id} L{None}, or a
+        stream h2 has closed).
+        """
+        if not size:
+            return
+        try:
+            if stream_id is not None and stream_id in self.streams:
+                self.conn.acknowledge_received_data(size, stream_id)
+            else:
+                self.conn.increment_flow_control_window(size)
+        except h2.exceptions.H2Error:
+            self.conn.increment_flow_control_window(size)
+        self._tryToWriteControlData()
+
+    def reactor_call(self, delay: float, f: Any, *args: Any) -> None:
+        self._reactor.callLater(delay, f, *args)
+
+    # -- backpressure -------------------------------------------------------------
+
+    @property
+    def write_blocked(self) -> bool:
+        """
+        Whether the connection's transport has asked it to stop producing.
+        """
+        return self._consumerBlocked is not None
+
+    def pauseProducing(self) -> None:
+        super().pauseProducing()
+        # What WebSockets write waits here until the transport takes it:
+        # they stop, as they would on a full TCP buffer.
+        for stream in list(self.streams.values()):
+            if isinstance(stream, WebSocketStream):
+                stream.flowControlBlocked()
+
+    def resumeProducing(self) -> None:
+        super().resumeProducing()
+        for stream in list(self.streams.values()):
+            if isinstance(stream, WebSocketStream):
+                stream.windowUpdated()
+
+    def timeoutConnection(self) -> None:
+        # WebSockets have their own idle timeouts and pings: the connection
+        # carrying one is not idle.
+        if any(isinstance(s, WebSocketStream) for s in self.streams.values()):
+            self.resetTimeout()
+            return
+        super().timeoutConnection()
+
+    def streams_by_kind(self) -> tuple[int, int]:
+        """
+        The WebSocket streams and the other streams open now.
+        """
+        ws = sum(isinstance(s, WebSocketStream) for s in self.streams.values())
+        return ws, len(self.streams) - ws
+
+
+def take_http2(channel: Any, data: bytes) -> bool:
+    """
+    If C{channel}'s TLS connection chose C{h2} (ALPN), continue it as a
+    L{WebSocketH2Connection} and give it C{data}.
+
+    @return: whether it did (else C{channel} goes on with HTTP/1.1).
+    """
+    transport = channel.transport
+    if not HTTP2 or getattr(transport, "negotiatedProtocol", None) != b"h2":
+        return False
+    from wsmux._takeover import replace_protocol
+
+    transport.unregisterProducer()
+    channel.setTimeout(None)
+    connection = WebSocketH2Connection(channel.site)
+    replace_protocol(transport, connection)
+    channel.transport = None
+    connection.makeConnection(transport)
+    transport.registerProducer(connection, True)
+    connection.dataReceived(data)
+    return True
