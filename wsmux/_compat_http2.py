@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import os
 from collections import deque
+from io import BytesIO
 from typing import Any, Iterable, Optional, Sequence
 
 from twisted.internet.defer import Deferred
@@ -36,6 +37,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from wsmux._compat import all_of, code_names, declare, missing_names
+from wsmux.limits import client_address
 from wsmux.logs import log
 
 try:
@@ -46,7 +48,7 @@ try:
     import h2.exceptions
     import h2.settings
     import priority
-    from twisted.web._http2 import H2Connection, H2Stream
+    from twisted.web._http2 import _END_STREAM_SENTINEL, H2Connection, H2Stream
 except ImportError as e:  # the http2 extra is not installed
     _ABSENT: Optional[str] = f"the http2 extra is not installed ({e})"
     _Connection: Any = object
@@ -114,6 +116,22 @@ def _check() -> Optional[str]:
         code_names(H2Connection._requestDone, ("_streamCleanupCallbacks",)),
         code_names(H2Connection.pauseProducing, ("_consumerBlocked",)),
         code_names(
+            H2Connection._sendPrioritisedData,
+            (
+                "_stillProducing",
+                "_sendingDeferred",
+                "_consumerBlocked",
+                "_outboundStreamQueues",
+                "_requestDone",
+                "_END_STREAM_SENTINEL",
+                "priority",
+            ),
+        ),  # fmt: skip
+        code_names(H2Connection.__init__, ("_sendPrioritisedData",)),
+        missing_names(
+            H2Connection, ("_handleWindowUpdate", "_handlePriorityUpdate", "_tryToWriteControlData")
+        ),
+        code_names(
             H2Stream.__init__, ("_request", "_conn", "_inboundDataBuffer", "_convertHeaders")
         ),
         missing_names(
@@ -133,7 +151,10 @@ HTTP2 = declare(
         "twisted.web._http2.H2Connection / H2Stream",
         "H2Connection._requestReceived / _requestDataReceived / _requestEnded / _requestAborted",
         "H2Connection._requestDone / _streamCleanupCallbacks / _outboundStreamQueues",
-        "H2Connection._consumerBlocked",
+        "H2Connection._sendPrioritisedData / _handleWindowUpdate / _handlePriorityUpdate",
+        "H2Connection._consumerBlocked / _sendingDeferred / _stillProducing",
+        "H2Connection._tryToWriteControlData",
+        "twisted.web._http2._END_STREAM_SENTINEL",
         "H2Stream._request / _conn / _inboundDataBuffer / _convertHeaders",
     ),
     why=(
@@ -159,6 +180,9 @@ _UPGRADE_ONLY = _CONNECTION_SPECIFIC | {b"sec-websocket-accept"}
 # Request headers of a WebSocket stream that the HTTP/1.1 head wsmux makes
 # for it writes itself.
 _MADE = frozenset([b"host", b"sec-websocket-key", b"content-length"])
+# Seconds a connection HTTP/2 gave up on has to finish closing (its TLS
+# close_notify answered) before it is cut off.
+_CLOSE_GRACE = 2.0
 # The most a response head written by the WebSocket side may take.
 _HEAD_MAX = 65536
 _FORBIDDEN = (b"\r", b"\n", b"\0")
@@ -183,15 +207,61 @@ class _Guarded(_Stream):  # type: ignore[misc]
 
 class RequestStream(_Guarded):
     """
-    A stream carrying an ordinary request: its body is capped as over
-    HTTP/1.1 (C{max_body_size}; a larger one gets 413).
+    A stream carrying an ordinary request.  Its body is treated as over
+    HTTP/1.1: capped (C{max_body_size}; larger gets 413), held in memory,
+    holding a place in the connection caps while it is read, and due
+    within the head deadline (408 after it).
     """
 
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
+    _place: Any = None
+    _deadline: Any = None
+
+    def _convertHeaders(self, headers: Sequence[tuple[bytes, bytes]]) -> None:
+        request = self._request
         limits = getattr(self.site, "limits", None)
         if limits is not None:
-            self._request.wsmux_body_cap = limits.max_body_size
+            request.wsmux_body_cap = limits.max_body_size
+            # Not a temporary file per stream (twisted.web's choice for a
+            # body of unknown length).
+            request.gotLength = lambda length: setattr(request, "content", BytesIO())
+        super()._convertHeaders(headers)
+
+    def hold(self, registry: Any, timeout: float, clock: Any) -> Optional[tuple[int, str]]:
+        """
+        The request has a body to read: take a place in the caps for it,
+        and arm its deadline.
+
+        @return: the refusal when the caps are full, else L{None}.
+        """
+        place, refusal = registry.hold(client_address(self._request, registry.limits))
+        if refusal is not None:
+            return refusal  # type: ignore[no-any-return]
+        self._place = place
+        self._request.notifyFinish().addBoth(self._release)
+        if timeout:
+            self._deadline = clock.callLater(timeout, self._too_slow, timeout)
+        return None
+
+    def requestComplete(self) -> None:
+        self._stop_deadline()
+        super().requestComplete()
+
+    def _too_slow(self, timeout: float) -> None:
+        self._deadline = None
+        self._conn.refuse_stream(
+            self.streamID, 408, f"Request Timeout: the body took over {timeout:g} s"
+        )
+
+    def _stop_deadline(self) -> None:
+        deadline, self._deadline = self._deadline, None
+        if deadline is not None and deadline.active():
+            deadline.cancel()
+
+    def _release(self, result: object) -> None:
+        self._stop_deadline()
+        place, self._place = self._place, None
+        if place is not None:
+            place.release()
 
     def body_too_large(self) -> None:
         self._conn.refuse_stream(self.streamID, 413, "Content Too Large")
@@ -522,12 +592,15 @@ class WebSocketH2Connection(_Connection):  # type: ignore[misc]
     """
 
     def __init__(self, site: Any, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
         super().__init__(reactor)
+        self.clock = reactor
         self.site = site
         self.factory = site
         self.requestFactory = site.requestFactory
         self.timeOut = site.timeOut
-        self.callLater = self._reactor.callLater
+        self.callLater = self.clock.callLater
         limits = site.limits
         self.max_streams = limits.max_http2_streams
         codes = h2.settings.SettingCodes
@@ -540,6 +613,7 @@ class WebSocketH2Connection(_Connection):  # type: ignore[misc]
             },
         )
         self.websockets = 0
+        self._over = False
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -566,9 +640,19 @@ class WebSocketH2Connection(_Connection):  # type: ignore[misc]
                 method = value
             elif name == b":protocol":
                 protocol = value
-        args = (stream_id, self, headers, self.requestFactory, self.site, self.factory)
+        # The head's caps, as over HTTP/1.1, before anything is made of it
+        # (twisted.web keeps every header name it sees in a cache).
+        refusal = _over_caps(headers, self.site.limits)
         websocket = method == b"CONNECT" and protocol is not None
-        stream = WebSocketStream(*args) if websocket else RequestStream(*args)
+        if refusal is None and method == b"CONNECT" and protocol is None:
+            refusal = 501, "Not Implemented: CONNECT is for WebSockets (:protocol) only"
+        if refusal is None and websocket and (protocol or b"").lower() != b"websocket":
+            refusal = 501, "Not Implemented: only :protocol websocket"
+        if refusal is None:
+            refusal = _body_refusal(headers, websocket, self.site.limits)
+        args = (stream_id, self, [] if refusal else headers, self.requestFactory, self.site,
+                self.factory)  # fmt: skip
+        stream = WebSocketStream(*args) if websocket and not refusal else RequestStream(*args)
         self.streams[stream_id] = stream
         cleanup: Deferred[int] = Deferred()
         self._streamCleanupCallbacks[stream_id] = cleanup
@@ -579,12 +663,16 @@ class WebSocketH2Connection(_Connection):  # type: ignore[misc]
             pass
         else:
             self.priority.block(stream_id)
+        if refusal is None and not websocket and event.stream_ended is None:
+            registry = getattr(self.site, "registry", None)
+            if registry is not None:
+                refusal = stream.hold(registry, self.site.head_timeout, self.clock)
+        if refusal is not None:
+            self.refuse_stream(stream_id, *refusal)
+            return
         if not websocket:
             return
         cleanup.addCallback(stream.finished)
-        if (protocol or b"").lower() != b"websocket":
-            self.refuse_stream(stream_id, 501, "Not Implemented: only :protocol websocket")
-            return
         self.websockets += 1
         stream.start()
 
@@ -603,6 +691,144 @@ class WebSocketH2Connection(_Connection):  # type: ignore[misc]
     def _requestAborted(self, event: Any) -> None:
         if event.stream_id in self.streams:
             super()._requestAborted(event)
+
+    # -- h2 may have closed a stream before wsmux hears of it ----------------
+    #
+    # A client can reset a stream in the same read that opened it or sent to
+    # it: h2 has closed it by the time the request is answered, and every
+    # call on it raises.  Twisted lets that escape (its send loop stops for
+    # good, and every other stream of the connection with it); here what is
+    # sent to a stream h2 has closed is dropped.
+
+    def writeHeaders(
+        self, version: Any, code: Any, reason: Any, headers: Any, streamID: int
+    ) -> None:
+        try:
+            super().writeHeaders(version, code, reason, headers, streamID)
+        except h2.exceptions.ProtocolError:
+            pass
+
+    def writeDataToStream(self, streamID: int, data: bytes) -> None:
+        if streamID not in self._outboundStreamQueues:
+            return
+        try:
+            super().writeDataToStream(streamID, data)
+        except h2.exceptions.ProtocolError:
+            self._outboundStreamQueues[streamID].clear()
+
+    def remainingOutboundWindow(self, streamID: int) -> int:
+        try:
+            return int(super().remainingOutboundWindow(streamID))
+        except (h2.exceptions.ProtocolError, KeyError):
+            return 0
+
+    def openStreamWindow(self, streamID: int, increment: int) -> None:
+        self.open_window(streamID, increment)
+
+    def abortRequest(self, streamID: int) -> None:
+        # RST_STREAM with CANCEL (Twisted's says NO_ERROR).
+        try:
+            self.conn.reset_stream(streamID, error_code=h2.errors.ErrorCodes.CANCEL)
+        except h2.exceptions.ProtocolError:
+            pass  # closed already
+        if self._tryToWriteControlData() and streamID in self.streams:
+            self._requestDone(streamID)
+
+    def _sendPrioritisedData(self, *args: Any) -> None:
+        """
+        Twisted's send loop, with three changes: a stream h2 has closed
+        loses what was queued for it instead of stopping the loop; a stream
+        whose window is shut waits (blocked) for its WINDOW_UPDATE instead
+        of being tried again every turn; and up to 16 frames go out a turn.
+        """
+        if not self._stillProducing:
+            return
+        for _ in range(16):
+            try:
+                stream = next(self.priority)
+            except priority.DeadlockError:
+                if self._sendingDeferred is None:  # type: ignore[has-type]
+                    waiting: Any = Deferred()
+                    waiting.addCallback(self._sendPrioritisedData)
+                    self._sendingDeferred = waiting
+                return
+            if self._consumerBlocked is not None:
+                self._consumerBlocked.addCallback(self._sendPrioritisedData)
+                return
+            self.resetTimeout()
+            queue = self._outboundStreamQueues.get(stream)
+            if not queue:
+                self.priority.block(stream)
+                continue
+            try:
+                self._send_one(stream, queue)
+            except h2.exceptions.ProtocolError:
+                queue.clear()
+                self.priority.block(stream)
+        self.clock.callLater(0, self._sendPrioritisedData)
+
+    def _send_one(self, stream: int, queue: Any) -> None:
+        frame = queue.popleft()
+        if frame is _END_STREAM_SENTINEL:
+            self.conn.end_stream(stream)
+            self.transport.write(self.conn.data_to_send())
+            self._requestDone(stream)
+            return
+        size = min(self.conn.max_outbound_frame_size, self.conn.local_flow_control_window(stream))
+        if size <= 0:
+            queue.appendleft(frame)
+            self.priority.block(stream)  # until its WINDOW_UPDATE
+            return
+        if len(frame) > size:
+            queue.appendleft(frame[size:])
+            frame = frame[:size]
+        if frame:
+            self.conn.send_data(stream, frame)
+            self.transport.write(self.conn.data_to_send())
+        if not queue:
+            self.priority.block(stream)
+        if self.remainingOutboundWindow(stream) <= 0:
+            self.streams[stream].flowControlBlocked()
+
+    def _handleWindowUpdate(self, event: Any) -> None:
+        super()._handleWindowUpdate(event)
+        # Twisted unblocks the stream but leaves a sleeping send loop asleep.
+        waiting: Any = self._sendingDeferred
+        if waiting is not None:
+            self._sendingDeferred = None
+            waiting.callback(None)
+
+    def _handlePriorityUpdate(self, event: Any) -> None:
+        # A hint, for streams that exist: PRIORITY frames for others would
+        # fill Twisted's tree (at 1,000 it raises).
+        if event.stream_id in self.streams:
+            try:
+                super()._handlePriorityUpdate(event)
+            except priority.PriorityError:
+                pass
+
+    # -- a connection that is over stays over -----------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._over:
+            # GOAWAY, a protocol error or the transport gone: what still
+            # arrives is not read (h2 would buffer it all).
+            return
+        super().dataReceived(data)
+
+    def connectionLost(self, reason: Any, _cancelTimeouts: bool = True) -> None:
+        first = not self._over
+        self._over = True
+        super().connectionLost(reason, _cancelTimeouts)
+        transport = self.transport
+        if first and transport is not None and getattr(transport, "connected", False):
+            # Twisted's HTTP/2 gave up on the connection (GOAWAY either
+            # way, a protocol error) and asked its transport to close; TLS
+            # will not while a producer is registered, so it lets go, and a
+            # client that does not close either is cut off.
+            transport.unregisterProducer()
+            transport.loseConnection()
+            self.clock.callLater(_CLOSE_GRACE, _abort_if_open, transport)
 
     def refuse_stream(self, stream_id: int, code: int, reason: str) -> None:
         """
@@ -623,7 +849,11 @@ class WebSocketH2Connection(_Connection):  # type: ignore[misc]
             )
             self.conn.send_data(stream_id, body, end_stream=True)
         except h2.exceptions.ProtocolError:
-            self.conn.reset_stream(stream_id)
+            # The client reset it already (in the same read, say).
+            try:
+                self.conn.reset_stream(stream_id)
+            except h2.exceptions.ProtocolError:
+                pass
         if self._tryToWriteControlData():
             stream.connectionLost(Failure(ConnectionLost(reason)))
             if stream_id in self.streams:
@@ -647,7 +877,7 @@ class WebSocketH2Connection(_Connection):  # type: ignore[misc]
         self._tryToWriteControlData()
 
     def reactor_call(self, delay: float, f: Any, *args: Any) -> None:
-        self._reactor.callLater(delay, f, *args)
+        self.clock.callLater(delay, f, *args)
 
     # -- backpressure -------------------------------------------------------------
 
@@ -686,6 +916,53 @@ class WebSocketH2Connection(_Connection):  # type: ignore[misc]
         """
         ws = sum(isinstance(s, WebSocketStream) for s in self.streams.values())
         return ws, len(self.streams) - ws
+
+
+def _abort_if_open(transport: Any) -> None:
+    if getattr(transport, "connected", False):
+        transport.abortConnection()
+
+
+def _over_caps(headers: Sequence[tuple[bytes, bytes]], limits: Any) -> Optional[tuple[int, str]]:
+    """
+    The refusal HTTP/1.1 would give a request head this size (414, 431),
+    or L{None}.
+    """
+    if len(headers) > limits.max_headers + 4:  # the pseudo-headers besides
+        return 431, "Request Header Fields Too Large: too many header fields"
+    total = 0
+    for name, value in headers:
+        if name == b":path":
+            if len(value) > limits.max_request_line:
+                return 414, "URI Too Long"
+        elif len(name) > limits.max_header_name:
+            return 431, "Request Header Fields Too Large: a header name too long"
+        total += len(name) + len(value) + 4
+    if total > limits.max_header_bytes + limits.max_request_line:
+        return 431, "Request Header Fields Too Large"
+    return None
+
+
+def _body_refusal(
+    headers: Sequence[tuple[bytes, bytes]], websocket: bool, limits: Any
+) -> Optional[tuple[int, str]]:
+    """
+    What HTTP/1.1 refuses before reading a body: any body on a WebSocket
+    upgrade (400), a declared length over C{max_body_size} (413).
+    """
+    for name, value in headers:
+        if name != b"content-length":
+            continue
+        if websocket:
+            return 400, "Bad Request: a WebSocket upgrade with a request body"
+        try:
+            length = int(value)
+        except ValueError:
+            return 400, "Bad Request: an unreadable content-length"
+        cap = limits.max_body_size
+        if cap and length > cap:
+            return 413, f"Content Too Large: {length} bytes (max_body_size is {cap})"
+    return None
 
 
 def take_http2(channel: Any, data: bytes) -> bool:

@@ -14,10 +14,12 @@ import ssl
 import struct
 import time
 import urllib.request
+from pathlib import Path
 
+import h2.settings
 import pytest
 
-from tests.h2client import H2Peer
+from tests.h2client import H2Peer, Stream
 from tests.hostile.rawws import Peer, close_frame, deflate, frame, rss_kib
 from tests.pki import make_pki
 from tests.twistd_process import eventually
@@ -142,6 +144,21 @@ def opened(peer, path="/echo", headers=(), **kw):
 def echo(stream, text):
     stream.send(frame(text.encode()))
     assert stream.read_frame() == (1, text.encode(), False)
+
+
+def open_sockets(server):
+    found = 0
+    for fd in Path(f"/proc/{server.process.pid}/fd").iterdir():
+        try:
+            found += os.readlink(fd).startswith("socket:")
+        except OSError:  # closed meanwhile
+            pass
+    return found
+
+
+def server_cpu(server):
+    fields = open(f"/proc/{server.process.pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def metric(server, name):
@@ -462,3 +479,124 @@ def test_a_stream_reset_before_the_route_decides_gives_its_place_back(server, pk
     time.sleep(0.3)
     streams = [opened(peer) for _ in range(12)]
     echo(streams[-1], "room for all")
+
+
+# What a hostile review found (each failed before its fix).
+
+
+def test_a_reset_in_the_same_read_leaves_the_connection_working(server, pki):
+    # A page that sends and leaves: a message and RST_STREAM in one write,
+    # and streams opened and reset in one write (refused or not).  h2 has
+    # closed each by the time it is answered; the others go on.
+    peer = connect(server, pki)
+    bystander = opened(peer)
+    victim = opened(peer)
+    peer.conn.send_data(victim.sid, frame(b"bye"))
+    peer.conn.reset_stream(victim.sid, 8)
+    peer.flush()
+    for path, protocol in [("/echo", "websocket"), ("/nowhere", "websocket"),
+                           ("/echo", "chat"), ("/healthz", None)]:  # fmt: skip
+        sid = peer.conn.get_next_available_stream_id()
+        pseudo = [(":method", "CONNECT" if protocol else "GET"), (":scheme", "https"),
+                  (":path", path), (":authority", "localhost")]  # fmt: skip
+        if protocol:
+            pseudo.insert(1, (":protocol", protocol))
+        peer.conn.send_headers(sid, pseudo + [("sec-websocket-version", "13")])
+        peer.conn.reset_stream(sid, 8)
+        peer.flush()
+    for i in range(3):
+        echo(bystander, f"still here {i}")
+    echo(opened(peer), "and a new one")
+    assert "Unhandled" not in server.log() and "Traceback" not in server.log()
+
+
+def test_a_shut_window_waits_for_its_update(server, pki):
+    # A client whose streams start with no window: the echo waits, without
+    # the server spinning, and goes out on the WINDOW_UPDATE.
+    peer = connect(server, pki)
+    peer.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+    peer.flush()
+    stream = opened(peer)
+    stream.send(frame(b"wait for it"))
+    cpu = server_cpu(server)
+    with pytest.raises(TimeoutError):
+        stream.read_frame(timeout=1)
+    assert server_cpu(server) - cpu < 0.3  # seconds of CPU in that second
+    peer.conn.increment_flow_control_window(65535, stream.sid)
+    peer.flush()
+    assert stream.read_frame() == (1, b"wait for it", False)
+
+
+def test_a_connection_h2_gave_up_on_is_closed(server, pki):
+    # The client's GOAWAY, or a protocol error: the connection closes at
+    # once, and what the client goes on sending is not kept.
+    for how in ("goaway", "protocol error"):
+        peer = connect(server, pki)
+        opened(peer)  # a WebSocket on it, to be ended too
+        before = rss_kib(server.process.pid)
+        if how == "goaway":
+            peer.conn.close_connection()
+            peer.flush()
+        else:  # a WINDOW_UPDATE of 0 on the connection
+            peer.sock.sendall(b"\x00\x00\x04\x08\x00\x00\x00\x00\x00" + b"\x00" * 4)
+        started = time.monotonic()
+        while time.monotonic() - started < 10:
+            try:
+                # A DATA frame announcing 16 MiB, and its first bytes.
+                peer.sock.sendall(b"\xff\xff\xff\x00\x00\x00\x00\x00\x01" + b"\x00" * 65536)
+                peer.pump(time.monotonic() + 0.05)
+            except (EOFError, OSError):
+                break
+            except TimeoutError:
+                pass
+        assert time.monotonic() - started < 5, how
+        peer.close()
+        assert rss_kib(server.process.pid) - before < 8 * 1024, how
+    # Every connection is gone from the server (only the listening ports,
+    # the log and the like are left).
+    assert eventually(lambda: open_sockets(server) <= 2, timeout=5)
+    echo(opened(connect(server, pki)), "others are served")
+
+
+@pytest.mark.parametrize(
+    "headers, path, status",
+    [
+        ([("x-" + "n" * 5000, "1")], "/echo", 431),
+        ([(f"x-h{i}", "1") for i in range(200)], "/echo", 431),
+        ([], "/echo?" + "q" * 20000, 414),
+    ],
+    ids=["long-name", "many-headers", "long-path"],
+)
+def test_the_head_caps_hold_over_http2(server, pki, headers, path, status):
+    peer = connect(server, pki)
+    assert peer.open(path, headers).status() == status
+    status, _, _ = peer.get("/healthz")
+    assert status == 200
+
+
+def test_plain_connect_and_bodies_are_refused_as_over_http1(server, pki):
+    peer = connect(server, pki)
+    sid = peer.conn.get_next_available_stream_id()  # a tunnel: CONNECT host:port
+    peer.conn.send_headers(sid, [(":method", "CONNECT"), (":authority", "example.com:443")])
+    peer.flush()
+    plain = peer.streams[sid] = Stream(peer, sid, True)
+    assert plain.status() == 501
+    assert peer.open("/echo", [("content-length", "5")]).status() == 400
+    big = peer.open("/healthz", [("content-length", "99999999999999999999")], protocol=None,
+                    method="POST")  # fmt: skip
+    assert big.status() == 413
+    echo(opened(peer), "connection fine")
+
+
+def test_an_unfinished_body_holds_a_place_and_times_out(server, pki):
+    # As over HTTP/1.1: the body is due within the head deadline (the
+    # open_handshake_timeout, 2 s here).
+    peer = connect(server, pki)
+    posts = [peer.open("/healthz", protocol=None, method="POST") for _ in range(12)]
+    for post in posts:
+        post.send(b"x" * 10)  # and never ended
+    # The twelve bodies hold every place this address has.
+    assert peer.open("/echo").status() == 429
+    for post in posts:
+        assert post.status(timeout=5) == 408
+    assert eventually(lambda: peer.open("/echo").status() == 200, timeout=5)
