@@ -126,12 +126,20 @@ SCENARIOS = [
     ("w-f-a", "echo", True, "messages_per_s"),
     ("w-f-c", "broadcast", True, "deliveries_per_s"),
     ("w-l", "latency", False, "p50_ms"),
+    # wss as streams of a few HTTP/2 connections (RFC 8441; h2load.mjs, on
+    # Node's http2 client): against w-d and w-e, the same WebSockets each
+    # with a TLS connection of its own.  Only wsmux serves them.
+    ("h2-d", "handshakes", False, "handshakes_per_s"),
+    ("h2-e", "idle", False, "kib_per_connection"),
 ]
 # The wss scenarios: the certificate each uses (ECDSA P-256, or RSA 2048:
 # the key type matters only to the handshake), and whether the load
 # generator resumes TLS sessions (each connection a full handshake otherwise).
 TLS = {label: ("rsa" if label.endswith("-rsa") else "ecdsa", label.endswith("-resume"))
-       for label, *_ in SCENARIOS if label.startswith("w-")}  # fmt: skip
+       for label, *_ in SCENARIOS if label.startswith(("w-", "h2-"))}  # fmt: skip
+# The HTTP/2 scenarios, and the servers that run them.
+HTTP2 = {"h2-d", "h2-e"}
+HTTP2_SERVERS = {"wsmux", "wsmux-baseline", "wsmux-asyncio", "wsmux-public"}
 # The proxy scenarios, and the fronts that run them (the servers that are
 # not proxies run only the others).
 PROXIED = {"p-a", "p-b", "p-d", "p-e"}
@@ -254,7 +262,7 @@ def build_loadgen():
 BASELINE: "Path | None" = None
 
 
-def run_once(peer, scenario, deflate, seconds, proxied=False, tls=None):
+def run_once(peer, scenario, deflate, seconds, proxied=False, tls=None, http2=False):
     port = free_port()
     root = ROOT
     extra_args, extra_env = VARIANTS.get(peer, ([], {}))
@@ -270,6 +278,8 @@ def run_once(peer, scenario, deflate, seconds, proxied=False, tls=None):
         chain, key = CERTIFICATES[kind]
         env.update(BENCH_TLS_CERT=str(chain), BENCH_TLS_KEY=str(key))
         loadgen_flags = ["--tls"] + (["--tls-resume"] if resume else [])
+    if http2:
+        loadgen_flags = ["--http2"]
     backend = None
     with tempfile.TemporaryDirectory(prefix="wsmux-bench-") as directory:
         if proxied:
@@ -311,8 +321,12 @@ def measure(server, port, scenario, deflate, seconds, master=False, flags=()):
     wait_port(port)
     time.sleep(0.5)
     pid = worker_of(server.pid) if master else server.pid
-    args = [str(LOADGEN), scenario, str(port), "--seconds", str(seconds),
-            "--server-pid", str(pid), *flags]  # fmt: skip
+    if "--http2" in flags:
+        args = ["node", str(BENCH / "h2load.mjs"), scenario, str(port), "--seconds",
+                str(seconds), "--server-pid", str(pid)]  # fmt: skip
+    else:
+        args = [str(LOADGEN), scenario, str(port), "--seconds", str(seconds),
+                "--server-pid", str(pid), *flags]  # fmt: skip
     if deflate:
         args.append("--deflate")
     if scenario == "idle":
@@ -360,13 +374,14 @@ def main():
         # change in the machine's load during the run touches every peer.
         proxied = label in PROXIED
         these = [peer for peer in peers
-                 if (peer in FRONTS if proxied else peer != "nginx")]  # fmt: skip
+                 if (peer in FRONTS if proxied else peer != "nginx")
+                 and (label not in HTTP2 or peer in HTTP2_SERVERS)]  # fmt: skip
         runs: dict[str, list] = {peer: [] for peer in these}
         for _ in range(options.repeat):
             for peer in these:
                 try:
                     runs[peer].append(run_once(peer, scenario, deflate, options.seconds, proxied,
-                                               TLS.get(label)))  # fmt: skip
+                                               TLS.get(label), label in HTTP2))  # fmt: skip
                 except Exception as e:  # a peer that cannot run a scenario is reported, not fatal
                     print(f"{label} {peer}: failed: {e}", file=sys.stderr)
         for peer in these:
@@ -467,6 +482,25 @@ class Report:
             lines.append(line)
         return lines
 
+    def http2(self) -> list[str]:
+        """
+        wsmux's WebSockets as HTTP/2 streams against the same over HTTP/1.1
+        (a TLS connection each), in this run.
+        """
+        lines = []
+        for ours, theirs, what in (
+            ("h2-d", "w-d", "full TLS handshakes"),
+            ("h2-d", "w-d-resume", "resumed TLS handshakes"),
+            ("h2-e", "w-e", "a TLS connection each"),
+        ):
+            metric = next(m for label, _, _, m in SCENARIOS if label == ours)
+            a = self.results.get(ours, {}).get("wsmux", {}).get(metric)
+            b = self.results.get(theirs, {}).get("wsmux", {}).get(metric)
+            if a and b:
+                lines.append(f"{ours} / {theirs} ({what}): {a:,.1f} / {b:,.1f} {metric} "
+                             f"= {a / b:.2f}")  # fmt: skip
+        return lines
+
     def text(self) -> str:
         def table(rows: list[list[str]]) -> str:
             widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -479,6 +513,7 @@ class Report:
             table(self.ratios()),
             table(self.figures()),
             "Load generator ceiling:\n" + "\n".join(self.ceilings()),
+            "WebSockets over HTTP/2 against HTTP/1.1 (wsmux):\n" + "\n".join(self.http2()),
         ])  # fmt: skip
 
     def rst(self) -> str:
@@ -491,6 +526,9 @@ class Report:
         lines = [f"Measured {self.date} on {self.machine}; medians.", ""]
         lines += ["Load generator ceiling (``bench/loadgen.c``), against the fastest server in each "
                   "scenario:", ""] + [f"* {line}" for line in self.ceilings()] + [""]  # fmt: skip
+        if self.http2():
+            lines += ["wsmux's WebSockets as HTTP/2 streams against the same over HTTP/1.1 "
+                      "(``bench/h2load.mjs``):", ""] + [f"* {line}" for line in self.http2()] + [""]  # fmt: skip
         lines += ["wsmux against each peer (memory and latency: lower is better):", ""] + table(
             self.ratios()
         )
