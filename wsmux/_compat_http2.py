@@ -412,6 +412,19 @@ class WebSocketStream(_Guarded):
             self.lost = True
             self._request.connectionLost(reason)
 
+    def going_away(self, error_code: int) -> None:
+        """
+        The client sent GOAWAY: the WebSocket ends as a 1001 close.
+        """
+        protocol = self.socket.protocol
+        if not self.handed or self.lost or protocol is None:
+            return
+        protocol.wasClean = True
+        protocol.remoteCloseCode = 1001
+        protocol.remoteCloseReason = (
+            f"the client's HTTP/2 connection went away (GOAWAY {error_code})"
+        )
+
     def finished(self, _: object = None) -> None:
         """
         Twisted let go of the stream (it sent END_STREAM or RST_STREAM):
@@ -614,6 +627,19 @@ class WebSocketH2Connection(_Connection):  # type: ignore[misc]
         )
         self.websockets = 0
         self._over = False
+        # The client's GOAWAY, when it sends one (Twisted drops the
+        # connection on it, and h2 lets nothing more be sent).
+        self.goaway: Any = None
+        receive = self.conn.receive_data
+
+        def receive_data(data: bytes) -> Any:
+            events = receive(data)
+            for event in events:
+                if isinstance(event, h2.events.ConnectionTerminated):
+                    self.goaway = event
+            return events
+
+        self.conn.receive_data = receive_data
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -819,6 +845,12 @@ class WebSocketH2Connection(_Connection):  # type: ignore[misc]
     def connectionLost(self, reason: Any, _cancelTimeouts: bool = True) -> None:
         first = not self._over
         self._over = True
+        if first and self.goaway is not None:
+            # The client is going away: each WebSocket's handler hears a
+            # 1001 close, though none can be sent back.
+            for stream in self.streams.values():
+                if isinstance(stream, WebSocketStream):
+                    stream.going_away(self.goaway.error_code)
         super().connectionLost(reason, _cancelTimeouts)
         transport = self.transport
         if first and transport is not None and getattr(transport, "connected", False):

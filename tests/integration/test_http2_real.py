@@ -209,6 +209,18 @@ def test_a_close_the_server_begins_ends_the_stream_cleanly(server, pki):
     echo(opened(peer), "the connection goes on")
 
 
+def test_the_clients_goaway_ends_its_websockets_with_1001(server, pki):
+    peer = connect(server, pki)
+    for _ in range(2):
+        opened(peer)
+    peer.conn.close_connection()
+    peer.flush()
+    # Its handlers hear 1001 (no close frame can go back after a GOAWAY).
+    assert eventually(lambda: server.log().count("code=1001") == 2)
+    assert "went away (GOAWAY 0)" in server.log()
+    assert metric(server, 'wsmux_closes_total{code="1001"') == 2
+
+
 def test_data_sent_with_the_request_reaches_the_handler(server, pki):
     peer = connect(server, pki)
     stream = peer.open("/echo")
