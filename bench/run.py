@@ -139,7 +139,8 @@ TLS = {label: ("rsa" if label.endswith("-rsa") else "ecdsa", label.endswith("-re
        for label, *_ in SCENARIOS if label.startswith(("w-", "h2-"))}  # fmt: skip
 # The HTTP/2 scenarios, and the servers that run them.
 HTTP2 = {"h2-d", "h2-e"}
-HTTP2_SERVERS = {"wsmux", "wsmux-baseline", "wsmux-asyncio", "wsmux-public"}
+# (wsmux-public has no HTTP/2: it takes every public path.)
+HTTP2_SERVERS = {"wsmux", "wsmux-baseline", "wsmux-asyncio"}
 # The proxy scenarios, and the fronts that run them (the servers that are
 # not proxies run only the others).
 PROXIED = {"p-a", "p-b", "p-d", "p-e"}

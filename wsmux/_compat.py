@@ -73,6 +73,7 @@ def declare(
     fallback: str,
     check: Callable[[], str | None],
     needs: tuple[str, ...] = (),
+    quiet: bool = False,
 ) -> bool:
     """
     Declare an internal, run its check, and say whether to use it.
@@ -80,6 +81,8 @@ def declare(
     A check that raises counts as failed: the internal is not used.
 
     @param needs: internals this one builds on: it is used only with them.
+    @param quiet: say why it is off at info level, not as a warning (an
+        optional extra that is not installed).
     """
     internal = Internal(name, touches, why, checked, fallback, check)
     try:
@@ -93,7 +96,7 @@ def declare(
         internal.problem = "WSMUX_PUBLIC_PATH is set"
     elif problem is not None:
         internal.problem = problem
-        _log.warn(
+        (_log.info if quiet else _log.warn)(
             "wsmux: not using {name} ({problem}); {fallback}",
             name=name,
             problem=problem,

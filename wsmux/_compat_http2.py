@@ -25,6 +25,7 @@ Checked against Twisted 24.7.0 and 26.10.0, with h2 4.4.1.
 from __future__ import annotations
 
 import base64
+import inspect
 import os
 from collections import deque
 from io import BytesIO
@@ -139,6 +140,11 @@ def _check() -> Optional[str]:
             ("windowUpdated", "flowControlBlocked", "registerProducer", "requestDone"),
         ),
         None
+        if list(inspect.signature(H2Stream.__init__).parameters)
+        == ["self", "streamID", "connection", "headers", "requestFactory", "site", "factory"]
+        else "H2Stream takes other arguments",
+        code_names(H2Connection.dataReceived, ("ConnectionTerminated", "connectionLost")),
+        None
         if hasattr(h2.settings.SettingCodes, "ENABLE_CONNECT_PROTOCOL")
         else "h2 has no SETTINGS_ENABLE_CONNECT_PROTOCOL",
         _extended_connect_parses(),
@@ -165,6 +171,7 @@ HTTP2 = declare(
     checked="Twisted 24.7.0, 26.10.0; h2 4.4.1",
     fallback="no HTTP/2: TLS ports offer http/1.1 only",
     check=_check,
+    quiet=_ABSENT is not None,  # an extra not installed is not a fault
 )
 
 #: The ALPN protocols a TLS port offers, best first.
@@ -180,6 +187,9 @@ _UPGRADE_ONLY = _CONNECTION_SPECIFIC | {b"sec-websocket-accept"}
 # Request headers of a WebSocket stream that the HTTP/1.1 head wsmux makes
 # for it writes itself.
 _MADE = frozenset([b"host", b"sec-websocket-key", b"content-length"])
+# Request bodies capped at this or less are held in memory (wsmux.site's
+# rule for HTTP/1.1).
+_IN_MEMORY_BODY = 1024 * 1024
 # Seconds a connection HTTP/2 gave up on has to finish closing (its TLS
 # close_notify answered) before it is cut off.
 _CLOSE_GRACE = 2.0
@@ -197,6 +207,11 @@ class _Guarded(_Stream):  # type: ignore[misc]
     What wsmux changes in every stream: no connection-specific response
     headers.
     """
+
+    def windowUpdated(self) -> None:
+        if self._conn.write_blocked:
+            return  # the connection's own buffer is full: not yet
+        super().windowUpdated()
 
     def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
         pairs = [(k, v) for (k, values) in headers.getAllRawHeaders() for v in values]
@@ -220,10 +235,11 @@ class RequestStream(_Guarded):
         request = self._request
         limits = getattr(self.site, "limits", None)
         if limits is not None:
-            request.wsmux_body_cap = limits.max_body_size
-            # Not a temporary file per stream (twisted.web's choice for a
-            # body of unknown length).
-            request.gotLength = lambda length: setattr(request, "content", BytesIO())
+            cap = request.wsmux_body_cap = limits.max_body_size
+            if cap and cap <= _IN_MEMORY_BODY:
+                # Not a temporary file per stream (twisted.web's choice for
+                # a body of unknown length), as over HTTP/1.1.
+                request.gotLength = lambda length: setattr(request, "content", BytesIO())
         super()._convertHeaders(headers)
 
     def hold(self, registry: Any, timeout: float, clock: Any) -> Optional[tuple[int, str]]:
@@ -435,7 +451,13 @@ class WebSocketStream(_Guarded):
             # connection's window is given back.
             size, self._before, self._before_size = self._before_size, [], 0
             self._conn.open_window(None, size)
-        if not self.handed or self.lost:
+        if not self.handed:
+            # Refused, and the answer is complete: the client need send no
+            # more (RFC 9113 8.1), and the stream stops counting against
+            # its limit.
+            self._conn.no_more(self.streamID)
+            return
+        if self.lost:
             return
         if self.socket.aborted:
             # Inside the protocol's own abortConnection: it hears of it on
@@ -454,11 +476,6 @@ class WebSocketStream(_Guarded):
         protocol = transport.protocol
         if protocol is not None:
             protocol.connectionLost(reason)
-
-    def windowUpdated(self) -> None:
-        if self._conn.write_blocked:
-            return  # the connection's own buffer is full: not yet
-        super().windowUpdated()
 
     # -- reading, paused and resumed by the WebSocket side ------------------------
 
@@ -552,9 +569,15 @@ class StreamTransport:
     def abortConnection(self) -> None:
         if self.aborted:
             return
-        if self._head is None and getattr(self.protocol, "wasClean", False):
+        if (
+            self._head is None
+            and not self.disconnecting
+            and getattr(self.protocol, "wasClean", False)
+        ):
             # Autobahn drops the connection by aborting once a closing
             # handshake it began is over: the stream ends (END_STREAM).
+            # (Once closing already, an abort is an abort: the linger
+            # deadline's, for an END_STREAM a shut window holds back.)
             self.loseConnection()
             return
         self.aborted = self.disconnecting = True
@@ -615,7 +638,8 @@ class WebSocketH2Connection(_Connection):  # type: ignore[misc]
         self.timeOut = site.timeOut
         self.callLater = self.clock.callLater
         limits = site.limits
-        self.max_streams = limits.max_http2_streams
+        # h2's priority tree holds 1,000 streams.
+        self.max_streams = min(max(1, limits.max_http2_streams), 1000)
         codes = h2.settings.SettingCodes
         self.conn.local_settings = h2.settings.Settings(
             client=False,
@@ -880,6 +904,7 @@ class WebSocketH2Connection(_Connection):  # type: ignore[misc]
                 ],
             )
             self.conn.send_data(stream_id, body, end_stream=True)
+            self.no_more(stream_id)
         except h2.exceptions.ProtocolError:
             # The client reset it already (in the same read, say).
             try:
@@ -890,6 +915,18 @@ class WebSocketH2Connection(_Connection):  # type: ignore[misc]
             stream.connectionLost(Failure(ConnectionLost(reason)))
             if stream_id in self.streams:
                 self._requestDone(stream_id)
+
+    def no_more(self, stream_id: int) -> None:
+        """
+        The answer on C{stream_id} is complete: RST_STREAM with NO_ERROR
+        tells the client to send no more of its request (RFC 9113 8.1), and
+        the stream stops counting against its limit.
+        """
+        try:
+            self.conn.reset_stream(stream_id, error_code=h2.errors.ErrorCodes.NO_ERROR)
+        except h2.exceptions.ProtocolError:
+            return  # the client closed its side already
+        self._tryToWriteControlData()
 
     def open_window(self, stream_id: Optional[int], size: int) -> None:
         """
@@ -925,14 +962,12 @@ class WebSocketH2Connection(_Connection):  # type: ignore[misc]
         # What WebSockets write waits here until the transport takes it:
         # they stop, as they would on a full TCP buffer.
         for stream in list(self.streams.values()):
-            if isinstance(stream, WebSocketStream):
-                stream.flowControlBlocked()
+            stream.flowControlBlocked()
 
     def resumeProducing(self) -> None:
         super().resumeProducing()
         for stream in list(self.streams.values()):
-            if isinstance(stream, WebSocketStream):
-                stream.windowUpdated()
+            stream.windowUpdated()
 
     def timeoutConnection(self) -> None:
         # WebSockets have their own idle timeouts and pings: the connection

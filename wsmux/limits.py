@@ -57,9 +57,10 @@ class ServerLimits:
     )
     max_http2_streams: int = _limit(
         100,
-        "Most streams open at once on one HTTP/2 connection (WebSockets and requests): "
-        "the client is told so in its SETTINGS, and h2 refuses more (REFUSED_STREAM). "
-        "Each WebSocket stream also counts as a connection in the caps above.",
+        "Most streams open at once on one HTTP/2 connection (WebSockets and requests), "
+        "1 to 1000: the client is told so in its SETTINGS, and one that opens more "
+        "breaks the protocol (h2 ends its connection with GOAWAY). Each WebSocket "
+        "stream also counts as a connection in the caps above.",
     )
     max_body_size: int = _limit(
         65536,
