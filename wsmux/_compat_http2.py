@@ -624,7 +624,8 @@ class WebSocketH2Connection(_Connection):  # type: ignore[misc]
     Twisted's HTTP/2 connection, offering extended CONNECT (RFC 8441) for
     WebSockets, with wsmux's caps.
 
-    @ivar websockets: how many WebSocket streams this connection has had.
+    @ivar goaway: the client's GOAWAY (h2's C{ConnectionTerminated}), once
+        it has sent one.
     """
 
     def __init__(self, site: Any, reactor: Any = None) -> None:
@@ -649,7 +650,6 @@ class WebSocketH2Connection(_Connection):  # type: ignore[misc]
                 codes.ENABLE_CONNECT_PROTOCOL: 1,
             },
         )
-        self.websockets = 0
         self._over = False
         # The client's GOAWAY, when it sends one (Twisted drops the
         # connection on it, and h2 lets nothing more be sent).
@@ -723,7 +723,6 @@ class WebSocketH2Connection(_Connection):  # type: ignore[misc]
         if not websocket:
             return
         cleanup.addCallback(stream.finished)
-        self.websockets += 1
         stream.start()
 
     def _requestDataReceived(self, event: Any) -> None:
@@ -976,13 +975,6 @@ class WebSocketH2Connection(_Connection):  # type: ignore[misc]
             self.resetTimeout()
             return
         super().timeoutConnection()
-
-    def streams_by_kind(self) -> tuple[int, int]:
-        """
-        The WebSocket streams and the other streams open now.
-        """
-        ws = sum(isinstance(s, WebSocketStream) for s in self.streams.values())
-        return ws, len(self.streams) - ws
 
 
 def _abort_if_open(transport: Any) -> None:
