@@ -399,9 +399,12 @@ def test_sigterm_closes_every_stream_with_1001(server, pki):
     peer = connect(server, pki)
     streams = [opened(peer) for _ in range(3)]
     server.process.send_signal(signal.SIGTERM)
-    for stream in streams:
-        assert stream.close_code() == 1001
-        stream.send(close_frame(1001))
+    assert [stream.close_code() for stream in streams] == [1001] * 3
+    try:
+        for stream in streams:
+            stream.send(close_frame(1001))
+    except OSError:
+        pass  # the server may have given up waiting for the answers already
     assert server.process.wait(timeout=15) == 0
     assert "Traceback" not in server.log() and "Unhandled" not in server.log()
 
