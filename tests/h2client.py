@@ -15,6 +15,8 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
+from tests.hostile.rawws import Peer
+
 
 class H2Peer:
     """
@@ -208,19 +210,9 @@ class Stream:
         self.buffer = self.buffer[offset + n :]
         return b0 & 0x0F, payload, bool(b0 & 0x40)
 
-    def close_code(self, timeout=10):
-        """
-        The code of the server's close frame (frames before it are
-        skipped), or None if the stream ended without one.
-        """
-        deadline = time.monotonic() + timeout
-        try:
-            while True:
-                opcode, payload, _ = self.read_frame(max(0.01, deadline - time.monotonic()))
-                if opcode == 8:
-                    return struct.unpack(">H", payload[:2])[0] if len(payload) >= 2 else 1005
-        except EOFError:
-            return None
+    # The code of the server's close frame (frames before it skipped), or
+    # None if the stream ended without one: the raw peer's, on read_frame.
+    close_code = Peer.close_code
 
     def wait_ended(self, timeout=10):
         self._wait(lambda: self.ended, timeout)

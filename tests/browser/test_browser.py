@@ -163,17 +163,26 @@ def spki_hash(chain_file):
     return base64.b64encode(hashlib.sha256(spki).digest()).decode()
 
 
-def test_wss_to_a_host_served_by_sni(start_server, tmp_path):
+def tls_server(start_server, tmp_path, *args):
+    """
+    wsmux on a TLS port with the test certificates (by SNI), and the
+    flags that make Chromium reach a.test there and trust its certificate:
+    (server, TLS port, flags).
+    """
     (tmp_path / "pki").mkdir()
     pki = make_pki(tmp_path / "pki")
-    server = start_server(
-        "--tls-port", "tcp:0:interface=127.0.0.1", "--certs", str(pki.directory)
-    )  # fmt: skip
+    server = start_server("--tls-port", "tcp:0:interface=127.0.0.1", "--certs", str(pki.directory),
+                          *args)  # fmt: skip
     port = next(port for kind, _, port in server.ports() if kind == "tls")
     flags = [
         "--host-resolver-rules=MAP a.test 127.0.0.1, MAP default.test 127.0.0.1",
         "--ignore-certificate-errors-spki-list=" + spki_hash(pki.files["a.test"][0]),
     ]
+    return server, port, flags
+
+
+def test_wss_to_a_host_served_by_sni(start_server, tmp_path):
+    server, port, flags = tls_server(start_server, tmp_path)
 
     def test(browser):
         page = browser.new_page()
@@ -216,17 +225,7 @@ def test_websockets_ride_the_pages_http2_connection(start_server, tmp_path):
     # RFC 8441: Chromium opens a page's wss:// WebSockets as streams of the
     # HTTP/2 connection it loaded the page on, when the server's SETTINGS
     # allow it (no flag needed).
-    (tmp_path / "pki").mkdir()
-    pki = make_pki(tmp_path / "pki")
-    server = start_server(
-        "--tls-port", "tcp:0:interface=127.0.0.1", "--certs", str(pki.directory),
-        "--metrics-path", "/metrics",
-    )  # fmt: skip
-    port = next(port for kind, _, port in server.ports() if kind == "tls")
-    flags = [
-        "--host-resolver-rules=MAP a.test 127.0.0.1",
-        "--ignore-certificate-errors-spki-list=" + spki_hash(pki.files["a.test"][0]),
-    ]
+    server, port, flags = tls_server(start_server, tmp_path, "--metrics-path", "/metrics")
 
     def test(browser):
         page = browser.new_page()
