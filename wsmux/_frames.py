@@ -18,10 +18,13 @@ _INT_XOR_MAX = 2048
 _BIG = 65536
 
 # Frames the fast path takes: FIN set, no RSV bits, text or binary (and
-# a close frame).
+# a close frame); with permessage-deflate, RSV1 set as well (a whole
+# compressed message, RFC 7692 6).
 _TEXT = 0x81
 _BINARY = 0x82
 _CLOSE = 0x88
+_TEXT_DEFLATED = 0xC1
+_BINARY_DEFLATED = 0xC2
 
 
 def unmask(payload: bytes, mask: bytes) -> bytes:
