@@ -28,6 +28,8 @@ SEAM = {"_compat.py", "_compat_twisted.py", "_compat_autobahn.py", "_compat_http
 EXPECTED = [
     "twisted.one_pass_head",
     "twisted.direct_send",
+    "twisted.tls_direct_write",
+    "twisted.tls_whole_reads",
     "twisted.log_observers",
     "twisted.http_buffer",
     "autobahn.lean_protocol",

@@ -49,7 +49,7 @@ from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
 from wsmux._compat import all_of, code_names, declare, missing_names
-from wsmux._compat_twisted import close_idle_tcp
+from wsmux._compat_twisted import close_idle_tcp, tls_turn_reactor
 from wsmux._frames import (
     _BIG,
     _BINARY,
@@ -784,6 +784,11 @@ class FastReceiveMixin(_Hooked):
             transport: Any = self.transport
             if transport.__class__ is tcp.Server:
                 transport.reactor.callLater(0, writes.send_held)  # type: ignore[attr-defined]
+                self._dataReceived(data)
+                return
+            reactor = tls_turn_reactor(transport)
+            if reactor is not None:
+                reactor.callLater(0, writes.send_held)
                 self._dataReceived(data)
                 return
             try:

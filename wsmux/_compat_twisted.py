@@ -10,9 +10,14 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
+from OpenSSL.SSL import Error as TLSError
+from OpenSSL.SSL import WantReadError, ZeroReturnError
 from twisted.internet import abstract, tcp
 from twisted.logger import LogPublisher
+from twisted.protocols import tls
 from twisted.protocols.basic import LineReceiver
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.iweb import INonQueuedRequestFactory
 
@@ -249,10 +254,213 @@ def write_now(transport: Any, pieces: Sequence[bytes]) -> None:
             if i == len(pieces):
                 return
             pieces = [pieces[i][sent:], *pieces[i + 1 :]]
+    elif transport.__class__ in _TLS_TRANSPORTS and tls_ready(transport):
+        tls_write(transport, pieces)
+        return
     if len(pieces) == 1:
         transport.write(pieces[0])
     else:
         transport.writeSequence(pieces)
+
+
+# -- twisted.protocols.tls: encrypting and sending at once --------------------
+
+TLS_DIRECT_WRITE = declare(
+    "twisted.tls_direct_write",
+    touches=(
+        "TLSMemoryBIOProtocol._tlsConnection / _handshakeDone / _lostTLSConnection / "
+        "_appSendBuffer",
+        "TLSMemoryBIOProtocol._write / _tlsShutdownFinished (called)",
+        "BufferingTLSTransport._aggregator and _AggregateSmallWrites._buffer (flushed first)",
+    ),
+    why=(
+        "a write to a TLS connection whose handshake is done is encrypted and its "
+        "records sent at once, as a plain TCP write is (twisted.direct_send): no "
+        "reactor turn in Twisted's small-write aggregator (a read's writes are held "
+        "together already), no 16 KiB slices copied, no turn in the TCP buffer"
+    ),
+    checked="Twisted 24.7.0, 26.10.0; pyOpenSSL 26.x",
+    fallback="writes to TLS connections go through the transport's write",
+    needs=("twisted.direct_send",),
+    check=lambda: all_of(
+        missing_names(
+            tls.TLSMemoryBIOProtocol,
+            ("_write", "_tlsShutdownFinished", "_handshakeDone", "_lostTLSConnection"),
+        ),
+        code_names(tls.BufferingTLSTransport.__init__, ("_aggregator",)),
+        code_names(tls._AggregateSmallWrites.flush, ("_buffer",)),
+        code_names(tls.TLSMemoryBIOProtocol.makeConnection, ("_tlsConnection", "_appSendBuffer")),
+        code_names(
+            tls.TLSMemoryBIOProtocol._write,
+            ("_lostTLSConnection", "_tlsConnection", "send", "_flushSendBIO"),
+        ),
+        code_names(tls.TLSMemoryBIOProtocol._flushSendBIO, ("bio_read", "transport")),
+        code_names(tls.TLSMemoryBIOProtocol.write, ("disconnecting", "_write")),
+    ),
+)
+
+# What a TLS record adds to what it carries, at most (a CBC suite: header,
+# IV, MAC, padding); reading this much more than was written drains the
+# send BIO in one call.
+_RECORD = 2**14
+_RECORD_OVERHEAD = 128
+
+
+def tls_turn_reactor(transport: Any) -> Any:
+    """
+    The reactor of C{transport}'s TCP connection, if C{transport} is a TLS
+    connection whose writes L{tls_write} sends: what a read brings may then
+    be held to the end of the reactor's turn, as on plain TCP (a read of
+    TCP brings several TLS records, each delivered as a read of its own).
+    L{None} otherwise.
+    """
+    if not TLS_DIRECT_WRITE or transport.__class__ not in _TLS_TRANSPORTS:
+        return None
+    return getattr(transport.transport, "reactor", None)
+
+
+def tls_ready(transport: Any) -> bool:
+    """
+    Whether C{transport}, a TLS connection, can take L{tls_write}: its
+    handshake is done, it is open, and nothing waits in Twisted's buffer
+    for the handshake or a renegotiation.
+    """
+    return bool(
+        TLS_DIRECT_WRITE
+        and transport._handshakeDone
+        and not transport._lostTLSConnection
+        and not transport.disconnecting
+        and not transport._appSendBuffer
+    )
+
+
+def tls_write(transport: Any, pieces: Sequence[bytes]) -> None:
+    """
+    Encrypt C{pieces} for C{transport} (a TLS connection L{tls_ready} says
+    yes to) and send the records on its TCP connection with L{write_now}.
+
+    What Twisted's own C{write} does, less its holding: anything it holds
+    for the connection goes first; what OpenSSL will not take now (it
+    wants to read first) is left to Twisted's own path, which buffers it;
+    an error from OpenSSL ends the connection as Twisted's path does.
+    """
+    aggregator = transport._aggregator
+    if aggregator._buffer:
+        aggregator.flush()  # written Twisted's way before: it goes first
+    data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+    connection = transport._tlsConnection
+    size = len(data)
+    done = 0
+    try:
+        while done < size:
+            done += connection.send(data if not done else data[done:])
+    except WantReadError:
+        pass  # the rest, below: Twisted's path holds it until OpenSSL can go on
+    except TLSError:
+        transport._tlsShutdownFinished(Failure())
+        return
+    want = size + (size // _RECORD + 1) * _RECORD_OVERHEAD
+    records = []
+    while True:
+        try:
+            chunk = connection.bio_read(want)
+        except WantReadError:
+            break
+        records.append(chunk)
+        if len(chunk) < want:
+            break
+    if records:
+        write_now(transport.transport, records)
+    if done < size:
+        transport._write(data[done:])
+
+
+TLS_WHOLE_READS = declare(
+    "twisted.tls_whole_reads",
+    touches=(
+        "TLSMemoryBIOProtocol._flushReceiveBIO (replaced: what it does, delivering once)",
+        "TLSMemoryBIOProtocol._tlsConnection / _lostTLSConnection / _aborted",
+        "TLSMemoryBIOProtocol._shutdownTLS / _tlsShutdownFinished / _flushSendBIO (called)",
+    ),
+    why=(
+        "the application data of every TLS record a TCP read brings is delivered in "
+        "one call, as a plain TCP read is, instead of a call (and a pass through the "
+        "protocol's read path) per record: a client sending small messages sends a "
+        "record each"
+    ),
+    checked="Twisted 24.7.0, 26.10.0; pyOpenSSL 26.x",
+    fallback="Twisted delivers each record's data as it decrypts it",
+    check=lambda: all_of(
+        missing_names(
+            tls.TLSMemoryBIOProtocol,
+            ("_flushReceiveBIO", "_shutdownTLS", "_tlsShutdownFinished", "_flushSendBIO"),
+        ),
+        code_names(
+            tls.TLSMemoryBIOProtocol._flushReceiveBIO,
+            (
+                "_lostTLSConnection",
+                "_tlsConnection",
+                "recv",
+                "_shutdownTLS",
+                "_tlsShutdownFinished",
+                "_aborted",
+                "dataReceived",
+                "_flushSendBIO",
+            ),
+        ),
+        None
+        if tls.TLSMemoryBIOFactory.protocol is tls.BufferingTLSTransport
+        else ("TLSMemoryBIOFactory's protocol is not BufferingTLSTransport"),
+    ),
+)
+
+
+class WholeReadsTLSTransport(tls.BufferingTLSTransport):
+    """
+    Twisted's TLS transport, delivering what one read decrypts to in one
+    call (L{TLS_WHOLE_READS}); Twisted's own without it.
+    """
+
+    def _flushReceiveBIO(self) -> None:
+        if not TLS_WHOLE_READS:
+            super()._flushReceiveBIO()
+            return
+        # Twisted's loop, with the records' data gathered and delivered
+        # before anything that ends the connection, and at the end.
+        received: list[bytes] = []
+        while not self._lostTLSConnection:
+            try:
+                received.append(self._tlsConnection.recv(2**15))
+            except WantReadError:
+                break
+            except ZeroReturnError:
+                self._wsmux_deliver(received)
+                self._shutdownTLS()
+                self._tlsShutdownFinished(None)
+            except TLSError:
+                failure = Failure()
+                self._wsmux_deliver(received)
+                self._tlsShutdownFinished(failure)
+        self._wsmux_deliver(received)
+        self._flushSendBIO()
+
+    def _wsmux_deliver(self, received: list[bytes]) -> None:
+        if received:
+            data = received[0] if len(received) == 1 else b"".join(received)
+            del received[:]
+            if not self._aborted:
+                ProtocolWrapper.dataReceived(self, data)
+
+
+# The TLS transports whose writes tls_write may send.
+_TLS_TRANSPORTS = frozenset((tls.BufferingTLSTransport, WholeReadsTLSTransport))
+
+
+def tls_factory_protocol() -> type:
+    """
+    The protocol class of wsmux's TLS factories.
+    """
+    return WholeReadsTLSTransport if TLS_WHOLE_READS else tls.BufferingTLSTransport
 
 
 def close_idle_tcp(transport: Any, reason: Any) -> bool:

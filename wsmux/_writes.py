@@ -9,13 +9,16 @@ made, that is a system call each; held, it is one per connection, as
 Twisted's buffered writes would be, but without two epoll_ctl calls per
 connection.  uWebSockets calls this corking.
 
-When the connection that read is Twisted's plain TCP transport, what is
-held goes out at the end of the reactor's turn (a zero-delay call), after
-every read the reactor had ready, as Twisted's own writes do: sends made
-together, after the reads, cost less than sends between them (measured: a
-quarter more echoes a second, and lower latency, against the end of each
-read).  Otherwise (TLS, in-memory transports) it goes out when the read is
-handled.
+When the connection that read is Twisted's plain TCP transport, or a TLS
+connection over it whose writes wsmux encrypts and sends itself
+(C{twisted.tls_direct_write}), what is held goes out at the end of the
+reactor's turn (a zero-delay call), after every read the reactor had
+ready, as Twisted's own writes do: sends made together, after the reads,
+cost less than sends between them (measured: a quarter more echoes a
+second, and lower latency, against the end of each read; over TLS, where
+each record of a read arrives as a read of its own, a tenth more again).
+Otherwise (in-memory transports, Twisted's own TLS path) it goes out when
+the read is handled.
 """
 
 from __future__ import annotations

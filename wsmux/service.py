@@ -263,10 +263,10 @@ class PortFile(Service):
     def startService(self) -> None:
         super().startService()
         DeferredList([p.when_listening() for p in self.ports], fireOnOneErrback=True).addCallback(
-            self._write
+            self._write_port_file
         )
 
-    def _write(self, _: object) -> None:
+    def _write_port_file(self, _: object) -> None:
         lines = []
         for listener in self.ports:
             host = listener.port.getHost()

@@ -33,6 +33,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from wsmux._compat_http2 import ALPN_HTTP2, HTTP2
+from wsmux._compat_twisted import tls_factory_protocol
 from wsmux.logs import log
 
 # Forward-secret suites only (TLS 1.3 suites always are).
@@ -388,7 +389,9 @@ def tls_factory(contexts: SniContextMap, wrapped: Any) -> TLSMemoryBIOFactory:
     """
     Wrap C{wrapped} (the Site) in TLS using C{contexts}.
     """
-    return TLSMemoryBIOFactory(contexts, False, wrapped)
+    factory = TLSMemoryBIOFactory(contexts, False, wrapped)
+    factory.protocol = tls_factory_protocol()
+    return factory
 
 
 class _Sniffer(Protocol):
