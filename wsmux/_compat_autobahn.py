@@ -863,8 +863,8 @@ class FastReceiveMixin(_Hooked):
         validate = self.utf8validateIncoming
         deflate = self._perMessageCompress
         messages: list[tuple[bytes, bool, int]] = []
-        octets = 0
-        wire = 0
+        wire = 0  # octets as they came
+        grown = 0  # and what inflating added
         i = 0
         while end - i >= 6:
             b0 = data[i]
@@ -900,19 +900,19 @@ class FastReceiveMixin(_Hooked):
                     i = stop
                     break
                 payload = inflated
+                grown += len(payload) - length
             elif b0 == _TEXT and validate:
                 try:
                     payload.decode("utf-8")
                 except UnicodeDecodeError:
                     break  # Autobahn's path closes with 1007 and says where
             messages.append((payload, (b0 & 0x0F) == 2, length))
-            octets += len(payload)
             wire += length
             i = stop
         if i:
             self.data = data[i:]
             if messages:
-                self._wsmux_received(len(messages), octets, wire)
+                self._wsmux_received(len(messages), wire + grown, wire)
         return messages
 
     # A compressed message that failed, for after the messages before it:
@@ -1170,7 +1170,18 @@ class FastSendMixin(_Hooked):
             deflate: Any = self._perMessageCompress
             if deflate is None or doNotCompress:
                 if not (0 < self.autoFragmentSize < length) and self._wsmux_fast_send_ok():
-                    self._wsmux_send_whole(_BINARY if isBinary else _TEXT, payload, length)
+                    header = frame_header(_BINARY if isBinary else _TEXT, length)
+                    if length < 65536:
+                        self._wsmux_write(header + payload)
+                    else:
+                        # The header and a big payload go out together, uncopied.
+                        self._wsmux_write(header, payload)
+                    stats = self.trafficStats
+                    stats.outgoingWebSocketMessages += 1
+                    stats.outgoingWebSocketFrames += 1
+                    stats.outgoingOctetsAppLevel += length
+                    stats.outgoingOctetsWebSocketLevel += length
+                    stats.outgoingOctetsWireLevel += len(header) + length
                     return
             else:
                 # Deflate can make a message a little longer (about 5 bytes
@@ -1182,27 +1193,25 @@ class FastSendMixin(_Hooked):
                     and not (0 < self.maxMessagePayloadSize < bound)
                     and self._wsmux_fast_send_ok()
                 ):
-                    deflate.start_compress_message()
-                    data = deflate.compress_message_data(payload) + deflate.end_compress_message()
-                    opcode = _BINARY_DEFLATED if isBinary else _TEXT_DEFLATED
-                    self._wsmux_send_whole(opcode, data, length)
+                    self._wsmux_send_deflated(deflate, payload, isBinary)
                     return
         super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress)
 
-    def _wsmux_send_whole(self, opcode: int, payload: bytes, length: int) -> None:
-        # One frame, the whole message; length is what the application
-        # gave (the payload is compressed when the two differ).
-        size = len(payload)
-        header = frame_header(opcode, size)
+    def _wsmux_send_deflated(self, deflate: Any, payload: bytes, is_binary: bool) -> None:
+        # A whole message compressed, as one frame, as Autobahn sends (and
+        # counts) it.
+        deflate.start_compress_message()
+        data = deflate.compress_message_data(payload) + deflate.end_compress_message()
+        size = len(data)
+        header = frame_header(_BINARY_DEFLATED if is_binary else _TEXT_DEFLATED, size)
         if size < 65536:
-            self._wsmux_write(header + payload)
+            self._wsmux_write(header + data)
         else:
-            # The header and a big payload go out together, uncopied.
-            self._wsmux_write(header, payload)
+            self._wsmux_write(header, data)
         stats = self.trafficStats
         stats.outgoingWebSocketMessages += 1
         stats.outgoingWebSocketFrames += 1
-        stats.outgoingOctetsAppLevel += length
+        stats.outgoingOctetsAppLevel += len(payload)
         stats.outgoingOctetsWebSocketLevel += size
         stats.outgoingOctetsWireLevel += len(header) + size
 

@@ -304,6 +304,7 @@ TLS_DIRECT_WRITE = declare(
 # send BIO in one call.
 _RECORD = 2**14
 _RECORD_OVERHEAD = 128
+_SLICE = 2**16
 
 
 def tls_turn_reactor(transport: Any) -> Any:
@@ -350,28 +351,35 @@ def tls_write(transport: Any, pieces: Sequence[bytes]) -> None:
     data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
     connection = transport._tlsConnection
     size = len(data)
+    # A big write is encrypted a slice at a time (uncopied), each slice's
+    # records read out before the next: OpenSSL's buffer stays small.
+    view = memoryview(data) if size > _SLICE else None
+    records: list[bytes] = []
     done = 0
+    failure = None
     try:
         while done < size:
-            done += connection.send(data if not done else data[done:])
+            if view is None:
+                piece: Any = data if not done else data[done:]
+            else:
+                piece = view[done : done + _SLICE]
+            sent = connection.send(piece)
+            done += sent
+            want = sent + (sent // _RECORD + 1) * _RECORD_OVERHEAD
+            while True:
+                chunk = connection.bio_read(want)
+                records.append(chunk)
+                if len(chunk) < want:
+                    break
     except WantReadError:
         pass  # the rest, below: Twisted's path holds it until OpenSSL can go on
     except TLSError:
-        transport._tlsShutdownFinished(Failure())
-        return
-    want = size + (size // _RECORD + 1) * _RECORD_OVERHEAD
-    records = []
-    while True:
-        try:
-            chunk = connection.bio_read(want)
-        except WantReadError:
-            break
-        records.append(chunk)
-        if len(chunk) < want:
-            break
+        failure = Failure()
     if records:
         write_now(transport.transport, records)
-    if done < size:
+    if failure is not None:
+        transport._tlsShutdownFinished(failure)
+    elif done < size:
         transport._write(data[done:])
 
 
