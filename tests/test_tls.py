@@ -9,16 +9,18 @@ import pytest
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.internet.task import Clock
-from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.test import iosim
 
 from tests.pki import make_pki
+from wsmux._compat_twisted import write_now
 from wsmux.tls import (
     CertificateError,
     HostCertificate,
     SniContextMap,
     TlsSettings,
     normalize_server_name,
+    tls_factory,
 )
 
 
@@ -247,3 +249,117 @@ def test_encrypted_key_with_passphrase(pki, tmp_path):
     wrong = HostCertificate("", str(tmp_path / "a.crt"), str(tmp_path / "a.key"), "wrong")
     with pytest.raises(CertificateError, match="a.key: no usable PEM private key"):
         SniContextMap(TlsSettings(default=wrong))
+
+
+# -- the TLS seam (wsmux._compat_twisted): direct writes and whole reads -------
+
+
+class Counter(Protocol):
+    """
+    Keeps each read it is given.
+    """
+
+    def connectionMade(self):
+        self.reads = []
+
+    def dataReceived(self, data):
+        self.reads.append(data)
+
+
+def tls_pair(pki, server_protocol, client_protocol=TLSMemoryBIOProtocol):
+    """
+    A wsmux TLS server (L{tls_factory}) and a client whose every write is a
+    TLS record of its own, connected in memory and past the handshake.
+    """
+    clock = Clock()
+    contexts = SniContextMap(settings(pki))
+    server_factory = tls_factory(contexts, Factory.forProtocol(server_protocol))
+    server_factory._clock = clock
+    trust = Certificate.loadPEM(open(pki.ca_file, "rb").read())
+    client_factory = TLSMemoryBIOFactory(
+        optionsForClientTLS("a.test", trustRoot=trust),
+        True,
+        Factory.forProtocol(Recorder),
+        clock=clock,
+    )
+    client_factory.protocol = client_protocol
+    server = server_factory.buildProtocol(None)
+    client = client_factory.buildProtocol(None)
+    pump = iosim.connect(
+        server, iosim.makeFakeServer(server), client, iosim.makeFakeClient(client), clock=clock
+    )
+    pump.flush()
+    return server, client, pump, clock
+
+
+@pytest.mark.uses_internal("twisted.tls_whole_reads")
+def test_every_record_of_a_read_is_one_delivery(pki):
+    server, client, pump, _ = tls_pair(pki, Counter)
+    messages = [b"message %d " % i * 20 for i in range(30)]
+    for message in messages:
+        client.write(message)  # a record each
+    pump.flush()
+    assert server.wrappedProtocol.reads == [b"".join(messages)]
+    client.write(b"later")
+    pump.flush()
+    assert server.wrappedProtocol.reads[1:] == [b"later"]
+
+
+def test_each_record_is_a_delivery_on_twisteds_path(pki, monkeypatch):
+    # What wsmux's TLS transport falls back to: Twisted's own delivery.
+    import wsmux._compat_twisted as seam
+
+    monkeypatch.setattr(seam, "TLS_WHOLE_READS", False)
+    server, client, pump, _ = tls_pair(pki, Counter)
+    for message in (b"one", b"two", b"three"):
+        client.write(message)
+    pump.flush()
+    assert server.wrappedProtocol.reads == [b"one", b"two", b"three"]
+
+
+@pytest.mark.uses_internal("twisted.tls_direct_write")
+def test_direct_writes_go_at_once_and_keep_their_order(pki):
+    server, client, pump, clock = tls_pair(pki, Counter)
+    received = client.wrappedProtocol
+    big = bytes(range(256)) * 1200  # 300 KiB: several slices, many records
+    # (No reactor turn passes in the pumps below but the last.)
+    server.write(b"1")  # Twisted's path: its aggregator holds it a turn
+    pump.flush(advanceClock=False)
+    assert received.data == b""
+    write_now(server, [b"2"])  # sent at once, after what Twisted holds
+    pump.flush(advanceClock=False)
+    assert received.data == b"12"
+    server.write(b"3")
+    write_now(server, [b"4", big])
+    pump.flush(advanceClock=False)
+    assert received.data == b"1234" + big
+    clock.advance(0)  # nothing was left in Twisted's aggregator
+    pump.flush()
+    assert received.data == b"1234" + big
+    # Both ways still work, and the connection closes cleanly.
+    client.write(b"back")
+    pump.flush()
+    assert server.wrappedProtocol.reads == [b"back"]
+    server.loseConnection()
+    pump.flush()
+    assert received.lost is not None
+
+
+def test_writes_outside_a_read_gather_in_twisteds_records(pki):
+    # A timer's sends (nothing held): Twisted's TLS path gathers a turn's
+    # writes into one record, instead of a record and a send each.
+    from wsmux._writes import WriteScheduler
+
+    server, client, pump, clock = tls_pair(pki, Counter)
+    writes = WriteScheduler()
+    records = []
+    tcp_write = server.transport.write
+    server.transport.write = lambda data: (records.append(data), tcp_write(data))
+    for i in range(50):
+        writes.hold(server, [b"message %d;" % i])
+    pump.flush(advanceClock=False)
+    assert client.wrappedProtocol.data == b""
+    clock.advance(0)
+    pump.flush()
+    assert client.wrappedProtocol.data == b"".join(b"message %d;" % i for i in range(50))
+    assert len(records) == 1

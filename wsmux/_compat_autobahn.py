@@ -50,6 +50,7 @@ from twisted.python.failure import Failure
 
 from wsmux._compat import all_of, code_names, declare, missing_names
 from wsmux._compat_twisted import close_idle_tcp, tls_turn_reactor
+from wsmux._deflate import deflate_bound
 from wsmux._frames import (
     _BIG,
     _BINARY,
@@ -638,6 +639,8 @@ FAST_FRAMES = declare(
     "autobahn.fast_frames",
     touches=(
         "WebSocketProtocol._dataReceived / processData / data / current_frame / inside_message",
+        "WebSocketProtocol.failedByMe / wasMaxMessagePayloadSizeExceeded (set as Autobahn "
+        "sets them when it fails a compressed message), and its failure reasons' text",
         "WebSocketProtocol._perMessageCompress / send_queue / trafficStats",
         "WebSocketProtocol._cancelAutoPingTimeoutCall",
         "txaio ObservableMixin._listeners / _parent",
@@ -670,6 +673,12 @@ FAST_FRAMES = declare(
         code_names(_P.fire, ("_listeners", "_parent")),
     ),
 )
+
+# What the whole compressed messages of one batch may grow to by
+# inflating before the batch is delivered (and the rest of the read
+# inflated): a read of small compressed messages holds about this much,
+# and one message, inflated at a time.
+_INFLATED_MAX = 1 << 20
 
 # Receive-side hooks a handler must not override for the fast path.
 RECEIVE_HOOKS = (
@@ -901,6 +910,14 @@ class FastReceiveMixin(_Hooked):
                     break
                 payload = inflated
                 grown += len(payload) - length
+                if grown > _INFLATED_MAX:
+                    # Delivered before more is inflated: a read of small
+                    # compressed messages holds no more than this (and one
+                    # message) inflated at a time.
+                    messages.append((payload, (b0 & 0x0F) == 2, length))
+                    wire += length
+                    i = stop
+                    break
             elif b0 == _TEXT and validate:
                 try:
                     payload.decode("utf-8")
@@ -1184,10 +1201,10 @@ class FastSendMixin(_Hooked):
                     stats.outgoingOctetsWireLevel += len(header) + length
                     return
             else:
-                # Deflate can make a message a little longer (about 5 bytes
-                # per 16 KiB stored, and a few more): a message that might
+                # Deflate can make a message longer (zlib's deflateBound
+                # for any window and memory level): a message that might
                 # then need fragments, or pass the limit, goes Autobahn's way.
-                bound = length + (length >> 10) + 64
+                bound = deflate_bound(length)
                 if (
                     not (0 < self.autoFragmentSize < bound)
                     and not (0 < self.maxMessagePayloadSize < bound)

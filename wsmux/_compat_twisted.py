@@ -220,7 +220,7 @@ def idle_tcp(transport: Any) -> bool:
     )
 
 
-def write_now(transport: Any, pieces: Sequence[bytes]) -> None:
+def write_now(transport: Any, pieces: Sequence[bytes], tls_now: bool = True) -> None:
     """
     Write C{pieces} in order, sending at once when nothing is waiting
     before them.
@@ -233,8 +233,14 @@ def write_now(transport: Any, pieces: Sequence[bytes]) -> None:
     joining them); whatever does not fit goes to the transport's buffer as
     usual, behind nothing, so order is kept, and Twisted's producer pausing
     and error handling take over from there.  Only for plain TCP transports
-    with an empty buffer; anything else (TLS, a closing connection,
-    in-memory transports) uses the transport's own C{write}.
+    with an empty buffer; anything else (a closing connection, in-memory
+    transports) uses the transport's own C{write}.
+
+    A TLS connection's pieces are encrypted and sent the same way
+    (L{tls_write}) when C{tls_now} is true: for the writes of a read, held
+    to the end of the reactor's turn already.  Other writes (a timer's, a
+    channel's from elsewhere) take Twisted's TLS path, which gathers a
+    turn's writes into one record.
     """
     if idle_tcp(transport):
         try:
@@ -254,7 +260,7 @@ def write_now(transport: Any, pieces: Sequence[bytes]) -> None:
             if i == len(pieces):
                 return
             pieces = [pieces[i][sent:], *pieces[i + 1 :]]
-    elif transport.__class__ in _TLS_TRANSPORTS and tls_ready(transport):
+    elif tls_now and transport.__class__ in _TLS_TRANSPORTS and tls_ready(transport):
         tls_write(transport, pieces)
         return
     if len(pieces) == 1:
@@ -351,9 +357,10 @@ def tls_write(transport: Any, pieces: Sequence[bytes]) -> None:
     data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
     connection = transport._tlsConnection
     size = len(data)
-    # A big write is encrypted a slice at a time (uncopied), each slice's
-    # records read out before the next: OpenSSL's buffer stays small.
-    view = memoryview(data) if size > _SLICE else None
+    # A big write is encrypted a slice at a time (uncopied: OpenSSL takes
+    # one record, 16 KiB, a call), each slice's records read out before the
+    # next: OpenSSL's buffer stays small.
+    view = memoryview(data) if size > _RECORD else None
     records: list[bytes] = []
     done = 0
     failure = None

@@ -183,6 +183,15 @@ class _TunedDeflate(PerMessageDeflate):
         return data[:-4]
 
 
+def deflate_bound(length: int) -> int:
+    """
+    The most C{length} bytes can become compressed as one message, with
+    any window and memory level (zlib's general C{deflateBound}, and the
+    sync flush).
+    """
+    return length + (length >> 3) + (length >> 6) + 64
+
+
 @functools.cache
 def tuned_deflate(level: int) -> type:
     """

@@ -69,7 +69,7 @@ class WriteScheduler:
         """
         held = self.held
         if held is None:
-            write_now(transport, pieces)
+            write_now(transport, pieces, tls_now=False)
             return
         size = self.held_bytes.get(transport, 0) + sum(map(len, pieces))
         waiting = held.get(transport)

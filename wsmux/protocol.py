@@ -32,7 +32,7 @@ from wsmux._compat_autobahn import (
     fail_connection,
     fast_path_ok,
 )
-from wsmux._deflate import accept_on_connection, tune
+from wsmux._deflate import accept_on_connection, deflate_bound, tune
 from wsmux._responses import safe_headers, status_reason
 from wsmux._writes import scheduler_for
 from wsmux.connection import LOST, Connection, RoutePolicy, close_with, closed_with
@@ -297,9 +297,13 @@ class RouteProtocolMixin(_Hooked):
         if conn.paused and not conn.room_for(len(payload)):
             return
         limit = self.maxMessagePayloadSize
-        # Near the limit (compressing can make a message slightly larger:
-        # incompressible data, about 5 bytes per 16 KiB block, plus a few).
-        if limit and len(payload) >= limit - (limit >> 9) - 64:
+        # Near the limit (compressing can make a message larger: by an
+        # eighth and more with the smallest memory levels, on data that
+        # does not compress).
+        size = len(payload)
+        if self._wsmux_policy.deflate_class is not None:
+            size = deflate_bound(size)
+        if limit and size >= limit:
             self._wsmux_send_past_limit(payload, isBinary, fragmentSize, sync, doNotCompress)
             return
         super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress)
