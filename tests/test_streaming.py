@@ -190,3 +190,49 @@ def test_streaming_to_a_channel_reaches_every_subscriber():
     slow.clock.advance(10)
     slow.flush()
     assert slow.client.close is not None and slow.client.close[1] == 1008
+
+
+def test_a_stream_on_a_deflating_connection_is_whole_and_uncompressed():
+    # Autobahn's frame-by-frame sending marks a stream's first frame
+    # compressed and sends its chunks as they are: the stream goes
+    # uncompressed, and a whole message sent meanwhile waits for its end.
+    import zlib
+
+    from twisted.internet.defer import Deferred
+
+    from wsmux.testing import masked_frame, raw_connect, upgrade_request
+
+    gate = Deferred()
+
+    class Streaming(WebSocketServerProtocol):
+        def onMessage(self, payload, isBinary):
+            if payload == b"stream":
+
+                async def chunks():
+                    yield b"chunk-one "
+                    await gate
+                    yield b"chunk-two"
+
+                stream_message(self, chunks())
+            else:
+                self.sendMessage(b"whole:" + payload)
+
+    options = {"deflate": "on", "deflate_threshold": 0, "ping_interval": 0}
+    raw = raw_connect(RouteTree([Route("/s", (Streaming,), options)]))
+    raw.send(upgrade_request("/s", "Sec-WebSocket-Extensions: permessage-deflate\r\n"))
+    raw.send(masked_frame(b"stream"))
+    raw.send(masked_frame(b"meanwhile"))
+    raw.clock.advance(0.01)
+    gate.callback(None)
+    raw.clock.advance(0.01)
+    raw.pump.flush()
+    body = raw.received.split(b"\r\n\r\n", 1)[1]
+    frames = []
+    while body:
+        n = body[1] & 0x7F
+        frames.append((body[0], body[2 : 2 + n]))
+        body = body[2 + n :]
+    assert frames[:3] == [(0x02, b"chunk-one "), (0x00, b"chunk-two"), (0x80, b"")]
+    (first, payload), *rest = frames[3:]
+    assert first == 0xC1 and not rest
+    assert zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff") == b"whole:meanwhile"

@@ -60,7 +60,7 @@ class ProtocolOptions:
         0,
         "Messages shorter than this many bytes go out uncompressed even where "
         "permessage-deflate is in use (Node ws uses 1024). 0 compresses every "
-        "message. Streamed messages are always compressed.",
+        "message. Streamed messages are never compressed.",
     )
     deflate_level: int = _option(
         6,

@@ -294,6 +294,12 @@ class RouteProtocolMixin(_Hooked):
             # frame has nowhere to go (Autobahn would raise Disconnected).
             return
         conn = self.wsmux
+        if self.send_state:
+            # In the middle of a message being streamed to this client: a
+            # whole message goes out after the stream's last frame (RFC 6455
+            # 5.4), as a broadcast's does.
+            conn.after_message(self.factory.prepareMessage(payload, isBinary, doNotCompress))
+            return
         if conn.paused and not conn.room_for(len(payload)):
             return
         limit = self.maxMessagePayloadSize

@@ -45,7 +45,10 @@ def stream_message(protocol: Any, chunks: Chunks, isBinary: bool = True) -> Defe
 
 async def _stream(protocol: Any, chunks: Chunks, isBinary: bool) -> int:
     sent = 0
-    protocol.beginMessage(isBinary=isBinary)
+    # Uncompressed where the connection deflates (RFC 7692 lets any message
+    # go so): Autobahn's frame-by-frame sending marks the first frame
+    # compressed but sends each chunk as it is.
+    protocol.beginMessage(isBinary=isBinary, doNotCompress=True)
     if hasattr(chunks, "__aiter__"):
         async for chunk in chunks:  # type: ignore[union-attr]
             sent += await _frame(protocol, chunk)
