@@ -354,30 +354,37 @@ def tls_write(transport: Any, pieces: Sequence[bytes]) -> None:
     aggregator = transport._aggregator
     if aggregator._buffer:
         aggregator.flush()  # written Twisted's way before: it goes first
-    data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+    # Small writes are joined into as few records as they fill; a big one
+    # is encrypted where it lies, a piece at a time.
+    total = sum(map(len, pieces))
+    if len(pieces) > 1 and (total <= _SLICE or max(map(len, pieces)) < _RECORD):
+        pieces = [b"".join(pieces)]
     connection = transport._tlsConnection
-    size = len(data)
-    # A big write is encrypted a slice at a time (uncopied: OpenSSL takes
-    # one record, 16 KiB, a call), each slice's records read out before the
-    # next: OpenSSL's buffer stays small.
-    view = memoryview(data) if size > _RECORD else None
     records: list[bytes] = []
-    done = 0
     failure = None
+    index = done = 0
     try:
-        while done < size:
-            if view is None:
-                piece: Any = data if not done else data[done:]
-            else:
-                piece = view[done : done + _SLICE]
-            sent = connection.send(piece)
-            done += sent
-            want = sent + (sent // _RECORD + 1) * _RECORD_OVERHEAD
-            while True:
-                chunk = connection.bio_read(want)
-                records.append(chunk)
-                if len(chunk) < want:
-                    break
+        for index, data in enumerate(pieces):  # noqa: B007 - read after the loop
+            done = 0
+            size = len(data)
+            # A big piece is encrypted a slice at a time (uncopied: OpenSSL
+            # takes one record, 16 KiB, a call), each slice's records read
+            # out before the next: OpenSSL's buffer stays small.
+            view = memoryview(data) if size > _RECORD else None
+            while done < size:
+                if view is None:
+                    piece: Any = data if not done else data[done:]
+                else:
+                    piece = view[done : done + _SLICE]
+                sent = connection.send(piece)
+                done += sent
+                want = sent + (sent // _RECORD + 1) * _RECORD_OVERHEAD
+                while True:
+                    chunk = connection.bio_read(want)
+                    records.append(chunk)
+                    if len(chunk) < want:
+                        break
+        index = len(pieces)
     except WantReadError:
         pass  # the rest, below: Twisted's path holds it until OpenSSL can go on
     except TLSError:
@@ -386,8 +393,8 @@ def tls_write(transport: Any, pieces: Sequence[bytes]) -> None:
         write_now(transport.transport, records)
     if failure is not None:
         transport._tlsShutdownFinished(failure)
-    elif done < size:
-        transport._write(data[done:])
+    elif index < len(pieces):
+        transport._write(b"".join([pieces[index][done:], *pieces[index + 1 :]]))
 
 
 TLS_WHOLE_READS = declare(
