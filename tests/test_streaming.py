@@ -3,6 +3,7 @@ Pacing and streaming, in memory, on a MemoryReactorClock.
 """
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
+from twisted.internet.defer import Deferred
 from twisted.protocols.basic import FileSender
 
 from wsmux import Route, RouteTree
@@ -192,47 +193,130 @@ def test_streaming_to_a_channel_reaches_every_subscriber():
     assert slow.client.close is not None and slow.client.close[1] == 1008
 
 
-def test_a_stream_on_a_deflating_connection_is_whole_and_uncompressed():
-    # Autobahn's frame-by-frame sending marks a stream's first frame
-    # compressed and sends its chunks as they are: the stream goes
-    # uncompressed, and a whole message sent meanwhile waits for its end.
-    import zlib
+def frames_sent(raw):
+    body = raw.received.split(b"\r\n\r\n", 1)[1]
+    frames = []
+    while body:
+        n, start = body[1] & 0x7F, 2
+        if n == 126:
+            n, start = int.from_bytes(body[2:4], "big"), 4
+        frames.append((body[0], body[start : start + n]))
+        body = body[start + n :]
+    return frames
 
-    from twisted.internet.defer import Deferred
 
+def raw_route(handler, options, *messages, deflate=True):
     from wsmux.testing import masked_frame, raw_connect, upgrade_request
 
-    gate = Deferred()
+    raw = raw_connect(RouteTree([Route("/s", (handler,), {"ping_interval": 0, **options})]))
+    extra = "Sec-WebSocket-Extensions: permessage-deflate\r\n" if deflate else ""
+    raw.send(upgrade_request("/s", extra))
+    for message in messages:
+        raw.send(masked_frame(message))
+    raw.clock.advance(0.01)
+    raw.pump.flush()
+    return raw
+
+
+DEFLATING = {"deflate": "on", "deflate_threshold": 0}
+
+
+def gated_stream(gate, reply=b""):
+    """
+    A handler that streams "s1", then "s2" once C{gate} fires, when sent
+    "stream"; it answers anything else with C{reply} and the message.
+    """
 
     class Streaming(WebSocketServerProtocol):
         def onMessage(self, payload, isBinary):
             if payload == b"stream":
 
                 async def chunks():
-                    yield b"chunk-one "
+                    yield b"s1"
                     await gate
-                    yield b"chunk-two"
+                    yield b"s2"
 
                 stream_message(self, chunks())
             else:
-                self.sendMessage(b"whole:" + payload)
+                self.sendMessage(reply + payload)
 
-    options = {"deflate": "on", "deflate_threshold": 0, "ping_interval": 0}
-    raw = raw_connect(RouteTree([Route("/s", (Streaming,), options)]))
-    raw.send(upgrade_request("/s", "Sec-WebSocket-Extensions: permessage-deflate\r\n"))
-    raw.send(masked_frame(b"stream"))
-    raw.send(masked_frame(b"meanwhile"))
-    raw.clock.advance(0.01)
+    return Streaming
+
+
+def test_a_stream_on_a_deflating_connection_is_whole_and_uncompressed():
+    # Autobahn's frame-by-frame sending marks a stream's first frame
+    # compressed and sends its chunks as they are: the stream goes
+    # uncompressed, and a whole message sent meanwhile waits for its end.
+    import zlib
+
+    gate = Deferred()
+    raw = raw_route(gated_stream(gate, b"whole:"), DEFLATING, b"stream", b"meanwhile")
     gate.callback(None)
     raw.clock.advance(0.01)
     raw.pump.flush()
-    body = raw.received.split(b"\r\n\r\n", 1)[1]
-    frames = []
-    while body:
-        n = body[1] & 0x7F
-        frames.append((body[0], body[2 : 2 + n]))
-        body = body[2 + n :]
-    assert frames[:3] == [(0x02, b"chunk-one "), (0x00, b"chunk-two"), (0x80, b"")]
+    frames = frames_sent(raw)
+    assert frames[:3] == [(0x02, b"s1"), (0x00, b"s2"), (0x80, b"")]
     (first, payload), *rest = frames[3:]
     assert first == 0xC1 and not rest
     assert zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff") == b"whole:meanwhile"
+
+
+def test_consumer_and_channel_streams_on_a_deflating_connection_are_uncompressed():
+    from wsmux.streaming import stream_to_channel
+
+    class Consumer(WebSocketServerProtocol):
+        def onMessage(self, payload, isBinary):
+            consumer = MessageConsumer(self)
+            consumer.write(b"chunk-one ")
+            consumer.write(b"chunk-two")
+            consumer.unregisterProducer()
+
+    class Channel(WebSocketServerProtocol):
+        def onOpen(self):
+            self.channels.subscribe(self, "live")
+
+        def onMessage(self, payload, isBinary):
+            stream_to_channel(self.channels, "live", [b"chunk-one ", b"chunk-two"])
+
+    for handler in (Consumer, Channel):
+        frames = frames_sent(raw_route(handler, DEFLATING, b"go"))
+        assert frames == [(0x02, b"chunk-one "), (0x00, b"chunk-two"), (0x80, b"")], handler
+
+
+def test_a_paced_message_held_behind_a_stream_keeps_its_place():
+    from wsmux.testing import masked_frame
+
+    gate = Deferred()
+    raw = raw_route(gated_stream(gate), {"send_delay": 1.0}, b"stream", b"A", deflate=False)
+    raw.send(masked_frame(b"B"))  # paced: waits its turn behind A
+    raw.clock.advance(0.01)
+    raw.pump.flush()
+    gate.callback(None)
+    for _ in range(5):
+        raw.clock.advance(1.0)
+        raw.pump.flush()
+    payloads = [payload for _, payload in frames_sent(raw)]
+    assert payloads == [b"s1", b"s2", b"", b"A", b"B"]
+
+
+def test_a_stream_whose_source_fails_closes_with_1011():
+    failed = []
+
+    class Broken(WebSocketServerProtocol):
+        def onMessage(self, payload, isBinary):
+            if payload == b"stream":
+
+                def chunks():
+                    yield b"s1"
+                    raise RuntimeError("the source failed")
+
+                stream_message(self, chunks()).addErrback(failed.append)
+            else:
+                self.sendMessage(b"reply:" + payload)
+
+    raw = raw_route(Broken, {}, b"stream", b"hello", deflate=False)
+    frames = frames_sent(raw)
+    assert frames[0] == (0x02, b"s1")
+    assert frames[1][0] == 0x88 and int.from_bytes(frames[1][1][:2], "big") == 1011
+    assert b"reply:hello" not in b"".join(p for _, p in frames)
+    assert failed and failed[0].check(RuntimeError)

@@ -667,7 +667,17 @@ FAST_FRAMES = declare(
         ),
         code_names(_P.sendMessage, ("_perMessageCompress", "autoFragmentSize")),
         code_names(_P.onFrameBegin, ("start_decompress_message",)),
-        code_names(_P.onFrameData, ("decompress_message_data", "PayloadExceededError")),
+        code_names(
+            _P.onFrameData,
+            (
+                "decompress_message_data",
+                "PayloadExceededError",
+                "failedByMe",
+                "wasMaxMessagePayloadSizeExceeded",
+                "_max_message_size_exceeded",
+                "_invalid_payload",
+            ),
+        ),
         code_names(_P.onFrameEnd, ("end_decompress_message",)),
         code_names(_P.sendData, ("send_queue",)),
         code_names(_P.fire, ("_listeners", "_parent")),

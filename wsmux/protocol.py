@@ -303,9 +303,9 @@ class RouteProtocolMixin(_Hooked):
         if conn.paused and not conn.room_for(len(payload)):
             return
         limit = self.maxMessagePayloadSize
-        # Near the limit (compressing can make a message larger: by an
-        # eighth and more with the smallest memory levels, on data that
-        # does not compress).
+        # Near the limit (compressing can make a message larger: by some
+        # per cent with the smallest memory levels, on data that does not
+        # compress; deflate_bound allows more).
         size = len(payload)
         if self._wsmux_policy.deflate_class is not None:
             size = deflate_bound(size)
@@ -365,7 +365,9 @@ class RouteProtocolMixin(_Hooked):
     def endMessage(self) -> None:
         super().endMessage()
         for prepared in self.wsmux.take_after_message():
-            self.sendPreparedMessage(prepared)
+            # Paced already (PacingMixin sits in front): paced again, it
+            # would go behind messages sent after it.
+            RouteProtocolMixin.sendPreparedMessage(self, prepared)
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: Optional[int] = None) -> None:
         conn = self.wsmux

@@ -43,18 +43,31 @@ def stream_message(protocol: Any, chunks: Chunks, isBinary: bool = True) -> Defe
     return ensureDeferred(_stream(protocol, chunks, isBinary))
 
 
-async def _stream(protocol: Any, chunks: Chunks, isBinary: bool) -> int:
-    sent = 0
+def _begin(protocol: Any, isBinary: bool) -> None:
     # Uncompressed where the connection deflates (RFC 7692 lets any message
     # go so): Autobahn's frame-by-frame sending marks the first frame
     # compressed but sends each chunk as it is.
     protocol.beginMessage(isBinary=isBinary, doNotCompress=True)
-    if hasattr(chunks, "__aiter__"):
-        async for chunk in chunks:  # type: ignore[union-attr]
-            sent += await _frame(protocol, chunk)
-    else:
-        for chunk in chunks:  # type: ignore[union-attr]
-            sent += await _frame(protocol, chunk)
+
+
+async def _stream(protocol: Any, chunks: Chunks, isBinary: bool) -> int:
+    sent = 0
+    _begin(protocol, isBinary)
+    try:
+        if hasattr(chunks, "__aiter__"):
+            async for chunk in chunks:  # type: ignore[union-attr]
+                sent += await _frame(protocol, chunk)
+        else:
+            for chunk in chunks:  # type: ignore[union-attr]
+                sent += await _frame(protocol, chunk)
+    except ConnectionDone:
+        raise
+    except Exception:
+        # The source failed mid-message, which cannot be finished: the
+        # connection ends with 1011, rather than hold every later message
+        # behind it.
+        member_failed(protocol, "a streamed message's source")
+        raise
     _check_open(protocol)
     protocol.endMessage()
     return sent
@@ -102,7 +115,7 @@ async def _stream_to_channel(hub: Any, channel: str, chunks: Chunks, isBinary: b
             # message cannot begin inside it, and being busy is no failure.
             busy += 1
             continue
-        if _each(member, member.beginMessage, isBinary=isBinary):
+        if _each(member, _begin, member, isBinary):
             members.append(member)
     if busy:
         log.info(
@@ -121,16 +134,23 @@ async def _stream_to_channel(hub: Any, channel: str, chunks: Chunks, isBinary: b
                 continue
             _each(member, _send_frame, member, chunk)
 
-    if hasattr(chunks, "__aiter__"):
-        async for chunk in chunks:  # type: ignore[union-attr]
-            if chunk:
-                frame(chunk)
-                produced += len(chunk)
-    else:
-        for chunk in chunks:  # type: ignore[union-attr]
-            if chunk:
-                frame(chunk)
-                produced += len(chunk)
+    try:
+        if hasattr(chunks, "__aiter__"):
+            async for chunk in chunks:  # type: ignore[union-attr]
+                if chunk:
+                    frame(chunk)
+                    produced += len(chunk)
+        else:
+            for chunk in chunks:  # type: ignore[union-attr]
+                if chunk:
+                    frame(chunk)
+                    produced += len(chunk)
+    except Exception:
+        # The source failed: no member's message can be finished (see _stream).
+        for member in members:
+            if member.state == member.STATE_OPEN:
+                member_failed(member, "a channel stream's source")
+        raise
     for member in members:
         if member.state == member.STATE_OPEN:
             _each(member, member.endMessage)
@@ -221,7 +241,7 @@ class MessageConsumer:
             self.done.errback(ConnectionDone("the connection closed while a message was streaming"))
             return
         if not self._started:
-            self.protocol.beginMessage(isBinary=self.isBinary)
+            _begin(self.protocol, self.isBinary)
         self.protocol.endMessage()
         self.done.callback(self.sent)
 
@@ -232,7 +252,7 @@ class MessageConsumer:
             return
         if not self._started:
             self._started = True
-            self.protocol.beginMessage(isBinary=self.isBinary)
+            _begin(self.protocol, self.isBinary)
         if data:
             self.protocol.beginMessageFrame(len(data))
             self.protocol.sendMessageFrameData(data)
