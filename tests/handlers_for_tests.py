@@ -296,3 +296,21 @@ def hello_resource():
             )
 
     return Hello()
+
+
+class Footprint(WebSocketServerProtocol):
+    """
+    Answers every message with the names its connection keeps in
+    dictionaries: its own, and each transport's below it (TLS, then TCP).
+    """
+
+    def onMessage(self, payload, isBinary):
+        import json
+
+        transports = []
+        transport = self.transport
+        while transport is not None:
+            transports.append([type(transport).__name__, sorted(vars(transport))])
+            transport = getattr(transport, "transport", None)
+        own = sorted(vars(self))
+        self.sendMessage(json.dumps({"own": own, "transports": transports}).encode())

@@ -42,14 +42,13 @@ from autobahn.websocket import protocol as _ws
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from autobahn.websocket.utf8validator import Utf8Validator
-from twisted.internet import tcp
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.main import CONNECTION_DONE
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
 from wsmux._compat import all_of, code_names, declare, missing_names
-from wsmux._compat_twisted import close_idle_tcp, tls_turn_reactor
+from wsmux._compat_twisted import TCP_SERVERS, close_idle_tcp, tls_turn_reactor
 from wsmux._deflate import deflate_bound
 from wsmux._frames import (
     _BIG,
@@ -413,7 +412,7 @@ def transport_details(transport: Any, is_server: bool) -> TransportDetails:
     to describe the peer (C{peer2str} calls C{getPeer}, which makes one and
     checks its fields each time).
     """
-    if transport.__class__ is not tcp.Server:
+    if transport.__class__ not in TCP_SERVERS:
         details = create_transport_details(transport, is_server)
         details.channel_framing = TransportDetails.CHANNEL_FRAMING_WEBSOCKET
         return details
@@ -465,6 +464,71 @@ def _share_events(protocol: Any) -> None:
     names = tuple(events)
     own["_valid_events"] = _EVENT_NAMES.setdefault(names, names)
     own.pop("_results", None)
+
+
+# What Autobahn (and wsmux) keep on every server connection, by name: its
+# state from the opening handshake to the close, and the message and frame
+# being read or sent.
+_CONNECTION_STATE = (
+    "_isMessageCompressed", "_perMessageCompress", "_transport_details", "_wskey",
+    "autoPingPending", "autoPingPendingCall", "autoPingPendingSent", "autoPingPendingSeq",
+    "autoPingTimeoutCall", "closeHandshakeTimeoutCall", "closedByMe", "control_frame_data",
+    "current_frame", "current_frame_masker", "data", "droppedByMe", "failedByMe", "frame_data",
+    "http_headers", "http_request_data", "http_request_host", "http_request_params",
+    "http_request_path", "http_request_uri", "http_response_data", "http_status_line",
+    "inside_message", "is_closed", "is_open", "localCloseCode", "localCloseReason",
+    "message_data", "message_data_total_length", "message_is_binary",
+    "openHandshakeTimeoutCall", "remoteCloseCode", "remoteCloseReason", "send_compressed",
+    "send_message_frame_length", "send_message_frame_mask", "send_message_frame_masker",
+    "send_message_opcode", "send_queue", "send_state", "serverConnectionDropTimeoutCall",
+    "state", "trackedTimings", "trafficStats", "triggered", "utf8validateIncomingCurrentMessage",
+    "utf8validateLast", "utf8validator", "wasClean", "wasCloseHandshakeTimeout",
+    "wasMaxFramePayloadSizeExceeded", "wasMaxMessagePayloadSizeExceeded", "wasNotCleanReason",
+    "wasOpenHandshakeTimeout", "wasServerConnectionDropTimeout",
+    "wasServingFlashSocketPolicyFile", "websocket_extensions", "websocket_extensions_in_use",
+    "websocket_origin", "websocket_protocol_in_use", "websocket_protocols",
+    "websocket_version", "wsmux",
+)  # fmt: skip
+
+
+def _connection_slots() -> tuple[str, ...]:
+    # A name some class of Autobahn's (or Twisted's, txaio's) gives a value
+    # (peer, factory, transport...) stays in the connection's dict: a slot
+    # would hide that value until the connection sets its own.
+    defined = set().union(*(vars(k) for k in _P.__mro__))
+    return tuple(name for name in _CONNECTION_STATE if name not in defined)
+
+
+def _slots_check() -> Optional[str]:
+    slots = _connection_slots()
+    probe: Any = type("Probe", (_P,), {"__slots__": slots})()
+    if not hasattr(probe, "__dict__"):  # pragma: no cover - the layout changed
+        return "Autobahn's server protocol no longer has a __dict__"
+    probe.wsmux = probe.state = 1
+    if "wsmux" in probe.__dict__ or "state" in probe.__dict__:  # pragma: no cover
+        return "a slot does not hold its attribute"
+    return code_names(
+        WebSocketProtocol._connectionMade,
+        ("trafficStats", "utf8validator", "send_state", "state", "wasClean"),
+    )
+
+
+CONNECTION_SLOTS = declare(
+    "autobahn.connection_slots",
+    touches=(
+        "the attributes Autobahn's WebSocketProtocol sets on every connection "
+        "(state, trafficStats, http_headers, websocket_*, was*...), by name",
+    ),
+    why=(
+        "each connection of Autobahn's keeps some 60 attributes in a dict of its own "
+        "(about 1.6 KiB, too many for Python's shared-key dicts): as slots of the "
+        "connection's class they take 8 bytes each"
+    ),
+    checked="Autobahn 26.7.1, 26.10.2",
+    fallback="each connection keeps its attributes in its own dict",
+    check=_slots_check,
+    needs=("autobahn.lean_protocol",),
+)
 
 
 # One failure for every clean close, as Twisted's reactor keeps one.
@@ -569,6 +633,41 @@ class LeanServerProtocol(WebSocketServerProtocol):
         if self.__dict__.get("_results") is None and self._valid_events is not None:
             # What set_valid_events would have made (see _share_events).
             self._results = {name: None for name in self._valid_events}
+
+
+class SlottedLeanServerProtocol(LeanServerProtocol):
+    """
+    L{LeanServerProtocol}, with Autobahn's per-connection attributes (and
+    wsmux's connection) as slots (L{CONNECTION_SLOTS}); anything else a
+    connection sets goes to its dict as before.
+    """
+
+    __slots__ = _connection_slots() if CONNECTION_SLOTS else ()
+
+
+# Autobahn's classes (and Twisted's, txaio's) below the lean class.
+_BELOW_LEAN = frozenset(_P.__mro__)
+
+
+def lean_protocol_for(handler: type) -> type:
+    """
+    The class to put right above Autobahn under C{handler}'s route class:
+    L{SlottedLeanServerProtocol}, unless one of the handler's own classes
+    has slots of its own (the layouts could not be combined) or gives a
+    value to a name wsmux keeps in a slot (a default, a property: wherever
+    that class lands in the route class's order, a slot above it would hide
+    it); then L{LeanServerProtocol}, which keeps everything in the dict.
+    """
+    slots = SlottedLeanServerProtocol.__slots__
+    if not slots:
+        return LeanServerProtocol
+    for klass in handler.__mro__:
+        if klass in _BELOW_LEAN:
+            continue
+        own = vars(klass)
+        if own.get("__slots__") or any(name in own for name in slots):
+            return LeanServerProtocol
+    return SlottedLeanServerProtocol
 
 
 # -- Autobahn's debug line at every connection ---------------------------------
@@ -801,7 +900,7 @@ class FastReceiveMixin(_Hooked):
                 return
             writes.start()
             transport: Any = self.transport
-            if transport.__class__ is tcp.Server:
+            if transport.__class__ in TCP_SERVERS:
                 transport.reactor.callLater(0, writes.send_held)  # type: ignore[attr-defined]
                 self._dataReceived(data)
                 return

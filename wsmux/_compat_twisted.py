@@ -210,7 +210,7 @@ def idle_tcp(transport: Any) -> bool:
     """
     return bool(
         DIRECT_SEND
-        and transport.__class__ is tcp.Server
+        and transport.__class__ in TCP_SERVERS
         and not transport.TLS
         and transport.connected
         and not transport.disconnecting
@@ -474,15 +474,123 @@ class WholeReadsTLSTransport(tls.BufferingTLSTransport):
                 ProtocolWrapper.dataReceived(self, data)
 
 
+def slotted(base: type, names: tuple[str, ...]) -> type:
+    """
+    A subclass of C{base} whose instances keep the attributes C{names} in
+    slots rather than in a dict of their own.
+
+    A name C{base} gives a plain value (a default such as C{connected = 0})
+    starts out with that value; a name C{base} gives a method or any other
+    descriptor stays in the dict (Twisted sets C{fileno} and C{write} over
+    its own methods).
+    """
+    defaults: dict[str, Any] = {}
+    slots = []
+    for name in names:
+        owner = next((k for k in base.__mro__ if name in vars(k)), None)
+        if owner is not None:
+            value = vars(owner)[name]
+            if callable(value) or hasattr(value, "__get__"):
+                continue
+            defaults[name] = value
+        slots.append(name)
+    start = tuple(defaults.items())
+
+    def __new__(cls: type, *args: Any, **kwargs: Any) -> Any:
+        # In __new__, not __init__: an instance made without __init__ (by
+        # copy or pickle) has its defaults too.
+        self = base.__new__(cls)  # type: ignore[call-overload]
+        for name, value in start:
+            setattr(self, name, value)
+        return self
+
+    namespace = {"__slots__": tuple(slots), "__new__": __new__, "__module__": base.__module__}
+    return type(base.__name__, (base,), namespace)
+
+
 # The TLS transports whose writes tls_write may send.
-_TLS_TRANSPORTS = frozenset((tls.BufferingTLSTransport, WholeReadsTLSTransport))
+# What Twisted's TCP server transport and its TLS transport set on each
+# connection (and the defaults their classes give some of them).
+_TCP_STATE = (
+    "reactor", "socket", "protocol", "server", "client", "sessionno", "hostname", "logstr",
+    "repstr", "connected", "disconnected", "disconnecting", "producer", "producerPaused",
+    "streamingProducer", "dataBuffer", "offset", "_tempDataBuffer", "_tempDataLen",
+    "_writeDisconnected", "_writeDisconnecting", "_aborting", "_shouldShutdown",
+)  # fmt: skip
+_TLS_STATE = (
+    "wrappedProtocol", "factory", "transport", "connected", "disconnecting", "_connectWrapped",
+    "_aggregator", "_tlsConnection", "_appSendBuffer", "_producer", "_producerPaused",
+    "_handshakeDone", "_aborted", "_lostTLSConnection", "_reason",
+)  # fmt: skip
+
+
+def _slots_check() -> Optional[str]:
+    for base, names in ((tcp.Server, _TCP_STATE), (WholeReadsTLSTransport, _TLS_STATE)):
+        cls: Any = slotted(base, names)
+        probe = cls.__new__(cls)
+        probe.connected = 1
+        if "connected" in probe.__dict__:  # pragma: no cover - the layout changed
+            return f"{base.__qualname__}: a slot does not hold its attribute"
+    return all_of(
+        None if tcp.Port.transport is tcp.Server else "tcp.Port.transport is not tcp.Server",
+        code_names(tcp.Port.doRead, ("transport",)),
+        code_names(tcp.Server.__init__, ("sessionno", "hostname", "repstr")),
+        code_names(tcp.Connection.__init__, ("socket", "fileno")),
+        code_names(tls.TLSMemoryBIOProtocol.__init__, ("_connectWrapped",)),
+        code_names(tls.TLSMemoryBIOProtocol.makeConnection, ("_appSendBuffer", "_tlsConnection")),
+        code_names(tls.BufferingTLSTransport.__init__, ("_aggregator",)),
+    )
+
+
+SLOTTED_TRANSPORTS = declare(
+    "twisted.slotted_transports",
+    touches=(
+        "tcp.Port.transport (the class of a port's connections)",
+        "the attributes tcp.Server and TLSMemoryBIOProtocol set on every connection, by name",
+    ),
+    why=(
+        "Twisted's TCP and TLS transports each keep some 15-25 attributes in a dict of their "
+        "own (about 830 bytes each per connection, the order they are set in varying too much "
+        "for Python's shared-key dicts): subclasses keep them in slots, 8 bytes each"
+    ),
+    checked="Twisted 24.7.0, 26.10.0",
+    fallback="connections use Twisted's own TCP and TLS transport classes",
+    check=_slots_check,
+)
+
+# wsmux's TLS transport, and the class wsmux's TCP ports make connections of.
+TLS_TRANSPORT: type = WholeReadsTLSTransport
+TCP_SERVER: type = tcp.Server
+if SLOTTED_TRANSPORTS:
+    TLS_TRANSPORT = slotted(WholeReadsTLSTransport, _TLS_STATE)
+    TCP_SERVER = slotted(tcp.Server, _TCP_STATE)
+
+# Twisted's plain TCP server transports.
+TCP_SERVERS: frozenset[Any] = frozenset((tcp.Server, TCP_SERVER))
+
+
+def slot_port(port: Any) -> None:
+    """
+    Make the connections C{port} accepts from now on of L{TCP_SERVER}
+    (when C{port} is Twisted's TCP port making C{tcp.Server}s).
+    """
+    if isinstance(port, tcp.Port) and getattr(port, "transport", None) is tcp.Server:
+        port.transport = TCP_SERVER  # type: ignore[assignment]
+
+
+# The TLS transports whose writes tls_write may send.
+_TLS_TRANSPORTS: frozenset[Any] = frozenset(
+    (tls.BufferingTLSTransport, WholeReadsTLSTransport, TLS_TRANSPORT)
+)
 
 
 def tls_factory_protocol() -> type:
     """
     The protocol class of wsmux's TLS factories.
     """
-    return WholeReadsTLSTransport if TLS_WHOLE_READS else tls.BufferingTLSTransport
+    if not TLS_WHOLE_READS:
+        return tls.BufferingTLSTransport
+    return TLS_TRANSPORT
 
 
 def close_idle_tcp(transport: Any, reason: Any) -> bool:

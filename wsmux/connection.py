@@ -25,13 +25,13 @@ from typing import Any, Callable, Mapping, Optional, Union
 import txaio
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny
-from twisted.internet import tcp
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from wsmux._compat_twisted import TCP_SERVERS
 from wsmux._deflate import deflate_class
 from wsmux._responses import http_phrase
 from wsmux._writes import WriteScheduler, scheduler_for
@@ -657,7 +657,7 @@ class Connection:
         # Twisted's plain TCP transport closes with a producer registered
         # (and stops it when the connection is lost): only the others (TLS
         # above all) need letting go of.
-        if phase == _OPENED and transport is not None and transport.__class__ is not tcp.Server:
+        if phase == _OPENED and transport is not None and transport.__class__ not in TCP_SERVERS:
             transport.unregisterProducer()
             if self.paused:
                 self.paused = False

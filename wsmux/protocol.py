@@ -26,11 +26,11 @@ from wsmux._compat_autobahn import (
     FastReceiveMixin,
     FastSendMixin,
     GuardedHandshakeMixin,
-    LeanServerProtocol,
     compressing,
     direct_handshake_ok,
     fail_connection,
     fast_path_ok,
+    lean_protocol_for,
 )
 from wsmux._deflate import accept_on_connection, deflate_bound, tune
 from wsmux._responses import safe_headers, status_reason
@@ -86,7 +86,7 @@ class RouteProtocolMixin(_Hooked):
     _wsmux_policy: RoutePolicy
 
     def connectionMade(self) -> None:
-        if self.__dict__.get("wsmux") is None:
+        if getattr(self, "wsmux", None) is None:
             # Made by hand rather than by a route tree: a connection of its own.
             self.wsmux = Connection(self, self._wsmux_policy)
         super().connectionMade()
@@ -631,8 +631,8 @@ def route_protocol(
             )
             namespace["perMessageCompressionAccept"] = accept_on_connection
     try:
-        # LeanServerProtocol goes right above Autobahn, below the handler.
-        lean = (LeanServerProtocol,) if LEAN_PROTOCOL else ()
+        # The lean class goes right above Autobahn, below the handler.
+        lean = (lean_protocol_for(handler),) if LEAN_PROTOCOL else ()
         cls = type(handler.__name__, bases + (handler, ConnectionNames, *lean), namespace)
     except TypeError:  # a handler whose bases admit no such order
         bases = tuple(b for b in bases if b is not DirectHandshakeMixin)

@@ -14,6 +14,7 @@ from twisted.internet.task import deferLater
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from wsmux._compat_twisted import slot_port
 from wsmux._page import demo_page
 from wsmux._portfile import port_line, remove_port_file, write_port_file
 from wsmux._status import mount_status
@@ -202,6 +203,7 @@ class ListeningService(Service):
         listening.addErrback(lambda f: log.failure("cannot listen on {d}", f, d=self.description))
 
     def _listening(self, port: Any) -> None:
+        slot_port(port)
         self.port = port
         waiting, self._waiting = self._waiting, []
         for waiter in waiting:

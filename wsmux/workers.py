@@ -28,6 +28,7 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.protocol import ProcessProtocol
 
+from wsmux._compat_twisted import slot_port
 from wsmux._portfile import port_line, remove_port_file, write_port_file
 from wsmux.config import port_description
 from wsmux.logs import log
@@ -645,6 +646,7 @@ class AdoptedPort(Service):
         family = sock.family
         sock.detach()
         self.port = reactor.adoptStreamPort(self.fd, family, self.factory)
+        slot_port(self.port)
         os.close(self.fd)  # the port holds its own duplicate
 
     def stopService(self) -> Any:
