@@ -9,6 +9,7 @@ import json
 from autobahn.twisted.websocket import WebSocketServerProtocol
 
 from wsmux import EchoHandler, Route, RouteTree
+from wsmux._compat_autobahn import SlottedLeanServerProtocol
 from wsmux.connection import Connection, RoutePolicy
 from wsmux.protocol import ConnectionNames, RouteProtocolMixin
 from wsmux.testing import connect
@@ -94,6 +95,9 @@ def test_the_route_class_adds_only_autobahns_names_and_its_own_prefix():
     for k in WebSocketServerProtocol.__mro__:
         autobahn.update(vars(k))
     allowed = autobahn | set(WebSocketServerProtocol.CONFIG_ATTRS) | {"wsmux", "CONFIG_ATTRS"}
+    # The attributes Autobahn sets on each connection, where wsmux keeps them
+    # in slots (autobahn.connection_slots).
+    allowed |= set(SlottedLeanServerProtocol.__slots__)
     parts = [
         k
         for k in cls.__mro__

@@ -508,7 +508,6 @@ def slotted(base: type, names: tuple[str, ...]) -> type:
     return type(base.__name__, (base,), namespace)
 
 
-# The TLS transports whose writes tls_write may send.
 # What Twisted's TCP server transport and its TLS transport set on each
 # connection (and the defaults their classes give some of them).
 _TCP_STATE = (
