@@ -31,6 +31,7 @@ EXPECTED = [
     "twisted.tls_direct_write",
     "twisted.tls_whole_reads",
     "twisted.slotted_transports",
+    "twisted.large_reads",
     "twisted.log_observers",
     "twisted.http_buffer",
     "autobahn.lean_protocol",
