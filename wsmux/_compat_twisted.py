@@ -475,7 +475,12 @@ class WholeReadsTLSTransport(tls.BufferingTLSTransport):
                 ProtocolWrapper.dataReceived(self, data)
 
 
-def slotted(base: type, names: tuple[str, ...], own: Optional[dict[str, Any]] = None) -> type:
+def slotted(
+    base: type,
+    names: tuple[str, ...],
+    methods: Optional[dict[str, Any]] = None,
+    own: Optional[dict[str, Any]] = None,
+) -> type:
     """
     A subclass of C{base} whose instances keep the attributes C{names} in
     slots rather than in a dict of their own.
@@ -483,15 +488,13 @@ def slotted(base: type, names: tuple[str, ...], own: Optional[dict[str, Any]] = 
     A name C{base} gives a plain value (a default such as C{connected = 0})
     starts out with that value; a name C{base} gives a method or any other
     descriptor stays in the dict (Twisted sets C{fileno} and C{write} over
-    its own methods).  C{own}: the subclass's own attributes: methods, and
-    values for slots of its own (named C{_wsmux_...}).
+    its own methods).
+
+    @param methods: the subclass's methods, by name.
+    @param own: slots of the subclass's own, by name, with their first values.
     """
-    defaults: dict[str, Any] = {}
-    methods = dict(own or {})
-    for name in [name for name in methods if name.startswith("_wsmux_")]:
-        defaults[name] = methods.pop(name)
-    names = names + tuple(defaults)
-    slots = []
+    defaults: dict[str, Any] = dict(own or {})
+    slots = list(defaults)
     for name in names:
         owner = next((k for k in base.__mro__ if name in vars(k)), None)
         if owner is not None:
@@ -511,7 +514,7 @@ def slotted(base: type, names: tuple[str, ...], own: Optional[dict[str, Any]] = 
         return self
 
     namespace = {"__slots__": tuple(slots), "__new__": __new__, "__module__": base.__module__}
-    namespace.update(methods)
+    namespace.update(methods or {})
     return type(base.__name__, (base,), namespace)
 
 
@@ -615,8 +618,12 @@ TLS_TRANSPORT: type = WholeReadsTLSTransport
 TCP_SERVER: type = tcp.Server
 if SLOTTED_TRANSPORTS:
     TLS_TRANSPORT = slotted(WholeReadsTLSTransport, _TLS_STATE)
-    reads = {"doRead": _do_read, "_wsmux_read_size": _READ_FIRST} if LARGE_READS else {}
-    TCP_SERVER = slotted(tcp.Server, _TCP_STATE, reads)
+    if LARGE_READS:
+        TCP_SERVER = slotted(
+            tcp.Server, _TCP_STATE, {"doRead": _do_read}, {"_wsmux_read_size": _READ_FIRST}
+        )
+    else:
+        TCP_SERVER = slotted(tcp.Server, _TCP_STATE)
 
 # Twisted's plain TCP server transports.
 TCP_SERVERS: frozenset[Any] = frozenset((tcp.Server, TCP_SERVER))
