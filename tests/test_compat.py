@@ -31,7 +31,6 @@ EXPECTED = [
     "twisted.tls_direct_write",
     "twisted.tls_whole_reads",
     "twisted.slotted_transports",
-    "twisted.large_reads",
     "twisted.log_observers",
     "twisted.http_buffer",
     "autobahn.lean_protocol",

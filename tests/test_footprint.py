@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 
-import pytest
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 
@@ -218,57 +217,3 @@ def test_a_real_servers_connections_keep_little_in_dicts(start_server, tmp_path)
     if slotted_transports:
         assert set(tcp_names) == set(wss_tcp_names) == {"fileno"}
         assert set(tls_names) <= {"write", "__provides__"}
-
-
-# -- reads: larger while they fill, Twisted's size again after a short one ---
-
-
-class Pipe:
-    """
-    A socket's recv, from bytes waiting; keeps each size asked for.
-    """
-
-    def __init__(self):
-        self.waiting = bytearray()
-        self.asked = []
-
-    def recv(self, size):
-        self.asked.append(size)
-        if not self.waiting:
-            raise BlockingIOError(11, "try again")
-        data = bytes(self.waiting[:size])
-        del self.waiting[:size]
-        return data
-
-
-class Kept:
-    def __init__(self):
-        self.received = []
-
-    def dataReceived(self, data):
-        self.received.append(len(data))
-
-
-@pytest.mark.uses_internal("twisted.large_reads")
-def test_reads_grow_while_they_fill_and_shrink_after_a_short_one():
-    from twisted.internet import main
-
-    from wsmux._compat_twisted import TCP_SERVER
-
-    connection = TCP_SERVER.__new__(TCP_SERVER)
-    connection.socket, connection.protocol = Pipe(), Kept()
-    pipe, kept = connection.socket, connection.protocol
-    pipe.waiting += b"x" * (3 * 2**20)
-    while pipe.waiting:
-        assert connection.doRead() is None
-    k = 1024
-    assert pipe.asked == [64 * k, 256 * k, 1024 * k, 1024 * k, 1024 * k]
-    assert kept.received == [64 * k, 256 * k, 1024 * k, 1024 * k, 704 * k]
-    pipe.waiting += b"y" * 100  # a short read: back to Twisted's 64 KiB
-    connection.doRead()
-    pipe.waiting += b"z" * 100
-    connection.doRead()
-    assert pipe.asked[-2:] == [1024 * k, 64 * k] and kept.received[-2:] == [100, 100]
-    assert connection.doRead() is None  # nothing waiting (EAGAIN): no read
-    pipe.recv = lambda size: b""  # the peer closed
-    assert connection.doRead() is main.CONNECTION_DONE

@@ -8,12 +8,11 @@ the function that wraps it takes Twisted's public path.
 
 from __future__ import annotations
 
-from errno import EWOULDBLOCK
 from typing import Any, Optional, Sequence
 
 from OpenSSL.SSL import Error as TLSError
 from OpenSSL.SSL import WantReadError, ZeroReturnError
-from twisted.internet import abstract, main, tcp
+from twisted.internet import abstract, tcp
 from twisted.logger import LogPublisher
 from twisted.protocols import tls
 from twisted.protocols.basic import LineReceiver
@@ -475,12 +474,7 @@ class WholeReadsTLSTransport(tls.BufferingTLSTransport):
                 ProtocolWrapper.dataReceived(self, data)
 
 
-def slotted(
-    base: type,
-    names: tuple[str, ...],
-    methods: Optional[dict[str, Any]] = None,
-    own: Optional[dict[str, Any]] = None,
-) -> type:
+def slotted(base: type, names: tuple[str, ...]) -> type:
     """
     A subclass of C{base} whose instances keep the attributes C{names} in
     slots rather than in a dict of their own.
@@ -489,12 +483,9 @@ def slotted(
     starts out with that value; a name C{base} gives a method or any other
     descriptor stays in the dict (Twisted sets C{fileno} and C{write} over
     its own methods).
-
-    @param methods: the subclass's methods, by name.
-    @param own: slots of the subclass's own, by name, with their first values.
     """
-    defaults: dict[str, Any] = dict(own or {})
-    slots = list(defaults)
+    defaults: dict[str, Any] = {}
+    slots = []
     for name in names:
         owner = next((k for k in base.__mro__ if name in vars(k)), None)
         if owner is not None:
@@ -514,7 +505,6 @@ def slotted(
         return self
 
     namespace = {"__slots__": tuple(slots), "__new__": __new__, "__module__": base.__module__}
-    namespace.update(methods or {})
     return type(base.__name__, (base,), namespace)
 
 
@@ -567,63 +557,12 @@ SLOTTED_TRANSPORTS = declare(
     check=_slots_check,
 )
 
-# Reads from a TCP connection: Twisted's size (its bufferSize, 64 KiB) at
-# first; four times more after a read that filled it, up to a mebibyte; back
-# to the first after one that did not fill a quarter.  Twisted's bufferSize
-# is also the write high-water mark its producers are paused at, which
-# wsmux's slow-consumer policy relies on: it stays as it is.
-_READ_FIRST = 2**16
-_READ_MOST = 2**20
-
-
-def _do_read(self: Any) -> Any:
-    # tcp.Connection.doRead, with the read's size worked out as above.
-    size = self._wsmux_read_size
-    try:
-        data = self.socket.recv(size)
-    except OSError as e:
-        if e.args[0] == EWOULDBLOCK:
-            return None
-        return main.CONNECTION_LOST
-    got = len(data)
-    if got == size:
-        if size < _READ_MOST:
-            self._wsmux_read_size = size * 4
-    elif size > _READ_FIRST and got < size >> 2:
-        self._wsmux_read_size = _READ_FIRST
-    return self._dataReceived(data)
-
-
-LARGE_READS = declare(
-    "twisted.large_reads",
-    touches=("tcp.Connection.doRead (replaced)", "tcp.Connection._dataReceived"),
-    why=(
-        "Twisted reads 64 KiB per readiness event, which is also its write high-water "
-        "mark; a connection receiving big messages is read in up to 1 MiB at a time "
-        "(fewer turns, and fewer calls through TLS per read), its high-water mark unchanged"
-    ),
-    checked="Twisted 24.7.0, 26.10.0",
-    fallback="every read is Twisted's bufferSize (64 KiB)",
-    check=lambda: all_of(
-        missing_names(tcp.Connection, ("_dataReceived", "bufferSize")),
-        code_names(tcp.Connection.doRead, ("recv", "bufferSize", "_dataReceived")),
-        code_names(tcp.Connection._dataReceived, ("protocol", "dataReceived")),
-        None if tcp.Server.bufferSize == _READ_FIRST else "tcp.Server.bufferSize is not 64 KiB",
-    ),
-    needs=("twisted.slotted_transports",),
-)
-
 # wsmux's TLS transport, and the class wsmux's TCP ports make connections of.
 TLS_TRANSPORT: type = WholeReadsTLSTransport
 TCP_SERVER: type = tcp.Server
 if SLOTTED_TRANSPORTS:
     TLS_TRANSPORT = slotted(WholeReadsTLSTransport, _TLS_STATE)
-    if LARGE_READS:
-        TCP_SERVER = slotted(
-            tcp.Server, _TCP_STATE, {"doRead": _do_read}, {"_wsmux_read_size": _READ_FIRST}
-        )
-    else:
-        TCP_SERVER = slotted(tcp.Server, _TCP_STATE)
+    TCP_SERVER = slotted(tcp.Server, _TCP_STATE)
 
 # Twisted's plain TCP server transports.
 TCP_SERVERS: frozenset[Any] = frozenset((tcp.Server, TCP_SERVER))
