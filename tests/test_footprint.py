@@ -167,6 +167,15 @@ def test_slotted_keeps_class_defaults_and_methods():
     assert (copied.connected, copied.fileno()) == (1, 7)
 
 
+def test_slots_hold_says_which_name_went_to_the_dict():
+    from wsmux._compat import slots_hold
+
+    cls = slotted(Base, ("connected", "value"))
+    assert slots_hold(cls, ("connected", "value")) is None
+    # A name the class has no slot for lands in the dict: the check says so.
+    assert slots_hold(cls, ("connected", "label")) == "Base: a slot does not hold label"
+
+
 def test_a_bare_tls_transport_reads_its_defaults():
     # Twisted's ProtocolWrapper.__getattr__ reads self.transport: with the
     # slot empty that would recurse.

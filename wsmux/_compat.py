@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from twisted.logger import Logger
 
@@ -136,6 +136,19 @@ def code_names(function: object, names: tuple[str, ...]) -> str | None:
     gone = [name for name in names if name not in used]
     if gone:
         return f"{function.__qualname__} no longer uses {', '.join(gone)}"  # type: ignore[attr-defined]
+    return None
+
+
+def slots_hold(cls: type, names: tuple[str, ...]) -> str | None:
+    """
+    A check: L{None} when a bare instance of C{cls} (made without
+    C{__init__}) keeps each of C{names} in a slot, not in a dict of its own.
+    """
+    probe: Any = cls.__new__(cls)  # type: ignore[call-overload]
+    for name in names:
+        setattr(probe, name, 1)
+        if name in getattr(probe, "__dict__", ()):
+            return f"{cls.__qualname__}: a slot does not hold {name}"
     return None
 
 

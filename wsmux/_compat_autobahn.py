@@ -47,7 +47,7 @@ from twisted.internet.main import CONNECTION_DONE
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
-from wsmux._compat import all_of, code_names, declare, missing_names
+from wsmux._compat import all_of, code_names, declare, missing_names, slots_hold
 from wsmux._compat_twisted import TCP_SERVERS, close_idle_tcp, tls_turn_reactor
 from wsmux._deflate import deflate_bound
 from wsmux._frames import (
@@ -499,17 +499,18 @@ def _connection_slots() -> tuple[str, ...]:
     return tuple(name for name in _CONNECTION_STATE if name not in defined)
 
 
+_CONNECTION_SLOTS = _connection_slots()
+
+
 def _slots_check() -> Optional[str]:
-    slots = _connection_slots()
-    probe: Any = type("Probe", (_P,), {"__slots__": slots})()
-    if not hasattr(probe, "__dict__"):  # pragma: no cover - the layout changed
-        return "Autobahn's server protocol no longer has a __dict__"
-    probe.wsmux = probe.state = 1
-    if "wsmux" in probe.__dict__ or "state" in probe.__dict__:  # pragma: no cover
-        return "a slot does not hold its attribute"
-    return code_names(
-        WebSocketProtocol._connectionMade,
-        ("trafficStats", "utf8validator", "send_state", "state", "wasClean"),
+    probe = type("Probe", (_P,), {"__slots__": _CONNECTION_SLOTS})
+    return all_of(
+        None if "__dict__" in dir(probe) else "Autobahn's server protocol has no __dict__",
+        slots_hold(probe, ("wsmux", "state")),
+        code_names(
+            WebSocketProtocol._connectionMade,
+            ("trafficStats", "utf8validator", "send_state", "state", "wasClean"),
+        ),
     )
 
 
@@ -642,7 +643,7 @@ class SlottedLeanServerProtocol(LeanServerProtocol):
     connection sets goes to its dict as before.
     """
 
-    __slots__ = _connection_slots() if CONNECTION_SLOTS else ()
+    __slots__ = _CONNECTION_SLOTS if CONNECTION_SLOTS else ()
 
 
 # Autobahn's classes (and Twisted's, txaio's) below the lean class.
