@@ -350,3 +350,24 @@ def test_transport_details_are_autobahns():
     finally:
         one.close()
         other.close()
+
+
+class KeyedAttributes(EchoHandler):
+    """
+    A handler whose __getattr__ raises KeyError for a name it does not
+    know (as a dict-backed attribute bag might).
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        raise KeyError(name)
+
+
+def test_a_handler_whose_getattr_raises_keyerror_still_opens():
+    # Whichever path the seam takes: wsmux asks the handler's class, not the
+    # instance, whether it opens from the parsed request.
+    raw = raw_connect(RouteTree([Route("/echo", KeyedAttributes, {"ping_interval": 0})]))
+    raw.send(head(GOOD) + masked_frame(b"hi"))
+    raw.pump.flush()
+    assert raw.received.startswith(b"HTTP/1.1 101 "), raw.received[:60]
+    assert raw.received.endswith(b"\x81\x02hi")
+    assert not raw.lost

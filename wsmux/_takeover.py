@@ -100,8 +100,11 @@ def upgrade(
             protocol.wsmux._more().address_chain = chain
     if deadline is not None and protocol.openHandshakeTimeout > 0:
         protocol.openHandshakeTimeout = max(0.001, deadline - factory.reactor.seconds())
-    open_direct = getattr(protocol, "_wsmux_handshake_from", None)
-    if open_direct is not None:
+    # Asked of the class: a handler's own __getattr__ is not consulted (it
+    # may raise anything for a name it does not know).
+    open_direct = None
+    if hasattr(type(protocol), "_wsmux_handshake_from"):
+        open_direct = protocol._wsmux_handshake_from
         protocol._wsmux_direct_open = True
     if ITCPTransport.providedBy(transport):
         protocol._wsmux_tcp_nodelay = True  # set by twisted.web's HTTPChannel
