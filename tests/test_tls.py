@@ -363,3 +363,64 @@ def test_writes_outside_a_read_gather_in_twisteds_records(pki):
     pump.flush()
     assert client.wrappedProtocol.data == b"".join(b"message %d;" % i for i in range(50))
     assert len(records) == 1
+
+
+class Answerer(Protocol):
+    """
+    Answers each read with what it read, upper-cased.
+    """
+
+    def dataReceived(self, data):
+        self.transport.write(data.upper())
+
+
+@pytest.mark.uses_internal("twisted.tls_direct_write")
+def test_records_twisteds_tls_path_flushes_are_sent_at_once_on_tcp(pki):
+    # On a real TCP connection, what Twisted's TLS path flushes itself (the
+    # handshake's flights, the session tickets, an answer from a read) is
+    # sent at once, not left in the TCP transport's buffer for a reactor
+    # turn: the TCP transport's own write is never called.
+    import select
+    import socket
+    import ssl
+    import threading
+
+    from twisted.internet.testing import MemoryReactorClock
+
+    from wsmux._compat_twisted import TCP_SERVER
+
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    factory = tls_factory(SniContextMap(settings(pki)), Factory.forProtocol(Answerer))
+    reactor = MemoryReactorClock()
+    factory._clock = reactor  # as tls_pair does: the turn Twisted's path waits for
+    tls = factory.buildProtocol(None)
+    port = type("Port", (), {"_realPortNumber": 0})()
+    transport = TCP_SERVER(ours, tls, ("127.0.0.1", 1), port, 1, reactor)
+    buffered = []
+    transport.write = buffered.append  # Twisted's buffered path, if taken
+    tls.makeConnection(transport)
+
+    context = ssl.create_default_context(cafile=pki.ca_file)
+    client = context.wrap_socket(theirs, server_hostname="a.test", do_handshake_on_connect=False)
+    client.settimeout(10)
+    answers = []
+
+    def talk():
+        client.do_handshake()
+        client.sendall(b"ping")
+        answers.append(client.recv(100))
+
+    thread = threading.Thread(target=talk, daemon=True)
+    thread.start()
+    for _ in range(200):  # bounded: the talk takes a few reads
+        if not thread.is_alive():
+            break
+        if select.select([ours], [], [], 0.05)[0]:
+            transport.doRead()
+        reactor.advance(0)  # Twisted's TLS path gathers a turn's writes
+    thread.join(10)
+    assert answers == [b"PING"]
+    assert buffered == []
+    client.close()
+    ours.close()

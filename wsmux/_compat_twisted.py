@@ -278,12 +278,16 @@ TLS_DIRECT_WRITE = declare(
         "_appSendBuffer",
         "TLSMemoryBIOProtocol._write / _tlsShutdownFinished (called)",
         "BufferingTLSTransport._aggregator and _AggregateSmallWrites._buffer (flushed first)",
+        "TLSMemoryBIOProtocol._flushSendBIO (replaced in wsmux's TLS transport: what it "
+        "does, sending at once)",
     ),
     why=(
         "a write to a TLS connection whose handshake is done is encrypted and its "
         "records sent at once, as a plain TCP write is (twisted.direct_send): no "
         "reactor turn in Twisted's small-write aggregator (a read's writes are held "
-        "together already), no 16 KiB slices copied, no turn in the TCP buffer"
+        "together already), no 16 KiB slices copied, no turn in the TCP buffer; and the "
+        "records Twisted's TLS path flushes itself (the handshake, session tickets, "
+        "alerts) are sent at once too"
     ),
     checked="Twisted 24.7.0, 26.10.0; pyOpenSSL 26.x",
     fallback="writes to TLS connections go through the transport's write",
@@ -465,6 +469,21 @@ class WholeReadsTLSTransport(tls.BufferingTLSTransport):
                 self._tlsShutdownFinished(failure)
         self._wsmux_deliver(received)
         self._flushSendBIO()
+
+    def _flushSendBIO(self) -> None:
+        if not TLS_DIRECT_WRITE:
+            super()._flushSendBIO()
+            return
+        # Twisted's, with the records sent at once when nothing waits
+        # before them on the TCP connection (write_now): the handshake's
+        # flights, the session tickets, alerts and the writes Twisted's own
+        # path makes go out without a reactor turn and the two epoll_ctl
+        # calls around it.
+        try:
+            data = self._tlsConnection.bio_read(2**15)
+        except WantReadError:
+            return
+        write_now(self.transport, (data,), tls_now=False)
 
     def _wsmux_deliver(self, received: list[bytes]) -> None:
         if received:
