@@ -437,7 +437,9 @@ class Connection:
         Whether the WebSocket runs on an HTTP/2 stream (RFC 8441) rather
         than a connection of its own.
         """
-        return bool(getattr(self.protocol.transport, "wsmux_http2", False))
+        # Asked of the class: a TLS transport would look a missing name up
+        # on its TCP transport (ProtocolWrapper.__getattr__), and fail.
+        return bool(getattr(type(self.protocol.transport), "wsmux_http2", False))
 
     @property
     def server_name(self) -> Optional[str]:
