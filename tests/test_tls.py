@@ -424,3 +424,32 @@ def test_records_twisteds_tls_path_flushes_are_sent_at_once_on_tcp(pki):
     assert buffered == []
     client.close()
     ours.close()
+
+
+@pytest.mark.uses_internal("twisted.tls_whole_reads")
+def test_tls_connections_share_their_interface_declarations(pki, monkeypatch):
+    # Twisted's TLS transport declares, one at a time, each interface its
+    # TCP transport provides, then all of them at once: zope.interface
+    # keeps such declarations only while something uses them, so each new
+    # connection built most of them again.  wsmux holds them: once the
+    # first connection has made them, another builds none.
+    import gc
+
+    from zope.interface import declarations, providedBy
+
+    from wsmux._compat_twisted import _HELD_PROVIDES
+
+    first, _, _, _ = tls_pair(pki, Counter)
+    held = _HELD_PROVIDES[(type(first), providedBy(first.transport))]
+    assert len(held) == len(list(providedBy(first.transport))) + 1
+    del first
+    gc.collect()
+    built = []
+    real = declarations.ProvidesClass
+    monkeypatch.setattr(declarations, "ProvidesClass", lambda *a: built.append(a) or real(*a))
+    second, client, pump, _ = tls_pair(pki, Counter)
+    # (The client's are Twisted's own transport's, built each time.)
+    assert [a for a in built if a[0] is type(second)] == []
+    client.write(b"still works")
+    pump.flush()
+    assert second.wrappedProtocol.reads == [b"still works"]

@@ -20,6 +20,8 @@ from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.iweb import INonQueuedRequestFactory
+from zope.interface import providedBy
+from zope.interface.declarations import Provides
 
 from wsmux._compat import all_of, code_names, declare, missing_names, slots_hold
 
@@ -441,11 +443,35 @@ TLS_WHOLE_READS = declare(
 )
 
 
+# Twisted's TLS transport gives each connection, one at a time, every
+# interface its TCP transport provides (directlyProvides in makeConnection,
+# each call replacing the one before), then all of them at once
+# (ProtocolWrapper.makeConnection).  zope.interface keeps such a declaration
+# only while some object uses it: the one-at-a-time ones were dropped at
+# once and built again, resolution order and all, for every connection
+# (about 4% of a wss handshake's instructions).  They are held here, with
+# the whole one, per TLS transport class and what its TCP transports
+# provide (a few in all; bounded).
+_HELD_PROVIDES: dict[tuple[type, Any], tuple[Any, ...]] = {}
+
+
+def _hold_provides(cls: type, transport: Any) -> None:
+    provided = providedBy(transport)
+    key = (cls, provided)
+    if key not in _HELD_PROVIDES and len(_HELD_PROVIDES) < 64:
+        one_at_a_time = (Provides(cls, interface) for interface in provided)
+        _HELD_PROVIDES[key] = (*one_at_a_time, Provides(cls, provided))
+
+
 class WholeReadsTLSTransport(tls.BufferingTLSTransport):
     """
     Twisted's TLS transport, delivering what one read decrypts to in one
     call (L{TLS_WHOLE_READS}); Twisted's own without it.
     """
+
+    def makeConnection(self, transport: Any) -> None:
+        _hold_provides(self.__class__, transport)
+        super().makeConnection(transport)
 
     def _flushReceiveBIO(self) -> None:
         if not TLS_WHOLE_READS:
