@@ -201,6 +201,7 @@ def test_a_real_servers_connections_keep_little_in_dicts(start_server, tmp_path)
     tls_port = next(port for kind, _, port in server.ports() if kind == "tls")
     context = ssl.create_default_context()
     ca.configure_trust(context)
+    context.maximum_version = ssl.TLSVersion.TLSv1_2  # tests.pki.sync_client_context says why
     seen = {}
     for scheme, port, options in [
         ("ws", server.port, {}),

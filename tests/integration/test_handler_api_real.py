@@ -75,10 +75,9 @@ def test_port_file_in_a_missing_directory_is_a_usage_error(tmp_path):
 
 def test_what_a_handler_knows_over_real_wss(start_server, tmp_path):
     import json
-    import ssl
     import time
 
-    from tests.pki import make_pki
+    from tests.pki import make_pki, sync_client_context
 
     (tmp_path / "pki").mkdir()
     pki = make_pki(tmp_path / "pki")
@@ -88,7 +87,7 @@ def test_what_a_handler_knows_over_real_wss(start_server, tmp_path):
         "--route", "/knows=tests.handlers_for_tests.Knows", "--ping-interval", "0.2",
     )  # fmt: skip
     tls_port = next(port for kind, _, port in server.ports() if kind == "tls")
-    context = ssl.create_default_context(cafile=pki.ca_file)
+    context = sync_client_context(pki.ca_file)
     with connect(
         f"wss://127.0.0.1:{tls_port}/knows",
         ssl=context,

@@ -13,7 +13,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from tests.pki import make_pki
+from tests.pki import make_pki, sync_client_context
 from wsmux import _compat_http2
 
 
@@ -162,7 +162,9 @@ def wss_context(pki):
 @pytest.mark.parametrize("host", ["a.test", "b.test", "q.wild.test"])
 def test_wss_echo_per_host(tls_server, pki, host):
     with connect(
-        f"wss://127.0.0.1:{tls_server.tls_port}/echo", ssl=wss_context(pki), server_hostname=host
+        f"wss://127.0.0.1:{tls_server.tls_port}/echo",
+        ssl=sync_client_context(pki.ca_file),
+        server_hostname=host,
     ) as ws:
         ws.send(f"hello {host}")
         assert ws.recv(timeout=5) == f"hello {host}"
@@ -206,7 +208,9 @@ def test_a_tls_session_is_resumed(tls_server, pki, version):
 def test_shared_port_takes_ws_and_wss(tls_server, pki):
     port = tls_server.shared_port
     with connect(
-        f"wss://127.0.0.1:{port}/secure", ssl=wss_context(pki), server_hostname="a.test"
+        f"wss://127.0.0.1:{port}/secure",
+        ssl=sync_client_context(pki.ca_file),
+        server_hostname="a.test",
     ) as ws:
         ws.send("secure")
         assert ws.recv(timeout=5) == "secure"
@@ -238,7 +242,7 @@ def test_tls_handshake_timeout(tls_server):
 
 
 def test_sighup_reload(tls_server, pki):
-    context = wss_context(pki)
+    context = sync_client_context(pki.ca_file)
     before = connect(
         f"wss://127.0.0.1:{tls_server.tls_port}/echo", ssl=context, server_hostname="a.test"
     )
@@ -330,7 +334,9 @@ CLOSE_BOUND = 3
 def test_wss_client_close_completes_at_once(tls_server, pki):
     url = f"wss://127.0.0.1:{tls_server.tls_port}/echo"
     for _ in range(3):
-        ws = connect(url, ssl=wss_context(pki), server_hostname="a.test", close_timeout=30)
+        ws = connect(
+            url, ssl=sync_client_context(pki.ca_file), server_hostname="a.test", close_timeout=30
+        )
         ws.send("bye")
         assert ws.recv(timeout=5) == "bye"
         started = time.monotonic()
@@ -343,7 +349,9 @@ def test_wss_server_close_completes_at_once(tls_server, pki):
 
     url = f"wss://127.0.0.1:{tls_server.tls_port}/idle"
     started = time.monotonic()
-    with connect(url, ssl=wss_context(pki), server_hostname="a.test", close_timeout=30) as ws:
+    with connect(
+        url, ssl=sync_client_context(pki.ca_file), server_hostname="a.test", close_timeout=30
+    ) as ws:
         with pytest.raises(ConnectionClosedOK):
             ws.recv(timeout=20)
         assert ws.close_code == 1000 and ws.close_reason == "idle timeout"
@@ -381,7 +389,9 @@ def test_sigterm_drains_wss_clients_at_once(start_server, pki, tmp_path):
     port = tls_port_of(server)
     url = f"wss://127.0.0.1:{port}/echo"
     clients = [
-        connect(url, ssl=wss_context(pki), server_hostname="a.test", close_timeout=30)
+        connect(
+            url, ssl=sync_client_context(pki.ca_file), server_hostname="a.test", close_timeout=30
+        )
         for _ in range(5)
     ]
     for ws in clients:
