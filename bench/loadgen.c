@@ -366,9 +366,11 @@ static void conn_free(conn_t *c) {
     buf_free(&c->in);
     buf_free(&c->out);
     buf_free(&c->message);
-    /* A dirty connection stays on the list until the flush: mark it dead. */
+    /* Freed by the next flush, after the events of this turn: an event for
+     * both directions may still name c (a refused connect is writable and
+     * in error at once). */
     c->fd = -1;
-    if (!c->dirty) free(c);
+    mark_dirty(c);
 }
 
 static void conn_fail(conn_t *c, const char *fmt, ...) {

@@ -91,3 +91,18 @@ def test_right_answers_pass_over_ws_and_wss(loadgen, start_server, tmp_path):
         else:
             assert figures.get("messages_per_s", figures.get("deliveries_per_s")) > 0
             assert figures.get("p50_ms", figures.get("fanout_p50_ms")) is not None
+
+
+def test_a_refused_connect_is_counted_not_a_crash(loadgen):
+    from tests.twistd_process import free_port
+
+    # Nothing listens: each connect is refused, an event both writable and
+    # in error at once. The run reports the failures and ends cleanly.
+    result = subprocess.run(
+        [str(loadgen), "handshakes", str(free_port()), "--count", "5"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert '"failed": 5' in result.stdout and "Connection refused" in result.stderr
