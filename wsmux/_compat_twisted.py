@@ -8,6 +8,7 @@ the function that wraps it takes Twisted's public path.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Optional, Sequence
 
 from OpenSSL.SSL import Error as TLSError
@@ -568,10 +569,17 @@ _TLS_STATE = (
 )  # fmt: skip
 
 
+@functools.cache
+def _slotted_transports() -> tuple[type, type]:
+    # Made once: by the check (where a changed layout fails it) and for use.
+    return slotted(tcp.Server, _TCP_STATE), slotted(WholeReadsTLSTransport, _TLS_STATE)
+
+
 def _slots_check() -> Optional[str]:
+    tcp_server, tls_transport = _slotted_transports()
     return all_of(
-        slots_hold(slotted(tcp.Server, _TCP_STATE), ("connected", "socket")),
-        slots_hold(slotted(WholeReadsTLSTransport, _TLS_STATE), ("connected", "transport")),
+        slots_hold(tcp_server, ("connected", "socket")),
+        slots_hold(tls_transport, ("connected", "transport")),
         None if tcp.Port.transport is tcp.Server else "tcp.Port.transport is not tcp.Server",
         code_names(tcp.Port.doRead, ("transport",)),
         code_names(tcp.Server.__init__, ("sessionno", "hostname", "repstr")),
@@ -602,8 +610,7 @@ SLOTTED_TRANSPORTS = declare(
 TLS_TRANSPORT: type = WholeReadsTLSTransport
 TCP_SERVER: type = tcp.Server
 if SLOTTED_TRANSPORTS:
-    TLS_TRANSPORT = slotted(WholeReadsTLSTransport, _TLS_STATE)
-    TCP_SERVER = slotted(tcp.Server, _TCP_STATE)
+    TCP_SERVER, TLS_TRANSPORT = _slotted_transports()
 
 # Twisted's plain TCP server transports.
 TCP_SERVERS: frozenset[Any] = frozenset((tcp.Server, TCP_SERVER))
