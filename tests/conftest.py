@@ -19,7 +19,7 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    from wsmux import _compat, _compat_autobahn, _compat_twisted  # noqa: F401 - declare them
+    from wsmux import _compat, _compat_autobahn, _compat_pyopenssl, _compat_twisted  # noqa: F401 - declare them
 
     for item in items:
         for marker in item.iter_markers("uses_internal"):

@@ -19,13 +19,20 @@ from pathlib import Path
 import pytest
 import twisted
 
-from wsmux import _compat, _compat_autobahn, _compat_http2, _compat_twisted
+from wsmux import _compat, _compat_autobahn, _compat_http2, _compat_pyopenssl, _compat_twisted
 
 ROOT = Path(__file__).resolve().parent.parent
-SEAM = {"_compat.py", "_compat_twisted.py", "_compat_autobahn.py", "_compat_http2.py"}
+SEAM = {
+    "_compat.py",
+    "_compat_twisted.py",
+    "_compat_pyopenssl.py",
+    "_compat_autobahn.py",
+    "_compat_http2.py",
+}
 
 # Every internal, by the name the seam gives it.
 EXPECTED = [
+    "pyopenssl.direct_calls",
     "twisted.one_pass_head",
     "twisted.direct_send",
     "twisted.tls_direct_write",
@@ -165,7 +172,7 @@ def test_outside_the_seam_every_private_name_read_is_wsmux_own():
 
 
 def test_the_environment_switches_every_internal_off():
-    code = "from wsmux import _compat, _compat_autobahn, _compat_http2, _compat_twisted\n" \
+    code = "from wsmux import _compat, _compat_autobahn, _compat_http2, _compat_pyopenssl, _compat_twisted\n" \
         "print(sorted(n for n, i in _compat.INTERNALS.items() if i.enabled))"  # fmt: skip
     out = subprocess.run(
         [sys.executable, "-c", code],
@@ -182,7 +189,7 @@ def test_the_environment_switches_every_internal_off():
 def test_the_versions_checked_are_said():
     # The seam's modules name the versions they were checked against; the
     # installed Twisted is one a matrix run covers (tox.ini).
-    for module in (_compat_twisted, _compat_autobahn, _compat_http2):
+    for module in (_compat_twisted, _compat_pyopenssl, _compat_autobahn, _compat_http2):
         assert "Checked against" in (module.__doc__ or "")
     assert twisted.__version__
 

@@ -25,6 +25,7 @@ from zope.interface import providedBy
 from zope.interface.declarations import Provides
 
 from wsmux._compat import all_of, code_names, declare, missing_names, slots_hold
+from wsmux._compat_pyopenssl import tls_bio_read, tls_recv, tls_send
 
 try:
     from twisted.web.http import _nameEncoder, _parseRequestLine
@@ -383,11 +384,13 @@ def tls_write(transport: Any, pieces: Sequence[bytes]) -> None:
                     piece: Any = data if not done else data[done:]
                 else:
                     piece = view[done : done + _SLICE]
-                sent = connection.send(piece)
+                sent = tls_send(connection, piece)
                 done += sent
                 want = sent + (sent // _RECORD + 1) * _RECORD_OVERHEAD
                 while True:
-                    chunk = connection.bio_read(want)
+                    chunk = tls_bio_read(connection, want)
+                    if chunk is None:
+                        break
                     records.append(chunk)
                     if len(chunk) < want:
                         break
@@ -483,17 +486,20 @@ class WholeReadsTLSTransport(tls.BufferingTLSTransport):
         received: list[bytes] = []
         while not self._lostTLSConnection:
             try:
-                received.append(self._tlsConnection.recv(2**15))
-            except WantReadError:
-                break
+                data = tls_recv(self._tlsConnection)
             except ZeroReturnError:
                 self._wsmux_deliver(received)
                 self._shutdownTLS()
                 self._tlsShutdownFinished(None)
+                continue
             except TLSError:
                 failure = Failure()
                 self._wsmux_deliver(received)
                 self._tlsShutdownFinished(failure)
+                continue
+            if data is None:
+                break
+            received.append(data)
         self._wsmux_deliver(received)
         self._flushSendBIO()
 
@@ -506,11 +512,9 @@ class WholeReadsTLSTransport(tls.BufferingTLSTransport):
         # flights, the session tickets, alerts and the writes Twisted's own
         # path makes go out without a reactor turn and the two epoll_ctl
         # calls around it.
-        try:
-            data = self._tlsConnection.bio_read(2**15)
-        except WantReadError:
-            return
-        write_now(self.transport, (data,), tls_now=False)
+        data = tls_bio_read(self._tlsConnection, 2**15)
+        if data is not None:
+            write_now(self.transport, (data,), tls_now=False)
 
     def _wsmux_deliver(self, received: list[bytes]) -> None:
         if received:
