@@ -314,3 +314,17 @@ class Footprint(WebSocketServerProtocol):
             transport = getattr(transport, "transport", None)
         own = sorted(vars(self))
         self.sendMessage(json.dumps({"own": own, "transports": transports}).encode())
+
+
+class LegacyLogger(WebSocketServerProtocol):
+    """
+    Logs every message with Twisted's legacy log.msg (whose events take the
+    system the reactor's callWithLogger set for the connection) and answers
+    with the module of the callWithLogger in use.
+    """
+
+    def onMessage(self, payload, isBinary):
+        from twisted.python import log
+
+        log.msg(f"legacy says {payload.decode()}")
+        self.sendMessage(log.callWithLogger.__module__.encode())

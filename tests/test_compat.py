@@ -39,6 +39,7 @@ EXPECTED = [
     "twisted.tls_whole_reads",
     "twisted.slotted_transports",
     "twisted.log_observers",
+    "twisted.log_context",
     "twisted.http_buffer",
     "autobahn.lean_protocol",
     "autobahn.direct_handshake",

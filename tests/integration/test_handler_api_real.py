@@ -282,3 +282,38 @@ def test_async_send_waits_for_a_client_that_does_not_read(start_server):
     with connect(server.url("/echo")) as ws:
         ws.send("still fine")
         assert ws.recv(timeout=5) == "still fine"
+
+
+def test_legacy_log_lines_from_a_handler_name_its_connection(start_server, tmp_path):
+    # Twisted's legacy log.msg takes its system from the context the
+    # reactor sets around each read (the seam's twisted.log_context, or
+    # Twisted's own): the connection, over ws and wss alike.
+    import re
+
+    from tests.pki import make_pki, sync_client_context
+    from wsmux import _compat
+
+    (tmp_path / "pki").mkdir()
+    pki = make_pki(tmp_path / "pki")
+    chain, key = pki.files["default.test"]
+    server = start_server(
+        "--cert", chain, "--key", key, "--tls-port", "tcp:0:interface=127.0.0.1",
+        "--route", "/legacy=tests.handlers_for_tests.LegacyLogger",
+    )  # fmt: skip
+    tls_port = next(port for kind, _, port in server.ports() if kind == "tls")
+    expected = "wsmux._compat_twisted" if _compat.enabled("twisted.log_context") else None
+    for url, options in (
+        (server.url("/legacy"), {}),
+        (
+            f"wss://127.0.0.1:{tls_port}/legacy",
+            {"ssl": sync_client_context(pki.ca_file), "server_hostname": "default.test"},
+        ),
+    ):
+        with connect(url, **options) as ws:
+            ws.send(f"over {url[:3]}")
+            module = ws.recv(timeout=5)
+        assert module == (expected or "twisted.python.log")
+    log = server.log()
+    for scheme in ("ws:", "wss"):
+        line = next(line for line in log.splitlines() if f"legacy says over {scheme}" in line)
+        assert re.search(r" \[GuardedHTTPChannel(?: \(\w+\))?,\d+,127\.0\.0\.1\] legacy", line), line
