@@ -186,6 +186,6 @@ def test_each_thread_reads_into_a_buffer_of_its_own(pki):
     thread = threading.Thread(target=read)
     thread.start()
     thread.join(10)
-    (buffer, data), = seen
+    ((buffer, data),) = seen
     assert data == b"other"
     assert buffer != seam._BUFFER.buffer

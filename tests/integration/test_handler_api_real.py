@@ -316,4 +316,6 @@ def test_legacy_log_lines_from_a_handler_name_its_connection(start_server, tmp_p
     log = server.log()
     for scheme in ("ws:", "wss"):
         line = next(line for line in log.splitlines() if f"legacy says over {scheme}" in line)
-        assert re.search(r" \[GuardedHTTPChannel(?: \(\w+\))?,\d+,127\.0\.0\.1\] legacy", line), line
+        assert re.search(r" \[GuardedHTTPChannel(?: \(\w+\))?,\d+,127\.0\.0\.1\] legacy", line), (
+            line
+        )
