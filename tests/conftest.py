@@ -19,7 +19,13 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    from wsmux import _compat, _compat_autobahn, _compat_pyopenssl, _compat_twisted  # noqa: F401 - declare them
+    from wsmux import (  # noqa: F401 - each declares its internals
+        _compat,
+        _compat_autobahn,
+        _compat_pyopenssl,
+        _compat_twisted,
+        _compat_websockets,
+    )
 
     for item in items:
         for marker in item.iter_markers("uses_internal"):

@@ -19,7 +19,14 @@ from pathlib import Path
 import pytest
 import twisted
 
-from wsmux import _compat, _compat_autobahn, _compat_http2, _compat_pyopenssl, _compat_twisted
+from wsmux import (
+    _compat,
+    _compat_autobahn,
+    _compat_http2,
+    _compat_pyopenssl,
+    _compat_twisted,
+    _compat_websockets,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 SEAM = {
@@ -28,6 +35,7 @@ SEAM = {
     "_compat_pyopenssl.py",
     "_compat_autobahn.py",
     "_compat_http2.py",
+    "_compat_websockets.py",
 }
 
 # Every internal, by the name the seam gives it.
@@ -41,6 +49,7 @@ EXPECTED = [
     "twisted.log_observers",
     "twisted.log_context",
     "twisted.http_buffer",
+    "websockets.c_masker",
     "autobahn.lean_protocol",
     "autobahn.direct_handshake",
     "autobahn.shared_events",
@@ -173,7 +182,7 @@ def test_outside_the_seam_every_private_name_read_is_wsmux_own():
 
 
 def test_the_environment_switches_every_internal_off():
-    code = "from wsmux import _compat, _compat_autobahn, _compat_http2, _compat_pyopenssl, _compat_twisted\n" \
+    code = "from wsmux import _compat, _compat_autobahn, _compat_http2, _compat_pyopenssl, _compat_twisted, _compat_websockets\n" \
         "print(sorted(n for n, i in _compat.INTERNALS.items() if i.enabled))"  # fmt: skip
     out = subprocess.run(
         [sys.executable, "-c", code],
@@ -190,7 +199,13 @@ def test_the_environment_switches_every_internal_off():
 def test_the_versions_checked_are_said():
     # The seam's modules name the versions they were checked against; the
     # installed Twisted is one a matrix run covers (tox.ini).
-    for module in (_compat_twisted, _compat_pyopenssl, _compat_autobahn, _compat_http2):
+    for module in (
+        _compat_twisted,
+        _compat_pyopenssl,
+        _compat_autobahn,
+        _compat_http2,
+        _compat_websockets,
+    ):
         assert "Checked against" in (module.__doc__ or "")
     assert twisted.__version__
 

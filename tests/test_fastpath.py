@@ -627,3 +627,25 @@ def test_a_read_of_compressed_messages_is_not_all_inflated_at_once():
     frames = [compressed_frame(bytes([i]) * 400_000, opcode=2) for i in range(10)]
     run(FirstOnly, [b"".join(frames)], **DEFLATE)
     assert FirstOnly.inflated and FirstOnly.inflated[0] <= 1_300_000
+
+
+@pytest.mark.parametrize("masker", ["c", "python"])
+def test_unmask_in_c_and_in_python_agree(masker, monkeypatch):
+    # websockets' C masker (the seam's websockets.c_masker) and the Python
+    # path: every length around the word sizes and the 2 KiB switch, every
+    # mask offset.
+    import os
+
+    from wsmux import _frames
+    from wsmux._compat_websockets import C_MASKER
+
+    if masker == "c" and not C_MASKER:
+        pytest.skip("websockets.c_masker is off in this run")
+    if masker == "python":
+        monkeypatch.setattr(_frames, "apply_mask", None)
+    for size in [*range(0, 70), 2047, 2048, 2049, 4096 + 3, 70001]:
+        payload = os.urandom(size)
+        mask = os.urandom(4)
+        expected = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+        assert unmask(payload, mask) == expected
+        assert type(unmask(payload, mask)) is bytes

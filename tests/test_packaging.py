@@ -2,6 +2,7 @@
 The built wheel, installed into a fresh virtualenv, is a twistd plugin.
 """
 
+import os
 import shutil
 import subprocess
 import sys
@@ -79,3 +80,17 @@ def test_wheel_installs_a_twistd_plugin(tmp_path):
         cwd=tmp_path,
     ).stdout
     assert str(env_dir) in where
+    # The plain install unmasks in C, as the benchmarks measure it.
+    masker = subprocess.run(
+        [
+            str(python),
+            "-c",
+            "from wsmux._compat_websockets import C_MASKER; print(C_MASKER)",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k != "WSMUX_PUBLIC_PATH"},
+    ).stdout
+    assert masker.strip() == "True"

@@ -17,7 +17,7 @@ WSMUX = ROOT / "wsmux"
 # The connection machinery: none of it reaches for the process's set-up.
 CORE = ["routing", "factory", "connection", "events", "protocol", "handlers", "site", "channels", "streaming", "limits",
         "_paths", "_upgrades", "_endpoint", "_takeover", "_writes", "_frames", "_responses",
-        "_compat", "_compat_twisted", "_compat_pyopenssl", "_compat_autobahn"]  # fmt: skip
+        "_compat", "_compat_twisted", "_compat_pyopenssl", "_compat_autobahn", "_compat_websockets"]  # fmt: skip
 SET_UP = [
     "wsmux._twistd",
     "wsmux.tap",

@@ -2,10 +2,11 @@
 The seam between wsmux and other packages' internals.
 
 wsmux is fast partly because it reads or drives a few private names of
-Twisted, pyOpenSSL, Autobahn and txaio.  Every such touch lives in one
-module per package, L{wsmux._compat_twisted}, L{wsmux._compat_pyopenssl},
-L{wsmux._compat_autobahn} and L{wsmux._compat_http2} (Twisted's private
-HTTP/2), and is declared there as an L{Internal}: what it touches, why, the versions it was checked
+Twisted, pyOpenSSL, Autobahn and txaio, and the undocumented C masker of
+websockets.  Every such touch lives in one module per package,
+L{wsmux._compat_twisted}, L{wsmux._compat_pyopenssl},
+L{wsmux._compat_autobahn}, L{wsmux._compat_http2} (Twisted's private HTTP/2)
+and L{wsmux._compat_websockets}, and is declared there as an L{Internal}: what it touches, why, the versions it was checked
 against, a check that the internal still looks as expected, and what wsmux
 does without it (its public path).
 

@@ -9,8 +9,11 @@ import struct
 
 from autobahn.websocket.xormasker import create_xor_masker
 
-# Payloads up to this size are unmasked with an integer XOR; larger ones
-# with Autobahn's C masker (faster past about 2 KiB).
+from wsmux._compat_websockets import apply_mask
+
+# Without websockets' C masker, payloads up to this size are unmasked with
+# an integer XOR; larger ones with Autobahn's masker (faster past about
+# 2 KiB).
 _INT_XOR_MAX = 2048
 
 # Whole binary frames from this size on are gathered into one buffer and
@@ -29,8 +32,12 @@ _BINARY_DEFLATED = 0xC2
 
 def unmask(payload: bytes, mask: bytes) -> bytes:
     """
-    XOR C{payload} with the 4-byte C{mask} repeated (RFC 6455, 5.3).
+    XOR C{payload} with the 4-byte C{mask} repeated (RFC 6455, 5.3): in C
+    with websockets' masker (the seam's C{websockets.c_masker}), else in
+    Python.
     """
+    if apply_mask is not None:
+        return apply_mask(payload, mask)
     n = len(payload)
     if n > _INT_XOR_MAX:
         return create_xor_masker(mask, n).process(payload)  # type: ignore[no-any-return]
