@@ -328,3 +328,16 @@ class LegacyLogger(WebSocketServerProtocol):
 
         log.msg(f"legacy says {payload.decode()}")
         self.sendMessage(log.callWithLogger.__module__.encode())
+
+
+class FailsInLost(WebSocketServerProtocol):
+    """
+    Echoes; its connectionLost raises once the connection has closed.
+    """
+
+    def onMessage(self, payload, isBinary):
+        self.sendMessage(payload, isBinary)
+
+    def connectionLost(self, reason):
+        super().connectionLost(reason)
+        raise RuntimeError("a bug in connectionLost")

@@ -945,7 +945,9 @@ class Connection:
             peer=getattr(protocol, "peer", "?"),
             where=where,
             action=(
-                "closing with 1011"
+                "the connection is closed already"
+                if state == _CLOSED
+                else "closing with 1011"
                 if state == _OPEN
                 else "answering 500"
                 if not answered

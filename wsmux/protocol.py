@@ -110,7 +110,13 @@ class RouteProtocolMixin(_Hooked):
 
     def connectionLost(self, reason: Any = None) -> None:
         self.wsmux.lost()
-        super().connectionLost(reason)
+        try:
+            super().connectionLost(reason)
+        except Exception:
+            # The handler's own connectionLost raised: logged as any other
+            # callback's is, whether a read's clean close or the reactor
+            # called it (which would log it as an unhandled error).
+            self.wsmux.handler_failed("connectionLost")
 
     def onConnect(self, request: ConnectionRequest) -> Any:
         try:

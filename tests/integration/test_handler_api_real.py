@@ -319,3 +319,36 @@ def test_legacy_log_lines_from_a_handler_name_its_connection(start_server, tmp_p
         assert re.search(r" \[GuardedHTTPChannel(?: \(\w+\))?,\d+,127\.0\.0\.1\] legacy", line), (
             line
         )
+
+
+def test_a_handler_raising_in_connection_lost_is_logged_as_such(start_server, tmp_path):
+    # Over ws a clean close ends the connection inside the read that
+    # brought the client's close; over wss the reactor ends it.  Either way
+    # the handler's error is logged once, naming connectionLost, and the
+    # server serves on.
+    from tests.pki import make_pki, sync_client_context
+    from tests.twistd_process import eventually
+
+    (tmp_path / "pki").mkdir()
+    pki = make_pki(tmp_path / "pki")
+    chain, key = pki.files["default.test"]
+    server = start_server(
+        "--cert", chain, "--key", key, "--tls-port", "tcp:0:interface=127.0.0.1",
+        "--route", "/lost=tests.handlers_for_tests.FailsInLost",
+    )  # fmt: skip
+    tls_port = next(port for kind, _, port in server.ports() if kind == "tls")
+    wss = {"ssl": sync_client_context(pki.ca_file), "server_hostname": "default.test"}
+    for url, options in (
+        (server.url("/lost"), {}),
+        (f"wss://127.0.0.1:{tls_port}/lost", wss),
+    ):
+        with connect(url, **options) as ws:
+            ws.send("hi")
+            assert ws.recv(timeout=5) == "hi"
+    assert eventually(lambda: server.log().count("the handler raised in connectionLost") == 2)
+    log = server.log()
+    assert "the connection is closed already" in log
+    assert "Unhandled" not in log and "message callback" not in log
+    with connect(server.url("/lost")) as ws:
+        ws.send("still here")
+        assert ws.recv(timeout=5) == "still here"
