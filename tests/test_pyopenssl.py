@@ -189,3 +189,37 @@ def test_each_thread_reads_into_a_buffer_of_its_own(pki):
     ((buffer, data),) = seen
     assert data == b"other"
     assert buffer != seam._BUFFER.buffer
+
+
+def test_a_clients_renegotiation_is_refused_on_wsmux_contexts(pki, path):
+    # Why tls_recv may skip pyOpenSSL's re-raising of what a handshake
+    # callback stored: no handshake happens after the first one.  A TLS 1.2
+    # client asking for another is answered with a no_renegotiation alert.
+    from wsmux.tls import HostCertificate, SniContextMap, TlsSettings
+
+    contexts = SniContextMap(TlsSettings(default=HostCertificate("", *pki.files["a.test"])))
+    server = contexts.serverConnectionForTLS(None)
+    server.set_accept_state()  # as Twisted's TLS transport does
+    client_context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    client_context.set_max_proto_version(SSL.TLS1_2_VERSION)
+    client = SSL.Connection(client_context, None)
+    client.set_connect_state()
+    for _ in range(10):
+        for connection in (client, server):
+            try:
+                connection.do_handshake()
+            except SSL.WantReadError:
+                pass
+        move(client, server)
+        move(server, client)
+    assert server.get_protocol_version_name() == "TLSv1.2"
+    client.send(b"before")
+    assert client.renegotiate()
+    with pytest.raises(SSL.WantReadError):
+        client.do_handshake()
+    move(client, server)
+    assert tls_recv(server) == b"before"
+    assert tls_recv(server) is None  # the request read; the alert written
+    move(server, client)
+    with pytest.raises(SSL.Error, match="no renegotiation"):
+        client.recv(100)

@@ -84,6 +84,13 @@ def tls_recv(connection: Any) -> Optional[bytes]:
     C{Connection} on memory BIOs) has decrypted, as C{recv(2**15)} reads it;
     L{None} when it has none yet (where C{recv} raises C{WantReadError}).
     Anything else (the peer's close, an error) raises as C{recv} does.
+
+    One difference: for data and for "none yet", C{recv} first re-raises
+    an exception a verify, ALPN or OCSP callback stored.  Those callbacks
+    run in handshakes, and only the first is done here, by Twisted through
+    pyOpenSSL's C{do_handshake}: OpenSSL (3.0 on) answers a client's
+    request to renegotiate with an alert, and wsmux never asks for TLS
+    1.3's post-handshake authentication.
     """
     if _BUFFER is None:
         try:
