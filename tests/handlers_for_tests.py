@@ -341,3 +341,12 @@ class FailsInLost(WebSocketServerProtocol):
     def connectionLost(self, reason):
         super().connectionLost(reason)
         raise RuntimeError("a bug in connectionLost")
+
+
+class FailsInLostFirst(FailsInLost):
+    """
+    Echoes; its connectionLost raises before Autobahn's own has run.
+    """
+
+    def connectionLost(self, reason):
+        raise RuntimeError("a bug in connectionLost, first thing")

@@ -927,7 +927,8 @@ class Connection:
         (RFC 6455 4.2.2), so an open connection is closed with 1011
         (internal error), and one already closing is dropped.  No other
         connection is affected, and nothing reaches the client but the
-        close code.
+        close code.  Once the transport is gone (a handler's
+        C{connectionLost} raised) it is only logged.
 
         @param where: the callback that raised, for the log line.
         @param failure: the failure (the exception being handled when not
@@ -935,7 +936,9 @@ class Connection:
         """
         failure = failure if failure is not None else Failure()
         protocol = self.protocol
-        state = protocol.state
+        # Gone: Autobahn's state may still say open, when the handler's
+        # connectionLost raised before Autobahn's own ran.
+        state = _CLOSED if self._phase == _LOST else protocol.state
         answered = getattr(protocol, "http_response_data", None) is not None
         log.failure(
             "route {route} conn={conn} peer={peer}: the handler raised in {where}; {action}",

@@ -284,31 +284,43 @@ def test_async_send_waits_for_a_client_that_does_not_read(start_server):
         assert ws.recv(timeout=5) == "still fine"
 
 
+def ws_and_wss(start_server, tmp_path, *routes):
+    """
+    A server with C{routes} on a plain and a TLS port; the server, and a
+    function giving the ws and wss URLs of a path with the client options
+    for each.
+    """
+    from tests.pki import make_pki, sync_client_context
+
+    (tmp_path / "pki").mkdir()
+    pki = make_pki(tmp_path / "pki")
+    chain, key = pki.files["default.test"]
+    routes = [arg for route in routes for arg in ("--route", route)]
+    server = start_server(
+        "--cert", chain, "--key", key, "--tls-port", "tcp:0:interface=127.0.0.1", *routes
+    )  # fmt: skip
+    tls_port = next(port for kind, _, port in server.ports() if kind == "tls")
+    wss = {"ssl": sync_client_context(pki.ca_file), "server_hostname": "default.test"}
+
+    def urls(path):
+        return [(server.url(path), {}), (f"wss://127.0.0.1:{tls_port}{path}", wss)]
+
+    return server, urls
+
+
 def test_legacy_log_lines_from_a_handler_name_its_connection(start_server, tmp_path):
     # Twisted's legacy log.msg takes its system from the context the
     # reactor sets around each read (the seam's twisted.log_context, or
     # Twisted's own): the connection, over ws and wss alike.
     import re
 
-    from tests.pki import make_pki, sync_client_context
     from wsmux import _compat
 
-    (tmp_path / "pki").mkdir()
-    pki = make_pki(tmp_path / "pki")
-    chain, key = pki.files["default.test"]
-    server = start_server(
-        "--cert", chain, "--key", key, "--tls-port", "tcp:0:interface=127.0.0.1",
-        "--route", "/legacy=tests.handlers_for_tests.LegacyLogger",
-    )  # fmt: skip
-    tls_port = next(port for kind, _, port in server.ports() if kind == "tls")
+    server, urls = ws_and_wss(
+        start_server, tmp_path, "/legacy=tests.handlers_for_tests.LegacyLogger"
+    )
     expected = "wsmux._compat_twisted" if _compat.enabled("twisted.log_context") else None
-    for url, options in (
-        (server.url("/legacy"), {}),
-        (
-            f"wss://127.0.0.1:{tls_port}/legacy",
-            {"ssl": sync_client_context(pki.ca_file), "server_hostname": "default.test"},
-        ),
-    ):
+    for url, options in urls("/legacy"):
         with connect(url, **options) as ws:
             ws.send(f"over {url[:3]}")
             module = ws.recv(timeout=5)
@@ -324,31 +336,26 @@ def test_legacy_log_lines_from_a_handler_name_its_connection(start_server, tmp_p
 def test_a_handler_raising_in_connection_lost_is_logged_as_such(start_server, tmp_path):
     # Over ws a clean close ends the connection inside the read that
     # brought the client's close; over wss the reactor ends it.  Either way
-    # the handler's error is logged once, naming connectionLost, and the
-    # server serves on.
-    from tests.pki import make_pki, sync_client_context
+    # the handler's error is logged once, naming connectionLost, with no
+    # action on the connection (gone), and the server serves on; also when
+    # the handler raises before Autobahn's own connectionLost has run.
     from tests.twistd_process import eventually
 
-    (tmp_path / "pki").mkdir()
-    pki = make_pki(tmp_path / "pki")
-    chain, key = pki.files["default.test"]
-    server = start_server(
-        "--cert", chain, "--key", key, "--tls-port", "tcp:0:interface=127.0.0.1",
-        "--route", "/lost=tests.handlers_for_tests.FailsInLost",
-    )  # fmt: skip
-    tls_port = next(port for kind, _, port in server.ports() if kind == "tls")
-    wss = {"ssl": sync_client_context(pki.ca_file), "server_hostname": "default.test"}
-    for url, options in (
-        (server.url("/lost"), {}),
-        (f"wss://127.0.0.1:{tls_port}/lost", wss),
-    ):
-        with connect(url, **options) as ws:
-            ws.send("hi")
-            assert ws.recv(timeout=5) == "hi"
-    assert eventually(lambda: server.log().count("the handler raised in connectionLost") == 2)
+    server, urls = ws_and_wss(
+        start_server,
+        tmp_path,
+        "/after=tests.handlers_for_tests.FailsInLost",
+        "/before=tests.handlers_for_tests.FailsInLostFirst",
+    )
+    for path in ("/after", "/before"):
+        for url, options in urls(path):
+            with connect(url, **options) as ws:
+                ws.send("hi")
+                assert ws.recv(timeout=5) == "hi"
+    assert eventually(lambda: server.log().count("the handler raised in connectionLost") == 4)
     log = server.log()
-    assert "the connection is closed already" in log
-    assert "Unhandled" not in log and "message callback" not in log
-    with connect(server.url("/lost")) as ws:
+    assert log.count("the connection is closed already") == 4
+    assert "Unhandled" not in log and "message callback" not in log and "1011" not in log
+    with connect(server.url("/after")) as ws:
         ws.send("still here")
         assert ws.recv(timeout=5) == "still here"
