@@ -205,3 +205,43 @@ def test_without_the_internal_twisteds_stays(monkeypatch):
     monkeypatch.setattr(seam, "LOG_CONTEXT", False)
     seam.speed_up_log_context()
     assert log.callWithLogger is _TWISTED_CALL_WITH_LOGGER
+
+
+@pytest.mark.uses_internal("twisted.log_context")
+def test_the_asyncio_reactors_copy_is_replaced_too(monkeypatch):
+    # twisted.internet.asyncioreactor imports callWithLogger by name and
+    # hands it to asyncio for every reader and writer.
+    import sys
+    import types
+
+    module = types.ModuleType("twisted.internet.asyncioreactor")
+    module.callWithLogger = _TWISTED_CALL_WITH_LOGGER
+    monkeypatch.setitem(sys.modules, "twisted.internet.asyncioreactor", module)
+    monkeypatch.setattr(log, "callWithLogger", _TWISTED_CALL_WITH_LOGGER)
+    seam.speed_up_log_context()
+    assert module.callWithLogger is call_with_logger
+    assert log.callWithLogger is call_with_logger
+
+
+def test_a_callwithlogger_replaced_before_wsmux_is_left_alone():
+    # The check runs at import: in a process where something replaced
+    # Twisted's first, wsmux does not take that for Twisted's.
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from twisted.python import log\n"
+        "log.callWithLogger = lambda *a, **kw: None\n"
+        "from wsmux import _compat, _compat_twisted\n"
+        "print(_compat.INTERNALS['twisted.log_context'].problem)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env={k: v for k, v in os.environ.items() if k != "WSMUX_PUBLIC_PATH"},
+    )
+    assert "replaced before wsmux was imported" in out.stdout

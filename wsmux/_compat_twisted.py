@@ -701,8 +701,8 @@ def observers_of(publisher: LogPublisher) -> list[Any]:
 LOG_CONTEXT = declare(
     "twisted.log_context",
     touches=(
-        "twisted.python.log.callWithLogger (replaced while wsmux serves: what it "
-        "does, in one call)",
+        "twisted.python.log.callWithLogger (replaced for the whole process once a "
+        "WebSocketSite starts, and left so: what it does, in one call)",
         "twisted.internet.asyncioreactor.callWithLogger (the same, when loaded)",
         "ThreadedContextTracker.storage.ct",
         "ContextTracker.contexts",
@@ -716,6 +716,9 @@ LOG_CONTEXT = declare(
     checked="Twisted 24.7.0, 26.10.0",
     fallback="Twisted's own log.callWithLogger",
     check=lambda: all_of(
+        None
+        if getattr(log.callWithLogger, "__module__", None) == "twisted.python.log"
+        else "log.callWithLogger was replaced before wsmux was imported",
         code_names(log.callWithLogger, ("logPrefix", "callWithContext", "err")),
         code_names(log.callWithContext, ("get", "copy", "update", "call")),
         code_names(context.ThreadedContextTracker.currentContext, ("storage", "ct")),
@@ -736,8 +739,18 @@ def call_with_logger(logger: Any, func: Any, *args: Any, **kw: Any) -> Any:
     """
     Twisted's C{log.callWithLogger}, in one call: C{func(*args, **kw)} with
     the log context's C{system} set to C{logger.logPrefix()}, an error it
-    raises logged (with that system) and L{None} returned for it.
+    raises logged (with that system) and L{None} returned for it.  Another
+    context tracker, or a thread's first call, takes Twisted's own.
     """
+    tracker = context.theContextTracker
+    try:
+        current = tracker.storage.ct
+    except AttributeError:
+        current = None
+    if tracker.__class__ is not context.ThreadedContextTracker or (
+        current.__class__ is not context.ContextTracker
+    ):
+        return _TWISTED_CALL_WITH_LOGGER(logger, func, *args, **kw)
     try:
         prefix = logger.logPrefix()
     except KeyboardInterrupt:
@@ -745,21 +758,6 @@ def call_with_logger(logger: Any, func: Any, *args: Any, **kw: Any) -> Any:
     except BaseException:
         prefix = "(buggy logPrefix method)"
         log.err(system=prefix)
-    tracker = context.theContextTracker
-    try:
-        current = tracker.storage.ct
-    except AttributeError:
-        current = None  # a thread's first: Twisted's path makes it
-    if tracker.__class__ is not context.ThreadedContextTracker or (
-        current.__class__ is not context.ContextTracker
-    ):
-        try:
-            return log.callWithContext({"system": prefix}, func, *args, **kw)
-        except KeyboardInterrupt:
-            raise
-        except BaseException:
-            log.err(system=prefix)
-            return None
     contexts = current.contexts
     try:
         # log.callWithContext, then ContextTracker.callWithContext.
