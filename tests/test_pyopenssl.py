@@ -47,18 +47,20 @@ def move(source, target):
         target.bio_write(data)
 
 
-def connections(pki, version=None):
+def connections(pki, version=None, server=None):
     """
-    A server and a client connection past their handshake.
+    A server and a client connection past their handshake (the server's
+    on a context of its own unless given).
     """
-    server_context = SSL.Context(SSL.TLS_SERVER_METHOD)
-    server_context.use_certificate_chain_file(pki.files["a.test"][0])
-    server_context.use_privatekey_file(pki.files["a.test"][1])
+    if server is None:
+        server_context = SSL.Context(SSL.TLS_SERVER_METHOD)
+        server_context.use_certificate_chain_file(pki.files["a.test"][0])
+        server_context.use_privatekey_file(pki.files["a.test"][1])
+        server = SSL.Connection(server_context, None)
+    server.set_accept_state()
     client_context = SSL.Context(SSL.TLS_CLIENT_METHOD)
     if version is not None:
         client_context.set_max_proto_version(version)
-    server = SSL.Connection(server_context, None)
-    server.set_accept_state()
     client = SSL.Connection(client_context, None)
     client.set_connect_state()
     for _ in range(10):
@@ -198,20 +200,9 @@ def test_a_clients_renegotiation_is_refused_on_wsmux_contexts(pki, path):
     from wsmux.tls import HostCertificate, SniContextMap, TlsSettings
 
     contexts = SniContextMap(TlsSettings(default=HostCertificate("", *pki.files["a.test"])))
-    server = contexts.serverConnectionForTLS(None)
-    server.set_accept_state()  # as Twisted's TLS transport does
-    client_context = SSL.Context(SSL.TLS_CLIENT_METHOD)
-    client_context.set_max_proto_version(SSL.TLS1_2_VERSION)
-    client = SSL.Connection(client_context, None)
-    client.set_connect_state()
-    for _ in range(10):
-        for connection in (client, server):
-            try:
-                connection.do_handshake()
-            except SSL.WantReadError:
-                pass
-        move(client, server)
-        move(server, client)
+    server, client = connections(
+        pki, SSL.TLS1_2_VERSION, server=contexts.serverConnectionForTLS(None)
+    )
     assert server.get_protocol_version_name() == "TLSv1.2"
     client.send(b"before")
     assert client.renegotiate()

@@ -31,7 +31,7 @@ TLS_DIRECT_CALLS = declare(
     "pyopenssl.direct_calls",
     touches=(
         "OpenSSL._util.lib: " + ", ".join(_SSL_NAMES + _BIO_NAMES),
-        "OpenSSL._util.ffi.buffer / from_buffer",
+        "OpenSSL._util.ffi.buffer / from_buffer / new",
         "Connection._ssl / _from_ssl",
         "Connection._raise_ssl_error / _handle_bio_errors (called for any answer but "
         "'nothing yet')",
@@ -111,7 +111,8 @@ def tls_recv(connection: Any) -> Optional[bytes]:
 def tls_send(connection: Any, data: Any) -> int:
     """
     Encrypt C{data} (bytes or a memoryview) on C{connection}, as its
-    C{send} does: how much it took, or C{WantReadError} and the others.
+    C{send} does: how much it took, or C{WantReadError} and the others
+    (with the one difference L{tls_recv} gives, and why it is safe).
     """
     if _BUFFER is None:
         return connection.send(data)  # type: ignore[no-any-return]
