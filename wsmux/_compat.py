@@ -6,9 +6,10 @@ Twisted, pyOpenSSL, Autobahn and txaio, and the undocumented C masker of
 websockets.  Every such touch lives in one module per package,
 L{wsmux._compat_twisted}, L{wsmux._compat_pyopenssl},
 L{wsmux._compat_autobahn}, L{wsmux._compat_http2} (Twisted's private HTTP/2)
-and L{wsmux._compat_websockets}, and is declared there as an L{Internal}: what it touches, why, the versions it was checked
-against, a check that the internal still looks as expected, and what wsmux
-does without it (its public path).
+and L{wsmux._compat_websockets}, and is declared there as an L{Internal}:
+what it touches, why, the versions it was checked against, a check that the
+internal still looks as expected, and what wsmux does without it (its
+public path).
 
 The checks run when those modules are imported.  An internal whose check
 fails is not used: wsmux takes the public path for it and logs one line

@@ -16,7 +16,7 @@ from wsmux._compat import declare
 
 try:
     from websockets.speedups import apply_mask as _apply_mask
-except ImportError:  # websockets without its C part: the check says so
+except Exception:  # without its C part (or broken): the check says so
     _apply_mask = None  # type: ignore[assignment]
 
 
