@@ -3,7 +3,7 @@ The use wsmux makes of the C masker of the C{websockets} package (see
 L{wsmux._compat}): its C{speedups} module, which its wheels build, has no
 documented API; wsmux calls its C{apply_mask} to unmask what clients send.
 
-Checked against websockets 13.0 and 17.4.  Without it (websockets installed
+Checked against websockets 13.0, 15.0 and 17.4.  Without it (websockets installed
 without its C part, a check failing, or C{WSMUX_PUBLIC_PATH} set) payloads
 are unmasked in Python (L{wsmux._frames.unmask}).
 """
@@ -44,7 +44,7 @@ C_MASKER = declare(
         "integer XOR takes 0.5-4 us, and 36 us a MiB where Autobahn's masker takes "
         "900 us"
     ),
-    checked="websockets 13.0, 17.4",
+    checked="websockets 13.0, 15.0, 17.4",
     fallback="payloads are unmasked in Python (an integer XOR, Autobahn's masker past 2 KiB)",
     check=_check,
 )
