@@ -123,14 +123,9 @@ class InternalsDirective(ProtocolOptionsDirective):
     """
 
     def run(self):
-        from wsmux import (  # noqa: F401 - each declares its internals
-            _compat,
-            _compat_autobahn,
-            _compat_http2,
-            _compat_pyopenssl,
-            _compat_twisted,
-            _compat_websockets,
-        )
+        from wsmux import _compat
+
+        _compat.declare_all()
 
         rows = [
             (

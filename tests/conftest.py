@@ -19,13 +19,9 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    from wsmux import (  # noqa: F401 - each declares its internals
-        _compat,
-        _compat_autobahn,
-        _compat_pyopenssl,
-        _compat_twisted,
-        _compat_websockets,
-    )
+    from wsmux import _compat
+
+    _compat.declare_all()
 
     for item in items:
         for marker in item.iter_markers("uses_internal"):

@@ -19,24 +19,12 @@ from pathlib import Path
 import pytest
 import twisted
 
-from wsmux import (
-    _compat,
-    _compat_autobahn,
-    _compat_http2,
-    _compat_pyopenssl,
-    _compat_twisted,
-    _compat_websockets,
-)
+from wsmux import _compat
+
+_compat.declare_all()
 
 ROOT = Path(__file__).resolve().parent.parent
-SEAM = {
-    "_compat.py",
-    "_compat_twisted.py",
-    "_compat_pyopenssl.py",
-    "_compat_autobahn.py",
-    "_compat_http2.py",
-    "_compat_websockets.py",
-}
+SEAM = {"_compat.py", *(f"{name.split('.')[1]}.py" for name in _compat.MODULES)}
 
 # Every internal, by the name the seam gives it.
 EXPECTED = [
@@ -128,7 +116,8 @@ globalLogPublisher.addObserver(lambda e: lines.append(e))
 from twisted.internet import abstract
 del abstract.FileDescriptor.dataBuffer
 from twisted.logger import formatEvent
-from wsmux import _compat, _compat_autobahn, _compat_http2, _compat_twisted
+from wsmux import _compat
+_compat.declare_all()
 assert not _compat.enabled("twisted.direct_send")
 assert _compat.enabled("autobahn.lean_protocol")
 said = [formatEvent(e) for e in lines if "direct_send" in formatEvent(e)]
@@ -182,8 +171,8 @@ def test_outside_the_seam_every_private_name_read_is_wsmux_own():
 
 
 def test_the_environment_switches_every_internal_off():
-    code = "from wsmux import _compat, _compat_autobahn, _compat_http2, _compat_pyopenssl, _compat_twisted, _compat_websockets\n" \
-        "print(sorted(n for n, i in _compat.INTERNALS.items() if i.enabled))"  # fmt: skip
+    code = "from wsmux import _compat\n" \
+        "print(sorted(n for n, i in _compat.declare_all().items() if i.enabled))"  # fmt: skip
     out = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
@@ -199,15 +188,16 @@ def test_the_environment_switches_every_internal_off():
 def test_the_versions_checked_are_said():
     # The seam's modules name the versions they were checked against; the
     # installed Twisted is one a matrix run covers (tox.ini).
-    for module in (
-        _compat_twisted,
-        _compat_pyopenssl,
-        _compat_autobahn,
-        _compat_http2,
-        _compat_websockets,
-    ):
-        assert "Checked against" in (module.__doc__ or "")
+    for name in _compat.MODULES:
+        assert "Checked against" in (sys.modules[name].__doc__ or "")
     assert twisted.__version__
+
+
+def test_every_seam_module_is_listed():
+    # A new wsmux/_compat_*.py is one declare_all imports (and the checks
+    # above read as the seam).
+    found = {path.name for path in (ROOT / "wsmux").glob("_compat*.py")}
+    assert found == SEAM
 
 
 def test_autobahn_timings_still_format_after_connections():

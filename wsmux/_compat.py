@@ -23,6 +23,7 @@ C{twisted.logger}.
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -107,6 +108,26 @@ def declare(
         )
     INTERNALS[name] = internal
     return internal.enabled
+
+
+#: The seam's modules: each declares its internals when imported.
+MODULES = (
+    "wsmux._compat_twisted",
+    "wsmux._compat_pyopenssl",
+    "wsmux._compat_websockets",
+    "wsmux._compat_autobahn",
+    "wsmux._compat_http2",
+)
+
+
+def declare_all() -> dict[str, Internal]:
+    """
+    Import every module of the seam (L{MODULES}), so that every internal
+    is declared; return L{INTERNALS}.
+    """
+    for module in MODULES:
+        importlib.import_module(module)
+    return INTERNALS
 
 
 def enabled(name: str) -> bool:
