@@ -78,6 +78,14 @@ class _Buffer(threading.local):
 _BUFFER = _Buffer() if TLS_DIRECT_CALLS else None
 
 
+def _through_pyopenssl(read: Any, size: int) -> Optional[bytes]:
+    # The public path: pyOpenSSL's recv or bio_read, "nothing yet" as None.
+    try:
+        return read(size)  # type: ignore[no-any-return]
+    except WantReadError:
+        return None
+
+
 def tls_recv(connection: Any) -> Optional[bytes]:
     """
     The data of the next TLS record C{connection} (a pyOpenSSL
@@ -93,10 +101,7 @@ def tls_recv(connection: Any) -> Optional[bytes]:
     1.3's post-handshake authentication.
     """
     if _BUFFER is None:
-        try:
-            return connection.recv(_RECV_SIZE)  # type: ignore[no-any-return]
-        except WantReadError:
-            return None
+        return _through_pyopenssl(connection.recv, _RECV_SIZE)
     ssl = connection._ssl
     buffer = _BUFFER
     result = _ssl_lib.SSL_read(ssl, buffer.buffer, _RECV_SIZE)
@@ -131,10 +136,7 @@ def tls_bio_read(connection: Any, size: int) -> Optional[bytes]:
     C{bio_read} raises C{WantReadError}).
     """
     if _BUFFER is None or size > _BUFFER_SIZE:
-        try:
-            return connection.bio_read(size)  # type: ignore[no-any-return]
-        except WantReadError:
-            return None
+        return _through_pyopenssl(connection.bio_read, size)
     bio = connection._from_ssl
     buffer = _BUFFER
     result = _ssl_lib.BIO_read(bio, buffer.buffer, size)

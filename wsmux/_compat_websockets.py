@@ -3,9 +3,9 @@ The use wsmux makes of the C masker of the C{websockets} package (see
 L{wsmux._compat}): its C{speedups} module, which its wheels build, has no
 documented API; wsmux calls its C{apply_mask} to unmask what clients send.
 
-Checked against websockets 13.0, 15.0 and 17.4.  Without it (websockets installed
-without its C part, a check failing, or C{WSMUX_PUBLIC_PATH} set) payloads
-are unmasked in Python (L{wsmux._frames.unmask}).
+Checked against websockets 13.0, 15.0 and 17.4.  Without it (websockets
+installed without its C part, a check failing, or C{WSMUX_PUBLIC_PATH} set)
+payloads are unmasked in Python (L{wsmux._frames.unmask_in_python}).
 """
 
 from __future__ import annotations

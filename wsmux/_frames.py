@@ -6,6 +6,7 @@ headers and unmasking (RFC 6455, 5.2 and 5.3).
 from __future__ import annotations
 
 import struct
+from typing import Callable
 
 from autobahn.websocket.xormasker import create_xor_masker
 
@@ -30,19 +31,21 @@ _TEXT_DEFLATED = 0xC1
 _BINARY_DEFLATED = 0xC2
 
 
-def unmask(payload: bytes, mask: bytes) -> bytes:
+def unmask_in_python(payload: bytes, mask: bytes) -> bytes:
     """
-    XOR C{payload} with the 4-byte C{mask} repeated (RFC 6455, 5.3): in C
-    with websockets' masker (the seam's C{websockets.c_masker}), else in
+    XOR C{payload} with the 4-byte C{mask} repeated (RFC 6455, 5.3), in
     Python.
     """
-    if apply_mask is not None:
-        return apply_mask(payload, mask)
     n = len(payload)
     if n > _INT_XOR_MAX:
         return create_xor_masker(mask, n).process(payload)  # type: ignore[no-any-return]
     key = (mask * ((n >> 2) + 1))[:n]
     return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+
+
+#: C{unmask(payload, mask)}: websockets' C masker (the seam's
+#: C{websockets.c_masker}) where it is in use, else L{unmask_in_python}.
+unmask: Callable[[bytes, bytes], bytes] = apply_mask if apply_mask is not None else unmask_in_python
 
 
 def frame_header(opcode_byte: int, length: int) -> bytes:
