@@ -9,16 +9,25 @@ closed, and Autobahn's traffic counters.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import zlib
-from typing import Any
+from typing import Any, Iterator
 
 import autobahn.exception
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wsmux import BroadcastHandler, EchoHandler, Route, RouteTree, _writes
+from wsmux import (
+    BroadcastHandler,
+    EchoHandler,
+    Route,
+    RouteTree,
+    _compat_autobahn,
+    _frames,
+    _writes,
+)
 from wsmux._compat_autobahn import fast_path_ok
 from wsmux._frames import frame_header, unmask
 from wsmux._writes import HOLD_MAX
@@ -82,10 +91,24 @@ def run(
 
 
 def both(chunks: list[bytes], **options: Any) -> tuple[bytes, bool, dict[str, int]]:
+    # The fast path, on each of wsmux's frame paths (its C accelerator,
+    # where it is in use, and Python), and Autobahn's.
     fast = run(EchoHandler, chunks, **options)
+    with python_frames():
+        assert run(EchoHandler, chunks, **options) == fast
     general = run(AutobahnPathEcho, chunks, **options)
     assert fast == general
     return fast
+
+
+@contextlib.contextmanager
+def python_frames() -> Iterator[None]:
+    # wsmux's frame path in Python, whether or not its C accelerator is in
+    # use.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_compat_autobahn, "cut", None)
+        patch.setattr(_compat_autobahn, "frame", _frames.frame_in_python)
+        yield
 
 
 # Whether Autobahn's own path closes a connection whose compressed message

@@ -57,6 +57,10 @@ from wsmux._frames import (
     _CLOSE,
     _TEXT,
     _TEXT_DEFLATED,
+    Message,
+    cut,
+    cut_in_python,
+    frame,
     frame_header,
     unmask,
 )
@@ -784,12 +788,6 @@ FAST_FRAMES = declare(
     ),
 )
 
-# What the whole compressed messages of one batch may grow to by
-# inflating before the batch is delivered (and the rest of the read
-# inflated): a read of small compressed messages holds about this much,
-# and one message, inflated at a time.
-_INFLATED_MAX = 1 << 20
-
 # Receive-side hooks a handler must not override for the fast path.
 RECEIVE_HOOKS = (
     "dataReceived",
@@ -962,9 +960,10 @@ class FastReceiveMixin(_Hooked):
             self.inside_message or self.logFrames or self.trackedTimings or not self.applyMask
         )
 
-    def _wsmux_cut_messages(self) -> list[tuple[bytes, bool, int]]:
+    def _wsmux_cut_messages(self) -> list[Message]:
         """
-        Cut the whole fast-path frames at the head of the buffer out of it.
+        Cut the whole fast-path frames at the head of the buffer out of it
+        (L{wsmux._frames.cut_in_python} says which).
 
         @return: each message's payload, whether it is binary, and its
             length on the wire (compressed, for a compressed message).  A
@@ -976,66 +975,24 @@ class FastReceiveMixin(_Hooked):
         if not self._wsmux_receive_ok():
             return []
         data: bytes = self.data
-        end = len(data)
         max_message = self.maxMessagePayloadSize
         max_frame = self.maxFramePayloadSize
         validate = self.utf8validateIncoming
-        deflate = self._perMessageCompress
-        messages: list[tuple[bytes, bool, int]] = []
-        wire = 0  # octets as they came
-        grown = 0  # and what inflating added
-        i = 0
-        while end - i >= 6:
-            b0 = data[i]
-            b1 = data[i + 1]
-            if b1 < 0x80:
-                break  # not masked
-            if b0 != _TEXT and b0 != _BINARY:
-                if deflate is None or (b0 != _TEXT_DEFLATED and b0 != _BINARY_DEFLATED):
-                    break  # not a whole data frame
-            length = b1 & 0x7F
-            if length < 126:
-                start = i + 6
-            elif length == 126:
-                if end - i < 8:
-                    break
-                length = (data[i + 2] << 8) | data[i + 3]
-                if length < 126:
-                    break  # not minimal: Autobahn's path fails it
-                start = i + 8
-            else:
-                break  # 64-bit lengths: big frames gain nothing here
-            stop = start + length
-            if stop > end:
-                break
-            if (0 < max_message < length) or (0 < max_frame < length):
-                break
-            payload = data[start:stop]
-            if length:
-                payload = unmask(payload, data[start - 4 : start])
-            if b0 & 0x40:
-                inflated = self._wsmux_inflate(payload, b0 == _TEXT_DEFLATED and validate)
-                if inflated is None:
-                    i = stop
-                    break
-                payload = inflated
-                grown += len(payload) - length
-                if grown > _INFLATED_MAX:
-                    # Delivered before more is inflated: a read of small
-                    # compressed messages holds no more than this (and one
-                    # message) inflated at a time.
-                    messages.append((payload, (b0 & 0x0F) == 2, length))
-                    wire += length
-                    i = stop
-                    break
-            elif b0 == _TEXT and validate:
-                try:
-                    payload.decode("utf-8")
-                except UnicodeDecodeError:
-                    break  # Autobahn's path closes with 1007 and says where
-            messages.append((payload, (b0 & 0x0F) == 2, length))
-            wire += length
-            i = stop
+        inflate = self._wsmux_inflate if self._perMessageCompress is not None else None
+        if cut is not None:
+            # In C, up to the first compressed frame; Python takes those.
+            messages, i, wire = cut(data, max_message, max_frame, validate)
+            grown = 0
+            if inflate is not None:
+                more, i, more_wire, grown = cut_in_python(
+                    data, i, max_message, max_frame, validate, inflate
+                )
+                messages += more
+                wire += more_wire
+        else:
+            messages, i, wire, grown = cut_in_python(
+                data, 0, max_message, max_frame, validate, inflate
+            )
         if i:
             self.data = data[i:]
             if messages:
@@ -1216,7 +1173,7 @@ class FastReceiveMixin(_Hooked):
         stats.incomingWebSocketMessages += messages
         self._wsmux_activity()
 
-    def _wsmux_uncount(self, messages: list[tuple[bytes, bool, int]]) -> None:
+    def _wsmux_uncount(self, messages: list[Message]) -> None:
         # Take back what _wsmux_received counted for these messages.
         stats = self.trafficStats
         stats.incomingOctetsWebSocketLevel -= sum(wire for _, _, wire in messages)
@@ -1232,7 +1189,7 @@ class FastReceiveMixin(_Hooked):
         if conn._idle_call is not None:  # the route has an idle timeout
             conn.activity()
 
-    def _wsmux_deliver(self, messages: list[tuple[bytes, bool, int]]) -> None:
+    def _wsmux_deliver(self, messages: list[Message]) -> None:
         open_ = self.STATE_OPEN
         closed = self.STATE_CLOSED
         # The handler's own onMessage, called directly (wsmux's watching
@@ -1297,18 +1254,21 @@ class FastSendMixin(_Hooked):
             deflate: Any = self._perMessageCompress
             if deflate is None or doNotCompress:
                 if not (0 < self.autoFragmentSize < length) and self._wsmux_fast_send_ok():
-                    header = frame_header(_BINARY if isBinary else _TEXT, length)
                     if length < 65536:
-                        self._wsmux_write(header + payload)
+                        data = frame(_BINARY if isBinary else _TEXT, payload)
+                        self._wsmux_write(data)
+                        wire = len(data)
                     else:
                         # The header and a big payload go out together, uncopied.
+                        header = frame_header(_BINARY if isBinary else _TEXT, length)
                         self._wsmux_write(header, payload)
+                        wire = len(header) + length
                     stats = self.trafficStats
                     stats.outgoingWebSocketMessages += 1
                     stats.outgoingWebSocketFrames += 1
                     stats.outgoingOctetsAppLevel += length
                     stats.outgoingOctetsWebSocketLevel += length
-                    stats.outgoingOctetsWireLevel += len(header) + length
+                    stats.outgoingOctetsWireLevel += wire
                     return
             else:
                 # Deflate can make a message longer (zlib's deflateBound
@@ -1330,17 +1290,21 @@ class FastSendMixin(_Hooked):
         deflate.start_compress_message()
         data = deflate.compress_message_data(payload) + deflate.end_compress_message()
         size = len(data)
-        header = frame_header(_BINARY_DEFLATED if is_binary else _TEXT_DEFLATED, size)
+        first = _BINARY_DEFLATED if is_binary else _TEXT_DEFLATED
         if size < 65536:
-            self._wsmux_write(header + data)
+            data = frame(first, data)
+            self._wsmux_write(data)
+            wire = len(data)
         else:
+            header = frame_header(first, size)
             self._wsmux_write(header, data)
+            wire = len(header) + size
         stats = self.trafficStats
         stats.outgoingWebSocketMessages += 1
         stats.outgoingWebSocketFrames += 1
         stats.outgoingOctetsAppLevel += len(payload)
         stats.outgoingOctetsWebSocketLevel += size
-        stats.outgoingOctetsWireLevel += len(header) + size
+        stats.outgoingOctetsWireLevel += wire
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: Optional[int] = None) -> None:
         # Autobahn's own writes (the handshake response, prepared

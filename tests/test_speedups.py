@@ -1,0 +1,201 @@
+"""
+wsmux's C accelerator (wsmux/_speedups.c) does what the Python path does:
+the same messages cut from the same bytes, stopping at the same place, and
+the same frames made.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from wsmux import _frames
+from wsmux._frames import _BINARY, _TEXT, cut_in_python, frame_in_python
+
+speedups = pytest.importorskip("wsmux._speedups", reason="the C accelerator was not built here")
+
+# Ahead of the rest, so that a run without it says so.
+pytestmark = pytest.mark.skipif(
+    not _frames.SPEEDUPS, reason="WSMUX_PURE_PYTHON is set: the C accelerator is not in use"
+)
+
+
+def masked(first: int, payload: bytes, mask: bytes = b"\x37\xfa\x21\x3d", length=None) -> bytes:
+    # A client's frame; length=126 with a short payload makes a non-minimal
+    # 16-bit length.
+    n = len(payload) if length is None else length
+    if n < 126 and length is None:
+        header = bytes((first, 0x80 | n))
+    elif n < 65536 and (length is None or length == 126):
+        header = bytes((first, 0x80 | 126)) + len(payload).to_bytes(2, "big")
+    else:
+        header = bytes((first, 0x80 | 127)) + len(payload).to_bytes(8, "big")
+    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def both(data: bytes, max_message: int = 0, max_frame: int = 0, validate: bool = True):
+    in_c = speedups.cut(data, max_message, max_frame, validate)
+    messages, end, octets, grown = cut_in_python(data, 0, max_message, max_frame, validate)
+    assert grown == 0
+    assert in_c == (messages, end, octets)
+    for payload, is_binary, length in in_c[0]:
+        assert type(payload) is bytes and type(is_binary) is bool and type(length) is int
+    return in_c
+
+
+def test_the_c_path_is_the_one_in_use():
+    assert _frames.cut is speedups.cut
+    assert _frames.frame is speedups.frame
+
+
+def test_messages_of_every_small_length_and_around_the_16_bit_switch():
+    sizes = [*range(0, 140), 1000, 4093, 4096, 65535]
+    data = b"".join(masked(_BINARY if n % 2 else _TEXT, b"a" * n) for n in sizes)
+    messages, end, octets = both(data)
+    assert end == len(data)
+    assert [len(p) for p, _, _ in messages] == sizes
+    assert octets == sum(sizes)
+    assert [b for _, b, _ in messages] == [bool(n % 2) for n in sizes]
+
+
+@pytest.mark.parametrize(
+    "tail, why",
+    [
+        (bytes((0x82, 0x05)) + b"hello", "not masked"),
+        (masked(0x02, b"frag"), "a fragment"),
+        (masked(0x89, b"ping"), "a control frame"),
+        (masked(0x88, b"\x03\xe8"), "a close frame"),
+        (masked(0xC1, b"compressed"), "compressed"),
+        (masked(0x92, b"rsv"), "an RSV bit"),
+        (masked(0x82, b"x" * 10, length=126), "a 16-bit length that is not minimal"),
+        (masked(0x82, b"x" * 70000), "a 64-bit length"),
+        (masked(0x82, b"x" * 300)[:-1], "not all here"),
+        (masked(0x82, b"x" * 300)[:7], "a 16-bit length not all here"),
+        (masked(0x82, b"")[:5], "a header not all here"),
+        (masked(0x81, b"caf\xc3"), "text cut inside a code point"),
+        (masked(0x81, b"\xed\xa0\x80"), "a surrogate"),
+    ],
+)
+def test_the_cut_stops_where_the_python_path_stops(tail, why):
+    head = masked(_TEXT, b"first") + masked(_BINARY, b"second")
+    # A frame not all here ends what came; after any other, more follows.
+    after = b"" if "not all here" in why else masked(_TEXT, b"after")
+    messages, end, _ = both(head + tail + after)
+    assert [p for p, _, _ in messages] == [b"first", b"second"], why
+    assert end == len(head), why
+
+
+def test_limits_stop_the_cut_and_zero_or_less_is_none():
+    data = masked(_TEXT, b"a" * 10) + masked(_TEXT, b"b" * 20)
+    assert len(both(data, max_message=15)[0]) == 1
+    assert len(both(data, max_frame=15)[0]) == 1
+    assert len(both(data, max_message=20, max_frame=20)[0]) == 2
+    assert len(both(data, max_message=-1, max_frame=0)[0]) == 2
+    assert len(both(data, max_message=2**70, max_frame=2**64)[0]) == 2
+
+
+def test_text_is_not_checked_unless_asked():
+    messages, _, _ = both(masked(_TEXT, b"\xff\xfe"), validate=False)
+    assert messages == [(b"\xff\xfe", False, 2)]
+
+
+# Bytes near UTF-8: every lead byte, continuation bytes, and the edges of
+# the ranges the RFC excludes (overlong forms, surrogates, past U+10FFFF).
+near_utf8 = st.lists(
+    st.one_of(
+        st.integers(0, 255),
+        st.sampled_from([0x80, 0x8F, 0x90, 0x9F, 0xA0, 0xBF, 0xC0, 0xC1, 0xC2, 0xDF, 0xE0]),
+        st.sampled_from([0xED, 0xEF, 0xF0, 0xF4, 0xF5, 0xFF]),
+    ),
+    max_size=24,
+).map(bytes)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.one_of(near_utf8, st.text(max_size=40).map(lambda t: t.encode("utf-8", "surrogatepass"))))
+@example(b"\xed\xa0\x80")
+@example(b"\xf4\x90\x80\x80")
+@example(b"\xf0\x8f\xbf\xbf")
+@example(b"\xe0\x9f\xbf")
+@example(b"\xc1\xbf")
+@example(b"abcdefg\xc3\xa9")
+@example(b"abcdefgh\xf0\x9f\x98")
+def test_text_is_accepted_exactly_when_python_decodes_it(payload):
+    try:
+        payload.decode("utf-8")
+        valid = True
+    except UnicodeDecodeError:
+        valid = False
+    # Behind ASCII of every length, so that the 8-byte steps meet it at
+    # every offset.
+    for pad in range(9):
+        messages, _, _ = both(masked(_TEXT, b"p" * pad + payload))
+        assert len(messages) == (1 if valid else 0)
+
+
+frames = st.lists(
+    st.tuples(
+        st.sampled_from([0x81, 0x82, 0x01, 0x89, 0xC2]),
+        st.binary(max_size=300),
+        st.binary(min_size=4, max_size=4),
+    ),
+    max_size=8,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(frames, st.integers(0, 2000), st.integers(-1, 400), st.integers(-1, 400), st.booleans())
+def test_any_stream_is_cut_alike(parts, cut_at, max_message, max_frame, validate):
+    data = b"".join(masked(first, payload, mask) for first, payload, mask in parts)
+    both(data[:cut_at], max_message, max_frame, validate)
+    both(data, max_message, max_frame, validate)
+
+
+def test_a_bytearray_or_memoryview_is_cut_as_bytes():
+    data = masked(_TEXT, b"hello") + masked(_BINARY, b"\x00\x01")
+    for view in (bytearray(data), memoryview(data)):
+        assert speedups.cut(view, 0, 0, True) == speedups.cut(data, 0, 0, True)
+
+
+@pytest.mark.parametrize("length", [0, 1, 125, 126, 127, 65535, 65536, 70000])
+@pytest.mark.parametrize("first", [0x81, 0x82, 0xC1, 0xC2])
+def test_frames_are_made_alike(first, length):
+    payload = os.urandom(length)
+    assert speedups.frame(first, payload) == frame_in_python(first, payload)
+
+
+@pytest.mark.parametrize(
+    "call, error",
+    [
+        (lambda: speedups.cut(b""), TypeError),
+        (lambda: speedups.cut("text", 0, 0, True), TypeError),
+        (lambda: speedups.cut(b"", "0", 0, True), TypeError),
+        (lambda: speedups.frame(256, b""), ValueError),
+        (lambda: speedups.frame(-1, b""), ValueError),
+        (lambda: speedups.frame(0x81, "text"), TypeError),
+        (lambda: speedups.frame(0x81), TypeError),
+    ],
+)
+def test_wrong_arguments_raise(call, error):
+    with pytest.raises(error):
+        call()
+
+
+def test_wsmux_pure_python_leaves_it_unused():
+    code = (
+        "from wsmux import _frames; "
+        "print(_frames.SPEEDUPS, _frames.cut, _frames.frame is _frames.frame_in_python)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "WSMUX_PURE_PYTHON": "1"},
+    ).stdout
+    assert out.split() == ["False", "None", "True"]
