@@ -13,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_wheel_installs_a_twistd_plugin(tmp_path):
+def build_wheel(tmp_path: Path, env: dict[str, str] | None = None) -> Path:
     # Build from a clean copy: a stale build/ folder would leak old files.
     source = tmp_path / "source"
     shutil.copytree(
@@ -47,8 +47,14 @@ def test_wheel_installs_a_twistd_plugin(tmp_path):
         check=True,
         capture_output=True,
         cwd=tmp_path,
+        env=env,
     )
     (wheel,) = dist.glob("wsmux-*.whl")
+    return wheel
+
+
+def test_wheel_installs_a_twistd_plugin(tmp_path):
+    wheel = build_wheel(tmp_path)
     names = zipfile.ZipFile(wheel).namelist()
     assert "twisted/plugins/wsmux_plugin.py" in names
     assert "twisted/plugins/__init__.py" not in names
@@ -104,3 +110,12 @@ def test_wheel_installs_a_twistd_plugin(tmp_path):
         },
     ).stdout
     assert masker.split() == ["True", "True"]
+
+
+def test_without_a_c_compiler_the_wheel_is_built_without_the_accelerator(tmp_path):
+    # The C accelerator is optional: where it cannot be compiled, the
+    # install goes on (and wsmux runs in Python).
+    wheel = build_wheel(tmp_path, env={**os.environ, "CC": "false"})
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "wsmux/_frames.py" in names
+    assert not any(n.startswith("wsmux/_speedups") for n in names)
