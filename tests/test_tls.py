@@ -356,7 +356,8 @@ def test_writes_outside_a_read_gather_in_twisteds_records(pki):
     tcp_write = server.transport.write
     server.transport.write = lambda data: (records.append(data), tcp_write(data))
     for i in range(50):
-        writes.hold(server, [b"message %d;" % i])
+        message = b"message %d;" % i
+        writes.hold(server, [message], len(message))
     pump.flush(advanceClock=False)
     assert client.wrappedProtocol.data == b""
     clock.advance(0)

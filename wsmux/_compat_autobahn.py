@@ -1227,8 +1227,9 @@ class FastSendMixin(_Hooked):
 
     wsmux: Connection
 
-    def _wsmux_write(self, *pieces: bytes) -> None:
-        self.wsmux.policy.writes.hold(self.transport, pieces)
+    def _wsmux_write(self, pieces: tuple[bytes, ...], size: int) -> None:
+        # The pieces of one frame, and how many bytes they make.
+        self.wsmux.policy.writes.hold(self.transport, pieces, size)
 
     def _wsmux_fast_send_ok(self) -> bool:
         return (
@@ -1256,13 +1257,13 @@ class FastSendMixin(_Hooked):
                 if not (0 < self.autoFragmentSize < length) and self._wsmux_fast_send_ok():
                     if length < 65536:
                         data = frame(_BINARY if isBinary else _TEXT, payload)
-                        self._wsmux_write(data)
                         wire = len(data)
+                        self._wsmux_write((data,), wire)
                     else:
                         # The header and a big payload go out together, uncopied.
                         header = frame_header(_BINARY if isBinary else _TEXT, length)
-                        self._wsmux_write(header, payload)
                         wire = len(header) + length
+                        self._wsmux_write((header, payload), wire)
                     stats = self.trafficStats
                     stats.outgoingWebSocketMessages += 1
                     stats.outgoingWebSocketFrames += 1
@@ -1293,12 +1294,12 @@ class FastSendMixin(_Hooked):
         first = _BINARY_DEFLATED if is_binary else _TEXT_DEFLATED
         if size < 65536:
             data = frame(first, data)
-            self._wsmux_write(data)
             wire = len(data)
+            self._wsmux_write((data,), wire)
         else:
             header = frame_header(first, size)
-            self._wsmux_write(header, data)
             wire = len(header) + size
+            self._wsmux_write((header, data), wire)
         stats = self.trafficStats
         stats.outgoingWebSocketMessages += 1
         stats.outgoingWebSocketFrames += 1
@@ -1318,7 +1319,7 @@ class FastSendMixin(_Hooked):
             self.wsmux.policy.writes.release(self.transport)
             super().sendData(data, sync, chopsize)
             return
-        self._wsmux_write(data)
+        self._wsmux_write((data,), len(data))
         if state == self.STATE_OPEN:
             self.trafficStats.outgoingOctetsWireLevel += len(data)
         elif state == self.STATE_CONNECTING:

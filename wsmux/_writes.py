@@ -63,20 +63,22 @@ class WriteScheduler:
             for transport, pieces in held.items():
                 write_now(transport, pieces)
 
-    def hold(self, transport: Any, pieces: Sequence[bytes]) -> None:
+    def hold(self, transport: Any, pieces: Sequence[bytes], size: int) -> None:
         """
         Write C{pieces} to C{transport}: at once, or with the others held.
+
+        @param size: how many bytes C{pieces} make.
         """
         held = self.held
         if held is None:
             write_now(transport, pieces, tls_now=False)
             return
-        size = self.held_bytes.get(transport, 0) + sum(map(len, pieces))
         waiting = held.get(transport)
         if waiting is None:
             held[transport] = list(pieces)
         else:
             waiting.extend(pieces)
+            size += self.held_bytes.get(transport, 0)
         if size > HOLD_MAX:
             self.release(transport)
         else:

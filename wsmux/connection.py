@@ -98,6 +98,8 @@ class RoutePolicy:
     @ivar writes: the write scheduler of the route's reactor.
     @ivar on_message: the handler's own C{onMessage} function, which the
         fast receive path calls directly.
+    @ivar send_message: the C{sendMessage} function behind wsmux's checks
+        in the route's class, which they call directly.
     """
 
     __slots__ = (
@@ -113,6 +115,7 @@ class RoutePolicy:
         "deflate_class",
         "writes",
         "on_message",
+        "send_message",
     )
 
     def __init__(
@@ -134,6 +137,7 @@ class RoutePolicy:
         self.deflate_class = deflate_class(options)
         self.writes = writes if writes is not None else scheduler_for(None)
         self.on_message: Any = None
+        self.send_message: Any = None
 
     def __repr__(self) -> str:
         return f"<RoutePolicy {self.route!r}>"

@@ -318,7 +318,7 @@ class RouteProtocolMixin(_Hooked):
         if limit and size >= limit:
             self._wsmux_send_past_limit(payload, isBinary, fragmentSize, sync, doNotCompress)
             return
-        super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress)
+        self._wsmux_policy.send_message(self, payload, isBinary, fragmentSize, sync, doNotCompress)
 
     def _wsmux_send_past_limit(
         self,
@@ -644,10 +644,15 @@ def route_protocol(
         bases = tuple(b for b in bases if b is not DirectHandshakeMixin)
         cls = type(handler.__name__, bases + (handler, ConnectionNames), namespace)
     # What the fast path calls for a message: the onMessage behind wsmux's
-    # watching wrapper (it watches a returned Deferred itself).
+    # watching wrapper (it watches a returned Deferred itself).  And what
+    # wsmux's send checks call: the sendMessage behind them (as super()
+    # would find it, without making a super object per message).
     mro = cls.__mro__
     behind = mro[mro.index(RouteProtocolMixin) + 1 :]
     policy.on_message = next(k.__dict__["onMessage"] for k in behind if "onMessage" in k.__dict__)
+    policy.send_message = next(
+        k.__dict__["sendMessage"] for k in behind if "sendMessage" in k.__dict__
+    )
     if factory is not None:
         factory.route_classes.append(cls)
     return cls
