@@ -10,6 +10,7 @@ closed, and Autobahn's traffic counters.
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 import zlib
 from typing import Any, Iterator
@@ -171,6 +172,22 @@ def inflate_replies(body: bytes) -> list[tuple[int, bytes]]:
 def test_which_handlers_take_the_fast_path():
     assert fast_path_ok(EchoHandler) == (True, True)
     assert fast_path_ok(AutobahnPathEcho) == (False, False)
+
+
+class PartialSend(EchoHandler):
+    # A sendMessage that is not a plain function: wsmux's send checks reach
+    # it through super(), bound as it should be.
+    def _tagged_send(
+        self, payload, isBinary=False, fragmentSize=None, sync=False, doNotCompress=False, *, tag
+    ):
+        EchoHandler.sendMessage(self, tag + payload, isBinary, fragmentSize, sync, doNotCompress)
+
+    sendMessage = functools.partialmethod(_tagged_send, tag=b">")
+
+
+def test_a_handler_whose_send_message_is_not_a_function():
+    received, _, _ = run(PartialSend, [masked_frame(b"hi", opcode=2)])
+    assert b"\x82\x03>hi" in received
 
 
 def test_unmask_and_header_agree_with_the_rfc():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import types
 from typing import TYPE_CHECKING, Any, Optional
 
 from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
@@ -319,6 +320,18 @@ class RouteProtocolMixin(_Hooked):
             self._wsmux_send_past_limit(payload, isBinary, fragmentSize, sync, doNotCompress)
             return
         self._wsmux_policy.send_message(self, payload, isBinary, fragmentSize, sync, doNotCompress)
+
+    def _wsmux_send_behind(
+        self,
+        payload: bytes,
+        isBinary: bool,
+        fragmentSize: Optional[int],
+        sync: bool,
+        doNotCompress: bool,
+    ) -> None:
+        # The sendMessage behind these checks, through super(): for a
+        # handler whose sendMessage is not a plain function.
+        super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress)
 
     def _wsmux_send_past_limit(
         self,
@@ -650,9 +663,10 @@ def route_protocol(
     mro = cls.__mro__
     behind = mro[mro.index(RouteProtocolMixin) + 1 :]
     policy.on_message = next(k.__dict__["onMessage"] for k in behind if "onMessage" in k.__dict__)
-    policy.send_message = next(
-        k.__dict__["sendMessage"] for k in behind if "sendMessage" in k.__dict__
-    )
+    send = next(k.__dict__["sendMessage"] for k in behind if "sendMessage" in k.__dict__)
+    # (A staticmethod, a partialmethod or the like would need binding.)
+    is_function = isinstance(send, types.FunctionType)
+    policy.send_message = send if is_function else RouteProtocolMixin._wsmux_send_behind
     if factory is not None:
         factory.route_classes.append(cls)
     return cls
