@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from wsmux import _frames
 from wsmux._frames import _BINARY, _TEXT, cut_in_python, frame_in_python
+from wsmux.testing import masked_frame
 
 try:
     from wsmux import _speedups as speedups
@@ -43,16 +44,12 @@ def test_built_where_it_can_be():
 
 
 def masked(first: int, payload: bytes, mask: bytes = b"\x37\xfa\x21\x3d", length=None) -> bytes:
-    # A client's frame; length=126 with a short payload makes a non-minimal
-    # 16-bit length.
-    n = len(payload) if length is None else length
-    if n < 126 and length is None:
-        header = bytes((first, 0x80 | n))
-    elif n < 65536 and (length is None or length == 126):
-        header = bytes((first, 0x80 | 126)) + len(payload).to_bytes(2, "big")
-    else:
-        header = bytes((first, 0x80 | 127)) + len(payload).to_bytes(8, "big")
-    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    # A client's frame with this first byte (RSV bits too); length=126 with
+    # a short payload makes a non-minimal 16-bit length.
+    frame = bytes((first,)) + masked_frame(payload, mask=mask)[1:]
+    if length == 126:
+        frame = bytes((first, 0x80 | 126)) + len(payload).to_bytes(2, "big") + frame[2:]
+    return frame
 
 
 def both(data: bytes, max_message: int = 0, max_frame: int = 0, validate: bool = True):
@@ -114,6 +111,12 @@ def test_the_cut_stops_where_the_python_path_stops(tail, why):
 def test_limits_stop_the_cut_and_zero_or_less_is_none():
     data = masked(_TEXT, b"a" * 10) + masked(_TEXT, b"b" * 20)
     assert len(both(data, max_message=15)[0]) == 1
+    # A handler may set a limit as a float: taken as Python compares it.
+    assert len(both(data, max_message=15.5)[0]) == 1
+    assert len(both(data, max_message=20.0, max_frame=10.0)[0]) == 1
+    assert len(both(data, max_message=0.0, max_frame=-2.5)[0]) == 2
+    assert len(both(data, max_message=float("inf"), max_frame=float("nan"))[0]) == 2
+    assert len(both(data, max_message=1e300)[0]) == 2
     assert len(both(data, max_frame=15)[0]) == 1
     assert len(both(data, max_message=20, max_frame=20)[0]) == 2
     assert len(both(data, max_message=-1, max_frame=0)[0]) == 2
@@ -201,6 +204,7 @@ def test_frames_are_made_alike(first, length):
         (lambda: speedups.cut(b""), TypeError),
         (lambda: speedups.cut("text", 0, 0, True), TypeError),
         (lambda: speedups.cut(b"", "0", 0, True), TypeError),
+        (lambda: speedups.cut(b"", 0, None, True), TypeError),
         (lambda: speedups.frame(256, b""), ValueError),
         (lambda: speedups.frame(-1, b""), ValueError),
         (lambda: speedups.frame(0x81, "text"), TypeError),

@@ -1,6 +1,7 @@
 /*
- * wsmux's optional C accelerator: the two steps every small message takes
- * on wsmux's frame path, in C.
+ * wsmux's optional C accelerator: two steps every small message takes on
+ * wsmux's frame path, in C (compressed messages, close frames and frames
+ * of 64 KiB and more take the Python path).
  *
  *   cut(data, max_message, max_frame, validate)
  *       Cut the whole, masked, unfragmented, uncompressed text and binary
@@ -20,7 +21,7 @@
  *       one bytes object.
  *
  * The Python path does the same (wsmux/_frames.py: cut_in_python,
- * frame_header); the tests check that the two agree, and the suite runs
+ * frame_in_python); the tests check that the two agree, and the suite runs
  * with each.  Built when the machine has a C compiler and Python's headers
  * (setup.py: an optional extension); WSMUX_PURE_PYTHON=1 leaves it unused.
  */
@@ -108,13 +109,26 @@ utf8_valid(const unsigned char *s, Py_ssize_t n)
     return 1;
 }
 
-/* A limit from Python: 0 or below is none; past what fits, none either. */
+/*
+ * A limit from Python (an int, or a float a handler set): 0 or below is
+ * none, and so is one past what fits.  A length passes a float limit
+ * exactly when it passes its floor, as Python compares them.
+ */
 static int
 as_limit(PyObject *o, long long *limit)
 {
     int overflow = 0;
-    long long value = PyLong_AsLongLongAndOverflow(o, &overflow);
+    long long value;
+    double d;
 
+    if (PyFloat_Check(o)) {
+        d = PyFloat_AS_DOUBLE(o);
+        /* Not above 0 (NaN included: 0 < nan is false), or past what fits:
+         * none; else its floor (0 for one below 1: only empty payloads pass). */
+        *limit = (!(d > 0) || d >= 9.0e18) ? LLONG_MAX : (long long)d;
+        return 0;
+    }
+    value = PyLong_AsLongLongAndOverflow(o, &overflow);
     if (value == -1 && PyErr_Occurred())
         return -1;
     if (overflow > 0 || value <= 0)
