@@ -32,8 +32,17 @@ from twisted.logger import Logger
 
 _log = Logger(namespace="wsmux")
 
+
+def env_flag(name: str) -> bool:
+    """
+    Whether the environment variable C{name} is set to anything but
+    nothing or C{0}.
+    """
+    return os.environ.get(name, "").strip() not in ("", "0")
+
+
 #: Whether every internal is switched off (C{WSMUX_PUBLIC_PATH=1}).
-PUBLIC_ONLY = os.environ.get("WSMUX_PUBLIC_PATH", "").strip() not in ("", "0")
+PUBLIC_ONLY = env_flag("WSMUX_PUBLIC_PATH")
 
 
 @dataclass

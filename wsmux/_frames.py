@@ -13,13 +13,13 @@ tests check that they agree.
 from __future__ import annotations
 
 import importlib
-import os
 import struct
 from typing import Any, Callable, Optional
 
 from autobahn.websocket.xormasker import create_xor_masker
 from twisted.logger import Logger
 
+from wsmux._compat import env_flag
 from wsmux._compat_websockets import apply_mask
 
 _speedups: Any
@@ -179,7 +179,7 @@ def cut_in_python(
 
 
 #: Whether wsmux's C accelerator does L{cut} and L{frame}.
-SPEEDUPS = _speedups is not None and os.environ.get("WSMUX_PURE_PYTHON", "").strip() in ("", "0")
+SPEEDUPS = _speedups is not None and not env_flag("WSMUX_PURE_PYTHON")
 
 if not SPEEDUPS:
     Logger().info(
