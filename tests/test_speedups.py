@@ -231,3 +231,38 @@ def test_wsmux_pure_python_leaves_it_unused():
         env={**os.environ, "WSMUX_PURE_PYTHON": "1"},
     ).stdout
     assert out.split() == ["False", "None", "True"]
+
+
+def test_a_servers_frames_are_cut_unmasked_64_bit_lengths_too():
+    # cut_in_python(masked=False): what a proxy route's backend leg takes.
+    def server_frame(first: int, payload: bytes, header: bytes = b"") -> bytes:
+        n = len(payload)
+        if header:
+            return bytes((first,)) + header + payload
+        if n < 126:
+            return bytes((first, n)) + payload
+        if n < 65536:
+            return bytes((first, 126)) + n.to_bytes(2, "big") + payload
+        return bytes((first, 127)) + n.to_bytes(8, "big") + payload
+
+    good = [b"", b"a" * 125, b"b" * 126, b"c" * 65535, b"d" * 70000]
+    data = b"".join(server_frame(_BINARY, p) for p in good) + server_frame(_TEXT, "é".encode())
+    messages, end, octets, grown = cut_in_python(data, 0, 0, 0, True, masked=False)
+    assert [p for p, _, _ in messages] == [*good, "é".encode()]
+    assert end == len(data) and octets == sum(map(len, good)) + 2 and grown == 0
+    stops = [
+        masked_frame(b"masked", opcode=2),
+        server_frame(_BINARY, b"x" * 1000, header=b"\x7f" + (1000).to_bytes(8, "big")),
+        server_frame(_BINARY, b"", header=b"\x7f" + (1 << 63 | 70000).to_bytes(8, "big")),
+        server_frame(_TEXT, b"\xff"),
+        server_frame(_BINARY, b"y" * 70000)[:-1],
+        server_frame(0x89, b"ping"),
+    ]
+    for stop in stops:
+        head = server_frame(_TEXT, b"first")
+        messages, end, _, _ = cut_in_python(head + stop, 0, 0, 0, True, masked=False)
+        assert [p for p, _, _ in messages] == [b"first"] and end == len(head)
+    # Limits, as for a client's frames.
+    data = server_frame(_BINARY, b"z" * 70000)
+    assert cut_in_python(data, 0, 69999, 0, True, masked=False)[0] == []
+    assert cut_in_python(data, 0, 0, 69999, True, masked=False)[0] == []

@@ -1406,46 +1406,14 @@ class RelayClientProtocol(WebSocketClientProtocol):
         ):
             return False
         data: bytes = self.data
-        end = len(data)
-        max_message: int = self.maxMessagePayloadSize  # type: ignore[attr-defined]
-        max_frame: int = self.maxFramePayloadSize  # type: ignore[attr-defined]
-        validate = self.utf8validateIncoming  # type: ignore[attr-defined]
-        messages: list[tuple[bytes, bool]] = []
-        octets = 0
-        i = 0
-        while end - i >= 2:
-            b0 = data[i]
-            length = data[i + 1]
-            if (b0 != _TEXT and b0 != _BINARY) or length >= 0x80:
-                break  # not a whole data frame, or masked (Autobahn fails it)
-            if length < 126:
-                start = i + 2
-            elif length == 126:
-                if end - i < 4:
-                    break
-                length = (data[i + 2] << 8) | data[i + 3]
-                if length < 126:
-                    break  # not minimal: Autobahn's path fails it
-                start = i + 4
-            else:
-                if end - i < 10:
-                    break
-                length = int.from_bytes(data[i + 2 : i + 10], "big")
-                if length < 65536 or length >> 63:
-                    break
-                start = i + 10
-            stop = start + length
-            if stop > end or (0 < max_message < length) or (0 < max_frame < length):
-                break
-            payload = data[start:stop]
-            if b0 == _TEXT and validate:
-                try:
-                    payload.decode("utf-8")
-                except UnicodeDecodeError:
-                    break  # Autobahn's path closes with 1007
-            messages.append((payload, b0 == _BINARY))
-            octets += length
-            i = stop
+        messages, i, octets, _ = cut_in_python(
+            data,
+            0,
+            self.maxMessagePayloadSize,  # type: ignore[attr-defined]
+            self.maxFramePayloadSize,  # type: ignore[attr-defined]
+            self.utf8validateIncoming,  # type: ignore[attr-defined]
+            masked=False,
+        )
         if not messages:
             return False
         self.data = data[i:]
@@ -1456,7 +1424,7 @@ class RelayClientProtocol(WebSocketClientProtocol):
         stats.incomingWebSocketMessages += len(messages)
         if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:  # type: ignore[attr-defined]
             self._cancelAutoPingTimeoutCall()
-        for payload, is_binary in messages:
+        for payload, is_binary, _ in messages:
             if self.state != self.STATE_OPEN:
                 break  # closed by a message before: the rest is not delivered
             self.onMessage(payload, is_binary)

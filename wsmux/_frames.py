@@ -99,6 +99,7 @@ def cut_in_python(
     max_frame: int,
     validate: bool,
     inflate: Optional[Callable[[bytes, bool], Optional[bytes]]] = None,
+    masked: bool = True,
 ) -> tuple[list[Message], int, int, int]:
     """
     Cut the whole, masked, unfragmented text and binary frames that begin
@@ -115,6 +116,8 @@ def cut_in_python(
         text one's UTF-8 when its second argument is true), or returns
         L{None} where the connection is to fail: that message is cut out,
         and ends the cut.
+    @param masked: C{False} to cut a server's frames instead (as a client):
+        unmasked, and 64-bit lengths taken too.
     @return: the messages, where the cut stopped, their octets on the wire,
         and what inflating added to them.  Past L{_INFLATED_MAX} added, the
         cut stops after the message that passed it.
@@ -123,33 +126,41 @@ def cut_in_python(
     messages: list[Message] = []
     wire = 0  # octets as they came
     grown = 0  # and what inflating added
-    while end - i >= 6:
+    head = 6 if masked else 2  # a 7-bit length's header, with the mask
+    while end - i >= head:
         b0 = data[i]
         b1 = data[i + 1]
-        if b1 < 0x80:
-            break  # not masked
+        if (b1 >= 0x80) is not masked:
+            break  # not masked as a client's frame must be, or masked as a server's must not
         if b0 != _TEXT and b0 != _BINARY:
             if inflate is None or (b0 != _TEXT_DEFLATED and b0 != _BINARY_DEFLATED):
                 break  # not a whole data frame
         length = b1 & 0x7F
         if length < 126:
-            start = i + 6
+            start = i + head
         elif length == 126:
-            if end - i < 8:
+            if end - i < head + 2:
                 break
             length = (data[i + 2] << 8) | data[i + 3]
             if length < 126:
                 break  # not minimal: Autobahn's path fails it
-            start = i + 8
+            start = i + head + 2
+        elif masked:
+            break  # 64-bit lengths: big frames take another path
         else:
-            break  # 64-bit lengths: big frames gain nothing here
+            if end - i < 10:
+                break
+            length = int.from_bytes(data[i + 2 : i + 10], "big")
+            if length < 65536 or length >> 63:
+                break  # not minimal, or the top bit set: Autobahn's path fails it
+            start = i + 10
         stop = start + length
         if stop > end:
             break
         if (0 < max_message < length) or (0 < max_frame < length):
             break
         payload = data[start:stop]
-        if length:
+        if masked and length:
             payload = unmask(payload, data[start - 4 : start])
         if b0 & 0x40:
             assert inflate is not None
