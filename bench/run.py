@@ -263,6 +263,23 @@ def build_loadgen():
 BASELINE: "Path | None" = None
 
 
+def frame_path(root):
+    """
+    Build wsmux's C accelerator in the checkout C{root} if it has one and it
+    is not built there (the servers run from the checkout); say whether its
+    frames are cut and made in C or in Python.
+    """
+    setup = root / "setup.py"
+    if setup.exists() and "_speedups" in setup.read_text():
+        subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=root,
+                       capture_output=True, check=False)  # fmt: skip
+    answer = subprocess.run(
+        [sys.executable, "-c", "from wsmux import _frames; print(getattr(_frames, 'SPEEDUPS', None))"],
+        cwd=root, env=dict(os.environ, PYTHONPATH=str(root)), capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+    return {"True": "C", "False": "Python"}.get(answer, "Python (no accelerator in this version)")
+
+
 def run_once(peer, scenario, deflate, seconds, proxied=False, tls=None, http2=False):
     port = free_port()
     root = ROOT
@@ -361,11 +378,13 @@ def main():
     CERTIFICATES.update(make_certificates(Path(certificates.name)))
     peers = options.only.split(",")
     PEERS.extend(peer for peer in peers if peer in VARIANTS and peer not in PEERS)
+    print(f"wsmux: frames cut and made in {frame_path(ROOT)}", flush=True)
     if options.baseline is not None:
         global BASELINE
         BASELINE = options.baseline.resolve()
         PEERS.insert(1, "wsmux-baseline")
         peers.insert(1, "wsmux-baseline")
+        print(f"wsmux-baseline: frames cut and made in {frame_path(BASELINE)}", flush=True)
     results = {}
     wanted = options.scenarios.split(",")
     for label, scenario, deflate, _metric in SCENARIOS:
