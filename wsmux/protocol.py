@@ -321,18 +321,6 @@ class RouteProtocolMixin(_Hooked):
             return
         self._wsmux_policy.send_message(self, payload, isBinary, fragmentSize, sync, doNotCompress)
 
-    def _wsmux_send_behind(
-        self,
-        payload: bytes,
-        isBinary: bool,
-        fragmentSize: Optional[int],
-        sync: bool,
-        doNotCompress: bool,
-    ) -> None:
-        # The sendMessage behind these checks, through super(): for a
-        # handler whose sendMessage is not a plain function.
-        super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress)
-
     def _wsmux_send_past_limit(
         self,
         payload: bytes,
@@ -566,6 +554,12 @@ class ConnectionNames:
 
 
 @functools.cache
+def _send_through_super(protocol: Any, *args: Any) -> None:
+    # The sendMessage behind wsmux's send checks, through super(): for a
+    # handler whose sendMessage is not a plain function.
+    super(RouteProtocolMixin, protocol).sendMessage(*args)
+
+
 def _handler_traits(handler: type) -> tuple[bool, bool, bool, tuple[str, ...]]:
     # What route_protocol needs to know of a handler class, worked out once
     # per class however many routes use it (start-up stays linear in routes).
@@ -666,7 +660,7 @@ def route_protocol(
     send = next(k.__dict__["sendMessage"] for k in behind if "sendMessage" in k.__dict__)
     # (A staticmethod, a partialmethod or the like would need binding.)
     is_function = isinstance(send, types.FunctionType)
-    policy.send_message = send if is_function else RouteProtocolMixin._wsmux_send_behind
+    policy.send_message = send if is_function else _send_through_super
     if factory is not None:
         factory.route_classes.append(cls)
     return cls
