@@ -10,15 +10,14 @@ says which internal changed and where to look.
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import twisted
 
+from tests.twistd_process import environ_without, python_process
 from wsmux import _compat
 
 _compat.declare_all()
@@ -123,10 +122,7 @@ assert _compat.enabled("autobahn.lean_protocol")
 said = [formatEvent(e) for e in lines if "direct_send" in formatEvent(e)]
 print(said[0])
 """
-    env = {k: v for k, v in os.environ.items() if k != "WSMUX_PUBLIC_PATH"}
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT, env=env
-    )
+    out = python_process(code, environ_without("WSMUX_PUBLIC_PATH"), cwd=ROOT)
     assert out.returncode == 0, out.stderr
     line = out.stdout.strip()
     assert "not using twisted.direct_send" in line
@@ -173,14 +169,7 @@ def test_outside_the_seam_every_private_name_read_is_wsmux_own():
 def test_the_environment_switches_every_internal_off():
     code = "from wsmux import _compat\n" \
         "print(sorted(n for n, i in _compat.declare_all().items() if i.enabled))"  # fmt: skip
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env={"WSMUX_PUBLIC_PATH": "1", "PATH": "/usr/bin:/bin"},
-    )
+    out = python_process(code, {"WSMUX_PUBLIC_PATH": "1", "PATH": "/usr/bin:/bin"}, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
 

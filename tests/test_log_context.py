@@ -226,9 +226,7 @@ def test_the_asyncio_reactors_copy_is_replaced_too(monkeypatch):
 def test_a_callwithlogger_replaced_before_wsmux_is_left_alone():
     # The check runs at import: in a process where something replaced
     # Twisted's first, wsmux does not take that for Twisted's.
-    import os
-    import subprocess
-    import sys
+    from tests.twistd_process import environ_without, python_process
 
     code = (
         "from twisted.python import log\n"
@@ -236,12 +234,6 @@ def test_a_callwithlogger_replaced_before_wsmux_is_left_alone():
         "from wsmux import _compat, _compat_twisted\n"
         "print(_compat.INTERNALS['twisted.log_context'].problem)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-        env={k: v for k, v in os.environ.items() if k != "WSMUX_PUBLIC_PATH"},
-    )
+    out = python_process(code, environ_without("WSMUX_PUBLIC_PATH"))
+    assert out.returncode == 0, out.stderr
     assert "replaced before wsmux was imported" in out.stdout

@@ -10,6 +10,8 @@ import venv
 import zipfile
 from pathlib import Path
 
+from tests.twistd_process import environ_without
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -107,11 +109,7 @@ def test_wheel_installs_a_twistd_plugin(tmp_path):
         capture_output=True,
         text=True,
         cwd=tmp_path,
-        env={
-            k: v
-            for k, v in os.environ.items()
-            if k not in ("WSMUX_PUBLIC_PATH", "WSMUX_PURE_PYTHON")
-        },
+        env=environ_without("WSMUX_PUBLIC_PATH", "WSMUX_PURE_PYTHON"),
     ).stdout
     assert masker.split() == ["True", "True"]
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import sysconfig
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from tests.twistd_process import python_process
 from wsmux import _frames
 from wsmux._frames import _BINARY, _TEXT, cut_in_python, frame_in_python
 from wsmux.testing import masked_frame
@@ -225,14 +224,9 @@ def test_wsmux_pure_python_leaves_it_unused():
         "from wsmux import _frames; "
         "print(_frames.SPEEDUPS, _frames.cut, _frames.frame is _frames.frame_in_python)"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        check=True,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "WSMUX_PURE_PYTHON": "1"},
-    ).stdout
-    assert out.split() == ["False", "None", "True"]
+    out = python_process(code, {**os.environ, "WSMUX_PURE_PYTHON": "1"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "None", "True"]
 
 
 def test_a_servers_frames_are_cut_unmasked_64_bit_lengths_too():

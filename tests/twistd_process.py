@@ -19,6 +19,28 @@ TWISTD = str(Path(sys.executable).with_name("twistd"))
 REACTOR = os.environ.get("WSMUX_TEST_REACTOR", "")
 
 
+def python_process(code, env, cwd=None, timeout=60):
+    """
+    Run C{code} in a Python process of its own, with the environment
+    C{env}; its C{CompletedProcess} (output as text).
+    """
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env=env,
+    )
+
+
+def environ_without(*names):
+    """
+    This process's environment without the variables C{names}.
+    """
+    return {k: v for k, v in os.environ.items() if k not in names}
+
+
 def reactor_args():
     return ["-r", REACTOR] if REACTOR else []
 
