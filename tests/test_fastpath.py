@@ -495,6 +495,32 @@ def test_a_batch_is_answered_in_one_write():
     assert nothing_held()
 
 
+class Greeter(EchoHandler):
+    """
+    Sends two messages as it opens.
+    """
+
+    def onOpen(self):
+        self.sendMessage(b"hello")
+        self.sendMessage(b"again")
+
+
+@pytest.mark.uses_internal("autobahn.direct_handshake")
+def test_the_101_and_what_opening_writes_leave_in_one_write():
+    # The 101 and what onOpen sends are held, as a read's writes are, and
+    # go together; a frame sent with the request head is answered after.
+    raw = raw_connect(RouteTree([Route("/echo", (Greeter,), {"ping_interval": 0})]))
+    writes = count_writes(raw.server_transport)
+    raw.send(upgrade_request("/echo") + masked_frame(b"early"))
+    head, _, frames = writes[0].partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101 ")
+    assert frames == b"\x81\x05hello\x81\x05again"
+    assert writes[1:] == [b"\x81\x05early"]
+    assert nothing_held()
+    raw.send(masked_frame(b"later"))
+    assert writes[2:] == [b"\x81\x05later"]
+
+
 class Chatty(EchoHandler):
     """
     Answers a message with a hundred 1 KiB messages.

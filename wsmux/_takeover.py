@@ -214,11 +214,27 @@ def _start(
     if address is not None and address != direct:
         protocol.peer = address
     transport.resumeProducing()
-    if open_direct is not None and open_direct(handoff.request, handoff.head, handoff.rest):
+    if open_direct is not None and _open_held(protocol, open_direct, handoff):
         return
     protocol.dataReceived(handoff.head)
     if handoff.rest:
         protocol.dataReceived(handoff.rest)
+
+
+def _open_held(protocol: Any, open_direct: Any, handoff: Handoff) -> bool:
+    # The handshake's writes (the 101, and whatever onOpen and the frames
+    # that came with the head make anyone write) are held and sent
+    # together at its end, as a read's are: one send, and over TLS one
+    # with the session tickets OpenSSL has waiting, instead of a pass
+    # through Twisted's TLS write path and a reactor turn for the 101.
+    writes = protocol.wsmux.policy.writes
+    if writes.held is not None:  # held already, to the end of this turn
+        return bool(open_direct(handoff.request, handoff.head, handoff.rest))
+    writes.start()
+    try:
+        return bool(open_direct(handoff.request, handoff.head, handoff.rest))
+    finally:
+        writes.send_held()
 
 
 def _head_of(request: IRequest) -> bytes:
