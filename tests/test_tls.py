@@ -140,10 +140,28 @@ def test_strict_mode_refuses_unknown_names(pki, capsys):
         "é.test".encode(),
         b"a/b",
         b"\x00",
+        b"a_b.test",
+        b"a b.test",
+        b"a*.test",
+        b"\x7f.test",
     ],
 )
 def test_odd_names_are_unknown_names(raw):
     assert normalize_server_name(raw) is None
+
+
+@pytest.mark.parametrize(
+    "raw, name",
+    [
+        (b"a.test", "a.test"),
+        (b"A.Test.", "a.test"),
+        (b"xn--bcher-kva.TEST", "xn--bcher-kva.test"),
+        (b"a-1.b2.test", "a-1.b2.test"),
+        (b"localhost", "localhost"),
+    ],
+)
+def test_names_are_lower_cased_without_the_trailing_dot(raw, name):
+    assert normalize_server_name(raw) == name
 
 
 def test_odd_names_in_a_directory_never_touch_the_filesystem(pki, monkeypatch):

@@ -255,9 +255,13 @@ def normalize_server_name(raw: Optional[bytes]) -> Optional[str]:
         name = raw.decode("ascii").lower().rstrip(".")
     except UnicodeDecodeError:
         return None
-    if not name or any(not (c.isalnum() or c in "-.") for c in name):
+    if not name or not _DNS_CHARACTERS.issuperset(name):
         return None
     return name
+
+
+# What a (lower-cased, ASCII) DNS name is made of.
+_DNS_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-.")
 
 
 @implementer(interfaces.IOpenSSLServerConnectionCreator)
