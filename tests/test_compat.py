@@ -32,6 +32,7 @@ EXPECTED = [
     "twisted.direct_send",
     "twisted.tls_direct_write",
     "twisted.tls_whole_reads",
+    "twisted.tls_make_connection",
     "twisted.slotted_transports",
     "twisted.log_observers",
     "twisted.log_context",

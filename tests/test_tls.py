@@ -6,6 +6,7 @@ both sides through TLSMemoryBIOFactory and iosim.
 import sys
 
 import pytest
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.internet.task import Clock
@@ -445,6 +446,178 @@ def test_records_twisteds_tls_path_flushes_are_sent_at_once_on_tcp(pki):
     ours.close()
 
 
+class Lost(Protocol):
+    """
+    Keeps what it read, and why its connection ended.
+    """
+
+    def connectionMade(self):
+        self.data = b""
+        self.reason = None
+
+    def dataReceived(self, data):
+        self.data += data
+
+    def connectionLost(self, reason):
+        self.reason = reason
+
+
+@pytest.mark.uses_internal("twisted.tls_direct_write")
+def test_sealed_writes_leave_with_the_close_notify(pki):
+    # The last writes before a close (the close frame) are encrypted but not
+    # sent; the close_notify that closing writes goes with them, in one send.
+    from wsmux._compat_twisted import tls_flush_sealed, tls_seal
+
+    server, client, pump, _ = tls_pair(pki, Counter)
+    received = client.wrappedProtocol
+    sent = []
+    real = server.transport.write
+    server.transport.write = lambda data: sent.append(data) or real(data)
+    # More than a record, or nothing to seal into: the caller's to send.
+    assert not tls_seal(server, [b"x" * (2**14 + 1)])
+    assert sent == []
+    assert tls_seal(server, [b"last ", b"words"])
+    pump.flush(advanceClock=False)
+    assert sent == [] and received.data == b""
+    server.loseConnection()
+    tls_flush_sealed(server)  # nothing left: the close_notify took them
+    assert len(sent) == 1
+    pump.flush()
+    assert received.data == b"last words"
+    assert received.lost is not None and received.lost.check(ConnectionDone)
+    assert not tls_seal(server, [b"too late"])
+
+
+@pytest.mark.uses_internal("twisted.tls_direct_write")
+def test_sealed_writes_wait_for_a_producer_then_go(pki):
+    # A producer holds the TLS close back; what was sealed is sent anyway.
+    from twisted.internet.interfaces import IPushProducer
+    from zope.interface import implementer
+
+    from wsmux._compat_twisted import tls_flush_sealed, tls_seal
+
+    @implementer(IPushProducer)
+    class Producer:
+        def pauseProducing(self):
+            pass
+
+        def resumeProducing(self):
+            pass
+
+        def stopProducing(self):
+            pass
+
+    server, client, pump, _ = tls_pair(pki, Counter)
+    received = client.wrappedProtocol
+    server.registerProducer(Producer(), True)
+    assert tls_seal(server, [b"sealed"])
+    server.loseConnection()  # waits for the producer
+    tls_flush_sealed(server)
+    pump.flush()
+    assert received.data == b"sealed"
+    assert received.lost is None
+    server.unregisterProducer()
+    pump.flush()
+    assert received.lost is not None
+
+
+@pytest.mark.uses_internal("twisted.direct_send")
+@pytest.mark.parametrize("direct", [True, False])
+def test_a_tls_connection_closes_once_its_tls_close_is_done(pki, monkeypatch, direct):
+    # Once both close_notify alerts have passed, Twisted asks the TCP
+    # connection to close, which waits a turn for the socket to be
+    # writable; with nothing left to send wsmux closes it in the read that
+    # finished the TLS close.  (direct=False: Twisted's own way, for
+    # comparison.)
+    import select
+    import socket
+    import ssl
+    import threading
+
+    from twisted.internet.testing import MemoryReactorClock
+
+    import wsmux._compat_twisted as seam
+
+    if not direct:
+        monkeypatch.setattr(seam, "DIRECT_SEND", False)
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    factory = tls_factory(SniContextMap(settings(pki)), Factory.forProtocol(Lost))
+    reactor = MemoryReactorClock()
+    factory._clock = reactor
+    tls = factory.buildProtocol(None)
+    port = type("Port", (), {"_realPortNumber": 0})()
+    transport = seam.TCP_SERVER(ours, tls, ("127.0.0.1", 1), port, 1, reactor)
+    tls.makeConnection(transport)
+
+    context = ssl.create_default_context(cafile=pki.ca_file)
+    client = context.wrap_socket(theirs, server_hostname="a.test", do_handshake_on_connect=False)
+    client.settimeout(10)
+
+    def talk():
+        client.do_handshake()
+        client.sendall(b"bye")
+        client.unwrap()  # its close_notify, then the server's
+
+    thread = threading.Thread(target=talk, daemon=True)
+    thread.start()
+    app = tls.wrappedProtocol
+    for _ in range(200):  # bounded: the talk takes a few reads
+        if not transport.connected:
+            break
+        if not thread.is_alive() and not select.select([ours], [], [], 0)[0]:
+            break
+        if select.select([ours], [], [], 0.05)[0]:
+            transport.doRead()
+        if transport.connected and (transport._tempDataLen or transport.dataBuffer):
+            transport.doWrite()  # what Twisted's way left in the TCP buffer
+        reactor.advance(0)
+    thread.join(10)
+    assert app.data == b"bye"
+    if direct:
+        # Closed in that read: no turn, no writability wait.
+        assert not transport.connected and transport.disconnected
+        assert app.reason.check(ConnectionDone)
+    else:
+        # Still open at the end of the read: the reactor closes it once the
+        # socket is writable.
+        assert transport.connected and transport.disconnecting
+        assert app.reason is None
+    client.close()
+    ours.close()
+
+
+@pytest.mark.uses_internal("twisted.tls_make_connection")
+def test_a_tls_connection_is_given_its_transports_interfaces_once(pki, monkeypatch):
+    # Twisted's makeConnection declares them one at a time, each replacing
+    # the one before, then all at once; wsmux's transport declares them
+    # once, and ends up providing exactly what Twisted's own does.
+    from twisted.protocols import policies, tls
+    from zope.interface import providedBy
+
+    import wsmux._compat_twisted as seam
+
+    declared = []
+    for module in (seam, tls, policies):
+        real = module.directlyProvides
+        monkeypatch.setattr(
+            module,
+            "directlyProvides",
+            lambda target, *specs, real=real: declared.append(target) or real(target, *specs),
+        )
+    ours, client, pump, _ = tls_pair(pki, Counter)
+    assert declared.count(ours) == 1
+    client.write(b"still works")
+    pump.flush()
+    assert ours.wrappedProtocol.reads == [b"still works"]
+    monkeypatch.setattr(seam, "TLS_MAKE_CONNECTION", False)
+    twisteds, _, _, _ = tls_pair(pki, Counter)
+    assert declared.count(twisteds) == len(list(providedBy(twisteds.transport))) + 1
+    assert list(providedBy(ours)) == list(providedBy(twisteds))
+    for server in (ours, twisteds):
+        assert server.connected and server in server.factory.protocols
+
+
 @pytest.mark.uses_internal("twisted.tls_whole_reads")
 def test_tls_connections_share_their_interface_declarations(pki, monkeypatch):
     # Twisted's TLS transport declares, one at a time, each interface its
@@ -456,11 +629,15 @@ def test_tls_connections_share_their_interface_declarations(pki, monkeypatch):
 
     from zope.interface import declarations, providedBy
 
+    from wsmux import _compat
     from wsmux._compat_twisted import _HELD_PROVIDES
 
     first, _, _, _ = tls_pair(pki, Counter)
     held = _HELD_PROVIDES[(type(first), providedBy(first.transport))]
-    assert len(held) == len(list(providedBy(first.transport))) + 1
+    # The whole declaration; and the one-interface ones Twisted's own
+    # makeConnection makes, when it runs (twisted.tls_make_connection off).
+    one_at_a_time = 0 if _compat.enabled("twisted.tls_make_connection") else 1
+    assert len(held) == one_at_a_time * len(list(providedBy(first.transport))) + 1
     del first
     gc.collect()
     built = []

@@ -48,7 +48,14 @@ from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
 from wsmux._compat import all_of, code_names, declare, missing_names, slots_hold
-from wsmux._compat_twisted import TCP_SERVERS, close_idle_tcp, tls_turn_reactor
+from wsmux._compat_twisted import (
+    TCP_SERVERS,
+    close_idle_tcp,
+    tls_flush_sealed,
+    tls_seal,
+    tls_turn_reactor,
+    write_now,
+)
 from wsmux._deflate import deflate_bound
 from wsmux._frames import (
     _BIG,
@@ -605,12 +612,20 @@ class LeanServerProtocol(WebSocketServerProtocol):
 
     def _closeConnection(self, abort: bool = False) -> None:
         transport: Any = self.transport
-        # Writes held for this connection go out before it closes.
-        self.wsmux.policy.writes.release(transport)
+        # Writes held for this connection go out before it closes: over TLS
+        # (a few bytes: the close frame), in one send with the close_notify.
+        pieces = self.wsmux.policy.writes.take(transport)
+        sealed = False
+        if pieces:
+            sealed = not abort and tls_seal(transport, pieces)
+            if not sealed:
+                write_now(transport, pieces)
         # The closing handshake is over and everything is sent: close now.
         if not abort and self.wasClean and close_idle_tcp(transport, _CLOSED_CLEANLY):
             return
         super()._closeConnection(abort)
+        if sealed:
+            tls_flush_sealed(transport)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if _is_tls_error(reason.value):

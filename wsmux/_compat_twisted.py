@@ -14,7 +14,8 @@ from typing import Any, Optional, Sequence
 
 from OpenSSL.SSL import Error as TLSError
 from OpenSSL.SSL import WantReadError, ZeroReturnError
-from twisted.internet import abstract, tcp
+from twisted.internet import abstract, main, tcp
+from twisted.internet.protocol import Protocol
 from twisted.logger import LogPublisher
 from twisted.protocols import tls
 from twisted.protocols.basic import LineReceiver
@@ -24,7 +25,7 @@ from twisted.python.failure import Failure
 from twisted.python.log import ILogContext
 from twisted.web.http import HTTPChannel
 from twisted.web.iweb import INonQueuedRequestFactory
-from zope.interface import providedBy
+from zope.interface import directlyProvides, providedBy
 from zope.interface.declarations import Provides
 
 from wsmux._compat import all_of, code_names, declare, missing_names, slots_hold
@@ -191,19 +192,28 @@ DIRECT_SEND = declare(
         "tcp.Server.socket",
         "FileDescriptor._tempDataLen",
         "FileDescriptor.dataBuffer / offset",
-        "tcp.Server.connectionLost (called directly for a clean close)",
+        "tcp.Server._aborting",
+        "tcp.Server.connectionLost (called directly for a clean close, and for a TCP "
+        "connection Twisted's TLS layer asked to close, with nothing left to send)",
     ),
     why=(
         "a write to a plain TCP connection with nothing buffered goes to the socket at "
-        "once (one send, no epoll_ctl pair), and a clean WebSocket close closes at once"
+        "once (one send, no epoll_ctl pair), and a clean WebSocket close closes at once; "
+        "so does a TLS connection once its TLS close is done"
     ),
     checked="Twisted 24.7.0, 26.10.0",
-    fallback="writes go through the transport's write and writeSequence",
+    fallback=(
+        "writes go through the transport's write and writeSequence, and closes wait for "
+        "the reactor to find the socket writable"
+    ),
     check=lambda: all_of(
-        missing_names(abstract.FileDescriptor, ("dataBuffer", "offset")),
+        missing_names(abstract.FileDescriptor, ("dataBuffer", "offset", "producer")),
         code_names(abstract.FileDescriptor.write, ("_tempDataLen",)),
-        code_names(abstract.FileDescriptor.doWrite, ("dataBuffer", "offset", "_tempDataLen")),
-        missing_names(tcp.Server, ("TLS", "connected", "disconnecting")),
+        code_names(
+            abstract.FileDescriptor.doWrite,
+            ("dataBuffer", "offset", "_tempDataLen", "disconnecting", "_postLoseConnection"),
+        ),
+        missing_names(tcp.Server, ("TLS", "connected", "disconnecting", "_aborting")),
         code_names(tcp.Connection.writeSomeData, ("socket",)),
     ),
 )
@@ -410,6 +420,39 @@ def tls_write(transport: Any, pieces: Sequence[bytes]) -> None:
         transport._write(b"".join([pieces[index][done:], *pieces[index + 1 :]]))
 
 
+def tls_seal(transport: Any, pieces: Sequence[bytes]) -> bool:
+    """
+    Encrypt C{pieces}, a few bytes (one record at most), for C{transport}
+    into its send buffer without sending them, when C{transport} is a TLS
+    connection L{tls_ready} says yes to with nothing waiting in Twisted's
+    buffer: what flushes that buffer next (closing the connection: its
+    close_notify) sends them together, in one send.  Call
+    L{tls_flush_sealed} once the connection has been told to close.
+
+    @return: whether they were; if not, nothing was done (the caller writes
+        them another way).
+    """
+    if transport.__class__ not in _TLS_TRANSPORTS or not tls_ready(transport):
+        return False
+    if transport._aggregator._buffer or sum(map(len, pieces)) > _RECORD:
+        return False
+    try:
+        tls_send(transport._tlsConnection, b"".join(pieces))
+    except TLSError:  # WantReadError included: nothing was taken
+        return False
+    return True
+
+
+def tls_flush_sealed(transport: Any) -> None:
+    """
+    Send what L{tls_seal} left in C{transport}'s send buffer, if closing it
+    (Twisted's TLS shutdown, which flushes it with its close_notify) has not
+    already: it waits for a producer to finish first.
+    """
+    if transport._tlsConnection is not None:
+        transport._flushSendBIO()
+
+
 TLS_WHOLE_READS = declare(
     "twisted.tls_whole_reads",
     touches=(
@@ -450,15 +493,57 @@ TLS_WHOLE_READS = declare(
 )
 
 
-# Twisted's TLS transport gives each connection, one at a time, every
-# interface its TCP transport provides (directlyProvides in makeConnection,
-# each call replacing the one before), then all of them at once
-# (ProtocolWrapper.makeConnection).  zope.interface keeps such a declaration
-# only while some object uses it: the one-at-a-time ones were dropped at
-# once and built again, resolution order and all, for every connection
-# (about 4% of a wss handshake's instructions).  They are held here, with
-# the whole one, per TLS transport class and what its TCP transports
-# provide (a few in all; bounded).
+TLS_MAKE_CONNECTION = declare(
+    "twisted.tls_make_connection",
+    touches=(
+        "TLSMemoryBIOProtocol.makeConnection (replaced in wsmux's TLS transport: what it "
+        "does, less a loop)",
+        "TLSMemoryBIOProtocol._tlsConnection / _appSendBuffer / _connectWrapped / "
+        "factory._creatorCallable",
+        "TLSMemoryBIOProtocol._checkHandshakeStatus (called)",
+    ),
+    why=(
+        "Twisted's TLS transport gives each new connection every interface its TCP "
+        "transport provides one at a time (a directlyProvides call each, each replacing "
+        "the one before), then all of them at once in ProtocolWrapper.makeConnection: "
+        "nine zope.interface declarations made and dropped per wss handshake (about "
+        "15 us); wsmux's transport makes the one that stays"
+    ),
+    checked="Twisted 24.7.0, 26.10.0",
+    fallback="Twisted's own makeConnection",
+    check=lambda: all_of(
+        missing_names(tls.TLSMemoryBIOProtocol, ("_checkHandshakeStatus",)),
+        code_names(
+            tls.TLSMemoryBIOProtocol.makeConnection,
+            (
+                "_tlsConnection",
+                "_creatorCallable",
+                "_appSendBuffer",
+                "directlyProvides",
+                "registerProtocol",
+                "_connectWrapped",
+                "_checkHandshakeStatus",
+            ),
+        ),
+        code_names(
+            ProtocolWrapper.makeConnection,
+            ("directlyProvides", "registerProtocol", "wrappedProtocol"),
+        ),
+        None
+        if "connectionMade" not in vars(tls.TLSMemoryBIOProtocol)
+        and "connectionMade" not in vars(tls.BufferingTLSTransport)
+        else "Twisted's TLS transport has a connectionMade of its own",
+    ),
+)
+
+
+# zope.interface keeps a declaration of what an object provides only while
+# some object uses it, and each connection's is built again, resolution
+# order and all, when none does.  What a TLS transport is given in
+# makeConnection is held here per TLS transport class and what its TCP
+# transports provide (a few in all; bounded): the whole declaration, and,
+# when Twisted's own makeConnection runs, the one-interface ones its loop
+# makes (together about 4% of a wss handshake's instructions).
 _HELD_PROVIDES: dict[tuple[type, Any], tuple[Any, ...]] = {}
 
 
@@ -466,8 +551,14 @@ def _hold_provides(cls: type, transport: Any) -> None:
     provided = providedBy(transport)
     key = (cls, provided)
     if key not in _HELD_PROVIDES and len(_HELD_PROVIDES) < 64:
-        one_at_a_time = (Provides(cls, interface) for interface in provided)
+        one_at_a_time = (
+            () if TLS_MAKE_CONNECTION else tuple(Provides(cls, interface) for interface in provided)
+        )
         _HELD_PROVIDES[key] = (*one_at_a_time, Provides(cls, provided))
+
+
+# The reason a TCP connection closed by Twisted's loseConnection is lost for.
+_CLOSED = Failure(main.CONNECTION_DONE)
 
 
 class WholeReadsTLSTransport(tls.BufferingTLSTransport):
@@ -478,7 +569,32 @@ class WholeReadsTLSTransport(tls.BufferingTLSTransport):
 
     def makeConnection(self, transport: Any) -> None:
         _hold_provides(self.__class__, transport)
-        super().makeConnection(transport)
+        if not TLS_MAKE_CONNECTION:
+            super().makeConnection(transport)
+            return
+        # TLSMemoryBIOProtocol.makeConnection, less its loop giving this
+        # connection its transport's interfaces one at a time (each call
+        # replacing the one before): ProtocolWrapper.makeConnection gives
+        # them all at once, as the else branch does.
+        self._tlsConnection = self.factory._creatorCallable(self)
+        self._appSendBuffer = []
+        if self._connectWrapped:
+            ProtocolWrapper.makeConnection(self, transport)
+        else:
+            directlyProvides(self, providedBy(transport))
+            Protocol.makeConnection(self, transport)
+            self.factory.registerProtocol(self)
+        self._checkHandshakeStatus()
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        # Once the TLS connection is over (both sides' close_notify, or an
+        # error and its alert), Twisted asks the TCP connection to close,
+        # which waits a turn for the socket to be writable; with nothing left
+        # to send it closes here, after the TLS layer has finished with the
+        # read (its connectionLost must not run inside its dataReceived).
+        if self._lostTLSConnection and TLS_WHOLE_READS and self.transport is not None:
+            close_drained_tcp(self.transport, _CLOSED)
 
     def _flushReceiveBIO(self) -> None:
         if not TLS_WHOLE_READS:
@@ -657,6 +773,32 @@ def close_idle_tcp(transport: Any, reason: Any) -> bool:
     @return: whether it was closed.
     """
     if not idle_tcp(transport):
+        return False
+    transport.stopReading()
+    transport.stopWriting()
+    transport.connectionLost(reason)
+    return True
+
+
+def close_drained_tcp(transport: Any, reason: Any) -> bool:
+    """
+    Close C{transport}, a TCP connection asked to close (C{loseConnection})
+    with nothing left to send and no producer, at once: what Twisted's
+    C{doWrite} does once the reactor finds the socket writable, a turn (and
+    an empty send) later.
+
+    @return: whether it was closed.
+    """
+    if not (
+        DIRECT_SEND
+        and transport.__class__ in TCP_SERVERS
+        and transport.connected
+        and transport.disconnecting
+        and not transport._aborting
+        and transport.producer is None
+        and not transport._tempDataLen
+        and transport.offset == len(transport.dataBuffer)
+    ):
         return False
     transport.stopReading()
     transport.stopWriting()

@@ -84,18 +84,26 @@ class WriteScheduler:
         else:
             self.held_bytes[transport] = size
 
+    def take(self, transport: Any) -> Optional[list[bytes]]:
+        """
+        What is held for C{transport}, no longer held (for the caller to
+        send before anything else it writes); L{None} when nothing is.
+        """
+        held = self.held
+        if held is None:
+            return None
+        self.held_bytes.pop(transport, None)
+        return held.pop(transport, None)
+
     def release(self, transport: Any) -> None:
         """
         Send what is held for C{transport} now, before anything that writes
         to it another way (Autobahn's own send path, closing the
         connection).
         """
-        held = self.held
-        if held is not None:
-            self.held_bytes.pop(transport, None)
-            pieces = held.pop(transport, None)
-            if pieces:
-                write_now(transport, pieces)
+        pieces = self.take(transport)
+        if pieces:
+            write_now(transport, pieces)
 
 
 _schedulers: weakref.WeakKeyDictionary[Any, WriteScheduler] = weakref.WeakKeyDictionary()
