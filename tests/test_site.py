@@ -202,6 +202,7 @@ header_lines = st.one_of(
             "X-Lf: a\nb",
             "X-Cr: a\rb",
             "X-Latin: caf\xe9",
+            "X-Controls: a\x0bb\x0cc\x1cd\x85e\x7f",
             "X-Long: " + "z" * 400,
             "Sec-WebSocket-Version: 8",
             "Origin: http://example.com",

@@ -24,6 +24,7 @@ from twisted.python import context, log
 from twisted.python.failure import Failure
 from twisted.python.log import ILogContext
 from twisted.web.http import HTTPChannel
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import INonQueuedRequestFactory
 from zope.interface import directlyProvides, providedBy
 from zope.interface.declarations import Provides
@@ -50,6 +51,7 @@ ONE_PASS_HEAD = declare(
         "HTTPChannel._handlingRequest",
         "HTTPChannel._command / _path / _version",
         "LineReceiver._buffer / _busyReceiving",
+        "Headers._rawHeaders (the parsed headers put in directly)",
     ),
     why=(
         "a request head that arrives whole in one read is parsed in one pass, "
@@ -69,6 +71,9 @@ ONE_PASS_HEAD = declare(
         ),
         code_names(HTTPChannel.allContentReceived, ("_command", "_path", "_version")),
         code_names(LineReceiver.dataReceived, ("_busyReceiving", "_buffer", "paused", "line_mode")),
+        code_names(
+            Headers.addRawHeader, ("_rawHeaders", "_nameEncoder", "_sanitizeLinearWhitespace")
+        ),
     ),
 )
 
@@ -162,9 +167,15 @@ def start_parsed_request(
     channel.requests.append(request)
     request.raw_head = data[: end + 4]
     channel._HTTPChannel__first_line = 0
-    add = request.requestHeaders.addRawHeader
+    # What addRawHeader would store: the names are encoded as it encodes
+    # them, and no value has a line break for it to take out.
+    stored = request.requestHeaders._rawHeaders
     for name, value in headers:
-        add(name, value)
+        values = stored.get(name)
+        if values is None:
+            stored[name] = [value]
+        else:
+            values.append(value)
     channel._command, channel._path, channel._version = command, path, version
     # What follows the head waits where LineReceiver keeps it, and goes
     # where it would go (the WebSocket protocol, after an upgrade).
