@@ -103,14 +103,16 @@ def test_no_sni_and_unknown_names_get_the_default(pki):
     assert contexts.options_for("wild.test")[1] is None
 
 
-def test_strict_mode_refuses_unknown_names(pki, capsys):
-    hook = sys.excepthook
-    contexts = SniContextMap(settings(pki, strict=True))
+def refusal(contexts, pki, server_name):
+    """
+    Connect in memory to a server that refuses C{server_name}; return the
+    client protocol, its connection lost.
+    """
     clock = Clock()
     server_factory = TLSMemoryBIOFactory(contexts, False, Factory.forProtocol(Greeter), clock=clock)
     trust = Certificate.loadPEM(open(pki.ca_file, "rb").read())
     client_factory = TLSMemoryBIOFactory(
-        optionsForClientTLS("unknown.test", trustRoot=trust),
+        optionsForClientTLS(server_name, trustRoot=trust),
         True,
         Factory.forProtocol(Recorder),
         clock=clock,
@@ -124,6 +126,13 @@ def test_strict_mode_refuses_unknown_names(pki, capsys):
     pump.flush()
     assert recorder.data == b""
     assert "unrecognized name" in str(recorder.lost.value).lower()
+    return recorder
+
+
+def test_strict_mode_refuses_unknown_names(pki, capsys):
+    hook = sys.excepthook
+    contexts = SniContextMap(settings(pki, strict=True))
+    refusal(contexts, pki, "unknown.test")
     # The refusal printed nothing and left the process's hook as it was.
     assert sys.excepthook is hook
     assert "_UnrecognizedName" not in capsys.readouterr().err
@@ -163,6 +172,59 @@ def test_odd_names_are_unknown_names(raw):
 )
 def test_names_are_lower_cased_without_the_trailing_dot(raw, name):
     assert normalize_server_name(raw) == name
+
+
+@pytest.mark.parametrize(
+    "default, served, refused",
+    [
+        ("default.test", ["default.test", "DEFAULT.test"], ["other.test", "a.test.evil"]),
+        ("*.wild.test", ["x.wild.test", "y.WILD.test"], ["wild.test", "a.b.wild.test"]),
+    ],
+)
+def test_strict_mode_serves_the_names_of_the_default_certificate(pki, default, served, refused):
+    # With a default certificate alone, strict mode refuses the names it is
+    # not for, not every name a client sends (browsers always send one).
+    only = TlsSettings(default=HostCertificate("", *pki.files[default]), strict=True)
+    contexts = SniContextMap(only)
+    for name in served:
+        seen, client = handshake(contexts, pki, name)
+        assert seen == default and client.lost is None, name
+    for name in refused:
+        refusal(contexts, pki, name)
+
+
+def test_certificate_names_are_the_alternative_names_else_the_common_name(pki):
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from OpenSSL import crypto
+
+    from wsmux.tls import certificate_names
+
+    def made(name, alternatives):
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, name)])
+        now = datetime.datetime.now(datetime.UTC)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(key.public_key())
+            .serial_number(1)
+            .not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=1))
+        )
+        if alternatives is not None:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.DNSName(n) for n in alternatives]), False
+            )
+        return crypto.X509.from_cryptography(builder.sign(key, hashes.SHA256()))
+
+    assert certificate_names(made("Only.CN.test", None)) == {"only.cn.test"}
+    assert certificate_names(made("cn.test", ["A.test", "*.B.test."])) == {"a.test", "*.b.test"}
+    assert certificate_names(made("cn.test", [])) == frozenset()
 
 
 def test_odd_names_in_a_directory_never_touch_the_filesystem(pki, monkeypatch):

@@ -170,6 +170,27 @@ def load_certificate_options(
     return options
 
 
+def certificate_names(certificate: Any) -> frozenset[str]:
+    """
+    The DNS names C{certificate} (pyOpenSSL's X509) is for, lower-cased:
+    those of its subjectAltName, or its common name when it has none, as
+    clients check them (a wildcard stays C{*.parent}).
+    """
+    cert = certificate.to_cryptography()
+    try:
+        try:
+            alternative = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+            names = alternative.value.get_values_for_type(x509.DNSName)
+        except x509.ExtensionNotFound:
+            names = [
+                str(attribute.value)
+                for attribute in cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+            ]
+    except Exception:  # extensions the library will not parse: no names
+        return frozenset()
+    return frozenset(name.lower().rstrip(".") for name in names)
+
+
 def _same_public_key(certificate: Any, key: Any) -> bool:
     spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     try:
@@ -281,6 +302,7 @@ class SniContextMap:
         self._default: Optional[CertificateOptions] = None
         self._exact: dict[str, CertificateOptions] = {}
         self._wildcard: dict[str, CertificateOptions] = {}
+        self._default_names: frozenset[str] = frozenset()
         self.handshakes: dict[str, int] = {}
         self._install(self._load())
 
@@ -296,11 +318,15 @@ class SniContextMap:
     def _load(
         self,
     ) -> tuple[
-        Optional[CertificateOptions], dict[str, CertificateOptions], dict[str, CertificateOptions]
+        Optional[CertificateOptions],
+        dict[str, CertificateOptions],
+        dict[str, CertificateOptions],
+        frozenset[str],
     ]:
         default: Optional[CertificateOptions] = None
         exact: dict[str, CertificateOptions] = {}
         wildcard: dict[str, CertificateOptions] = {}
+        default_names: frozenset[str] = frozenset()
         for entry in self._entries():
             options = load_certificate_options(
                 entry, self.settings.min_version, self.settings.http2
@@ -310,6 +336,7 @@ class SniContextMap:
             name = entry.name.lower().rstrip(".")
             if not name:
                 default = options
+                default_names = certificate_names(options.certificate)
             elif name.startswith("*."):
                 wildcard[name[2:]] = options
             else:
@@ -320,10 +347,18 @@ class SniContextMap:
             # Without a default, the first host's certificate answers
             # clients that send no (or an unknown) server name.
             default = next(iter(exact.values()), None) or next(iter(wildcard.values()))
-        return default, exact, wildcard
+        return default, exact, wildcard, default_names
 
     def _install(self, loaded: Any) -> None:
-        self._default, self._exact, self._wildcard = loaded
+        self._default, self._exact, self._wildcard, self._default_names = loaded
+
+    def _default_serves(self, server_name: Optional[str]) -> bool:
+        # Whether the default certificate is for this name: strict mode
+        # refuses only the names no certificate is for.
+        if server_name is None:
+            return False
+        names = self._default_names
+        return server_name in names or "*." + server_name.partition(".")[2] in names
 
     def reload(self) -> bool:
         """
@@ -371,7 +406,7 @@ class SniContextMap:
         label, options = self.options_for(name)
         # Strict: a name we do not serve is refused; a client that sends no
         # name at all still gets the default certificate.
-        if options is None and raw and self.settings.strict:
+        if options is None and raw and self.settings.strict and not self._default_serves(name):
             log.info(
                 "TLS handshake refused: unrecognized server name {name!r}",
                 name=raw[:64].decode("ascii", "replace"),
