@@ -173,6 +173,16 @@ class FailsOnOpen(WebSocketServerProtocol):
         raise RuntimeError("a bug in onOpen")
 
 
+class ByeOnOpen(WebSocketServerProtocol):
+    """
+    Sends one message as it opens, then closes its transport.
+    """
+
+    def onOpen(self):
+        self.sendMessage(b"bye")
+        self.transport.loseConnection()
+
+
 class HandlerApi(WebSocketServerProtocol):
     """
     The handler API through self.wsmux: "close CODE REASON" closes with

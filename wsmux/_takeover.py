@@ -222,13 +222,15 @@ def _start(
 
 
 def _open_held(protocol: Any, open_direct: Any, handoff: Handoff) -> bool:
-    # The handshake's writes (the 101, and whatever onOpen and the frames
-    # that came with the head make anyone write) are held and sent
-    # together at its end, as a read's are: one send, and over TLS one
-    # with the session tickets OpenSSL has waiting, instead of a pass
-    # through Twisted's TLS write path and a reactor turn for the 101.
+    # The handshake's writes (the 101, and whatever onOpen makes anyone
+    # write) are held and sent together at its end, as a read's are: one
+    # send, and over TLS one with the session tickets OpenSSL has waiting,
+    # instead of a pass through Twisted's TLS write path and a reactor turn
+    # for the 101.  Not on an HTTP/2 stream, whose transport takes a close
+    # before its answer (onOpen closing) as a refusal.
     writes = protocol.wsmux.policy.writes
-    if writes.held is not None:  # held already, to the end of this turn
+    if writes.held is not None or getattr(type(handoff.transport), "wsmux_http2", False):
+        # (Held already: sent by whoever started holding them.)
         return bool(open_direct(handoff.request, handoff.head, handoff.rest))
     writes.start()
     try:

@@ -105,6 +105,10 @@ path = "/params/{{name}}"
 handler = "tests.handlers_for_tests.ParamsHandler"
 
 [[routes]]
+path = "/bye"
+handler = "tests.handlers_for_tests.ByeOnOpen"
+
+[[routes]]
 path = "/slowroom/{{room}}"
 handler = "broadcast"
 max_send_queue = 262144
@@ -233,6 +237,16 @@ def test_data_sent_with_the_request_reaches_the_handler(server, pki):
     stream.send(frame(b"early"))
     assert stream.status() == 200
     assert stream.read_frame() == (1, b"early", False)
+
+
+def test_a_handler_closing_its_stream_as_it_opens_answers_first(server, pki):
+    # The 200, the message onOpen sent, then END_STREAM: not a reset.
+    peer = connect(server, pki)
+    stream = peer.open("/bye")
+    assert stream.status() == 200
+    assert stream.read_frame() == (1, b"bye", False)
+    assert stream.wait_ended() is None
+    echo(opened(peer), "the connection goes on")
 
 
 def test_the_route_tree_decides_over_http2(server, pki):
