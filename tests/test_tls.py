@@ -525,6 +525,7 @@ class Lost(Protocol):
 
 
 @pytest.mark.uses_internal("twisted.tls_direct_write")
+@pytest.mark.uses_internal("twisted.tls_whole_reads")
 def test_sealed_writes_leave_with_the_close_notify(pki):
     # The last writes before a close (the close frame) are encrypted but not
     # sent; the close_notify that closing writes goes with them, in one send.
@@ -551,6 +552,7 @@ def test_sealed_writes_leave_with_the_close_notify(pki):
 
 
 @pytest.mark.uses_internal("twisted.tls_direct_write")
+@pytest.mark.uses_internal("twisted.tls_whole_reads")
 def test_sealed_writes_wait_for_a_producer_then_go(pki):
     # A producer holds the TLS close back; what was sealed is sent anyway.
     from twisted.internet.interfaces import IPushProducer
@@ -583,7 +585,74 @@ def test_sealed_writes_wait_for_a_producer_then_go(pki):
     assert received.lost is not None
 
 
+def wss_pair(pki, handler, monkeypatch):
+    """
+    A wsmux route tree (C{handler} on /ws) behind wsmux's TLS, and a TLS
+    client that has upgraded to it, in memory; the pump, the server's TLS
+    transport and the client's recorder.
+    """
+    import txaio
+    from twisted.internet.testing import MemoryReactorClock
+
+    from wsmux import Route, RouteTree
+    from wsmux.site import WebSocketSite
+    from wsmux.testing import upgrade_request
+
+    reactor = MemoryReactorClock()
+    monkeypatch.setattr(txaio.config, "loop", reactor)
+    tree = RouteTree([Route("/ws", (handler,), {"ping_interval": 0})])
+    server_factory = tls_factory(SniContextMap(settings(pki)), WebSocketSite(tree, reactor=reactor))
+    server_factory._clock = reactor
+    trust = Certificate.loadPEM(open(pki.ca_file, "rb").read())
+    client_factory = TLSMemoryBIOFactory(
+        optionsForClientTLS("a.test", trustRoot=trust),
+        True,
+        Factory.forProtocol(Recorder),
+        clock=reactor,
+    )
+    server = server_factory.buildProtocol(("127.0.0.1", 1))
+    client = client_factory.buildProtocol(None)
+    pump = iosim.connect(
+        server, iosim.makeFakeServer(server), client, iosim.makeFakeClient(client), clock=reactor
+    )
+    pump.flush()
+    received = client.wrappedProtocol
+    client.write(upgrade_request("/ws"))
+    pump.flush()
+    assert received.data.startswith(b"HTTP/1.1 101 ")
+    received.data = b""
+    return pump, server, client, received
+
+
+@pytest.mark.uses_internal("twisted.tls_direct_write")
+@pytest.mark.uses_internal("twisted.tls_whole_reads")
+@pytest.mark.parametrize("last_words", [0, 20000])
+def test_a_wss_close_goes_in_one_send_with_the_close_notify(pki, monkeypatch, last_words):
+    # The client sends a message and closes, in one read: the server's
+    # answer and its close frame (when they fit in a record) leave with its
+    # close_notify; more than a record goes first, the alert after.
+    from autobahn.twisted.websocket import WebSocketServerProtocol
+
+    from wsmux.testing import masked_frame
+
+    class LastWords(WebSocketServerProtocol):
+        def onMessage(self, payload, isBinary):
+            self.sendMessage(b"w" * last_words, True)
+
+    pump, server, client, received = wss_pair(pki, LastWords, monkeypatch)
+    sent = []
+    real = server.transport.write
+    server.transport.write = lambda data: sent.append(data) or real(data)
+    client.write(masked_frame(b"go") + masked_frame(b"\x03\xe8", opcode=8))
+    pump.flush()
+    answer = b"\x82\x00" if not last_words else b"\x82\x7e\x4e\x20" + b"w" * last_words
+    assert received.data == answer + b"\x88\x02\x03\xe8"
+    assert len(sent) == (2 if last_words else 1)
+    assert received.lost is not None and received.lost.check(ConnectionDone)
+
+
 @pytest.mark.uses_internal("twisted.direct_send")
+@pytest.mark.uses_internal("twisted.tls_whole_reads")
 @pytest.mark.parametrize("direct", [True, False])
 def test_a_tls_connection_closes_once_its_tls_close_is_done(pki, monkeypatch, direct):
     # Once both close_notify alerts have passed, Twisted asks the TCP
@@ -660,7 +729,7 @@ def test_a_tls_connection_is_given_its_transports_interfaces_once(pki, monkeypat
     import wsmux._compat_twisted as seam
 
     declared = []
-    for module in (seam, tls, policies):
+    for module in (tls, policies):
         real = module.directlyProvides
         monkeypatch.setattr(
             module,

@@ -43,12 +43,12 @@ from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from autobahn.websocket.utf8validator import Utf8Validator
 from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.internet.main import CONNECTION_DONE
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
 from wsmux._compat import all_of, code_names, declare, missing_names, slots_hold
 from wsmux._compat_twisted import (
+    CLOSED_CLEANLY,
     TCP_SERVERS,
     close_idle_tcp,
     tls_flush_sealed,
@@ -544,7 +544,6 @@ CONNECTION_SLOTS = declare(
 
 
 # One failure for every clean close, as Twisted's reactor keeps one.
-_CLOSED_CLEANLY = Failure(CONNECTION_DONE)
 
 
 class LeanServerProtocol(WebSocketServerProtocol):
@@ -612,8 +611,9 @@ class LeanServerProtocol(WebSocketServerProtocol):
 
     def _closeConnection(self, abort: bool = False) -> None:
         transport: Any = self.transport
-        # Writes held for this connection go out before it closes: over TLS
-        # (a few bytes: the close frame), in one send with the close_notify.
+        # Writes held for this connection go out before it closes: over TLS,
+        # when they fit in a record (the close frame, usually), in one send
+        # with the close_notify.
         pieces = self.wsmux.policy.writes.take(transport)
         sealed = False
         if pieces:
@@ -621,7 +621,7 @@ class LeanServerProtocol(WebSocketServerProtocol):
             if not sealed:
                 write_now(transport, pieces)
         # The closing handshake is over and everything is sent: close now.
-        if not abort and self.wasClean and close_idle_tcp(transport, _CLOSED_CLEANLY):
+        if not abort and self.wasClean and close_idle_tcp(transport, CLOSED_CLEANLY):
             return
         super()._closeConnection(abort)
         if sealed:

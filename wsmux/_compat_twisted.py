@@ -15,7 +15,6 @@ from typing import Any, Optional, Sequence
 from OpenSSL.SSL import Error as TLSError
 from OpenSSL.SSL import WantReadError, ZeroReturnError
 from twisted.internet import abstract, main, tcp
-from twisted.internet.protocol import Protocol
 from twisted.logger import LogPublisher
 from twisted.protocols import tls
 from twisted.protocols.basic import LineReceiver
@@ -26,7 +25,7 @@ from twisted.python.log import ILogContext
 from twisted.web.http import HTTPChannel
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import INonQueuedRequestFactory
-from zope.interface import directlyProvides, providedBy
+from zope.interface import providedBy
 from zope.interface.declarations import Provides
 
 from wsmux._compat import all_of, code_names, declare, missing_names, slots_hold
@@ -242,6 +241,7 @@ def idle_tcp(transport: Any) -> bool:
         and not transport.TLS
         and transport.connected
         and not transport.disconnecting
+        and not transport._aborting
         # Twisted's buffers, both empty (no public API says so).
         and not transport._tempDataLen
         and transport.offset == len(transport.dataBuffer)
@@ -307,7 +307,8 @@ TLS_DIRECT_WRITE = declare(
         "TLSMemoryBIOProtocol._write / _tlsShutdownFinished (called)",
         "BufferingTLSTransport._aggregator and _AggregateSmallWrites._buffer (flushed first)",
         "TLSMemoryBIOProtocol._flushSendBIO (replaced in wsmux's TLS transport: what it "
-        "does, sending at once)",
+        "does, sending at once; called by tls_flush_sealed, and the records tls_seal "
+        "leaves go out with the close_notify _shutdownTLS flushes)",
     ),
     why=(
         "a write to a TLS connection whose handshake is done is encrypted and its "
@@ -447,10 +448,17 @@ def tls_seal(transport: Any, pieces: Sequence[bytes]) -> bool:
         return False
     if transport._aggregator._buffer or sum(map(len, pieces)) > _RECORD:
         return False
+    data = b"".join(pieces)
     try:
-        tls_send(transport._tlsConnection, b"".join(pieces))
-    except TLSError:  # WantReadError included: nothing was taken
+        sent = tls_send(transport._tlsConnection, data)
+    except WantReadError:  # nothing was taken: the caller writes it
         return False
+    except TLSError:
+        # What tls_write does with an error from OpenSSL.
+        transport._tlsShutdownFinished(Failure())
+        return True
+    if sent < len(data):  # (one record is taken whole; should it not be)
+        transport._write(data[sent:])
     return True
 
 
@@ -504,13 +512,26 @@ TLS_WHOLE_READS = declare(
 )
 
 
+_NO_CODE = compile("", "", "exec")
+
+# How Twisted's TLS makeConnection makes its OpenSSL connection: the
+# factory's _creatorCallable (Twisted 24.10 on) or _createConnection (before).
+_CREATE_CONNECTION = next(
+    (
+        name
+        for name in ("_creatorCallable", "_createConnection")
+        if name in getattr(tls.TLSMemoryBIOProtocol.makeConnection, "__code__", _NO_CODE).co_names
+    ),
+    None,
+)
+
 TLS_MAKE_CONNECTION = declare(
     "twisted.tls_make_connection",
     touches=(
         "TLSMemoryBIOProtocol.makeConnection (replaced in wsmux's TLS transport: what it "
         "does, less a loop)",
-        "TLSMemoryBIOProtocol._tlsConnection / _appSendBuffer / _connectWrapped / "
-        "factory._creatorCallable",
+        "TLSMemoryBIOProtocol._tlsConnection / _appSendBuffer / _connectWrapped",
+        "TLSMemoryBIOFactory._creatorCallable or _createConnection (called)",
         "TLSMemoryBIOProtocol._checkHandshakeStatus (called)",
     ),
     why=(
@@ -522,13 +543,16 @@ TLS_MAKE_CONNECTION = declare(
     ),
     checked="Twisted 24.7.0, 26.10.0",
     fallback="Twisted's own makeConnection",
+    needs=("twisted.tls_whole_reads",),
     check=lambda: all_of(
         missing_names(tls.TLSMemoryBIOProtocol, ("_checkHandshakeStatus",)),
+        None
+        if _CREATE_CONNECTION is not None
+        else "TLSMemoryBIOProtocol.makeConnection makes its connection another way",
         code_names(
             tls.TLSMemoryBIOProtocol.makeConnection,
             (
                 "_tlsConnection",
-                "_creatorCallable",
                 "_appSendBuffer",
                 "directlyProvides",
                 "registerProtocol",
@@ -541,9 +565,12 @@ TLS_MAKE_CONNECTION = declare(
             ("directlyProvides", "registerProtocol", "wrappedProtocol"),
         ),
         None
-        if "connectionMade" not in vars(tls.TLSMemoryBIOProtocol)
-        and "connectionMade" not in vars(tls.BufferingTLSTransport)
-        else "Twisted's TLS transport has a connectionMade of its own",
+        if not any(
+            "connectionMade" in vars(cls)
+            for cls in (tls.TLSMemoryBIOProtocol, tls.BufferingTLSTransport, ProtocolWrapper)
+        )
+        and "makeConnection" not in vars(tls.BufferingTLSTransport)
+        else "Twisted's TLS transport has a connectionMade or makeConnection of its own",
     ),
 )
 
@@ -568,10 +595,6 @@ def _hold_provides(cls: type, transport: Any) -> None:
         _HELD_PROVIDES[key] = (*one_at_a_time, Provides(cls, provided))
 
 
-# The reason a TCP connection closed by Twisted's loseConnection is lost for.
-_CLOSED = Failure(main.CONNECTION_DONE)
-
-
 class WholeReadsTLSTransport(tls.BufferingTLSTransport):
     """
     Twisted's TLS transport, delivering what one read decrypts to in one
@@ -580,21 +603,17 @@ class WholeReadsTLSTransport(tls.BufferingTLSTransport):
 
     def makeConnection(self, transport: Any) -> None:
         _hold_provides(self.__class__, transport)
-        if not TLS_MAKE_CONNECTION:
+        if not TLS_MAKE_CONNECTION or not self._connectWrapped:
             super().makeConnection(transport)
             return
         # TLSMemoryBIOProtocol.makeConnection, less its loop giving this
         # connection its transport's interfaces one at a time (each call
         # replacing the one before): ProtocolWrapper.makeConnection gives
-        # them all at once, as the else branch does.
-        self._tlsConnection = self.factory._creatorCallable(self)
+        # them all at once (and makes the connection and registers it, which
+        # Twisted's does twice).
+        self._tlsConnection = getattr(self.factory, _CREATE_CONNECTION)(self)  # type: ignore[arg-type]
         self._appSendBuffer = []
-        if self._connectWrapped:
-            ProtocolWrapper.makeConnection(self, transport)
-        else:
-            directlyProvides(self, providedBy(transport))
-            Protocol.makeConnection(self, transport)
-            self.factory.registerProtocol(self)
+        ProtocolWrapper.makeConnection(self, transport)
         self._checkHandshakeStatus()
 
     def dataReceived(self, data: bytes) -> None:
@@ -605,7 +624,7 @@ class WholeReadsTLSTransport(tls.BufferingTLSTransport):
         # to send it closes here, after the TLS layer has finished with the
         # read (its connectionLost must not run inside its dataReceived).
         if self._lostTLSConnection and TLS_WHOLE_READS and self.transport is not None:
-            close_drained_tcp(self.transport, _CLOSED)
+            close_drained_tcp(self.transport, CLOSED_CLEANLY)
 
     def _flushReceiveBIO(self) -> None:
         if not TLS_WHOLE_READS:
@@ -774,6 +793,17 @@ def tls_factory_protocol() -> type:
     return TLS_TRANSPORT
 
 
+# The reason a TCP connection closed by Twisted's loseConnection is lost for.
+CLOSED_CLEANLY = Failure(main.CONNECTION_DONE)
+
+
+def _close_now(transport: Any, reason: Any) -> bool:
+    transport.stopReading()
+    transport.stopWriting()
+    transport.connectionLost(reason)
+    return True
+
+
 def close_idle_tcp(transport: Any, reason: Any) -> bool:
     """
     Close C{transport} at once if L{idle_tcp} says it has nothing to send,
@@ -783,12 +813,7 @@ def close_idle_tcp(transport: Any, reason: Any) -> bool:
 
     @return: whether it was closed.
     """
-    if not idle_tcp(transport):
-        return False
-    transport.stopReading()
-    transport.stopWriting()
-    transport.connectionLost(reason)
-    return True
+    return idle_tcp(transport) and _close_now(transport, reason)
 
 
 def close_drained_tcp(transport: Any, reason: Any) -> bool:
@@ -811,10 +836,7 @@ def close_drained_tcp(transport: Any, reason: Any) -> bool:
         and transport.offset == len(transport.dataBuffer)
     ):
         return False
-    transport.stopReading()
-    transport.stopWriting()
-    transport.connectionLost(reason)
-    return True
+    return _close_now(transport, reason)
 
 
 # -- twisted.logger: filtering the observers twistd installed -----------------

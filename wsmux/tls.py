@@ -265,6 +265,10 @@ def _refuse_unrecognized_name() -> NoReturn:
     raise _UnrecognizedName()
 
 
+# What a (lower-cased, ASCII) DNS name is made of.
+_DNS_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-.")
+
+
 def normalize_server_name(raw: Optional[bytes]) -> Optional[str]:
     """
     A server name as sent in SNI, lower-cased, or L{None} if it is absent
@@ -279,10 +283,6 @@ def normalize_server_name(raw: Optional[bytes]) -> Optional[str]:
     if not name or not _DNS_CHARACTERS.issuperset(name):
         return None
     return name
-
-
-# What a (lower-cased, ASCII) DNS name is made of.
-_DNS_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-.")
 
 
 @implementer(interfaces.IOpenSSLServerConnectionCreator)
