@@ -347,14 +347,15 @@ class Counter(Protocol):
         self.reads.append(data)
 
 
-def tls_pair(pki, server_protocol, client_protocol=TLSMemoryBIOProtocol):
+def tls_pair(pki, server_protocol, client_protocol=TLSMemoryBIOProtocol, site=None, clock=None):
     """
-    A wsmux TLS server (L{tls_factory}) and a client whose every write is a
-    TLS record of its own, connected in memory and past the handshake.
+    A wsmux TLS server (L{tls_factory}; of C{server_protocol}, or of
+    C{site}) and a client whose every write is a TLS record of its own,
+    connected in memory and past the handshake.
     """
-    clock = Clock()
+    clock = clock or Clock()
     contexts = SniContextMap(settings(pki))
-    server_factory = tls_factory(contexts, Factory.forProtocol(server_protocol))
+    server_factory = tls_factory(contexts, site or Factory.forProtocol(server_protocol))
     server_factory._clock = clock
     trust = Certificate.loadPEM(open(pki.ca_file, "rb").read())
     client_factory = TLSMemoryBIOFactory(
@@ -601,21 +602,8 @@ def wss_pair(pki, handler, monkeypatch):
     reactor = MemoryReactorClock()
     monkeypatch.setattr(txaio.config, "loop", reactor)
     tree = RouteTree([Route("/ws", (handler,), {"ping_interval": 0})])
-    server_factory = tls_factory(SniContextMap(settings(pki)), WebSocketSite(tree, reactor=reactor))
-    server_factory._clock = reactor
-    trust = Certificate.loadPEM(open(pki.ca_file, "rb").read())
-    client_factory = TLSMemoryBIOFactory(
-        optionsForClientTLS("a.test", trustRoot=trust),
-        True,
-        Factory.forProtocol(Recorder),
-        clock=reactor,
-    )
-    server = server_factory.buildProtocol(("127.0.0.1", 1))
-    client = client_factory.buildProtocol(None)
-    pump = iosim.connect(
-        server, iosim.makeFakeServer(server), client, iosim.makeFakeClient(client), clock=reactor
-    )
-    pump.flush()
+    site = WebSocketSite(tree, reactor=reactor)
+    server, client, pump, _ = tls_pair(pki, None, site=site, clock=reactor)
     received = client.wrappedProtocol
     client.write(upgrade_request("/ws"))
     pump.flush()
