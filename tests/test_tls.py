@@ -586,7 +586,7 @@ def test_sealed_writes_wait_for_a_producer_then_go(pki):
     assert received.lost is not None
 
 
-def wss_pair(pki, handler, monkeypatch):
+def wss_pair(pki, handler, monkeypatch, expect=b""):
     """
     A wsmux route tree (C{handler} on /ws) behind wsmux's TLS, and a TLS
     client that has upgraded to it, in memory; the pump, the server's TLS
@@ -607,8 +607,8 @@ def wss_pair(pki, handler, monkeypatch):
     received = client.wrappedProtocol
     client.write(upgrade_request("/ws"))
     pump.flush()
-    assert received.data.startswith(b"HTTP/1.1 101 ")
-    received.data = b""
+    head, _, received.data = received.data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101 ") and received.data == expect
     return pump, server, client, received
 
 
@@ -636,6 +636,38 @@ def test_a_wss_close_goes_in_one_send_with_the_close_notify(pki, monkeypatch, la
     answer = b"\x82\x00" if not last_words else b"\x82\x7e\x4e\x20" + b"w" * last_words
     assert received.data == answer + b"\x88\x02\x03\xe8"
     assert len(sent) == (2 if last_words else 1)
+    assert received.lost is not None and received.lost.check(ConnectionDone)
+
+
+@pytest.mark.uses_internal("twisted.tls_whole_reads")
+@pytest.mark.parametrize("when", ["open", "message"])
+def test_a_handler_closing_its_own_wss_transport_closes_it(pki, monkeypatch, when):
+    # wsmux's connection is the TLS transport's producer (to watch its
+    # buffer), and Twisted's TLS close waits for the producer to go: a
+    # handler's own transport.loseConnection() must still close, at once.
+    from autobahn.twisted.websocket import WebSocketServerProtocol
+
+    from wsmux.testing import masked_frame
+
+    class Leaves(WebSocketServerProtocol):
+        def onOpen(self):
+            if when == "open":
+                self.sendMessage(b"bye")
+                self.transport.loseConnection()
+
+        def onMessage(self, payload, isBinary):
+            self.sendMessage(b"bye")
+            self.transport.loseConnection()
+
+    bye = b"\x81\x03bye"
+    pump, server, client, received = wss_pair(
+        pki, Leaves, monkeypatch, bye if when == "open" else b""
+    )
+    if when == "message":
+        assert received.lost is None
+        client.write(masked_frame(b"go"))
+        pump.flush()
+    assert received.data == bye
     assert received.lost is not None and received.lost.check(ConnectionDone)
 
 

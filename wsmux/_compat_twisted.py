@@ -477,6 +477,8 @@ TLS_WHOLE_READS = declare(
     touches=(
         "TLSMemoryBIOProtocol._flushReceiveBIO (replaced: what it does, delivering once)",
         "TLSMemoryBIOProtocol._tlsConnection / _lostTLSConnection / _aborted",
+        "TLSMemoryBIOProtocol._producer and _ProducerMembrane._producer (the producer "
+        "registered, told of a close its TLS close would wait for)",
         "TLSMemoryBIOProtocol._shutdownTLS / _tlsShutdownFinished / _flushSendBIO (called)",
     ),
     why=(
@@ -505,6 +507,9 @@ TLS_WHOLE_READS = declare(
                 "_flushSendBIO",
             ),
         ),
+        code_names(tls.TLSMemoryBIOProtocol.registerProducer, ("_producer", "_ProducerMembrane")),
+        code_names(tls._ProducerMembrane.__init__, ("_producer",)),
+        code_names(tls.TLSMemoryBIOProtocol.loseConnection, ("_producer", "_shutdownTLS")),
         None
         if tls.TLSMemoryBIOFactory.protocol is tls.BufferingTLSTransport
         else ("TLSMemoryBIOFactory's protocol is not BufferingTLSTransport"),
@@ -625,6 +630,18 @@ class WholeReadsTLSTransport(tls.BufferingTLSTransport):
         # read (its connectionLost must not run inside its dataReceived).
         if self._lostTLSConnection and TLS_WHOLE_READS and self.transport is not None:
             close_drained_tcp(self.transport, CLOSED_CLEANLY)
+
+    def loseConnection(self) -> None:
+        # Twisted's TLS close waits for a registered producer to go; a
+        # wsmux connection registered to watch this transport's buffer lets
+        # go when it closes the connection itself, and here when someone
+        # else does (a handler's self.transport.loseConnection()).
+        membrane = self._producer if TLS_WHOLE_READS else None
+        if membrane is not None:
+            closing = getattr(membrane._producer, "transport_closing", None)
+            if closing is not None:
+                closing()
+        super().loseConnection()
 
     def _flushReceiveBIO(self) -> None:
         if not TLS_WHOLE_READS:

@@ -594,6 +594,21 @@ class Connection:
                 self.policy.idle_timeout, self._idle_expired
             )
 
+    def transport_closing(self) -> None:
+        """
+        The transport is being closed some other way than wsmux's and
+        Autobahn's (a handler's own C{self.transport.loseConnection()}):
+        let go of it and bound the close, as those do.  Twisted's TLS
+        transport would otherwise wait for its producer (this connection)
+        to go before sending its close_notify: for ever.
+        """
+        if self._phase < _ENDED:
+            # What is held for it goes first (the 101, when a handler
+            # closes in onOpen), as before wsmux's own closes.
+            self.policy.writes.release(self.protocol.transport)
+            self.end()
+            self.dropping(False)
+
     def dropping(self, abort: bool) -> None:
         """
         wsmux or Autobahn decided to close the transport (and L{end} has

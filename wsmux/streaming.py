@@ -195,12 +195,12 @@ class MessageConsumer:
         self.isBinary = isBinary
         self.done: Deferred[int] = Deferred()
         self.sent = 0
-        self._producer: Any = None
+        self._source: Any = None
         self._streaming = True
         self._started = False
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
-        self._producer, self._streaming = producer, streaming
+        self._source, self._streaming = producer, streaming
         if streaming:
             self.protocol.registerProducer(producer, True)
         else:
@@ -208,7 +208,7 @@ class MessageConsumer:
 
     def _pull(self) -> None:
         def more(_: object) -> None:
-            if self._producer is None:
+            if self._source is None:
                 return
             if self.protocol.state != self.protocol.STATE_OPEN:
                 self._connection_ended()
@@ -221,20 +221,20 @@ class MessageConsumer:
     def _connection_ended(self) -> None:
         # A pull producer waits to be asked for more: asked never again, it
         # is stopped (a FileSender closes its file), and done fails.
-        producer, self._producer = self._producer, None
+        producer, self._source = self._source, None
         if producer is not None and not self._streaming:
             producer.stopProducing()
         if not self.done.called:
             self.done.errback(ConnectionDone("the connection closed while a message was streaming"))
 
     def _resume(self) -> None:
-        if self._producer is not None:
-            self._producer.resumeProducing()
+        if self._source is not None:
+            self._source.resumeProducing()
 
     def unregisterProducer(self) -> None:
-        if self._streaming and self._producer is not None:
-            self.protocol.unregisterProducer(self._producer)
-        self._producer = None
+        if self._streaming and self._source is not None:
+            self.protocol.unregisterProducer(self._source)
+        self._source = None
         if self.done.called:
             return
         if self.protocol.state != self.protocol.STATE_OPEN:
@@ -247,8 +247,8 @@ class MessageConsumer:
 
     def write(self, data: bytes) -> None:
         if self.protocol.state != self.protocol.STATE_OPEN:
-            if self._producer is not None:
-                self._producer.stopProducing()
+            if self._source is not None:
+                self._source.stopProducing()
             return
         if not self._started:
             self._started = True
