@@ -543,9 +543,6 @@ CONNECTION_SLOTS = declare(
 )
 
 
-# One failure for every clean close, as Twisted's reactor keeps one.
-
-
 class LeanServerProtocol(WebSocketServerProtocol):
     """
     Autobahn's connection entry points, minus eager debug-log formatting.
