@@ -53,10 +53,11 @@ class Recorder(Protocol):
         self.lost = reason
 
 
-def handshake(contexts, pki, server_name):
+def connected(contexts, pki, server_name):
     """
-    Connect in memory; return the common name the client saw (or None) and
-    the client protocol.
+    Connect a TLS client to C{contexts} in memory, sending C{server_name}
+    (none at all when L{None}); return the client's TLS protocol and its
+    recorder once the bytes have stopped moving.
     """
     clock = Clock()
     server_factory = TLSMemoryBIOFactory(contexts, False, Factory.forProtocol(Greeter), clock=clock)
@@ -69,13 +70,23 @@ def handshake(contexts, pki, server_name):
     )
     server = server_factory.buildProtocol(None)
     client = client_factory.buildProtocol(None)
+    recorder = client.wrappedProtocol
     pump = iosim.connect(
         server, iosim.makeFakeServer(server), client, iosim.makeFakeClient(client), clock=clock
     )
     pump.flush()
+    return client, recorder
+
+
+def handshake(contexts, pki, server_name):
+    """
+    Connect in memory; return the common name the client saw (or None) and
+    the client protocol.
+    """
+    client, recorder = connected(contexts, pki, server_name)
     cert = client.getPeerCertificate()
     name = cert.get_subject().CN if cert is not None else None
-    return name, client.wrappedProtocol
+    return name, recorder
 
 
 @pytest.mark.parametrize(
@@ -108,22 +119,7 @@ def refusal(contexts, pki, server_name):
     Connect in memory to a server that refuses C{server_name}; return the
     client protocol, its connection lost.
     """
-    clock = Clock()
-    server_factory = TLSMemoryBIOFactory(contexts, False, Factory.forProtocol(Greeter), clock=clock)
-    trust = Certificate.loadPEM(open(pki.ca_file, "rb").read())
-    client_factory = TLSMemoryBIOFactory(
-        optionsForClientTLS(server_name, trustRoot=trust),
-        True,
-        Factory.forProtocol(Recorder),
-        clock=clock,
-    )
-    server = server_factory.buildProtocol(None)
-    client = client_factory.buildProtocol(None)
-    recorder = client.wrappedProtocol
-    pump = iosim.connect(
-        server, iosim.makeFakeServer(server), client, iosim.makeFakeClient(client), clock=clock
-    )
-    pump.flush()
+    _, recorder = connected(contexts, pki, server_name)
     assert recorder.data == b""
     assert "unrecognized name" in str(recorder.lost.value).lower()
     return recorder
