@@ -279,6 +279,27 @@ def test_every_setting_is_declared_once_and_reaches_flag_file_and_python(tmp_pat
         build_settings({}, colour="blue")
 
 
+@pytest.mark.parametrize("name", ["bad name", "b\u00fccher.test", "a/b", "", "*.", "x" * 300])
+def test_a_host_name_no_client_could_ask_for_is_a_usage_error(tmp_path, name):
+    (tmp_path / "c.pem").write_text("")
+    path = write(tmp_path, f"[[tls.hosts]]\nname = {name!r}\ncert = 'c.pem'\n")
+    with pytest.raises(usage.UsageError, match=r"tls.hosts\[0\].name: must be a host name") as e:
+        options("--config", path)
+    assert repr(name[:64] + "..." if len(name) > 64 else name) in str(e.value)
+
+
+def test_host_names_with_underscores_and_wildcards_are_taken(tmp_path):
+    (tmp_path / "c.pem").write_text("")
+    path = write(
+        tmp_path,
+        "[[tls.hosts]]\nname = 'My_Host.internal.'\ncert = 'c.pem'\n"
+        "[[tls.hosts]]\nname = '*.xn--bcher-kva.test'\ncert = 'c.pem'\n"
+        "[[tls.hosts]]\nname = '::1'\ncert = 'c.pem'\n",
+    )
+    hosts = options("--config", path).tls.hosts
+    assert [h.name for h in hosts] == ["My_Host.internal.", "*.xn--bcher-kva.test", "::1"]
+
+
 def test_a_key_without_its_certificate_in_the_file(tmp_path):
     path = write(tmp_path, "[tls]\nkey = 'k.pem'\n")
     with pytest.raises(usage.UsageError, match="tls.key: needs tls.cert next to it"):

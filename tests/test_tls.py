@@ -6,12 +6,16 @@ both sides through TLSMemoryBIOFactory and iosim.
 import sys
 
 import pytest
+from OpenSSL import SSL
 from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.ssl import Certificate, optionsForClientTLS
+from twisted.internet.ssl import Certificate, CertificateOptions, optionsForClientTLS
 from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.test import iosim
+from zope.interface import implementer
 
 from tests.pki import make_pki
 from wsmux._compat_twisted import write_now
@@ -21,6 +25,7 @@ from wsmux.tls import (
     SniContextMap,
     TlsSettings,
     normalize_server_name,
+    servable_name,
     tls_factory,
 )
 
@@ -53,11 +58,29 @@ class Recorder(Protocol):
         self.lost = reason
 
 
-def connected(contexts, pki, server_name):
+@implementer(IOpenSSLClientConnectionCreator)
+class RawServerName:
+    """
+    A TLS client sending C{sni} as its server name, byte for byte, and
+    checking the server's certificate against C{trust} (not its name).
+    """
+
+    def __init__(self, sni, trust):
+        self.sni = sni
+        self.options = CertificateOptions(trustRoot=trust)
+
+    def clientConnectionForTLS(self, protocol):
+        connection = SSL.Connection(self.options.getContext(), None)
+        connection.set_tlsext_host_name(self.sni)
+        return connection
+
+
+def connected(contexts, pki, server_name, sni=None):
     """
     Connect a TLS client to C{contexts} in memory, sending C{server_name}
-    (none at all when L{None}); return the client's TLS protocol and its
-    recorder once the bytes have stopped moving.
+    (none at all when L{None}), or else the raw server name C{sni}
+    (Twisted's client sends only IDNA names); return the client's TLS
+    protocol and its recorder once the bytes have stopped moving.
     """
     clock = Clock()
     server_factory = TLSMemoryBIOFactory(contexts, False, Factory.forProtocol(Greeter), clock=clock)
@@ -65,6 +88,8 @@ def connected(contexts, pki, server_name):
     client_options = optionsForClientTLS(server_name or "default.test", trustRoot=trust)
     if server_name is None:
         client_options._sendServerName = False  # send no server name at all
+    if sni is not None:
+        client_options = RawServerName(sni, trust)
     client_factory = TLSMemoryBIOFactory(
         client_options, True, Factory.forProtocol(Recorder), clock=clock
     )
@@ -78,12 +103,12 @@ def connected(contexts, pki, server_name):
     return client, recorder
 
 
-def handshake(contexts, pki, server_name):
+def handshake(contexts, pki, server_name, sni=None):
     """
     Connect in memory; return the common name the client saw (or None) and
     the client protocol.
     """
-    client, recorder = connected(contexts, pki, server_name)
+    client, recorder = connected(contexts, pki, server_name, sni)
     cert = client.getPeerCertificate()
     name = cert.get_subject().CN if cert is not None else None
     return name, recorder
@@ -146,7 +171,6 @@ def test_strict_mode_refuses_unknown_names(pki, capsys):
         "é.test".encode(),
         b"a/b",
         b"\x00",
-        b"a_b.test",
         b"a b.test",
         b"a*.test",
         b"\x7f.test",
@@ -164,6 +188,7 @@ def test_odd_names_are_unknown_names(raw):
         (b"xn--bcher-kva.TEST", "xn--bcher-kva.test"),
         (b"a-1.b2.test", "a-1.b2.test"),
         (b"localhost", "localhost"),
+        (b"My_Host.internal", "my_host.internal"),
     ],
 )
 def test_names_are_lower_cased_without_the_trailing_dot(raw, name):
@@ -237,6 +262,76 @@ def test_odd_names_in_a_directory_never_touch_the_filesystem(pki, monkeypatch):
         label, _ = contexts.options_for(normalize_server_name(raw))
         assert label in ("(default)", "a.test")
     assert opened == []
+
+
+def test_a_host_name_with_an_underscore_is_served(pki):
+    # Internal names carry underscores; clients send them in SNI.  A host
+    # configured with one is served, strict mode included, not the default.
+    # (Its certificate is b.test's: trustme puts no underscore in a name.)
+    contexts = SniContextMap(
+        TlsSettings(
+            default=HostCertificate("", *pki.files["default.test"]),
+            hosts=(HostCertificate("My_Host.test", *pki.files["b.test"]),),
+            strict=True,
+        )
+    )
+    assert handshake(contexts, pki, None, sni=b"my_host.test")[0] == "b.test"
+    assert contexts.handshakes == {"my_host.test": 1}
+
+
+def test_a_host_entry_no_client_could_ask_for_is_refused(pki):
+    # What the configuration file refuses, the Python API refuses too.
+    hosts = (HostCertificate("bad name", *pki.files["a.test"]),)
+    with pytest.raises(CertificateError, match="'bad name' is not a host name"):
+        SniContextMap(TlsSettings(default=HostCertificate("", *pki.files["b.test"]), hosts=hosts))
+
+
+def test_a_directory_file_no_client_could_ask_for_is_skipped_with_a_warning(pki, tmp_path):
+    (tmp_path / "DEFAULT.pem").write_bytes((pki.directory / "DEFAULT.pem").read_bytes())
+    (tmp_path / "b.test.pem").write_bytes((pki.directory / "b.test.pem").read_bytes())
+    (tmp_path / "my host.pem").write_bytes((pki.directory / "a.test.pem").read_bytes())
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        contexts = SniContextMap(TlsSettings(directory=str(tmp_path)))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    warned = [formatEvent(e) for e in events if "skipped" in e.get("log_format", "")]
+    assert len(warned) == 1 and "my host.pem" in warned[0] and "'my host'" in warned[0]
+    assert handshake(contexts, pki, "b.test")[0] == "b.test"
+
+
+def test_a_directory_of_nothing_but_skipped_files_names_them(pki, tmp_path):
+    (tmp_path / "old cert.pem").write_bytes((pki.directory / "a.test.pem").read_bytes())
+    with pytest.raises(CertificateError, match=r"no certificate to serve: skipped 'old cert.pem'"):
+        SniContextMap(TlsSettings(directory=str(tmp_path)))
+
+
+@pytest.mark.parametrize(
+    "name, servable",
+    [
+        ("a.test", True),
+        ("A_B.test.", True),
+        ("*.a.test", True),
+        ("10.0.0.1", True),
+        ("::1", True),
+        ("a" * 255, True),
+        ("a" * 255 + ".", True),  # the dot goes, as from a server name
+        ("a" * 256, False),
+        ("*." + "a" * 253, True),  # x. and 253 bytes: a whole server name
+        ("*." + "a" * 254, False),  # no server name that long is matched
+        ("*.", False),
+        ("*", False),
+        ("*.*.a.test", False),
+        ("a b.test", False),
+        ("b\u00fccher.test", False),
+        ("xn--bcher-kva.test", True),
+        ("", False),
+        (".", False),
+    ],
+)
+def test_which_configured_names_can_be_served(name, servable):
+    assert servable_name(name) is servable
 
 
 def test_directory_mode_serves_each_file(pki):

@@ -47,7 +47,7 @@ from wsmux.logs import LOG_FORMATS, LOG_LEVELS
 from wsmux.proxy import PROXY_KEYS, ProxySpec
 from wsmux.resources import RESOURCE_KINDS, ResourceSpec, check_spec
 from wsmux.routing import RouteClash, RouteError, canonical_path, check_clashes, parse_path
-from wsmux.tls import TLS_VERSIONS, HostCertificate, TlsSettings
+from wsmux.tls import HOST_NAME_RULE, TLS_VERSIONS, HostCertificate, TlsSettings, servable_name
 
 DEFAULT_PORT = "8080"
 DEFAULT_ROUTES: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -582,8 +582,13 @@ def _tls_table(table: Any, path: str, bad: Any) -> dict[str, Any]:
                 "unknown key (a host has name, cert, key, passphrase)",
             )
         name = host.get("name")
-        if not isinstance(name, str) or not name or "/" in name:
-            raise bad(f"{where}.name", "must be a host name such as example.com or *.example.com")
+        if not isinstance(name, str) or not servable_name(name):
+            shown = repr(name[:64] + "..." if isinstance(name, str) and len(name) > 64 else name)
+            raise bad(
+                f"{where}.name",
+                f"must be a host name such as example.com or *.example.com ({HOST_NAME_RULE}), "
+                f"not {shown}",
+            )
         if "cert" not in host:
             raise bad(f"{where}.cert", "is required")
         hosts.append(

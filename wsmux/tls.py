@@ -13,6 +13,7 @@ old certificates in service and logs which file is wrong.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 from dataclasses import dataclass
@@ -227,12 +228,30 @@ def directory_entries(directory: str) -> list[HostCertificate]:
     except OSError as e:
         raise CertificateError(f"{directory}: cannot list: {e.strerror}") from None
     entries = []
+    skipped = []
     for filename in names:
         if not filename.endswith(".pem"):
             continue
         host = filename[: -len(".pem")]
+        if host != "DEFAULT" and not servable_name(host):
+            skipped.append(filename)
+            log.warn(
+                "TLS: skipped {file}: {name!r} is not a host name ({rule})",
+                file=os.path.join(directory, filename),
+                name=host,
+                rule=HOST_NAME_RULE,
+            )
+            continue
         path = os.path.join(directory, filename)
         entries.append(HostCertificate("" if host == "DEFAULT" else host.lower(), path))
+    if skipped and not entries:
+        shown = ", ".join(repr(name) for name in skipped[:3]) + (
+            ", ..." if len(skipped) > 3 else ""
+        )
+        raise CertificateError(
+            f"{directory}: no certificate to serve: skipped {shown}, "
+            f"whose names are not host names ({HOST_NAME_RULE})"
+        )
     return entries
 
 
@@ -265,8 +284,10 @@ def _refuse_unrecognized_name() -> NoReturn:
     raise _UnrecognizedName()
 
 
-# What a (lower-cased, ASCII) DNS name is made of.
-_DNS_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-.")
+# What a (lower-cased, ASCII) host name is made of: DNS's letters, digits
+# and hyphens, and the underscore some internal names carry (OpenSSL, Node
+# and nginx accept it in SNI, and a certificate can be for such a name).
+_DNS_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-._")
 
 
 def normalize_server_name(raw: Optional[bytes]) -> Optional[str]:
@@ -283,6 +304,34 @@ def normalize_server_name(raw: Optional[bytes]) -> Optional[str]:
     if not name or not _DNS_CHARACTERS.issuperset(name):
         return None
     return name
+
+
+# What servable_name lets through, for error messages.
+HOST_NAME_RULE = (
+    "ASCII letters, digits, '-', '_' and '.', at most 255 bytes after an optional '*.' "
+    "(an international name in its xn-- form), or an IP address"
+)
+
+
+def servable_name(name: str) -> bool:
+    """
+    Whether a configured host name is one wsmux can serve: a name an SNI
+    server name can match (an exact name, or a wildcard such as
+    C{*.example.com} whose names fit in a server name), or an IP address
+    (which clients do not send in SNI: such an entry serves, as any first
+    entry does, clients that send no name when no default is configured).
+    """
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        pass
+    else:
+        return True
+    wildcard = name.startswith("*.")
+    exact = (name[2:] if wildcard else name).rstrip(".")
+    if not exact.isascii() or len(exact) > MAX_SERVER_NAME - (2 if wildcard else 0):
+        return False
+    return normalize_server_name(exact.encode("ascii")) is not None
 
 
 @implementer(interfaces.IOpenSSLServerConnectionCreator)
@@ -328,6 +377,10 @@ class SniContextMap:
         wildcard: dict[str, CertificateOptions] = {}
         default_names: frozenset[str] = frozenset()
         for entry in self._entries():
+            if entry.name and not servable_name(entry.name):
+                raise CertificateError(
+                    f"{entry.name!r} is not a host name a client could ask for ({HOST_NAME_RULE})"
+                )
             options = load_certificate_options(
                 entry, self.settings.min_version, self.settings.http2
             )
