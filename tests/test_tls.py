@@ -362,7 +362,14 @@ def test_reload_swaps_certificates_and_keeps_them_on_error(pki, tmp_path):
     new_chain, new_key = pki.issue("a.test", common_name="a.test v2")
     chain_file.write_bytes(new_chain)
     key_file.write_bytes(new_key)
-    assert contexts.reload() is True
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        assert contexts.reload() is True
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    # The default and a.test's.
+    assert "TLS certificates reloaded (2 certificate(s))" in [formatEvent(e) for e in events]
     assert handshake(contexts, pki, "a.test")[0] == "a.test v2"
     chain_file.write_bytes(b"not a certificate")
     assert contexts.reload() is False

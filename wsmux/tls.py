@@ -430,9 +430,9 @@ class SniContextMap:
             log.error("TLS reload failed, keeping the current certificates: {error}", error=_why(e))
             return False
         self._install(loaded)
-        log.info(
-            "TLS certificates reloaded ({n} host name(s))", n=len(self._exact) + len(self._wildcard)
-        )
+        hosts = [*self._exact.values(), *self._wildcard.values()]
+        separate_default = not any(options is self._default for options in hosts)
+        log.info("TLS certificates reloaded ({n} certificate(s))", n=len(hosts) + separate_default)
         return True
 
     def options_for(self, server_name: Optional[str]) -> tuple[str, Optional[CertificateOptions]]:
