@@ -10,9 +10,11 @@ WebSocket backend, message by message.
     ca = "backend-ca.pem"                   # wss:// backends: the CA to verify them with
 
 The backend is connected to (TCP, TLS and its opening handshake, within
-C{connect_timeout}) before the client gets its 101, so the client's answer
-is the backend's: its subprotocol, or its refusal's status (a 4xx), or 502
-when no backend could be reached.  Offered subprotocols, C{Origin},
+C{connect_timeout}, and the backends of a list within the client's own
+opening-handshake time) before the client gets its 101, so the client's
+answer is the backend's: its subprotocol, or its refusal's status (a 4xx),
+or 502 when no backend could be reached (504 when the last did not answer
+in time).  Offered subprotocols, C{Origin},
 cookies, C{Authorization} and C{User-Agent} pass through;
 C{X-Forwarded-For} (the addresses wsmux's trusted proxies vouch for, then
 the client's), C{X-Forwarded-Proto}, C{X-Forwarded-Host} and C{Forwarded}
@@ -227,9 +229,16 @@ class _Backend(RelayClientProtocol):
 
 
 class _Refused(Exception):
-    def __init__(self, status: Optional[int], why: str) -> None:
+    def __init__(self, status: Optional[int], why: str, late: bool = False) -> None:
         super().__init__(why)
         self.status = status
+        self.late = late  # the backend did not answer in the time it had
+
+
+# What the backends together leave of the client's opening-handshake time:
+# Autobahn's timer for it goes off up to a second early (its timers are kept
+# in whole seconds), and the answer needs time to leave.
+_ANSWER_MARGIN = 1.5
 
 
 def _status_of(protocol: Any) -> Optional[int]:
@@ -289,13 +298,28 @@ class ProxyHandler(WebSocketServerProtocol):
         start = next(self.turns) % len(urls)
         failures = []
         refused = None
-        for url in urls[start:] + urls[:start]:
+        late = False
+        # The backends share what the client's opening-handshake timeout
+        # leaves, so that the client gets an answer (the next backend's
+        # 101, or a 504) before that timer drops it.
+        clock: Any = self.factory.reactor
+        limit = float(getattr(self, "openHandshakeTimeout", 0) or 0)
+        until = clock.seconds() + max(limit - _ANSWER_MARGIN, limit / 2) if limit > 0 else None
+        order = urls[start:] + urls[:start]
+        for index, url in enumerate(order):
+            timeout = self.spec.connect_timeout
+            if until is not None:
+                timeout = min(timeout, (until - clock.seconds()) / (len(order) - index))
+                if timeout <= 0:
+                    late = True
+                    break
             try:
-                backend = await self._wsmux_connect(url, request)
+                backend = await self._wsmux_connect(url, request, timeout)
             except _Refused as e:
                 if self._wsmux_gone:
                     raise ConnectionDeny(502, "The client went away") from None
                 failures.append(f"{_redacted(url)}: {e}")
+                late = e.late
                 if e.status is not None:
                     refused = e.status
                     break  # the backend answered: its answer is the answer
@@ -319,6 +343,8 @@ class ProxyHandler(WebSocketServerProtocol):
         )
         if refused is not None and 400 <= refused < 600:
             raise ConnectionDeny(refused, "Refused by the backend")
+        if late:
+            raise ConnectionDeny(504, "Gateway Timeout: no backend answered in time")
         raise ConnectionDeny(502, "Bad Gateway: the backend could not be reached")
 
     def _wsmux_backend_urls(self, request: Any) -> list[str]:
@@ -336,7 +362,7 @@ class ProxyHandler(WebSocketServerProtocol):
             urls.append(url)
         return urls
 
-    def _wsmux_connect(self, url: str, request: Any) -> Deferred[Any]:
+    def _wsmux_connect(self, url: str, request: Any, timeout: float) -> Deferred[Any]:
         options = self.factory.options
         connection = self.wsmux
         headers = {
@@ -381,13 +407,12 @@ class ProxyHandler(WebSocketServerProtocol):
 
             trust = _load_ca(self.spec.ca) if self.spec.ca else platformTrust()
             context = optionsForClientTLS(factory.host, trustRoot=trust)
-        timeout = self.spec.connect_timeout
         connector = connectWS(factory, context, timeout=timeout)
         clock: Any = self.factory.reactor
 
         def too_slow() -> None:
             if not ready.called:
-                ready.errback(_Refused(None, f"no answer in {timeout:g} s"))
+                ready.errback(_Refused(None, f"no answer in {timeout:.3g} s", late=True))
 
         deadline = clock.callLater(timeout, too_slow)
 

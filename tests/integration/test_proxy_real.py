@@ -335,7 +335,7 @@ def test_the_clients_close_reaches_the_backend(start_server, how):
 
 
 def test_a_silent_backend_times_out_and_a_list_fails_over(start_server, tmp_path):
-    # A backend that takes the TCP connection and never answers: 502 once
+    # A backend that takes the TCP connection and never answers: 504 once
     # connect_timeout has run, not later; with a list, the next backend
     # serves the client.
     import socket
@@ -360,7 +360,7 @@ def test_a_silent_backend_times_out_and_a_list_fails_over(start_server, tmp_path
         started = time.monotonic()
         with pytest.raises(InvalidStatus) as unreachable:
             connect(server.url("/silent"), open_timeout=20)
-        assert unreachable.value.response.status_code == 502
+        assert unreachable.value.response.status_code == 504
         assert 0.9 < time.monotonic() - started < 8
         assert "no answer in 1 s" in server.log()
         for _ in range(2):  # round-robin: each turn starts at another; both succeed
@@ -368,6 +368,43 @@ def test_a_silent_backend_times_out_and_a_list_fails_over(start_server, tmp_path
                 info = json.loads(ws.recv(timeout=10))
                 assert info["path"] == "/info/x" and info["query"] == "from=wsmux&q=1"
         assert f"127.0.0.1:{dead}" in server.log()  # the failed one, named
+    finally:
+        silent.close()
+        good.stop()
+
+
+def test_the_backends_share_the_clients_handshake_time(start_server, tmp_path):
+    # connect_timeout (10 s by default) longer than the client's opening-
+    # handshake timeout: the backends share what that timeout leaves, so
+    # a silent first backend still leaves time for the next, and a client
+    # whose backends all stay silent gets a 504 before its timer drops it.
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    quiet = f"ws://127.0.0.1:{silent.getsockname()[1]}"
+    good = Backend("websockets")
+    try:
+        config = tmp_path / "wsmux.toml"
+        config.write_text(
+            "[[routes]]\npath = '/list/{name}'\nhandler = 'proxy'\nopen_handshake_timeout = 4\n"
+            f"backend = ['{quiet}/{{name}}', 'ws://127.0.0.1:{good.port}/info/{{name}}']\n\n"
+            "[[routes]]\npath = '/silent'\nhandler = 'proxy'\nopen_handshake_timeout = 3\n"
+            f"backend = '{quiet}/echo'\n"
+        )
+        server = start_server("--config", str(config))
+        for _ in range(2):  # round-robin: one of the two starts at the silent one
+            started = time.monotonic()
+            with connect(server.url("/list/x"), subprotocols=["chat"], open_timeout=20) as ws:
+                assert json.loads(ws.recv(timeout=10))["path"] == "/info/x"
+            assert time.monotonic() - started < 3.5
+        assert "no answer in 1.25 s" in server.log()
+        started = time.monotonic()
+        with pytest.raises(InvalidStatus) as late:
+            connect(server.url("/silent"), open_timeout=20)
+        assert late.value.response.status_code == 504
+        assert 1.4 < time.monotonic() - started < 2.9
     finally:
         silent.close()
         good.stop()
