@@ -173,6 +173,9 @@ def test_pubsub_protocol():
         ({"action": "subscribe", "channel": "a\nb"}, "control characters"),
         ({"action": "x" * 900_000, "channel": "c"}, "unknown action 'xxxxxxxx"),
         ({"action": "publish", "channel": "x"}, "publish needs data"),
+        (b'{"action": "publish", "channel": "x", "data": NaN}', "NaN is not a JSON value"),
+        (b'{"action": "publish", "channel": "x", "data": [-Infinity]}', "-Infinity is not a"),
+        (b'{"action": "publish", "channel": "x", "data": 1e999}', "'1e999' is too big"),
     ],
 )
 def test_pubsub_errors_answer_and_keep_the_connection(request_, error):
@@ -182,6 +185,22 @@ def test_pubsub_errors_answer_and_keep_the_connection(request_, error):
     assert len(answer["error"]) < 200  # never the whole request back
     assert conn.client.close is None
     assert send(conn, {"action": "subscribe", "channel": "ok"})["ok"] == "subscribe"
+
+
+def test_subscribers_get_only_json_a_browser_parses():
+    # Python's json takes NaN, Infinity and 1e999 (a float's infinity) and
+    # writes them back as NaN and Infinity, which JSON.parse refuses: one
+    # publisher would break every subscriber's handler.
+    tree = RouteTree([Route("/ps", PubSubHandler)])
+    alice, bob = pubsub(tree), pubsub(tree)
+    send(bob, {"action": "subscribe", "channel": "chat"})
+    for data in (b"NaN", b"Infinity", b"-1e999", b'[1, {"a": NaN}]'):
+        publish = b'{"action": "publish", "channel": "chat", "data": ' + data + b"}"
+        assert "error" in send(alice, publish)
+    assert send(alice, {"action": "publish", "channel": "chat", "data": 1e300})["ok"] == "publish"
+    bob.flush()
+    received = [m for m, _ in bob.client.messages if b'"data"' in m]
+    assert received == [b'{"channel": "chat", "data": 1e+300}']
 
 
 def test_pubsub_channel_cap():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import inspect
 import json
+import math
 from typing import Any, Mapping, Optional
 from urllib.parse import urlencode
 
@@ -114,7 +115,15 @@ class PubSubHandler(WebSocketServerProtocol):
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         try:
-            request = json.loads(payload.decode("utf-8")) if not isBinary else None
+            request = (
+                json.loads(
+                    payload.decode("utf-8"), parse_constant=_no_constant, parse_float=_finite
+                )
+                if not isBinary
+                else None
+            )
+        except _NotJSON as e:
+            return self._reply({"error": str(e)})
         except (UnicodeDecodeError, ValueError, RecursionError):
             request = None
         if not isinstance(request, dict):
@@ -157,6 +166,25 @@ class PubSubHandler(WebSocketServerProtocol):
 
     def _reply(self, answer: dict[str, Any]) -> None:
         self.sendMessage(json.dumps(answer).encode("utf-8"))
+
+
+class _NotJSON(ValueError):
+    """
+    What Python's json module takes and JSON has not: NaN, Infinity, and
+    numbers too big for a double.  Published, they would reach every
+    subscriber as text its JSON parser refuses.
+    """
+
+
+def _no_constant(name: str) -> Any:
+    raise _NotJSON(f"{name} is not a JSON value")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotJSON(f"{_brief(text)} is too big for a JSON number")
+    return value
 
 
 def _allowed_channels(protocol: Any) -> tuple[str, ...]:
