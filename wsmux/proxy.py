@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Optional
 from urllib.parse import quote, urlsplit
@@ -365,26 +366,25 @@ class ProxyHandler(WebSocketServerProtocol):
     def _wsmux_connect(self, url: str, request: Any, timeout: float) -> Deferred[Any]:
         options = self.factory.options
         connection = self.wsmux
-        headers = {
-            name: cookie_header(self) if name == "cookie" else value
-            for name, value in request.headers.items()
-            if name in PASSED_HEADERS and _safe(value)
-        }
+        headers = {}
+        for name, value in request.headers.items():
+            if name in PASSED_HEADERS:
+                relayed = _relayed(cookie_header(self) if name == "cookie" else value)
+                if relayed is not None:
+                    headers[name] = relayed
         chain = [a for a in connection.address_chain if a]
         headers["X-Forwarded-For"] = ", ".join(chain)
         proto = "https" if connection.tls else "http"
         headers["X-Forwarded-Proto"] = proto
-        host = request.host or ""
-        if _safe(host):
+        host = _relayed(request.host or "")
+        if host:
             headers["X-Forwarded-Host"] = host
         headers["Forwarded"] = ", ".join(_forwarded(a) for a in chain) + f";proto={proto}"
-        origin = request.headers.get("origin")
-        agent = request.headers.get("user-agent")
         factory = _BackendFactory(
             url,
-            origin=origin if origin and _safe(origin) else None,
+            origin=_relayed(request.headers.get("origin") or "") or None,
             protocols=list(request.protocols) or None,
-            useragent=agent if agent and _safe(agent) else None,
+            useragent=_relayed(request.headers.get("user-agent") or "") or None,
             headers=headers,
         )
         ready: Deferred[Any] = Deferred()
@@ -519,9 +519,29 @@ def _segment(value: str) -> str:
     return quoted.replace(".", "%2E") if quoted in (".", "..") else quoted
 
 
-def _safe(value: str) -> bool:
-    # A value that cannot end a header line or the head.
-    return not any(c in value for c in "\r\n\0")
+def _relayed(value: str) -> Optional[str]:
+    """
+    A header value of the client's, as wsmux reads a head (each byte one
+    ISO-8859-1 character), made what Autobahn's client writes back as the
+    client's own bytes (it writes UTF-8); L{None} when they cannot be
+    relayed as they came: a control character (a line break would end the
+    header), or bytes that are not UTF-8.  Such a header is not passed on,
+    rather than passed on changed.
+    """
+    try:
+        raw = value.encode("iso-8859-1")
+    except UnicodeEncodeError:  # (text already, not a head's bytes)
+        raw = value.encode("utf-8", "surrogatepass")
+    if _CONTROL.search(raw):
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+# Bytes no relayed header value may hold: C0 controls but tab, and DEL.
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def _forwarded(address: str) -> str:

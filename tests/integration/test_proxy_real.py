@@ -410,6 +410,54 @@ def test_the_backends_share_the_clients_handshake_time(start_server, tmp_path):
         good.stop()
 
 
+def test_header_bytes_reach_the_backend_as_the_client_sent_them(start_server):
+    # A backend that records the head it gets and refuses (403).  UTF-8
+    # header values arrive byte for byte (they were decoded as ISO-8859-1
+    # and written back as UTF-8: twice encoded); values with control
+    # characters, or bytes that are not UTF-8, are not passed on at all.
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    heads = []
+
+    def serve():
+        conn, _ = listener.accept()
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(4096)
+            heads.append(head)
+            conn.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        server = start_server(
+            "--route", f"/svc=proxy:ws://127.0.0.1:{listener.getsockname()[1]}/x"
+        )  # fmt: skip
+        request = (
+            b"GET /svc HTTP/1.1\r\nHost: h\xc3\xa9.test\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\nCookie: n=\xc3\xa9\r\nAuthorization: \xff\r\n"
+            b"User-Agent: ua\x01\x7f\r\nAccept-Language: fr\tde\r\n\r\n"
+        )
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as client:
+            client.sendall(request)
+            answer = client.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 403"), answer
+        thread.join(timeout=10)
+        head = heads[0].lower()  # (bytes past ASCII stay as they are)
+        assert b"\r\ncookie: n=\xc3\xa9\r\n" in head
+        assert b"\r\nx-forwarded-host: h\xc3\xa9.test\r\n" in head
+        assert b"\r\naccept-language: fr\tde\r\n" in head
+        assert b"authorization" not in head and b"ua\x01" not in head
+    finally:
+        listener.close()
+
+
 def test_every_frame_shape_a_backend_may_send(start_server):
     # Whole frames of each length encoding, several in one write, a
     # fragmented message and a ping between its fragments: each relayed
