@@ -229,15 +229,35 @@ class GuardedHTTPChannel(HTTPChannel):
                     f"headers over {limits.max_header_bytes} bytes",
                 )
                 return
+            # A line folded onto the one before (RFC 9112 5.2 lets a server
+            # refuse it): twisted.web would join it, which a front proxy may
+            # not do, and so read another body length than that proxy's.
+            if line[:1] in b" \t":
+                self._refuse(400, b"Bad Request", "a folded header line")
+                return
+            colon = line.find(b":")
+            if colon < 0:
+                self._refuse(400, b"Bad Request", "a header line without a colon")
+                return
             # twisted.web keeps every header name it has seen (up to ten
             # thousand of them) for good: a long unique name per request
             # would hold its bytes for the life of the process.
-            if line[:1] not in b" \t" and line.find(b":", 0, limits.max_header_name + 1) < 0:
+            if colon > limits.max_header_name:
                 self._refuse(
                     431,
                     b"Request Header Fields Too Large",
                     f"a header name over {limits.max_header_name} bytes",
                 )
+                return
+            # twisted.web takes "identity" as no coding at all and goes on;
+            # RFC 9112 6.3 has a server refuse any coding but chunked last,
+            # which is the only one it reads.
+            if (
+                colon == 17
+                and line[:17].lower() == b"transfer-encoding"
+                and line[18:].strip(b" \t").lower() != b"chunked"
+            ):
+                self._refuse(400, b"Bad Request", "a Transfer-Encoding other than chunked")
                 return
         else:
             # The end of the head.  The deadline runs on until the request
