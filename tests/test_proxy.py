@@ -55,3 +55,21 @@ def test_bad_proxy_routes_in_the_file_and_on_the_command_line(tmp_path):
         load_file(str(config))
     with pytest.raises(ConfigError, match="must be a ws:// or wss:// URL"):
         parse_route_arg("/x=proxy:localhost:9000")
+
+
+def test_a_connect_that_timed_out_is_a_backend_that_did_not_answer_in_time():
+    # A backend dropping SYNs: Twisted's connect timeout, not the
+    # handshake's, goes off; the client gets 504 for it all the same.
+    from twisted.internet import error
+    from twisted.internet.defer import Deferred
+    from twisted.python.failure import Failure
+
+    from wsmux.proxy import _BackendFactory
+
+    for reason, late in ((error.TimeoutError(), True), (error.ConnectionRefusedError(), False)):
+        factory = _BackendFactory("ws://127.0.0.1:9/")
+        factory.ready = Deferred()
+        got: list = []
+        factory.ready.addErrback(got.append)
+        factory.clientConnectionFailed(None, Failure(reason))
+        assert got[0].value.late is late and got[0].value.status is None

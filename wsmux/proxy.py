@@ -48,12 +48,13 @@ from autobahn.twisted.websocket import (
     connectWS,
 )
 from autobahn.websocket.types import ConnectionDeny
+from twisted.internet import error
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
 from wsmux._compat_autobahn import RelayClientProtocol
-from wsmux.connection import SENDABLE_CLOSE_CODES, close_with, cookie_header
+from wsmux.connection import SENDABLE_CLOSE_CODES, close_with
 from wsmux.logs import log
 
 PROXY_KEYS = frozenset({"backend", "connect_timeout", "ca"})
@@ -262,7 +263,10 @@ class _BackendFactory(WebSocketClientFactory):
 
     def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
         if not self.ready.called:
-            self.ready.errback(_Refused(None, reason.getErrorMessage()))
+            # A connect that timed out (a backend dropping SYNs) is a backend
+            # that did not answer in time, as a silent one is.
+            late = reason.check(error.TimeoutError) is not None
+            self.ready.errback(_Refused(None, reason.getErrorMessage(), late=late))
 
 
 @implementer(IPushProducer)
@@ -313,6 +317,7 @@ class ProxyHandler(WebSocketServerProtocol):
                 timeout = min(timeout, (until - clock.seconds()) / (len(order) - index))
                 if timeout <= 0:
                     late = True
+                    failures += [f"{_redacted(u)}: not tried, no time left" for u in order[index:]]
                     break
             try:
                 backend = await self._wsmux_connect(url, request, timeout)
@@ -367,11 +372,10 @@ class ProxyHandler(WebSocketServerProtocol):
         options = self.factory.options
         connection = self.wsmux
         headers = {}
-        for name, value in request.headers.items():
-            if name in PASSED_HEADERS:
-                relayed = _relayed(cookie_header(self) if name == "cookie" else value)
-                if relayed is not None:
-                    headers[name] = relayed
+        for name in PASSED_HEADERS:
+            relayed = _relayed_header(self, name)
+            if relayed is not None:
+                headers[name] = relayed
         chain = [a for a in connection.address_chain if a]
         headers["X-Forwarded-For"] = ", ".join(chain)
         proto = "https" if connection.tls else "http"
@@ -382,9 +386,9 @@ class ProxyHandler(WebSocketServerProtocol):
         headers["Forwarded"] = ", ".join(_forwarded(a) for a in chain) + f";proto={proto}"
         factory = _BackendFactory(
             url,
-            origin=_relayed(request.headers.get("origin") or "") or None,
-            protocols=list(request.protocols) or None,
-            useragent=_relayed(request.headers.get("user-agent") or "") or None,
+            origin=_relayed_header(self, "origin"),
+            protocols=[p for p in request.protocols if _relayed(p) == p] or None,
+            useragent=_relayed_header(self, "user-agent"),
             headers=headers,
         )
         ready: Deferred[Any] = Deferred()
@@ -519,6 +523,40 @@ def _segment(value: str) -> str:
     return quoted.replace(".", "%2E") if quoted in (".", "..") else quoted
 
 
+def _relayed_header(protocol: Any, name: str) -> Optional[str]:
+    """
+    Header C{name} (lower case) as the client sent it, its values read from
+    the request head's bytes (joined with commas; a Cookie's pairs, from
+    every Cookie header, with semicolons), for Autobahn's client to write:
+    what cannot be relayed byte for byte (L{_relayed_bytes}) is left out,
+    a Cookie pair at a time.  L{None} when nothing is left.
+    """
+    head = getattr(protocol, "http_request_data", None) or b""
+    wanted = name.encode("ascii")
+    values = []
+    for line in head.split(b"\r\n")[1:]:
+        key, colon, value = line.partition(b":")
+        if colon and key.lower() == wanted:
+            values.append(value.strip(b" \t"))
+    if name == "cookie":
+        pairs = (pair.strip(b" \t") for value in values for pair in value.split(b";"))
+        kept = [text for pair in pairs if pair and (text := _relayed_bytes(pair)) is not None]
+        return "; ".join(kept) or None
+    return _relayed_bytes(b", ".join(values)) if values else None
+
+
+def _relayed_bytes(raw: bytes) -> Optional[str]:
+    # Bytes Autobahn's client (which writes headers as UTF-8) writes back
+    # as they are: no control character (a line break would end the
+    # header), and UTF-8.
+    if _CONTROL.search(raw):
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 def _relayed(value: str) -> Optional[str]:
     """
     A header value of the client's, as wsmux reads a head (each byte one
@@ -532,12 +570,7 @@ def _relayed(value: str) -> Optional[str]:
         raw = value.encode("iso-8859-1")
     except UnicodeEncodeError:  # (text already, not a head's bytes)
         raw = value.encode("utf-8", "surrogatepass")
-    if _CONTROL.search(raw):
-        return None
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
+    return _relayed_bytes(raw)
 
 
 # Bytes no relayed header value may hold: C0 controls but tab, and DEL.
