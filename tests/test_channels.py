@@ -176,6 +176,7 @@ def test_pubsub_protocol():
         (b'{"action": "publish", "channel": "x", "data": NaN}', "NaN is not a JSON value"),
         (b'{"action": "publish", "channel": "x", "data": [-Infinity]}', "-Infinity is not a"),
         (b'{"action": "publish", "channel": "x", "data": 1e999}', "'1e999' is too big"),
+        (b'{"action": "publish", "channel": "x", "data": -' + b"9" * 309 + b"}", "is too big"),
     ],
 )
 def test_pubsub_errors_answer_and_keep_the_connection(request_, error):
@@ -198,9 +199,14 @@ def test_subscribers_get_only_json_a_browser_parses():
         publish = b'{"action": "publish", "channel": "chat", "data": ' + data + b"}"
         assert "error" in send(alice, publish)
     assert send(alice, {"action": "publish", "channel": "chat", "data": 1e300})["ok"] == "publish"
+    big = b"9" * 308  # under a double's largest, 1.79e308
+    assert "ok" in send(alice, b'{"action": "publish", "channel": "chat", "data": ' + big + b"}")
     bob.flush()
     received = [m for m, _ in bob.client.messages if b'"data"' in m]
-    assert received == [b'{"channel": "chat", "data": 1e+300}']
+    assert received == [
+        b'{"channel": "chat", "data": 1e+300}',
+        b'{"channel": "chat", "data": ' + big + b"}",
+    ]
 
 
 def test_pubsub_channel_cap():

@@ -11,6 +11,7 @@ import fnmatch
 import inspect
 import json
 import math
+import sys
 from typing import Any, Mapping, Optional
 from urllib.parse import urlencode
 
@@ -117,7 +118,10 @@ class PubSubHandler(WebSocketServerProtocol):
         try:
             request = (
                 json.loads(
-                    payload.decode("utf-8"), parse_constant=_no_constant, parse_float=_finite
+                    payload.decode("utf-8"),
+                    parse_constant=_no_constant,
+                    parse_float=_finite,
+                    parse_int=_within_a_double,
                 )
                 if not isBinary
                 else None
@@ -170,9 +174,10 @@ class PubSubHandler(WebSocketServerProtocol):
 
 class _NotJSON(ValueError):
     """
-    What Python's json module takes and JSON has not: NaN, Infinity, and
-    numbers too big for a double.  Published, they would reach every
-    subscriber as text its JSON parser refuses.
+    What Python's json module takes and a browser's JSON.parse would not
+    read back: NaN and Infinity (Python writes them back as such, which
+    JSON.parse refuses) and numbers past a double's range (Python writes a
+    float's back as Infinity; JSON.parse reads an integer's as Infinity).
     """
 
 
@@ -185,6 +190,17 @@ def _finite(text: str) -> float:
     if not math.isfinite(value):
         raise _NotJSON(f"{_brief(text)} is too big for a JSON number")
     return value
+
+
+def _within_a_double(text: str) -> int:
+    # An integer past a double's range: JavaScript reads it as Infinity.
+    value = int(text)
+    if abs(value) > _DOUBLE_MAX:
+        raise _NotJSON(f"{_brief(text)} is too big for a JSON number")
+    return value
+
+
+_DOUBLE_MAX = int(sys.float_info.max)
 
 
 def _allowed_channels(protocol: Any) -> tuple[str, ...]:
