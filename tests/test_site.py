@@ -453,26 +453,30 @@ def test_requests_with_a_body_hold_a_place_in_the_caps():
 
 
 @pytest.mark.parametrize(
-    "line",
+    "request_line, line",
     [
-        " X-Folded: onto the line before",
-        "\tX-Folded: with a tab",
-        "No colon",
-        "Transfer-Encoding: identity",
-        "Transfer-Encoding: chunked, identity",
-        "Transfer-Encoding: identity, chunked",
-        "Transfer-Encoding:",
+        ("GET /info HTTP/1.1", " X-Folded: onto the line before"),
+        ("GET /info HTTP/1.1", "\tX-Folded: with a tab"),
+        ("GET /info HTTP/1.1", "No colon"),
+        ("POST /info HTTP/1.1", "Transfer-Encoding: identity"),
+        ("POST /info HTTP/1.0", "Transfer-Encoding: chunked"),
+        # (these three twisted.web refused already)
+        ("POST /info HTTP/1.1", "Transfer-Encoding: chunked, identity"),
+        ("POST /info HTTP/1.1", "Transfer-Encoding: identity, chunked"),
+        ("POST /info HTTP/1.1", "Transfer-Encoding:"),
     ],
 )
 @pytest.mark.parametrize("one_pass", [True, False])
-def test_lines_a_front_proxy_may_read_another_way_are_400(line, one_pass):
-    # twisted.web joins a folded line to the one before and takes
-    # "identity" as no coding at all; a proxy in front may do neither, and
-    # then frame the body differently (request smuggling).
+def test_lines_a_front_proxy_may_read_another_way_are_400(request_line, line, one_pass):
+    # twisted.web joins a folded line to the one before, takes "identity"
+    # as no coding at all, and reads an HTTP/1.0 body as chunked; a proxy
+    # in front may do none of these, and then frame the body differently
+    # (request smuggling).  (A GET head comes whole: the one-pass reader
+    # sees it first.)
     tree, seen = body_tree()
     with reading(one_pass):
         raw = raw_connect(tree)
-        raw.send(head("POST /info HTTP/1.1", ["Host: a", line]) + b"0\r\n\r\n")
+        raw.send(head(request_line, ["Host: a", line]) + b"0\r\n\r\n")
         assert raw.received.startswith(b"HTTP/1.1 400 ") and raw.lost
         assert not seen.requests
         raw = raw_connect(tree)  # what chunked is, in any case, is read

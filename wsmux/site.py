@@ -119,6 +119,7 @@ class GuardedHTTPChannel(HTTPChannel):
     _in_head = False
     _head_lines = 0
     _head_bytes = 0
+    _http10 = False  # the head being read is an HTTP/1.0 request's
     _idle_timeout: Optional[int] = None
     _body_place: Any = None
     _refused_abort: Any = None
@@ -207,6 +208,7 @@ class GuardedHTTPChannel(HTTPChannel):
                 self._in_head = True
                 self._head_lines = 0
                 self._head_bytes = 0
+                self._http10 = line.endswith(b" HTTP/1.0")
                 if len(line) > limits.max_request_line:
                     self._refuse(
                         414, b"URI Too Long", f"request line over {limits.max_request_line} bytes"
@@ -251,14 +253,15 @@ class GuardedHTTPChannel(HTTPChannel):
                 return
             # twisted.web takes "identity" as no coding at all and goes on;
             # RFC 9112 6.3 has a server refuse any coding but chunked last,
-            # which is the only one it reads.
-            if (
-                colon == 17
-                and line[:17].lower() == b"transfer-encoding"
-                and line[18:].strip(b" \t").lower() != b"chunked"
-            ):
-                self._refuse(400, b"Bad Request", "a Transfer-Encoding other than chunked")
-                return
+            # which is the only one it reads, and 6.1 an HTTP/1.0 request
+            # with a Transfer-Encoding at all (twisted.web reads it chunked).
+            if colon == 17 and line[:17].lower() == b"transfer-encoding":
+                if self._http10:
+                    self._refuse(400, b"Bad Request", "a Transfer-Encoding in an HTTP/1.0 request")
+                    return
+                if line[18:].strip(b" \t").lower() != b"chunked":
+                    self._refuse(400, b"Bad Request", "a Transfer-Encoding other than chunked")
+                    return
         else:
             # The end of the head.  The deadline runs on until the request
             # is complete: a body has to arrive within it too.
