@@ -199,7 +199,7 @@ def test_subscribers_get_only_json_a_browser_parses():
         publish = b'{"action": "publish", "channel": "chat", "data": ' + data + b"}"
         assert "error" in send(alice, publish)
     assert send(alice, {"action": "publish", "channel": "chat", "data": 1e300})["ok"] == "publish"
-    big = b"9" * 308  # under a double's largest, 1.79e308
+    big = b"1" + b"0" * 308  # 1e308, under a double's largest (1.79e308)
     assert "ok" in send(alice, b'{"action": "publish", "channel": "chat", "data": ' + big + b"}")
     bob.flush()
     received = [m for m, _ in bob.client.messages if b'"data"' in m]

@@ -66,7 +66,11 @@ def test_a_connect_that_timed_out_is_a_backend_that_did_not_answer_in_time():
 
     from wsmux.proxy import _BackendFactory
 
-    for reason, late in ((error.TimeoutError(), True), (error.ConnectionRefusedError(), False)):
+    for reason, late in (
+        (error.TimeoutError(), True),
+        (error.TCPTimedOutError(), True),
+        (error.ConnectionRefusedError(), False),
+    ):
         factory = _BackendFactory("ws://127.0.0.1:9/")
         factory.ready = Deferred()
         got: list = []

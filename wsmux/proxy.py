@@ -265,7 +265,7 @@ class _BackendFactory(WebSocketClientFactory):
         if not self.ready.called:
             # A connect that timed out (a backend dropping SYNs) is a backend
             # that did not answer in time, as a silent one is.
-            late = reason.check(error.TimeoutError) is not None
+            late = reason.check(error.TimeoutError, error.TCPTimedOutError) is not None
             self.ready.errback(_Refused(None, reason.getErrorMessage(), late=late))
 
 
@@ -380,7 +380,9 @@ class ProxyHandler(WebSocketServerProtocol):
         headers["X-Forwarded-For"] = ", ".join(chain)
         proto = "https" if connection.tls else "http"
         headers["X-Forwarded-Proto"] = proto
-        host = _relayed(request.host or "")
+        host = _relayed_header(self, "host") or ""
+        if ":" in host and not host.endswith("]"):
+            host = host.rsplit(":", 1)[0]  # its port, as request.host has none
         if host:
             headers["X-Forwarded-Host"] = host
         headers["Forwarded"] = ", ".join(_forwarded(a) for a in chain) + f";proto={proto}"
