@@ -189,6 +189,21 @@ def close_reason(reason: Optional[str]) -> bytes:
 _TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
+def head_values(protocol: Any, name: bytes) -> list[bytes]:
+    """
+    The values of header C{name} (lower case) in C{protocol}'s request
+    head (C{http_request_data}) as the client sent them, each header's
+    bytes after its colon, unstripped; none when there is no head.
+    """
+    head = getattr(protocol, "http_request_data", None) or b""
+    values = []
+    for line in head.splitlines()[1:]:
+        key, colon, value = line.partition(b":")
+        if colon and key.lower() == name:
+            values.append(value)
+    return values
+
+
 def cookie_header(protocol: Any) -> str:
     """
     The request's C{Cookie} header.  A client that sent several (RFC 6265
@@ -200,12 +215,7 @@ def cookie_header(protocol: Any) -> str:
     """
     value: str = (getattr(protocol, "http_headers", None) or {}).get("cookie") or ""
     if "," in value:
-        head = getattr(protocol, "http_request_data", None) or b""
-        found = [
-            line[7:].strip().decode("iso-8859-1")
-            for line in head.splitlines()[1:]
-            if line[:7].lower() == b"cookie:"
-        ]
+        found = [v.strip().decode("iso-8859-1") for v in head_values(protocol, b"cookie")]
         if len(found) > 1:
             value = "; ".join(found)
     return value

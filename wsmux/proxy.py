@@ -54,7 +54,7 @@ from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
 from wsmux._compat_autobahn import RelayClientProtocol
-from wsmux.connection import SENDABLE_CLOSE_CODES, close_with
+from wsmux.connection import SENDABLE_CLOSE_CODES, close_with, head_values
 from wsmux.logs import log
 
 PROXY_KEYS = frozenset({"backend", "connect_timeout", "ca"})
@@ -533,13 +533,7 @@ def _relayed_header(protocol: Any, name: str) -> Optional[str]:
     what cannot be relayed byte for byte (L{_relayed_bytes}) is left out,
     a Cookie pair at a time.  L{None} when nothing is left.
     """
-    head = getattr(protocol, "http_request_data", None) or b""
-    wanted = name.encode("ascii")
-    values = []
-    for line in head.split(b"\r\n")[1:]:
-        key, colon, value = line.partition(b":")
-        if colon and key.lower() == wanted:
-            values.append(value.strip(b" \t"))
+    values = [value.strip(b" \t") for value in head_values(protocol, name.encode("ascii"))]
     if name == "cookie":
         pairs = (pair.strip(b" \t") for value in values for pair in value.split(b";"))
         kept = [text for pair in pairs if pair and (text := _relayed_bytes(pair)) is not None]
