@@ -360,3 +360,17 @@ class FailsInLostFirst(FailsInLost):
 
     def connectionLost(self, reason):
         raise RuntimeError("a bug in connectionLost, first thing")
+
+
+class ShowsHeaders(WebSocketServerProtocol):
+    """
+    Sends the request's headers, as onConnect saw them, as JSON on open.
+    """
+
+    def onConnect(self, request):
+        self.seen = dict(request.headers)
+
+    def onOpen(self):
+        import json
+
+        self.sendMessage(json.dumps(self.seen).encode())

@@ -152,6 +152,30 @@ def test_query_subprotocols_origin_and_extensions_the_same_way():
     assert seen["origin"] == "https://app.example.com"
 
 
+def test_header_values_reach_the_handler_as_sent():
+    # Bytes str.splitlines and str.strip take for line ends or spaces, in
+    # values: Autobahn's own parser cut the first value at 0x85 and made
+    # its rest a header, and both handshakes cut a trailing 0xa0 (the last
+    # byte of UTF-8 "à").
+    lines = GOOD + [
+        "X-Note: a\x85x-user: admin",
+        "X-Name: café \t",
+        "X-Name: caf\xc3\xa0",
+        "X-Other: v\x0bw\x1cx\x0c",
+        "Origin: http://127.0.0.1:8080\xa0",
+    ]
+    _, lost, attrs, seen = same(head(lines))
+    assert not lost
+    assert seen["headers"] is attrs["http_headers"]
+    assert "x-user" not in seen["headers"]
+    assert seen["headers"]["x-note"] == "a\x85x-user: admin"
+    assert seen["headers"]["x-name"] == "café, caf\xc3\xa0"
+    assert seen["headers"]["x-other"] == "v\x0bw\x1cx\x0c"
+    # What Autobahn takes from a header, it strips, on both paths.
+    assert seen["headers"]["origin"] == "http://127.0.0.1:8080\xa0"
+    assert seen["origin"] == "http://127.0.0.1:8080"
+
+
 def test_refusals_keep_autobahns_status_and_reason():
     bad = {
         "no key": [x for x in GOOD if "Key" not in x],

@@ -72,6 +72,7 @@ from wsmux._frames import (
     unmask,
 )
 from wsmux._responses import safe_accept
+from wsmux._upgrades import autobahn_headers
 
 if TYPE_CHECKING:
     from wsmux.connection import Connection
@@ -218,6 +219,19 @@ class GuardedHandshakeMixin(_Hooked):
 
     wsmux: Connection
 
+    def onConnect(self, request: ConnectionRequest) -> Any:
+        # Autobahn's parser ends a header line at more bytes than CR LF
+        # (see wsmux._upgrades.head_fields): a value holding one reached
+        # the handler cut short, its rest a header of its own that no proxy
+        # in front saw as one.  The handler gets the head read line by line
+        # (the direct handshake reads twisted.web's, which agrees), in the
+        # same dict, which is the request's too.
+        me: Any = self
+        headers = me.http_headers
+        headers.clear()
+        headers.update(autobahn_headers(me.http_request_data))
+        return super().onConnect(request)  # type: ignore[misc]
+
     def succeedHandshake(self, res: Any) -> None:
         if self.state != self.STATE_CONNECTING:
             # The handler closed or dropped it in onConnect, or the client
@@ -282,9 +296,10 @@ class DirectHandshakeMixin(_Hooked):
             me.peer, headers, host, path, params, version, origin, protocols, extensions
         )
         # Autobahn runs onConnect through txaio.as_future and a Deferred
-        # even when it answers at once, as most handlers do.
+        # even when it answers at once, as most handlers do.  (Past the
+        # route class's guard, which is for Autobahn's path.)
         try:
-            result = me.onConnect(connection)
+            result = super(GuardedHandshakeMixin, me).onConnect(connection)  # type: ignore[misc]
         except Exception:
             self._wsmux_connect_failed(Failure())
             return True
@@ -322,15 +337,18 @@ class DirectHandshakeMixin(_Hooked):
         counts: dict[str, int] = {}
         for name, values in request.requestHeaders.getAllRawHeaders():
             key = name.decode("iso-8859-1").lower()
+            # As twisted.web read them: without the spaces and tabs around
+            # them, every other byte kept.
             if len(values) == 1:
-                headers[key] = values[0].decode("iso-8859-1").strip()
+                headers[key] = values[0].decode("iso-8859-1")
             else:
-                headers[key] = ", ".join(v.decode("iso-8859-1").strip() for v in values)
+                headers[key] = ", ".join(v.decode("iso-8859-1") for v in values)
             counts[key] = len(values)
 
         if counts.get("host") != 1:
             return None
-        host = headers["host"]
+        # The values Autobahn takes from the headers, it strips (str.strip).
+        host = headers["host"].strip()
         if ":" in host and not host.endswith("]"):
             host, port = host.rsplit(":", 1)
             try:
@@ -361,7 +379,7 @@ class DirectHandshakeMixin(_Hooked):
         if "origin" in headers:
             if counts["origin"] > 1:
                 return None
-            origin = headers["origin"]
+            origin = headers["origin"].strip()
             try:
                 origin_tuple = _ws._url_to_origin(origin)
             except ValueError:
@@ -377,7 +395,7 @@ class DirectHandshakeMixin(_Hooked):
                 return None
         if counts.get("sec-websocket-key") != 1:
             return None
-        key = headers["sec-websocket-key"]
+        key = headers["sec-websocket-key"].strip()
         if len(key) != 24 or key[-2:] != "==" or not _KEY_CHARS.issuperset(key[:-2]):
             return None
         if counts.get("sec-websocket-extensions", 0) > 1:

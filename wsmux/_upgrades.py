@@ -16,6 +16,39 @@ _PARAMS_ATTR = "wsmux_path_params"
 NO_ROUTE = "No WebSocket route at this path"
 
 
+def head_fields(head: bytes) -> list[tuple[bytes, bytes]]:
+    """
+    The header lines of request head C{head} (a request line, header lines
+    and an empty line, each ending in CR LF) as the client sent them: each
+    line's name in lower case and the bytes after its colon, unstripped.
+
+    A line ends only at CR LF.  Python's C{str.splitlines}, which
+    Autobahn's parser uses, also ends one at bytes 0x0b, 0x0c, 0x1c-0x1e
+    and 0x85, which a value may hold (0x85 is in many UTF-8 letters).
+    """
+    fields = []
+    for line in head.split(b"\r\n")[1:]:
+        name, colon, value = line.partition(b":")
+        if colon and name:
+            fields.append((name.lower(), value))
+    return fields
+
+
+def autobahn_headers(head: bytes) -> dict[str, str]:
+    """
+    The headers of request head C{head} in Autobahn's form (names in lower
+    case, a repeated header's values joined with C{", "}, text decoded as
+    ISO-8859-1), each value as the client sent it less the spaces and tabs
+    around it (RFC 9110 5.5), as C{twisted.web} reads it.
+    """
+    headers: dict[str, str] = {}
+    for name, value in head_fields(head):
+        key = name.decode("iso-8859-1")
+        text = value.strip(b" \t").decode("iso-8859-1")
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+    return headers
+
+
 def is_upgrade(request: IRequest) -> bool:
     """
     Whether C{request} asks to switch to WebSocket.

@@ -34,6 +34,7 @@ from zope.interface import implementer
 from wsmux._compat_twisted import TCP_SERVERS
 from wsmux._deflate import deflate_class
 from wsmux._responses import http_phrase
+from wsmux._upgrades import head_fields
 from wsmux._writes import WriteScheduler, scheduler_for
 from wsmux.factory import ProtocolOptions
 from wsmux.logs import log
@@ -196,12 +197,7 @@ def head_values(protocol: Any, name: bytes) -> list[bytes]:
     bytes after its colon, unstripped; none when there is no head.
     """
     head = getattr(protocol, "http_request_data", None) or b""
-    values = []
-    for line in head.splitlines()[1:]:
-        key, colon, value = line.partition(b":")
-        if colon and key.lower() == name:
-            values.append(value)
-    return values
+    return [value for key, value in head_fields(head) if key == name]
 
 
 def cookie_header(protocol: Any) -> str:
@@ -215,7 +211,7 @@ def cookie_header(protocol: Any) -> str:
     """
     value: str = (getattr(protocol, "http_headers", None) or {}).get("cookie") or ""
     if "," in value:
-        found = [v.strip().decode("iso-8859-1") for v in head_values(protocol, b"cookie")]
+        found = [v.strip(b" \t").decode("iso-8859-1") for v in head_values(protocol, b"cookie")]
         if len(found) > 1:
             value = "; ".join(found)
     return value

@@ -359,3 +359,32 @@ def test_a_handler_raising_in_connection_lost_is_logged_as_such(start_server, tm
     with connect(server.url("/after")) as ws:
         ws.send("still here")
         assert ws.recv(timeout=5) == "still here"
+
+
+def test_header_values_reach_a_handler_as_the_client_sent_them(start_server):
+    # Bytes Python's str.splitlines takes for line ends (0x85, 0x0b, 0x1c)
+    # and str.strip for spaces (0xa0, the last byte of UTF-8 "à"), inside
+    # and at the end of values: Autobahn's own handshake (the public path)
+    # made "x-user" a header of its own, and both cut the 0xa0.
+    import json
+    import socket
+
+    from wsmux.testing import upgrade_request
+
+    server = start_server("--route", "/show=tests.handlers_for_tests.ShowsHeaders")
+    extra = "X-Note: a\x85x-user: admin\r\nX-Name: caf\xc3\xa0\r\nX-Other: v\x0bw\x1cx\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as client:
+        client.sendall(upgrade_request("/show", extra))
+        answer = b""
+        while not answer.endswith(b"}"):
+            data = client.recv(4096)
+            assert data, answer
+            answer += data
+    assert answer.startswith(b"HTTP/1.1 101 "), answer
+    seen = json.loads(answer[answer.index(b"{") :])
+    assert "x-user" not in seen
+    assert seen["x-note"] == "a\x85x-user: admin"
+    assert seen["x-name"] == "caf\xc3\xa0"
+    assert seen["x-other"] == "v\x0bw\x1cx"
+    with connect(server.url("/show")) as ws:
+        assert json.loads(ws.recv(timeout=5))["upgrade"] == "websocket"
