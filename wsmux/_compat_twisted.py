@@ -890,6 +890,9 @@ def observers_of(publisher: LogPublisher) -> list[Any]:
 
 # -- twisted.python.log: the log context around every reactor event ----------
 
+# Twisted's own, as wsmux found it (wsmux's replaces it once a site starts).
+_TWISTED_CALL_WITH_LOGGER = log.callWithLogger
+
 LOG_CONTEXT = declare(
     "twisted.log_context",
     touches=(
@@ -909,9 +912,9 @@ LOG_CONTEXT = declare(
     fallback="Twisted's own log.callWithLogger",
     check=lambda: all_of(
         None
-        if getattr(log.callWithLogger, "__module__", None) == "twisted.python.log"
+        if getattr(_TWISTED_CALL_WITH_LOGGER, "__module__", None) == "twisted.python.log"
         else "log.callWithLogger was replaced before wsmux was imported",
-        code_names(log.callWithLogger, ("logPrefix", "callWithContext", "err")),
+        code_names(_TWISTED_CALL_WITH_LOGGER, ("logPrefix", "callWithContext", "err")),
         code_names(log.callWithContext, ("get", "copy", "update", "call")),
         code_names(context.ThreadedContextTracker.currentContext, ("storage", "ct")),
         code_names(context.ContextTracker.callWithContext, ("contexts", "append", "pop")),
@@ -923,8 +926,6 @@ LOG_CONTEXT = declare(
         else None,
     ),
 )
-
-_TWISTED_CALL_WITH_LOGGER = log.callWithLogger
 
 
 def call_with_logger(logger: Any, func: Any, *args: Any, **kw: Any) -> Any:
