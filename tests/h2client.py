@@ -23,7 +23,9 @@ class H2Peer:
     One HTTP/2 connection over TLS.
 
     @ivar settings: the server's SETTINGS, as h2 received them.
-    @ivar gone: whether the server closed the connection (or sent GOAWAY).
+    @ivar gone: whether the server closed the connection (or sent its last
+        GOAWAY).
+    @ivar goaways: the server's GOAWAYs, as (error code, last stream ID).
     """
 
     def __init__(self, port, ca_file, server_name="default.test", timeout=10):
@@ -40,6 +42,8 @@ class H2Peer:
         self.settings = {}
         self.gone = False
         self.goaway = None
+        self.goaways = []
+        self._unread = b""
         self.flush()
 
     def flush(self):
@@ -59,12 +63,22 @@ class H2Peer:
         except (ssl.SSLError, ConnectionResetError):
             data = b""
         if not data:
+            # As a browser does: the server's close is answered with ours.
+            self.sock.close()
             self.gone = True
             for stream in self.streams.values():
                 stream.ended = True
             raise EOFError("the server closed the connection")
-        for event in self.conn.receive_data(data):
-            self._event(event)
+        # A frame at a time: after the server's shutdown notice (a GOAWAY)
+        # the connection is made open again for the frames behind it.
+        self._unread += data
+        while len(self._unread) >= 9:
+            end = 9 + int.from_bytes(self._unread[:3], "big")
+            if len(self._unread) < end:
+                break
+            one, self._unread = self._unread[:end], self._unread[end:]
+            for event in self.conn.receive_data(one):
+                self._event(event)
         self.flush()
 
     def _event(self, event):
@@ -86,7 +100,14 @@ class H2Peer:
                 stream.ended = True
         elif isinstance(event, h2.events.ConnectionTerminated):
             self.goaway = event.error_code
-            self.gone = True
+            self.goaways.append((event.error_code, event.last_stream_id))
+            if event.error_code == 0 and event.last_stream_id == 2**31 - 1:
+                # A server's shutdown notice (RFC 9113 6.8): its streams go
+                # on, but h2 takes any GOAWAY as the connection's end
+                # (python-hyper/h2#1181).
+                self.conn.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
+            else:
+                self.gone = True
 
     def wait_settings(self, timeout=5):
         deadline = time.monotonic() + timeout

@@ -49,6 +49,7 @@ try:
     import h2.exceptions
     import h2.settings
     import priority
+    from hyperframe.frame import GoAwayFrame
     from twisted.web._http2 import _END_STREAM_SENTINEL, H2Connection, H2Stream
 except ImportError as e:  # the http2 extra is not installed
     _ABSENT: Optional[str] = f"the http2 extra is not installed ({e})"
@@ -651,6 +652,9 @@ class WebSocketH2Connection(_Connection):  # type: ignore[misc]
             },
         )
         self._over = False
+        # Shutting down (going_away): the connection closes once its last
+        # stream ends.
+        self._closing = False
         # The client's GOAWAY, when it sends one (Twisted drops the
         # connection on it, and h2 lets nothing more be sent).
         self.goaway: Any = None
@@ -678,6 +682,11 @@ class WebSocketH2Connection(_Connection):  # type: ignore[misc]
         registry = getattr(self.site, "registry", None)
         if registry is not None:
             registry.stats.http2_connections += 1
+        connections = getattr(self.site, "http2_connections", None)
+        if connections is not None:
+            connections.add(self)
+            if self.site.quiescing:
+                self.going_away()
 
     # -- streams ---------------------------------------------------------------
 
@@ -875,15 +884,62 @@ class WebSocketH2Connection(_Connection):  # type: ignore[misc]
                 if isinstance(stream, WebSocketStream):
                     stream.going_away(self.goaway.error_code)
         super().connectionLost(reason, _cancelTimeouts)
-        transport = self.transport
-        if first and transport is not None and getattr(transport, "connected", False):
+        gone = getattr(self.site, "http2_gone", None)
+        if gone is not None:
+            gone(self)
+        if first:
             # Twisted's HTTP/2 gave up on the connection (GOAWAY either
-            # way, a protocol error) and asked its transport to close; TLS
-            # will not while a producer is registered, so it lets go, and a
-            # client that does not close either is cut off.
+            # way, a protocol error) and asked its transport to close.
+            self._let_go()
+
+    def _let_go(self) -> None:
+        # Close the transport: TLS will not while a producer is registered,
+        # so the connection lets go, and a client that does not close
+        # either is cut off.
+        transport = self.transport
+        if transport is not None and getattr(transport, "connected", False):
             transport.unregisterProducer()
             transport.loseConnection()
             self.clock.callLater(_CLOSE_GRACE, _abort_if_open, transport)
+
+    def going_away(self) -> None:
+        """
+        The server is shutting down (RFC 9113 6.8): a GOAWAY (C{NO_ERROR},
+        the highest stream ID) tells the client to open no more streams
+        here (a browser opens its next WebSocket on a new connection, which
+        another server may take), and the streams open go on; once the last
+        ends, the final GOAWAY names the last stream served and the
+        connection closes.  Without streams, the final one goes at once.
+        """
+        if self._over or self._closing or self.goaway is not None:
+            return
+        self._closing = True
+        if self.streams:
+            # Written beside h2, whose connection would take any GOAWAY as
+            # its last frame (python-hyper/h2#1181): the streams go on.
+            notice = GoAwayFrame(0, last_stream_id=2**31 - 1, error_code=0)
+            self.transport.write(notice.serialize())
+        else:
+            self._close_cleanly()
+
+    def _close_cleanly(self) -> None:
+        # In a turn of its own when a stream's end calls for it: the rest
+        # of the read it ended in (a window to give back, another stream's
+        # close) still needs h2's connection open.
+        if self._over or self.streams:
+            return
+        self._over = True
+        self.conn.close_connection(
+            error_code=h2.errors.ErrorCodes.NO_ERROR,
+            last_stream_id=self.conn.highest_inbound_stream_id,
+        )
+        self.transport.write(self.conn.data_to_send())
+        self._let_go()
+
+    def _requestDone(self, streamID: int) -> None:
+        super()._requestDone(streamID)
+        if self._closing and not self._over and not self.streams:
+            self.clock.callLater(0, self._close_cleanly)
 
     def refuse_stream(self, stream_id: int, code: int, reason: str) -> None:
         """

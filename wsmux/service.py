@@ -424,7 +424,9 @@ class DrainService(Service):
             + (" (and for {h} HTTP connection(s) to be answered)" if not http.called else ""),
             n=len(registry.connections),
             t=self.timeout,
-            h=sum(not c.idle for c in site.open_channels) if site is not None else 0,
+            h=sum(not c.idle for c in site.open_channels) + len(site.http2_connections)
+            if site is not None
+            else 0,
         )
         closed = self.tree.close_all(1001, "server shutting down", self.timeout, clock=reactor)
         # The shutdown goes on in a turn of its own, not inside the read

@@ -605,6 +605,8 @@ class WebSocketSite(Site):
         # HTTP connections open now (not yet handed to a WebSocket), and
         # whether the site is shutting down (see quiesce).
         self.open_channels: set[GuardedHTTPChannel] = set()
+        # HTTP/2 connections open now (wsmux._compat_http2).
+        self.http2_connections: set[Any] = set()
         self.quiescing = False
         self._quiet: list[Deferred[None]] = []
 
@@ -627,14 +629,18 @@ class WebSocketSite(Site):
         """
         Stop keeping HTTP connections alive, for a shutdown: from now on
         each answer is its connection's last (an upgrade is answered 503
-        while the tree drains).
+        while the tree drains), and each HTTP/2 connection is told GOAWAY,
+        closing once its last stream ends.
 
         @return: a Deferred that fires when no HTTP connection has a
             request under way or still to come (one accepted but not yet
-            read).  Idle keep-alive connections are not waited for; they
-            are served (health answers 503) until the process exits.
+            read), and every HTTP/2 connection has closed.  Idle keep-alive
+            HTTP/1.1 connections are not waited for; they are served
+            (health answers 503) until the process exits.
         """
         self.quiescing = True
+        for connection in list(self.http2_connections):
+            connection.going_away()
         if self._settled():
             return succeed(None)
         quiet: Deferred[None] = Deferred()
@@ -642,13 +648,23 @@ class WebSocketSite(Site):
         return quiet
 
     def _settled(self) -> bool:
-        return all(channel.idle for channel in self.open_channels)
+        return not self.http2_connections and all(channel.idle for channel in self.open_channels)
 
     def channel_gone(self, channel: GuardedHTTPChannel) -> None:
         """
         C{channel} closed or was handed to a WebSocket protocol.
         """
         self.open_channels.discard(channel)
+        self._settle()
+
+    def http2_gone(self, connection: Any) -> None:
+        """
+        HTTP/2 C{connection} closed.
+        """
+        self.http2_connections.discard(connection)
+        self._settle()
+
+    def _settle(self) -> None:
         if self._quiet and self._settled():
             waiting, self._quiet = self._quiet, []
             for quiet in waiting:
@@ -663,3 +679,6 @@ class WebSocketSite(Site):
             transport: Any = channel.transport
             if transport is not None and not channel.idle:
                 transport.abortConnection()
+        for connection in list(self.http2_connections):
+            if connection.transport is not None:
+                connection.transport.abortConnection()

@@ -417,8 +417,36 @@ def test_sigterm_closes_every_stream_with_1001(server, pki):
     try:
         for stream in streams:
             stream.send(close_frame(1001))
-    except OSError:
-        pass  # the server may have given up waiting for the answers already
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            peer.pump(deadline)
+    except (OSError, EOFError):
+        pass  # the server closed, or gave up waiting for the answers already
+    assert server.process.wait(timeout=15) == 0
+    assert "Traceback" not in server.log() and "Unhandled" not in server.log()
+
+
+def test_sigterm_tells_each_connection_goaway_before_the_1001s(server, pki):
+    busy, idle = connect(server, pki), connect(server, pki)
+    streams = [opened(busy) for _ in range(2)]
+    idle.wait_settings()
+    server.process.send_signal(signal.SIGTERM)
+    # The notice first: no more streams here, those open go on.
+    assert [stream.close_code() for stream in streams] == [1001] * 2
+    assert busy.goaways == [(0, 2**31 - 1)] and not busy.gone
+    for stream in streams:
+        stream.send(close_frame(1001))
+    # Once the last has ended, the final GOAWAY names the last stream served.
+    deadline = time.monotonic() + 10
+    with pytest.raises(EOFError):
+        while time.monotonic() < deadline:
+            busy.pump(deadline)
+    assert busy.goaways == [(0, 2**31 - 1), (0, streams[-1].sid)]
+    # A connection without streams is told at once.
+    with pytest.raises(EOFError):
+        while time.monotonic() < deadline:
+            idle.pump(deadline)
+    assert idle.goaways == [(0, 0)]
     assert server.process.wait(timeout=15) == 0
     assert "Traceback" not in server.log() and "Unhandled" not in server.log()
 
