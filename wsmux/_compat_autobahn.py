@@ -72,7 +72,7 @@ from wsmux._frames import (
     unmask,
 )
 from wsmux._responses import safe_accept
-from wsmux._upgrades import autobahn_headers
+from wsmux._upgrades import LINE_BREAK_BYTES, autobahn_headers, autobahn_misreads
 
 if TYPE_CHECKING:
     from wsmux.connection import Connection
@@ -219,17 +219,31 @@ class GuardedHandshakeMixin(_Hooked):
 
     wsmux: Connection
 
-    def onConnect(self, request: ConnectionRequest) -> Any:
+    def processHandshake(self) -> None:
         # Autobahn's parser ends a header line at more bytes than CR LF
-        # (see wsmux._upgrades.head_fields): a value holding one reached
-        # the handler cut short, its rest a header of its own that no proxy
-        # in front saw as one.  The handler gets the head read line by line
-        # (the direct handshake reads twisted.web's, which agrees), in the
-        # same dict, which is the request's too.
+        # (see wsmux._upgrades.head_fields).  Where that would change what
+        # its handshake reads, the request is refused; elsewhere only a
+        # value it never reads is cut short, which onConnect mends.
         me: Any = self
-        headers = me.http_headers
-        headers.clear()
-        headers.update(autobahn_headers(me.http_request_data))
+        data = me.data
+        end = data.find(b"\r\n\r\n")
+        if end >= 0 and me.state == me.STATE_CONNECTING:
+            why = autobahn_misreads(data[: end + 4])
+            if why is not None:
+                me.failHandshake(f"Bad Request: {why}", 400)
+                return
+        super().processHandshake()  # type: ignore[misc]
+
+    def onConnect(self, request: ConnectionRequest) -> Any:
+        # The handler gets the head read line by line (the direct handshake
+        # reads twisted.web's, which agrees), in the same dict, which is the
+        # request's too.
+        me: Any = self
+        head = getattr(me, "http_request_data", None)
+        if head:
+            headers = me.http_headers
+            headers.clear()
+            headers.update(autobahn_headers(head))
         return super().onConnect(request)  # type: ignore[misc]
 
     def succeedHandshake(self, res: Any) -> None:
@@ -265,7 +279,13 @@ class DirectHandshakeMixin(_Hooked):
             handshake (replayed from C{head}).
         """
         me: Any = self
-        checked = self._wsmux_check(request)
+        # A head Autobahn's parser could misread takes Autobahn's path, where
+        # GuardedHandshakeMixin.processHandshake decides.
+        checked = (
+            self._wsmux_check(request)
+            if len(head.translate(None, LINE_BREAK_BYTES)) == len(head)
+            else None
+        )
         if checked is None:
             me._wsmux_arm_open_timeout()
             return False

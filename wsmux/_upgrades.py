@@ -5,7 +5,8 @@ parameters, and answering one that is refused.
 
 from __future__ import annotations
 
-from typing import Sequence
+import re
+from typing import Optional, Sequence
 
 from twisted.web.iweb import IRequest
 
@@ -32,6 +33,45 @@ def head_fields(head: bytes) -> list[tuple[bytes, bytes]]:
         if colon and name:
             fields.append((name.lower(), value))
     return fields
+
+
+# The bytes Python's str.splitlines ends a line at besides CR and LF, in
+# ISO-8859-1 text: Autobahn's parser does.
+LINE_BREAK_BYTES = b"\x0b\x0c\x1c\x1d\x1e\x85"
+LINE_BREAKS = re.compile(b"[" + re.escape(LINE_BREAK_BYTES) + b"]")
+
+# The headers Autobahn's opening handshake reads.
+_AUTOBAHN_READS = frozenset(
+    [
+        b"host", b"upgrade", b"connection", b"origin", b"sec-websocket-origin",
+        b"sec-websocket-key", b"sec-websocket-version", b"sec-websocket-protocol",
+        b"sec-websocket-extensions", b"x-forwarded-for",
+    ]
+)  # fmt: skip
+
+
+def autobahn_misreads(head: bytes) -> Optional[str]:
+    """
+    How Autobahn's parser would read request head C{head} otherwise than
+    it is (see L{head_fields}), in a way that matters: a header its
+    handshake reads cut short, or what follows such a byte read as a header
+    of its own (one that no proxy in front saw, and that may make a request
+    no proxy took for an upgrade one).  L{None} when it reads the head as
+    it is, or cuts short only a value it never reads (handlers get it whole
+    all the same).
+    """
+    if LINE_BREAKS.search(head) is None:
+        return None
+    for name, value in head_fields(head):
+        found = LINE_BREAKS.search(value)
+        if found is None:
+            continue
+        where = f"byte 0x{found.group()[0]:02x} in the {name.decode('iso-8859-1')} header"
+        if name in _AUTOBAHN_READS:
+            return where
+        if any(":" in line for line in value.decode("iso-8859-1").splitlines()[1:]):
+            return where + ", before what would read as a header"
+    return None
 
 
 def autobahn_headers(head: bytes) -> dict[str, str]:
