@@ -21,6 +21,7 @@ from twisted.internet.defer import Deferred, succeed
 
 from wsmux import EchoHandler, Route, RouteTree
 from wsmux._compat_autobahn import DirectHandshakeMixin, direct_handshake_ok
+from wsmux._upgrades import autobahn_misreads
 from wsmux.testing import masked_frame, raw_connect
 
 ATTRS = (
@@ -189,6 +190,12 @@ def test_a_head_autobahns_parser_would_misread_is_refused():
         received, lost, _, seen = same(head(lines))
         assert received.startswith(b"HTTP/1.1 400 Bad Request: byte 0x"), why
         assert lost and seen is None, why
+    # wsmux's site refuses a request line past printable ASCII; a user's own
+    # twisted.web site lets 0x7f-0xb0 through, which Autobahn's path checks.
+    hidden = head(GOOD).replace(b"/echo ", b"/echo?\xa0HTTP/1.1\x85connection:upgrade ", 1)
+    assert autobahn_misreads(hidden) == "byte 0xa0 in the request line"
+    assert autobahn_misreads(head(GOOD).replace(b"/echo ", b"/echo?\xa0 ", 1))
+    assert autobahn_misreads(head(GOOD + ["X-Name: \xc3\x85sa"])) is None
 
 
 def test_refusals_keep_autobahns_status_and_reason():

@@ -280,10 +280,11 @@ class DirectHandshakeMixin(_Hooked):
         """
         me: Any = self
         # A head Autobahn's parser could misread takes Autobahn's path, where
-        # GuardedHandshakeMixin.processHandshake decides.
+        # GuardedHandshakeMixin.processHandshake decides (a target past
+        # ASCII too: 0xa0 is a space to Autobahn).
         checked = (
             self._wsmux_check(request)
-            if len(head.translate(None, LINE_BREAK_BYTES)) == len(head)
+            if request.uri.isascii() and len(head.translate(None, LINE_BREAK_BYTES)) == len(head)
             else None
         )
         if checked is None:

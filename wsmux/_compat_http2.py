@@ -197,6 +197,7 @@ _CLOSE_GRACE = 2.0
 # The most a response head written by the WebSocket side may take.
 _HEAD_MAX = 65536
 _FORBIDDEN = (b"\r", b"\n", b"\0")
+_NOT_IN_A_TARGET = bytes(range(0x21)) + b"\x7f"
 
 
 def _h2_headers(pairs: Any, drop: frozenset[bytes]) -> list[tuple[bytes, bytes]]:
@@ -352,7 +353,9 @@ class WebSocketStream(_Guarded):
         # able to say more than they do, whatever h2 lets through.
         self.bad = (
             path[:1] != b"/"
-            or b" " in path
+            # Printable ASCII, as in an HTTP/1.1 target (wsmux.site).
+            or not path.isascii()
+            or len(path.translate(None, _NOT_IN_A_TARGET)) != len(path)
             or any(c in part for part in (path, authority, *lines) for c in _FORBIDDEN)
         )
         request.raw_head = b"GET %s HTTP/1.1\r\n%s\r\n\r\n" % (path, b"\r\n".join(lines))

@@ -82,7 +82,7 @@ _BODY_HEADERS = (b"Content-Length", b"Transfer-Encoding")
 # Bytes looked for as integers: CPython 3.11 tries a bytes needle as an
 # integer first and formats the TypeError it gets before searching (four
 # times the cost, measured; nine per cent of a handshake's instructions).
-_NUL, _LF, _CR = 0, 10, 13
+_NUL, _LF, _CR, _DEL = 0, 10, 13, 127
 
 
 def parse_whole_head(
@@ -116,7 +116,9 @@ def parse_whole_head(
         return None
     lines = data[:end].split(b"\r\n")
     if (
-        len(lines[0]) > limits.max_request_line
+        not lines[0].isascii()
+        or _DEL in lines[0]
+        or len(lines[0]) > limits.max_request_line
         or len(lines) - 1 > limits.max_headers
         or end - len(lines[0]) > limits.max_header_bytes
     ):

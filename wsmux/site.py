@@ -45,6 +45,9 @@ _UPGRADE_REST_MAX = 16384
 # Capped bodies up to this size are read into memory, not a temporary file.
 _IN_MEMORY_BODY = 1024 * 1024
 
+# DEL, looked for as an integer (see wsmux._compat_twisted).
+_DEL = 127
+
 
 class HeadDeadlines:
     """
@@ -213,6 +216,12 @@ class GuardedHTTPChannel(HTTPChannel):
                     self._refuse(
                         414, b"URI Too Long", f"request line over {limits.max_request_line} bytes"
                     )
+                    return
+                # Printable ASCII, as twisted.web means to take (it lets
+                # bytes 0x7f-0xb0 through, which Autobahn's parser reads as
+                # spaces or line ends).
+                if not line.isascii() or _DEL in line:
+                    self._refuse(400, b"Bad Request", "a request line with bytes past ASCII")
                     return
         elif line:
             self._head_lines += 1

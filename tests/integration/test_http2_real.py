@@ -662,6 +662,9 @@ def test_plain_connect_and_bodies_are_refused_as_over_http1(server, pki):
     plain = peer.streams[sid] = Stream(peer, sid, True)
     assert plain.status() == 501
     assert peer.open("/echo", [("content-length", "5")]).status() == 400
+    # A path past printable ASCII, as an HTTP/1.1 target.
+    for path in (b"/echo?\xa0HTTP/1.1\x85sec-websocket-protocol:x\x85y:", b"/echo?\x1f"):
+        assert peer.open(path.decode("latin-1")).status() == 400
     big = peer.open("/healthz", [("content-length", "99999999999999999999")], protocol=None,
                     method="POST")  # fmt: skip
     assert big.status() == 413
