@@ -26,6 +26,7 @@ from typing import Any, Callable, Optional
 
 from twisted.application.service import Service
 from twisted.internet import defer
+from twisted.internet.error import ReactorNotRunning
 from twisted.internet.protocol import ProcessProtocol
 
 from wsmux._compat_twisted import slot_port
@@ -125,14 +126,32 @@ class StopOnTerm(Service):
         reactor.callWhenRunning(self._install, reactor)
 
     def _install(self, reactor: Any) -> None:
+        stopping = False
+
         def stop(*_: Any) -> None:
+            nonlocal stopping
+            if stopping:
+                # Twisted's reactor.stop would raise ReactorNotRunning (a
+                # critical traceback in the log); the drain goes on, bounded
+                # by its timeout.
+                log.info("Received SIGTERM again: still shutting down.")
+                return
+            stopping = True
             log.info("Received SIGTERM, shutting down.")
-            reactor.callFromThread(reactor.stop)
+            reactor.callFromThread(_stop_once, reactor)
 
         try:
             signal.signal(signal.SIGTERM, stop)
         except ValueError:  # not the main thread (a test running the service)
             pass
+
+
+def _stop_once(reactor: Any) -> None:
+    # Stopping already (SIGINT came first, or the application stopped it).
+    try:
+        reactor.stop()
+    except ReactorNotRunning:
+        pass
 
 
 def ignore_hangup(only_default: bool = False) -> None:

@@ -146,6 +146,23 @@ def test_health_is_503_while_draining(start_server):
     assert server.process.wait(timeout=10) == 0
 
 
+def test_a_second_sigterm_while_draining_is_no_error(start_server):
+    import signal
+
+    from tests.hostile.rawws import Peer, close_frame
+    from tests.twistd_process import eventually
+
+    server = start_server("--drain-timeout", "20")
+    stubborn = Peer(server.port).open("/echo")
+    server.process.send_signal(signal.SIGTERM)
+    assert stubborn.close_code() == 1001
+    server.process.send_signal(signal.SIGTERM)
+    assert eventually(lambda: "Received SIGTERM again: still shutting down." in server.log())
+    stubborn.send(close_frame(1001))  # the drain ends with the last close
+    assert server.process.wait(timeout=10) == 0
+    assert "Traceback" not in server.log() and "ReactorNotRunning" not in server.log()
+
+
 def test_status_refuses_bad_tokens_and_foreign_pages_plainly(start_server):
     from tests.hostile.rawws import Peer, request
 
