@@ -20,7 +20,11 @@ from hypothesis import strategies as st
 from twisted.internet.defer import Deferred, succeed
 
 from wsmux import EchoHandler, Route, RouteTree
-from wsmux._compat_autobahn import DirectHandshakeMixin, direct_handshake_ok
+from wsmux._compat_autobahn import (
+    DirectHandshakeMixin,
+    GuardedHandshakeMixin,
+    direct_handshake_ok,
+)
 from wsmux._upgrades import autobahn_misreads
 from wsmux.testing import masked_frame, raw_connect
 
@@ -154,9 +158,24 @@ def test_query_subprotocols_origin_and_extensions_the_same_way():
 
 
 def test_header_values_reach_the_handler_as_sent():
-    # Bytes str.splitlines and str.strip take for line ends or spaces, in
-    # values: Autobahn's own parser cut the first value at 0x85, and both
-    # handshakes cut a trailing 0xa0 (the last byte of UTF-8 "à").
+    # Bytes str.strip takes for spaces (0xa0, the last byte of UTF-8 "à"):
+    # both handshakes cut them from the end of a value.  (This head takes
+    # the direct path; one with a byte str.splitlines ends a line at takes
+    # Autobahn's, below.)
+    lines = GOOD + [
+        "X-Name: caf\xc3\xa0",
+        "X-Other: v\x1f\xa0",
+        "Origin: http://127.0.0.1:8080\xa0",
+    ]
+    assert direct_handshake_ok(Recording)
+    _, lost, attrs, seen = same(head(lines))
+    assert not lost
+    assert autobahns_path_takes(head(lines)) == (False, b"HTTP/1.1 101 ")
+    assert seen["headers"]["x-name"] == "caf\xc3\xa0"
+    assert seen["headers"]["x-other"] == "v\x1f\xa0"
+    assert seen["headers"]["origin"] == "http://127.0.0.1:8080\xa0"
+    assert seen["origin"] == "http://127.0.0.1:8080"
+    # Autobahn's own parser cut a value at 0x85 too.
     lines = GOOD + [
         "X-Note: a\x85b",
         "X-Name: café \t",
@@ -196,6 +215,39 @@ def test_a_head_autobahns_parser_would_misread_is_refused():
     assert autobahn_misreads(hidden) == "byte 0xa0 in the request line"
     assert autobahn_misreads(head(GOOD).replace(b"/echo ", b"/echo?\xa0 ", 1))
     assert autobahn_misreads(head(GOOD + ["X-Name: \xc3\x85sa"])) is None
+
+
+def test_in_a_users_own_site_a_target_past_ascii_takes_autobahns_path(monkeypatch):
+    # twisted.web's own site lets bytes 0x7f-0xb0 into a target; the direct
+    # path leaves such a head to Autobahn's, where 0xa0 and 0x85 are 400.
+    from twisted.web.server import Site
+
+    from wsmux import testing
+
+    monkeypatch.setattr(testing, "_site", lambda resource, clock: Site(resource, reactor=clock))
+    for target, answer in ((b"/echo?\x80", b"HTTP/1.1 101 "), (b"/echo?\xa0", b"HTTP/1.1 400 ")):
+        request = head(GOOD).replace(b"/echo ", target + b" ", 1)
+        assert autobahns_path_takes(request) == (True, answer), target
+    assert autobahns_path_takes(head(GOOD)) == (False, b"HTTP/1.1 101 ")
+
+
+def autobahns_path_takes(request: bytes) -> tuple[bool, bytes]:
+    # Whether C{request} took Autobahn's path (processHandshake, which the
+    # direct path never calls), and the answer's status line.
+    taken = []
+    original = GuardedHandshakeMixin.processHandshake
+
+    def spy(self: Any) -> None:
+        taken.append(True)
+        original(self)
+
+    GuardedHandshakeMixin.processHandshake = spy  # type: ignore[method-assign]
+    try:
+        raw = raw_connect(RouteTree([Route("/echo", Recording)]))
+        raw.send(request)
+    finally:
+        GuardedHandshakeMixin.processHandshake = original  # type: ignore[method-assign]
+    return bool(taken), raw.received[:13]
 
 
 def test_refusals_keep_autobahns_status_and_reason():

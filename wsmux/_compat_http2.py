@@ -169,7 +169,7 @@ HTTP2 = declare(
         "through its private twisted.web._http2, and runs a request when its stream ends, "
         "which a WebSocket's stream never does"
     ),
-    checked="Twisted 24.7.0, 26.10.0; h2 4.4.1",
+    checked="Twisted 24.7.0, 26.10.0; h2 4.4.1, hyperframe 6.1.0",
     fallback="no HTTP/2: TLS ports offer http/1.1 only",
     check=_check,
     quiet=_ABSENT is not None,  # an extra not installed is not a fault
@@ -353,7 +353,7 @@ class WebSocketStream(_Guarded):
         # able to say more than they do, whatever h2 lets through.
         self.bad = (
             path[:1] != b"/"
-            # Printable ASCII, as in an HTTP/1.1 target (wsmux.site).
+            # Printable ASCII, as an HTTP/1.1 request line (printable_ascii).
             or not path.isascii()
             or len(path.translate(None, _NOT_IN_A_TARGET)) != len(path)
             or any(c in part for part in (path, authority, *lines) for c in _FORBIDDEN)
@@ -895,14 +895,20 @@ class WebSocketH2Connection(_Connection):  # type: ignore[misc]
             # way, a protocol error) and asked its transport to close.
             self._let_go()
 
-    def _let_go(self) -> None:
+    def _let_go(self, without_waiting: bool = False) -> None:
         # Close the transport: TLS will not while a producer is registered,
         # so the connection lets go, and a client that does not close
-        # either is cut off.
+        # either is cut off.  Without waiting: the TCP connection under TLS
+        # closes once what is written (close_notify last) has gone, not
+        # waiting for the client's close_notify (RFC 8446 6.1 lets the one
+        # closing first not wait).
         transport = self.transport
         if transport is not None and getattr(transport, "connected", False):
             transport.unregisterProducer()
             transport.loseConnection()
+            tcp = getattr(transport, "transport", None)
+            if without_waiting and tcp is not None:
+                tcp.loseConnection()
             self.clock.callLater(_CLOSE_GRACE, _abort_if_open, transport)
 
     def going_away(self) -> None:
@@ -937,7 +943,8 @@ class WebSocketH2Connection(_Connection):  # type: ignore[misc]
             last_stream_id=self.conn.highest_inbound_stream_id,
         )
         self.transport.write(self.conn.data_to_send())
-        self._let_go()
+        # The server is going away: a client slow to close holds up no exit.
+        self._let_go(without_waiting=True)
 
     def _requestDone(self, streamID: int) -> None:
         super()._requestDone(streamID)

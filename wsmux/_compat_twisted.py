@@ -85,6 +85,15 @@ _BODY_HEADERS = (b"Content-Length", b"Transfer-Encoding")
 _NUL, _LF, _CR, _DEL = 0, 10, 13, 127
 
 
+def printable_ascii(line: bytes) -> bool:
+    """
+    Whether request line C{line} is printable ASCII, as twisted.web means
+    to take (its check lets bytes 0x7f-0xb0 through, which Autobahn's
+    parser reads as spaces or line ends).
+    """
+    return line.isascii() and _DEL not in line
+
+
 def parse_whole_head(
     channel: Any, data: bytes, limits: Any
 ) -> Optional[tuple[bytes, bytes, bytes, list[tuple[bytes, bytes]], int]]:
@@ -116,8 +125,7 @@ def parse_whole_head(
         return None
     lines = data[:end].split(b"\r\n")
     if (
-        not lines[0].isascii()
-        or _DEL in lines[0]
+        not printable_ascii(lines[0])
         or len(lines[0]) > limits.max_request_line
         or len(lines) - 1 > limits.max_headers
         or end - len(lines[0]) > limits.max_header_bytes

@@ -38,7 +38,7 @@ def head_fields(head: bytes) -> list[tuple[bytes, bytes]]:
 # The bytes Python's str.splitlines ends a line at besides CR and LF, in
 # ISO-8859-1 text: Autobahn's parser does.
 LINE_BREAK_BYTES = b"\x0b\x0c\x1c\x1d\x1e\x85"
-LINE_BREAKS = re.compile(b"[" + re.escape(LINE_BREAK_BYTES) + b"]")
+_LINE_BREAKS = re.compile(b"[" + re.escape(LINE_BREAK_BYTES) + b"]")
 _REQUEST_LINE_BREAKS = re.compile(b"[" + re.escape(LINE_BREAK_BYTES) + b"\xa0]")
 
 # The headers Autobahn's opening handshake reads.
@@ -56,8 +56,8 @@ def autobahn_misreads(head: bytes) -> Optional[str]:
     How Autobahn's parser would read request head C{head} otherwise than
     it is (see L{head_fields}), in a way that matters: a request line cut
     short or split, a header its handshake reads cut short, or what follows
-    such a byte read as a header of its own (one that no proxy in front saw, and that may make a request
-    no proxy took for an upgrade one).  L{None} when it reads the head as
+    such a byte read as a header of its own (one that no proxy in front
+    saw, and that may make a request no proxy took for an upgrade one).  L{None} when it reads the head as
     it is, or cuts short only a value it never reads (handlers get it whole
     all the same).
     """
@@ -67,10 +67,10 @@ def autobahn_misreads(head: bytes) -> Optional[str]:
     found = _REQUEST_LINE_BREAKS.search(request_line)
     if found is not None:
         return f"byte 0x{found.group()[0]:02x} in the request line"
-    if LINE_BREAKS.search(head) is None:
+    if _LINE_BREAKS.search(head) is None:
         return None
     for name, value in head_fields(head):
-        found = LINE_BREAKS.search(value)
+        found = _LINE_BREAKS.search(value)
         if found is None:
             continue
         where = f"byte 0x{found.group()[0]:02x} in the {name.decode('iso-8859-1')} header"

@@ -394,7 +394,9 @@ class DrainService(Service):
     up to C{timeout} seconds for the close handshakes before it drops the
     connections that remain.  With the C{site}, HTTP connections are
     waited for too: idle ones close at once, and one whose request is under
-    way (accepted just before the ports closed) closes once it is answered.
+    way (accepted just before the ports closed) closes once it is answered;
+    an HTTP/2 connection is told GOAWAY and closes once its last stream
+    has ended.
     """
 
     def __init__(
@@ -438,7 +440,10 @@ class DrainService(Service):
             return closed
 
         def give_up() -> None:
-            log.info("shutting down: dropping HTTP connections whose request is not answered")
+            log.info(
+                "shutting down: dropping HTTP connections whose request is not answered"
+                " and HTTP/2 connections still open"
+            )
             site.abort_channels()
 
         timer = reactor.callLater(self.timeout, give_up)

@@ -30,7 +30,12 @@ from twisted.web.http import HTTPChannel, datetimeToString, unquote
 from twisted.web.server import Request, Site
 
 from wsmux._compat_http2 import HTTP2, take_http2
-from wsmux._compat_twisted import parse_whole_head, speed_up_log_context, start_parsed_request
+from wsmux._compat_twisted import (
+    parse_whole_head,
+    printable_ascii,
+    speed_up_log_context,
+    start_parsed_request,
+)
 from wsmux.limits import ServerLimits, client_address
 from wsmux.logs import log
 from wsmux.routing import is_upgrade
@@ -44,9 +49,6 @@ _UPGRADE_REST_MAX = 16384
 
 # Capped bodies up to this size are read into memory, not a temporary file.
 _IN_MEMORY_BODY = 1024 * 1024
-
-# DEL, looked for as an integer (see wsmux._compat_twisted).
-_DEL = 127
 
 
 class HeadDeadlines:
@@ -217,11 +219,10 @@ class GuardedHTTPChannel(HTTPChannel):
                         414, b"URI Too Long", f"request line over {limits.max_request_line} bytes"
                     )
                     return
-                # Printable ASCII, as twisted.web means to take (it lets
-                # bytes 0x7f-0xb0 through, which Autobahn's parser reads as
-                # spaces or line ends).
-                if not line.isascii() or _DEL in line:
-                    self._refuse(400, b"Bad Request", "a request line with bytes past ASCII")
+                if not printable_ascii(line):
+                    self._refuse(
+                        400, b"Bad Request", "a request line with bytes past printable ASCII"
+                    )
                     return
         elif line:
             self._head_lines += 1
@@ -681,8 +682,8 @@ class WebSocketSite(Site):
 
     def abort_channels(self) -> None:
         """
-        Drop every HTTP connection that is not idle (a shutdown's time is
-        up).
+        Drop every HTTP connection that is not idle, and every HTTP/2
+        connection (a shutdown's time is up).
         """
         for channel in list(self.open_channels):
             transport: Any = channel.transport

@@ -556,8 +556,7 @@ class WorkerSupervisor(Service):
                 old.retire_call = reactor.callLater(RETIRE_DELAY, self._terminate, old)
 
     def _terminate(self, worker: _Worker) -> None:
-        # SIGTERM once per worker: a second one makes Twisted stop a
-        # reactor that is already stopping (a traceback in the worker).
+        # SIGTERM once per worker (a second one would only be logged).
         worker.retire_call = None
         transport = self.transports.get(worker)
         if transport is not None and not worker.terminated:
