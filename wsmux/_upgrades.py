@@ -57,9 +57,9 @@ def autobahn_misreads(head: bytes) -> Optional[str]:
     it is (see L{head_fields}), in a way that matters: a request line cut
     short or split, a header its handshake reads cut short, or what follows
     such a byte read as a header of its own (one that no proxy in front
-    saw, and that may make a request no proxy took for an upgrade one).  L{None} when it reads the head as
-    it is, or cuts short only a value it never reads (handlers get it whole
-    all the same).
+    saw, and that may make a request no proxy took for an upgrade one).
+    L{None} when it reads the head as it is, or cuts short only a value it
+    never reads (handlers get it whole all the same).
     """
     request_line = head[: head.find(b"\r\n")]
     # Autobahn splits the request line at what str.split takes for space,
