@@ -389,7 +389,12 @@ class ProxyHandler(WebSocketServerProtocol):
         factory = _BackendFactory(
             url,
             origin=_relayed_header(self, "origin"),
-            protocols=[p for p in request.protocols if _relayed(p) == p] or None,
+            # Offered subprotocols Autobahn's client (writing UTF-8) writes
+            # back as the client's bytes: ASCII, no control character.
+            protocols=[
+                p for p in request.protocols if p.isascii() and not _CONTROL.search(p.encode())
+            ]
+            or None,
             useragent=_relayed_header(self, "user-agent"),
             headers=headers,
         )
@@ -551,22 +556,6 @@ def _relayed_bytes(raw: bytes) -> Optional[str]:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return None
-
-
-def _relayed(value: str) -> Optional[str]:
-    """
-    A header value of the client's, as wsmux reads a head (each byte one
-    ISO-8859-1 character), made what Autobahn's client writes back as the
-    client's own bytes (it writes UTF-8); L{None} when they cannot be
-    relayed as they came: a control character (a line break would end the
-    header), or bytes that are not UTF-8.  Such a header is not passed on,
-    rather than passed on changed.
-    """
-    try:
-        raw = value.encode("iso-8859-1")
-    except UnicodeEncodeError:  # (text already, not a head's bytes)
-        raw = value.encode("utf-8", "surrogatepass")
-    return _relayed_bytes(raw)
 
 
 # Bytes no relayed header value may hold: C0 controls but tab, and DEL.

@@ -442,7 +442,8 @@ def test_header_bytes_reach_the_backend_as_the_client_sent_them(start_server):
             b"GET /svc HTTP/1.1\r\nHost: h\xc3\xa9.t\xc3\xa0:8080\r\nUpgrade: websocket\r\n"
             b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
             b"Sec-WebSocket-Version: 13\r\nCookie: n=\xc3\xa9; bad=\xff\r\nAuthorization: \xff\r\n"
-            b"Cookie: a=\xc3\xa0\r\nUser-Agent: ua\x01\x7f\r\nAccept-Language: fr\tde \xc3\xa0\r\n\r\n"
+            b"Cookie: a=\xc3\xa0\r\nUser-Agent: ua\x01\x7f\r\nAccept-Language: fr\tde \xc3\xa0\r\n"
+            b"Sec-WebSocket-Protocol: chat, b\xc3\xa9\r\n\r\n"
         )
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as client:
             client.sendall(request)
@@ -456,6 +457,7 @@ def test_header_bytes_reach_the_backend_as_the_client_sent_them(start_server):
         assert b"\r\nx-forwarded-host: h\xc3\xa9.t\xc3\xa0\r\n" in head
         assert b"\r\naccept-language: fr\tde \xc3\xa0\r\n" in head
         assert b"authorization" not in head and b"ua\x01" not in head
+        assert b"\r\nsec-websocket-protocol: chat\r\n" in head
     finally:
         listener.close()
 
