@@ -3,6 +3,7 @@ Run every benchmark scenario against wsmux and its peers in the same run.
 
     python bench/run.py [--repeat 3] [--seconds 5] [--only wsmux,node-ws] [--scenarios a,d]
                         [--baseline DIR]
+    python bench/run.py --rewrite
 
 Peers: wsmux with its echo route written as an async handler (wsmux-async:
 echo-async, against the callback echo of wsmux itself), wsmux on twistd's
@@ -15,7 +16,9 @@ front, both relaying to one Node ws backend.  The load generator is bench/loadge
 built here with cc, zlib and OpenSSL) in a process of its own;
 it reports the CPU it and the server used, so the table shows which side
 was the limit.  Results (medians) go to docs/benchmarks/results.json, a
-table (results.rst) and a plot (ratios.png).  --baseline DIR adds one more
+table (results.rst) and a plot (ratios.png, a panel over ws and one over
+wss); --rewrite writes the table and plot again from results.json, measuring
+nothing.  --baseline DIR adds one more
 peer, wsmux-baseline: the wsmux of another checkout (a worktree of the
 commit a change started from), interleaved with the others, so that
 wsmux / wsmux-baseline is the change's own effect, measured in one run
@@ -372,7 +375,13 @@ def main():
     parser.add_argument("--only", default=",".join(PEERS))
     parser.add_argument("--scenarios", default=",".join(s[0] for s in SCENARIOS))
     parser.add_argument("--baseline", type=Path, help="another wsmux checkout to compare with")
+    parser.add_argument("--rewrite", action="store_true",
+                        help="measure nothing: write the table and plot again from results.json")  # fmt: skip
     options = parser.parse_args()
+    if options.rewrite:
+        doc = json.loads((OUT / "results.json").read_text())
+        write(Report(doc["results"], doc["date"], doc["machine"]))
+        return
     build_loadgen()
     certificates = tempfile.TemporaryDirectory(prefix="wsmux-bench-tls-")
     CERTIFICATES.update(make_certificates(Path(certificates.name)))
@@ -442,11 +451,11 @@ class Report:
     figures with latency and CPU, and the load generator's ceiling.
     """
 
-    def __init__(self, results: dict) -> None:
+    def __init__(self, results: dict, date: "str | None" = None, machine: "str | None" = None):
         self.results = results
-        self.date = datetime.date.today().isoformat()
-        self.machine = (f"{platform.machine()}, {os.cpu_count()} cores, Python "
-                        f"{platform.python_version()}, {platform.platform()}")  # fmt: skip
+        self.date = date or datetime.date.today().isoformat()
+        self.machine = machine or (f"{platform.machine()}, {os.cpu_count()} cores, Python "
+                                   f"{platform.python_version()}, {platform.platform()}")  # fmt: skip
 
     def comparisons(self) -> list[tuple[str, str, float, str, float]]:
         """
@@ -567,21 +576,31 @@ def write(report: Report) -> None:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib import ticker
     except ImportError:
         print("matplotlib is not installed: no plot", file=sys.stderr)
         return
     ratios = {(label, peer): ours / theirs for label, _, ours, peer, theirs in report.comparisons()}
-    labels = sorted({label for label, _ in ratios}, key=[s[0] for s in SCENARIOS].index)
-    figure, axis = plt.subplots(figsize=(9, 4))
+    order = [s[0] for s in SCENARIOS]
+    # One panel over plain TCP (ws, and through a proxy), one over TLS (wss).
+    panels = [("over ws", lambda label: not label.startswith(("w-", "h2-"))),
+              ("over wss (TLS)", lambda label: label.startswith("w-"))]  # fmt: skip
+    figure, axes = plt.subplots(len(panels), 1, figsize=(10, 8))
     width = 0.8 / max(1, len(PEERS) - 1)
-    for i, peer in enumerate(PEERS[1:]):
-        values = [ratios.get((label, peer), 0) for label in labels]
-        axis.bar([x + i * width for x in range(len(labels))], values, width, label=peer)
-    axis.axhline(1.0, color="black", linewidth=0.8)
-    axis.set_xticks([x + width * (len(PEERS) - 2) / 2 for x in range(len(labels))], labels)
-    axis.set_ylabel("wsmux / peer (memory, latency: lower is better)")
-    axis.set_title(f"wsmux against its peers, {report.date}")
-    axis.legend(fontsize=8)
+    for axis, (title, wanted) in zip(axes, panels, strict=True):
+        labels = sorted({label for label, _ in ratios if wanted(label)}, key=order.index)
+        for i, peer in enumerate(PEERS[1:]):
+            values = [ratios.get((label, peer), 0) for label in labels]
+            axis.bar([x + i * width for x in range(len(labels))], values, width, label=peer)
+        axis.axhline(1.0, color="black", linewidth=0.8)
+        axis.set_xticks([x + width * (len(PEERS) - 2) / 2 for x in range(len(labels))], labels)
+        axis.set_yscale("log")
+        axis.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+        axis.yaxis.set_minor_formatter(ticker.FormatStrFormatter("%g"))
+        axis.set_ylabel("wsmux / peer")
+        axis.set_title(f"wsmux against its peers {title}, {report.date} "
+                       "(memory, latency: lower is better)", fontsize=10)  # fmt: skip
+        axis.legend(fontsize=7, ncol=4)
     figure.tight_layout()
     figure.savefig(OUT / "ratios.png", dpi=100)
 
