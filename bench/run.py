@@ -311,7 +311,7 @@ def run_once(peer, scenario, deflate, seconds, proxied=False, tls=None, http2=Fa
             command = proxy_front(peer, port, backend_port, Path(directory))
         else:
             command = peer_command(peer, port, deflate)
-            if tls is not None and peer == "wsmux":
+            if tls is not None and peer in ("wsmux", "wsmux-async"):
                 at = command.index("--port")
                 command[at : at + 2] = ["--tls-port", command[at + 1],
                                         "--cert", env["BENCH_TLS_CERT"],
