@@ -365,7 +365,10 @@ def measure(server, port, scenario, deflate, seconds, master=False, flags=()):
     result = subprocess.run(args, cwd=BENCH, capture_output=True, text=True, timeout=180)
     if result.returncode != 0:
         raise RuntimeError(result.stderr.strip() or f"load generator exit {result.returncode}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    if figures.get("failed") and not figures.get("handshakes_per_s", 1):
+        raise RuntimeError(f"every handshake failed ({figures['failed']})")
+    return figures
 
 
 def main():
@@ -436,6 +439,11 @@ def main():
         )
 
 
+def _figure(value: float) -> str:
+    # Rates with one decimal; milliseconds and KiB below 10 with two.
+    return f"{value:,.1f}" if value >= 10 else f"{value:.2f}"
+
+
 # Metric -> the latency figures (p50, p99) reported with it.
 LATENCIES = {
     "messages_per_s": ("p50_ms", "p99_ms"),
@@ -475,7 +483,7 @@ class Report:
     def ratios(self) -> list[list[str]]:
         rows = [["scenario", "metric", "wsmux", "peer", "peer's figure", "wsmux / peer"]]
         for label, metric, ours, peer, theirs in self.comparisons():
-            rows.append([label, metric, f"{ours:,.1f}", peer, f"{theirs:,.1f}", f"{ours / theirs:.2f}"])  # fmt: skip
+            rows.append([label, metric, _figure(ours), peer, _figure(theirs), f"{ours / theirs:.2f}"])  # fmt: skip
         return rows
 
     def figures(self) -> list[list[str]]:
@@ -483,7 +491,7 @@ class Report:
         for label, _scenario, _deflate, metric in SCENARIOS:
             keys = LATENCIES.get(metric, ())
             for peer, row in self.results.get(label, {}).items():
-                cells = [label, peer, f"{row[metric]:,.1f} {metric}" if metric in row else "-"]
+                cells = [label, peer, f"{_figure(row[metric])} {metric}" if metric in row else "-"]
                 cells += [f"{row[k]:.2f} ms" if row.get(k) is not None else "-" for k in keys]
                 cells += ["-"] * (5 - len(cells))
                 cells += [f"{row[k]:.2f}" if row.get(k) is not None else "-"
