@@ -31,6 +31,25 @@ class Conn:
         self.buffer = b""
 
 
+def switching(head: bytes) -> bytes | None:
+    """The 101 answering request head C{head}, or L{None} without a key."""
+    key = next(
+        (
+            line.split(b":", 1)[1].strip()
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"sec-websocket-key:")
+        ),
+        None,
+    )
+    if key is None:
+        return None
+    accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
+    return (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+    )
+
+
 def step(conn: Conn, tls: bool) -> bool:
     """Move C{conn} on with what it has; whether it is still open."""
     sock = conn.sock
@@ -57,21 +76,10 @@ def step(conn: Conn, tls: bool) -> bool:
             if end < 0:
                 continue
             head, conn.buffer = conn.buffer[:end], conn.buffer[end + 4 :]
-            key = next(
-                (
-                    line.split(b":", 1)[1].strip()
-                    for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"sec-websocket-key:")
-                ),
-                None,
-            )
-            if key is None:
+            response = switching(head)
+            if response is None:
                 return False
-            accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
-            sock.send(
-                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
-            )
+            sock.send(response)
             conn.state = OPEN
         if len(conn.buffer) >= 6 and len(conn.buffer) >= 6 + (conn.buffer[1] & 127):
             sock.send(b"\x88\x02\x03\xe8")  # the close, 1000

@@ -18,13 +18,10 @@ Loopback only; not a server to use.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import sys
 
+from bare_server import switching  # the same head read and 101 (this directory)
 from twisted.internet import endpoints, protocol, reactor
-
-GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
 class Bare(protocol.Protocol):
@@ -38,22 +35,11 @@ class Bare(protocol.Protocol):
             if end < 0:
                 return
             head, self.buffer = self.buffer[:end], self.buffer[end + 4 :]
-            key = next(
-                (
-                    line.split(b":", 1)[1].strip()
-                    for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"sec-websocket-key:")
-                ),
-                None,
-            )
-            if key is None:
+            response = switching(head)
+            if response is None:
                 self.transport.loseConnection()
                 return
-            accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
-            self.transport.write(
-                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
-            )
+            self.transport.write(response)
             self.open = True
         buffer = self.buffer
         if len(buffer) >= 6 and len(buffer) >= 6 + (buffer[1] & 127):
