@@ -17,9 +17,9 @@ built here with cc, zlib and OpenSSL) in a process of its own;
 it reports the CPU it and the server used, so the table shows which side
 was the limit.  Results (medians) go to docs/benchmarks/results.json, a
 table (results.rst) and a plot (ratios.png, a panel over ws and one over
-wss); --rewrite writes the table and plot again from results.json, measuring
-nothing.  --baseline DIR adds one more
-peer, wsmux-baseline: the wsmux of another checkout (a worktree of the
+wss and HTTP/2); --rewrite writes the table and plot again from
+results.json, measuring nothing.  --baseline DIR adds one more peer,
+wsmux-baseline: the wsmux of another checkout (a worktree of the
 commit a change started from), interleaved with the others, so that
 wsmux / wsmux-baseline is the change's own effect, measured in one run
 (the docs are left alone then).  Loopback only; every run is
@@ -383,7 +383,7 @@ def main():
     options = parser.parse_args()
     if options.rewrite:
         doc = json.loads((OUT / "results.json").read_text())
-        write(Report(doc["results"], doc["date"], doc["machine"]))
+        write(Report(doc["results"], doc["date"], doc["machine"]), results=False)
         return
     build_loadgen()
     certificates = tempfile.TemporaryDirectory(prefix="wsmux-bench-tls-")
@@ -440,8 +440,9 @@ def main():
 
 
 def _figure(value: float) -> str:
-    # Rates with one decimal; milliseconds and KiB below 10 with two.
-    return f"{value:,.1f}" if value >= 10 else f"{value:.2f}"
+    # Rates with one decimal; milliseconds and KiB below 10 with three
+    # significant digits.
+    return f"{value:,.1f}" if value >= 10 else f"{value:.3g}"
 
 
 # Metric -> the latency figures (p50, p99) reported with it.
@@ -574,10 +575,15 @@ class Report:
         return "\n".join(lines + table(self.figures()))
 
 
-def write(report: Report) -> None:
+def write(report: Report, results: bool = True) -> None:
+    """
+    Write the run's table and plot to docs/benchmarks, and (with
+    C{results}) its figures to results.json.
+    """
     OUT.mkdir(parents=True, exist_ok=True)
-    doc = {"date": report.date, "machine": report.machine, "results": report.results}
-    (OUT / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
+    if results:
+        doc = {"date": report.date, "machine": report.machine, "results": report.results}
+        (OUT / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
     (OUT / "results.rst").write_text(report.rst())
     try:
         import matplotlib
@@ -592,7 +598,7 @@ def write(report: Report) -> None:
     order = [s[0] for s in SCENARIOS]
     # One panel over plain TCP (ws, and through a proxy), one over TLS (wss).
     panels = [("over ws", lambda label: not label.startswith(("w-", "h2-"))),
-              ("over wss (TLS)", lambda label: label.startswith("w-"))]  # fmt: skip
+              ("over wss (TLS, and HTTP/2)", lambda label: label.startswith(("w-", "h2-")))]  # fmt: skip
     figure, axes = plt.subplots(len(panels), 1, figsize=(10, 8))
     width = 0.8 / max(1, len(PEERS) - 1)
     for axis, (title, wanted) in zip(axes, panels, strict=True):
@@ -602,6 +608,7 @@ def write(report: Report) -> None:
             axis.bar([x + i * width for x in range(len(labels))], values, width, label=peer)
         axis.axhline(1.0, color="black", linewidth=0.8)
         axis.set_xticks([x + width * (len(PEERS) - 2) / 2 for x in range(len(labels))], labels)
+        axis.tick_params(axis="x", labelsize=8)
         axis.set_yscale("log")
         axis.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
         axis.yaxis.set_minor_formatter(ticker.FormatStrFormatter("%g"))

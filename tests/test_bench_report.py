@@ -9,6 +9,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -31,6 +33,7 @@ def test_rewrite_from_results(tmp_path, monkeypatch):
     doc = {"date": "2026-01-02", "machine": "a test machine", "results": results}
     (tmp_path / "results.json").write_text(json.dumps(doc))
     monkeypatch.setattr(sys, "argv", ["run.py", "--rewrite"])
+    monkeypatch.setattr(run, "build_loadgen", lambda: pytest.fail("--rewrite measured"))
     run.main()
     rst = (tmp_path / "results.rst").read_text()
     assert rst.startswith("Measured 2026-01-02 on a test machine; medians.")
@@ -39,5 +42,7 @@ def test_rewrite_from_results(tmp_path, monkeypatch):
     assert cells(["a", "messages_per_s", "300.0", "node-ws", "100.0", "3.00"]) in rows
     assert cells(["w-a", "messages_per_s", "150.0", "node-ws", "200.0", "0.75"]) in rows
     assert any(row.startswith("w-e\n     - kib_per_connection") for row in rows)
-    # Nothing was measured: the results are as they were.
-    assert json.loads((tmp_path / "results.json").read_text()) == doc
+    # Nothing was measured, and the results file was not written again.
+    assert (tmp_path / "results.json").read_text() == json.dumps(doc)
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (tmp_path / "ratios.png").stat().st_size > 0
