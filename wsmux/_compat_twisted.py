@@ -153,6 +153,28 @@ def parse_whole_head(
     return command, path, version, headers, end
 
 
+def _store(into: Headers, headers: list[tuple[bytes, bytes]]) -> None:
+    # What addRawHeader would store: the names are encoded as it encodes
+    # them, and no value has a line break for it to take out.
+    stored = into._rawHeaders
+    for name, value in headers:
+        values = stored.get(name)
+        if values is None:
+            stored[name] = [value]
+        else:
+            values.append(value)
+
+
+def parsed_headers(headers: list[tuple[bytes, bytes]]) -> Headers:
+    """
+    The C{Headers} C{twisted.web} would make of the header lines of a head
+    L{parse_whole_head} accepted.
+    """
+    made = Headers()
+    _store(made, headers)
+    return made
+
+
 def start_parsed_request(
     channel: Any,
     data: bytes,
@@ -176,15 +198,7 @@ def start_parsed_request(
     channel.requests.append(request)
     request.raw_head = data[: end + 4]
     channel._HTTPChannel__first_line = 0
-    # What addRawHeader would store: the names are encoded as it encodes
-    # them, and no value has a line break for it to take out.
-    stored = request.requestHeaders._rawHeaders
-    for name, value in headers:
-        values = stored.get(name)
-        if values is None:
-            stored[name] = [value]
-        else:
-            values.append(value)
+    _store(request.requestHeaders, headers)
     channel._command, channel._path, channel._version = command, path, version
     # What follows the head waits where LineReceiver keeps it, and goes
     # where it would go (the WebSocket protocol, after an upgrade).

@@ -17,7 +17,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from wsmux._paths import Route
 from wsmux._responses import header_pairs
-from wsmux._upgrades import _PARAMS_ATTR, NO_ROUTE, _peer, _plain, is_upgrade
+from wsmux._upgrades import _PARAMS_ATTR, NO_ROUTE, DirectUpgrade, _peer, _plain, is_upgrade
 from wsmux.factory import ProtocolOptions, RouteFactory
 from wsmux.limits import Place, client_address
 from wsmux.logs import log
@@ -25,6 +25,9 @@ from wsmux.protocol import route_protocol
 
 if TYPE_CHECKING:
     from wsmux.routing import RouteTree
+
+# A route without parameters gets these (never changed).
+_NO_PARAMS: Mapping[str, str] = {}
 
 
 class _UpgradeResource(Resource):
@@ -120,35 +123,9 @@ class WebSocketEndpoint(_UpgradeResource):
                 "Upgrade Required",
                 [(b"upgrade", b"websocket"), (b"connection", b"Upgrade")],
             )
-        if request.method != b"GET":
-            return self.reject(request, 400, "WebSocket upgrade requires GET", self.route.path)
-        if self.options.require_tls and not request.isSecure():
-            return self.reject(request, 403, "This route requires TLS (wss://)", self.route.path)
-        if self._origins:
-            origin = (request.getHeader(b"origin") or b"").decode("latin-1")
-            if not any(fnmatch.fnmatchcase(origin, p) for p in self._origins):
-                return self.reject(
-                    request, 403, f"Origin {origin or '(none)'} not allowed", self.route.path
-                )
-        subprotocol = None
-        if self.options.subprotocols:
-            offered = [
-                p.strip()
-                for p in (request.getHeader(b"sec-websocket-protocol") or b"")
-                .decode("latin-1")
-                .split(",")
-                if p.strip()
-            ]
-            subprotocol = next((p for p in self.options.subprotocols if p in offered), None)
-            if subprotocol is None and self.options.require_subprotocol:
-                return self.reject(
-                    request,
-                    400,
-                    "No supported subprotocol (server speaks "
-                    + ", ".join(self.options.subprotocols)
-                    + ")",
-                    self.route.path,
-                )
+        refusal, subprotocol = self._admission(request)
+        if refusal is not None:
+            return self.reject(request, *refusal, route=self.route.path)
         tree = self.tree
         place, refusal = tree.registry.hold(
             client_address(request, tree.limits), self, self.options.max_connections
@@ -183,6 +160,69 @@ class WebSocketEndpoint(_UpgradeResource):
         )
         self._choose(request, list(self.route.handlers), params, subprotocol, pending)
         return NOT_DONE_YET
+
+    def _admission(self, request: Any) -> tuple[Optional[tuple[int, str]], Optional[str]]:
+        """
+        The route's own checks of an upgrade request: its method, TLS,
+        origin and subprotocol.
+
+        @return: L{None} and the subprotocol chosen (L{None} for none); or
+            the status and reason to refuse with, and L{None}.
+        """
+        if request.method != b"GET":
+            return (400, "WebSocket upgrade requires GET"), None
+        options = self.options
+        if options.require_tls and not request.isSecure():
+            return (403, "This route requires TLS (wss://)"), None
+        if self._origins:
+            origin = (request.getHeader(b"origin") or b"").decode("latin-1")
+            if not any(fnmatch.fnmatchcase(origin, p) for p in self._origins):
+                return (403, f"Origin {origin or '(none)'} not allowed"), None
+        subprotocol = None
+        if options.subprotocols:
+            offered = [
+                p.strip()
+                for p in (request.getHeader(b"sec-websocket-protocol") or b"")
+                .decode("latin-1")
+                .split(",")
+                if p.strip()
+            ]
+            subprotocol = next((p for p in options.subprotocols if p in offered), None)
+            if subprotocol is None and options.require_subprotocol:
+                return (
+                    400,
+                    "No supported subprotocol (server speaks "
+                    + ", ".join(options.subprotocols)
+                    + ")",
+                ), None
+        return None, subprotocol
+
+    def take_directly(self, request: DirectUpgrade) -> bool:
+        """
+        Take an upgrade that arrived without a C{twisted.web} request, when
+        no user code decides and the route accepts it as it is (what
+        L{render} would do for it, without the request).
+
+        @return: whether the connection was taken over; if not, nothing has
+            changed, and the request must take the full path (which answers
+            a refusal, or runs the handler chain).
+        """
+        cls = self._single
+        if cls is None or self._choosy or not self.mounted:
+            return False
+        refusal, subprotocol = self._admission(request)
+        if refusal is not None:
+            return False
+        tree = self.tree
+        # (The fields of a request these read, it has.)
+        as_request: Any = request
+        place, refusal = tree.registry.hold(
+            client_address(as_request, tree.limits), self, self.options.max_connections
+        )
+        if place is None:
+            return False
+        tree.upgrade(as_request, self._factory, cls, _NO_PARAMS, subprotocol, place)  # type: ignore[arg-type]
+        return True
 
     def _choose(
         self,

@@ -13,7 +13,7 @@ from twisted.protocols.policies import ProtocolWrapper
 from twisted.web.iweb import IRequest
 
 from wsmux._compat_twisted import take_http_buffer
-from wsmux._upgrades import _peer, _plain
+from wsmux._upgrades import DirectUpgrade, _peer, _plain
 from wsmux.connection import Connection
 from wsmux.factory import RouteFactory
 from wsmux.limits import ConnectionRegistry, Place, address_chain
@@ -78,8 +78,11 @@ def upgrade(
                 "the handler could not be made",
                 _peer(request),
             )
-        request.write(_plain(request, 500, "Internal Server Error", close=True))
-        request.finish()
+        if isinstance(request, DirectUpgrade):
+            request.refuse(500, b"Internal Server Error", "the handler could not be made")
+        else:
+            request.write(_plain(request, 500, "Internal Server Error", close=True))
+            request.finish()
         return None
     protocol.factory = factory
     direct = getattr(request.getClientAddress(), "host", None)

@@ -6,7 +6,7 @@ parameters, and answering one that is refused.
 from __future__ import annotations
 
 import re
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from twisted.web.iweb import IRequest
 
@@ -94,6 +94,61 @@ def autobahn_headers(head: bytes) -> dict[str, str]:
         text = value.strip(b" \t").decode("iso-8859-1")
         headers[key] = f"{headers[key]}, {text}" if key in headers else text
     return headers
+
+
+class DirectUpgrade:
+    """
+    An upgrade whose head wsmux's channel read in one pass and whose route
+    takes it at once, without a C{twisted.web} request (see
+    L{wsmux.site.GuardedHTTPChannel}): the fields the take-over reads, and
+    nothing more.
+
+    No user code sees it.  Only a route that decides without user code
+    (one handler, no C{accepts}) is taken this way; handlers see what they
+    see on every path (Autobahn's C{ConnectionRequest} in C{onConnect},
+    C{self.wsmux}).  Anything the route would refuse takes the full path,
+    where the refusal is answered and logged.
+
+    @ivar channel: the HTTP channel the head arrived on.
+    @ivar transport: its transport.
+    @ivar uri: the request target, as sent.
+    @ivar path: the target without its query.
+    @ivar requestHeaders: the headers, as C{twisted.web} stores them.
+    @ivar raw_head: the head as the client sent it, its empty line included.
+    """
+
+    __slots__ = ("channel", "transport", "uri", "path", "requestHeaders", "raw_head")
+    method = b"GET"
+    clientproto = b"HTTP/1.1"
+    content = None
+
+    def __init__(
+        self, channel: Any, uri: bytes, path: bytes, headers: Any, raw_head: bytes
+    ) -> None:
+        self.channel = channel
+        # Kept: the channel lets go of its transport at the take-over.
+        self.transport = channel.transport
+        self.uri = uri
+        self.path = path
+        self.requestHeaders = headers
+        self.raw_head = raw_head
+
+    def getHeader(self, name: bytes) -> Optional[bytes]:
+        values = self.requestHeaders.getRawHeaders(name)
+        return values[-1] if values else None
+
+    def getClientAddress(self) -> Any:
+        return self.transport.getPeer()
+
+    def isSecure(self) -> bool:
+        return bool(self.channel.isSecure())
+
+    def refuse(self, code: int, phrase: bytes, why: str) -> None:
+        """
+        Answer with a bare error status and close (the handler failed
+        before the 101).
+        """
+        self.channel._refuse(code, phrase, why)
 
 
 def is_upgrade(request: IRequest) -> bool:

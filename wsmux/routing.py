@@ -161,6 +161,10 @@ class _Node(Resource):
         return self.tree.no_route(request, self.depth, consumed=False)
 
 
+# The traversal step endpoint_at follows.
+_NODE_STEP = _Node.getChildWithDefault
+
+
 class RouteTree(_Node):
     """
     The root of wsmux's resource tree.
@@ -266,6 +270,29 @@ class RouteTree(_Node):
         The endpoint mounted for a route path pattern.
         """
         return self.endpoints[canonical_path(path)]
+
+    def endpoint_at(self, path: bytes) -> Optional[WebSocketEndpoint]:
+        """
+        The mounted route an upgrade to C{path} reaches through literal
+        segments alone, as C{twisted.web}'s traversal of this tree would
+        reach it (a literal segment wins over a parameter beside it when
+        the path leads to a route through it, as here it does).
+
+        @param path: the request's path, without its query.
+        @return: the route's endpoint; or L{None} when the traversal would
+            go any other way (a parameter, a percent-escape, a resource of
+            the user's own, no route or an unmounted one, a subclass's own
+            traversal), for C{twisted.web} to take.
+        """
+        if b"%" in path or path[:1] != b"/" or type(self).getChildWithDefault is not _NODE_STEP:
+            return None
+        node: Any = self
+        for segment in path[1:].split(b"/"):
+            node = node.children.get(segment)
+            if type(node) is not _Node:
+                return None
+        endpoint = node.endpoint
+        return endpoint if endpoint is not None and endpoint.mounted else None
 
     def no_route(self, request: IRequest, depth: int, consumed: bool = True) -> IResource:
         """

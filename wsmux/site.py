@@ -32,13 +32,15 @@ from twisted.web.server import Request, Site
 from wsmux._compat_http2 import HTTP2, take_http2
 from wsmux._compat_twisted import (
     parse_whole_head,
+    parsed_headers,
     printable_ascii,
     speed_up_log_context,
     start_parsed_request,
 )
+from wsmux._upgrades import DirectUpgrade
 from wsmux.limits import ServerLimits, client_address
 from wsmux.logs import log
-from wsmux.routing import is_upgrade
+from wsmux.routing import RouteTree, is_upgrade
 
 # How long a kept-alive HTTP connection may sit idle between requests.
 KEEPALIVE_IDLE = 60
@@ -183,12 +185,47 @@ class GuardedHTTPChannel(HTTPChannel):
         if parsed is None:
             return False
         command, path, version, headers, end = parsed
+        if version == b"HTTP/1.1" and self._upgrade_directly(data, end, path, headers):
+            return True
         # From here on, what HTTPChannel.dataReceived and lineReceived do
         # for these lines.
         self.resetTimeout()
         self._disarm_deadline()
         start_parsed_request(self, data, end, command, path, version, headers)
         return True
+
+    def _upgrade_directly(
+        self, data: bytes, end: int, target: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> bool:
+        """
+        Hand an upgrade read in one pass to its route without making a
+        C{twisted.web} request, when the route takes it as it is: a path
+        through literal segments of the site's route tree to a route of one
+        handler without C{accepts} (L{RouteTree.endpoint_at},
+        L{WebSocketEndpoint.take_directly}).  The request's header steps,
+        C{process}, traversal and C{render} are a fifth of a handshake and
+        decide nothing for it.
+
+        @return: whether the route took the connection; if not, nothing
+            has changed, and the head takes C{twisted.web}'s request (which
+            refuses it, runs user code, or serves it otherwise).
+        """
+        tree = self.site.resource
+        if not isinstance(tree, RouteTree):
+            return False
+        path = target.partition(b"?")[0]
+        endpoint = tree.endpoint_at(path)
+        if endpoint is None:
+            return False
+        request = DirectUpgrade(self, target, path, parsed_headers(headers), data[: end + 4])
+        if not is_upgrade(request):  # type: ignore[arg-type]
+            return False
+        # What follows the head goes to the WebSocket protocol.
+        self._upgrade_rest = [data[end + 4 :]]
+        if endpoint.take_directly(request):
+            return True
+        self._upgrade_rest = None
+        return False
 
     def _arm_deadline(self) -> None:
         deadlines = self.site.head_deadlines
@@ -401,6 +438,8 @@ class GuardedHTTPChannel(HTTPChannel):
         this channel's (nor the site's to wait for).
         """
         self._disarm_deadline()
+        if self.timeOut:  # no head deadline: twisted.web's idle timeout ran
+            self.setTimeout(None)
         self.site.channel_gone(self)
 
     @property

@@ -1,0 +1,244 @@
+"""
+An upgrade whose head arrives whole goes to its route without a
+C{twisted.web} request when no user code decides it; everything else takes
+the request, and gets the same answer either way.
+
+Each case sends the same bytes with the direct path on and off (off: the
+channel never tries it) and compares the bytes sent back and whether the
+connection was closed; it also counts the C{twisted.web} requests made.
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+from unittest import mock
+
+import pytest
+from autobahn.twisted.websocket import WebSocketServerProtocol
+from twisted.internet.testing import MemoryReactorClock
+from twisted.web.resource import Resource
+
+from wsmux import EchoHandler, Route, RouteTree
+from wsmux.limits import ServerLimits
+from wsmux.site import GuardedHTTPChannel, WebSocketRequest, WebSocketSite
+from wsmux.testing import masked_frame, raw_connect, upgrade_request
+
+pytestmark = pytest.mark.uses_internal("twisted.one_pass_head")
+
+NO_PING = {"ping_interval": 0}
+
+
+@contextmanager
+def counting_requests() -> Iterator[list[Any]]:
+    made: list[Any] = []
+    original = WebSocketRequest.__init__
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> None:
+        made.append(self)
+        original(self, *args, **kwargs)
+
+    with mock.patch.object(WebSocketRequest, "__init__", counting):
+        yield made
+
+
+@contextmanager
+def direct(on: bool) -> Iterator[None]:
+    if on:
+        yield
+        return
+    with mock.patch.object(GuardedHTTPChannel, "_upgrade_directly", lambda self, *a: False):
+        yield
+
+
+def run(make_tree: Callable[[], RouteTree], data: bytes, on: bool) -> tuple[bytes, bool, int]:
+    """
+    Warm the route up (its class is made on its first upgrade, on the full
+    path), then send C{data} on a new connection.
+
+    @return: what came back (its Date blanked), whether the connection was
+        closed, and how many C{twisted.web} requests the second connection
+        made.
+    """
+    tree = make_tree()
+    with direct(on):
+        raw_connect(tree).send(upgrade_request("/echo"))
+        with counting_requests() as made:
+            raw = raw_connect(tree)
+            raw.send(data)
+            raw.clock.advance(1)
+            raw.pump.flush()
+    received = re.sub(rb"\r\nDate: [^\r]*", b"\r\nDate: -", raw.received)
+    return received, raw.lost, len(made)
+
+
+def echo_tree(**options: Any) -> Callable[[], RouteTree]:
+    return lambda: RouteTree([Route("/echo", (EchoHandler,), {**NO_PING, **options})])
+
+
+def test_a_plain_route_is_taken_without_a_request() -> None:
+    data = upgrade_request("/echo?room=1") + masked_frame(b"hi")
+    received, lost, made = run(echo_tree(), data, True)
+    assert received.startswith(b"HTTP/1.1 101 ")
+    assert received.endswith(b"\x81\x02hi")
+    assert not lost
+    assert made == 0
+    assert run(echo_tree(), data, False)[:2] == (received, lost)
+
+
+class Choosy(EchoHandler):
+    seen: list[Any] = []
+
+    @classmethod
+    def accepts(cls, request: Any) -> bool:
+        cls.seen.append(request)
+        return True
+
+
+def with_resource() -> RouteTree:
+    tree = echo_tree()()
+    leaf = Resource()
+    leaf.isLeaf = True
+    leaf.render = lambda request: b"mine"  # type: ignore[method-assign]
+    tree.putChild(b"mine", leaf)
+    return tree
+
+
+def unmounted() -> RouteTree:
+    tree = RouteTree([Route("/echo", (EchoHandler,), NO_PING), Route("/gone", (EchoHandler,))])
+    tree.unmount("/gone")
+    return tree
+
+
+def draining() -> RouteTree:
+    tree = echo_tree()()
+    original = tree.registry.hold
+
+    def hold(*args: Any) -> Any:
+        # Warmed up: from the second upgrade on, the server is draining.
+        if tree.registry.held:
+            tree.registry.draining = True
+        return original(*args)
+
+    tree.registry.hold = hold  # type: ignore[method-assign,assignment]
+    return tree
+
+
+CASES = {
+    "accepts": (
+        lambda: RouteTree([Route("/echo", (Choosy,), NO_PING)]),
+        upgrade_request("/echo"),
+        b"HTTP/1.1 101 ",
+    ),
+    "a parameter": (
+        lambda: RouteTree(
+            [Route("/echo", (EchoHandler,), NO_PING), Route("/rooms/{room}", (EchoHandler,))]
+        ),
+        upgrade_request("/rooms/lobby"),
+        b"HTTP/1.1 101 ",
+    ),
+    "a percent-escape": (echo_tree(), upgrade_request("/ec%68o"), b"HTTP/1.1 101 "),
+    "a trailing slash": (echo_tree(), upgrade_request("/echo/"), b"HTTP/1.1 404 "),
+    "an empty segment": (echo_tree(), upgrade_request("//echo"), b"HTTP/1.1 404 "),
+    "an unmounted route": (unmounted, upgrade_request("/gone"), b"HTTP/1.1 404 "),
+    "a resource of the user's": (with_resource, upgrade_request("/mine"), b"HTTP/1.1 200 "),
+    "an origin not allowed": (
+        echo_tree(allowed_origins=("https://good.example",)),
+        upgrade_request("/echo", "Origin: https://evil.example\r\n"),
+        b"HTTP/1.1 403 ",
+    ),
+    "no subprotocol": (
+        echo_tree(subprotocols=("chat",), require_subprotocol=True),
+        upgrade_request("/echo"),
+        b"HTTP/1.1 400 ",
+    ),
+    "TLS required": (echo_tree(require_tls=True), upgrade_request("/echo"), b"HTTP/1.1 403 "),
+    "the route's cap": (echo_tree(max_connections=1), upgrade_request("/echo"), b"HTTP/1.1 503 "),
+    "draining": (draining, upgrade_request("/echo"), b"HTTP/1.1 503 "),
+    "HTTP/1.0": (
+        echo_tree(),
+        upgrade_request("/echo").replace(b"HTTP/1.1", b"HTTP/1.0", 1),
+        b"HTTP/1.1 505 ",
+    ),
+    "no Upgrade header": (
+        echo_tree(),
+        upgrade_request("/echo").replace(b"Upgrade: websocket\r\n", b""),
+        b"HTTP/1.1 426 ",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_what_user_code_or_a_refusal_decides_takes_the_request(case: str) -> None:
+    make_tree, data, status = CASES[case]
+    on = run(make_tree, data, True)
+    assert on[0].startswith(status), on[0][:200]
+    assert on[2] == 1  # the request was made
+    assert on[:2] == run(make_tree, data, False)[:2]
+
+
+def test_the_accepts_hook_sees_a_twisted_web_request() -> None:
+    Choosy.seen.clear()
+    run(CASES["accepts"][0], upgrade_request("/echo"), True)
+    assert [type(r) for r in Choosy.seen] == [WebSocketRequest, WebSocketRequest]
+
+
+def test_the_subprotocol_is_chosen_on_the_direct_path() -> None:
+    data = upgrade_request("/echo", "Sec-WebSocket-Protocol: other, chat\r\n")
+    received, _, made = run(echo_tree(subprotocols=("chat",)), data, True)
+    assert made == 0
+    assert b"\r\nSec-WebSocket-Protocol: chat\r\n" in received
+
+
+def test_the_address_behind_a_trusted_proxy() -> None:
+    limits = ServerLimits(trusted_proxies=1)
+    tree = RouteTree([Route("/echo", (EchoHandler,), NO_PING)], limits=limits)
+    raw_connect(tree).send(upgrade_request("/echo"))
+    with counting_requests() as made:
+        raw = raw_connect(tree)
+        raw.send(upgrade_request("/echo", "X-Forwarded-For: 203.0.113.9\r\n"))
+    assert made == []
+    assert raw.server.wsmux.client_address == "203.0.113.9"
+    assert raw.server.wsmux.address_chain[0] == "203.0.113.9"
+
+
+class Unmakeable(WebSocketServerProtocol):
+    made = 0
+
+    def __init__(self) -> None:
+        type(self).made += 1
+        if type(self).made > 1:
+            raise RuntimeError("no more")
+        super().__init__()
+
+
+def test_a_handler_that_cannot_be_made_gets_a_500(caplog: Any) -> None:
+    Unmakeable.made = 0
+    received, lost, made = run(
+        lambda: RouteTree([Route("/echo", (Unmakeable,), NO_PING)]), upgrade_request("/echo"), True
+    )
+    assert made == 0
+    assert received.startswith(b"HTTP/1.1 500 ")
+    assert lost
+
+
+def test_no_idle_timeout_fires_after_the_upgrade() -> None:
+    # Without a head deadline, twisted.web's idle timeout watches the
+    # channel; a connection taken over must not be closed by it.
+    tree = echo_tree()()
+    clock = MemoryReactorClock()
+    with mock.patch(
+        "wsmux.testing._site",
+        lambda resource, clock: WebSocketSite(resource, head_timeout=0, reactor=clock),
+    ):
+        raw_connect(tree, clock).send(upgrade_request("/echo"))
+        with counting_requests() as made:
+            raw = raw_connect(tree, clock)
+            raw.send(upgrade_request("/echo"))
+    assert made == []
+    clock.advance(120)
+    raw.pump.flush()
+    assert not raw.lost
+    raw.send(masked_frame(b"still"))
+    assert raw.received.endswith(b"\x81\x05still")
