@@ -54,16 +54,13 @@ def direct(on: bool) -> Iterator[None]:
 
 def run(make_tree: Callable[[], RouteTree], data: bytes, on: bool) -> tuple[bytes, bool, int]:
     """
-    Warm the route up (its class is made on its first upgrade, on the full
-    path), then send C{data} on a new connection.
+    Send C{data} on a new connection to a new tree.
 
     @return: what came back (its Date blanked), whether the connection was
-        closed, and how many C{twisted.web} requests the second connection
-        made.
+        closed, and how many C{twisted.web} requests it made.
     """
     tree = make_tree()
     with direct(on):
-        raw_connect(tree).send(upgrade_request("/echo"))
         with counting_requests() as made:
             raw = raw_connect(tree)
             raw.send(data)
@@ -96,6 +93,53 @@ class Choosy(EchoHandler):
         return True
 
 
+class Room(EchoHandler):
+    name = "Room"
+
+    def onOpen(self) -> None:
+        # Says which route and parameters it got.
+        self.sendMessage(repr((self.name, self.wsmux.path_params)).encode())
+
+
+class RoomLog(Room):
+    name = "RoomLog"
+
+
+def rooms() -> RouteTree:
+    return RouteTree(
+        [
+            Route("/echo", (EchoHandler,), NO_PING),
+            Route("/rooms/{room}", (Room,), NO_PING),
+            Route("/rooms/lobby", (EchoHandler,), NO_PING),
+            Route("/rooms/{room}/log", (RoomLog,), NO_PING),
+            Route("/a/{x}/b/{y}", (Room,), NO_PING),
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    "path, said",
+    [
+        ("/rooms/kitchen", b"('Room', {'room': 'kitchen'})"),
+        ("/rooms/k%C3%BCche", None),  # a percent-escape: twisted.web's path
+        ("/rooms/lobby", b""),  # the literal route: the echo says nothing
+        ("/rooms/lobby/log", b"('RoomLog', {'room': 'lobby'})"),
+        ("/rooms/kitchen/log", b"('RoomLog', {'room': 'kitchen'})"),
+        ("/a/1/b/2", b"('Room', {'x': '1', 'y': '2'})"),
+    ],
+)
+def test_routes_with_parameters_are_taken_as_twisted_web_finds_them(
+    path: str, said: bytes | None
+) -> None:
+    data = upgrade_request(path)
+    received, lost, made = run(rooms, data, True)
+    assert received.startswith(b"HTTP/1.1 101 ")
+    assert made == (1 if said is None else 0)
+    if said:
+        assert said in received
+    assert run(rooms, data, False)[:2] == (received, lost)
+
+
 def with_resource() -> RouteTree:
     tree = echo_tree()()
     leaf = Resource()
@@ -113,15 +157,13 @@ def unmounted() -> RouteTree:
 
 def draining() -> RouteTree:
     tree = echo_tree()()
-    original = tree.registry.hold
+    tree.registry.draining = True
+    return tree
 
-    def hold(*args: Any) -> Any:
-        # Warmed up: from the second upgrade on, the server is draining.
-        if tree.registry.held:
-            tree.registry.draining = True
-        return original(*args)
 
-    tree.registry.hold = hold  # type: ignore[method-assign,assignment]
+def full() -> RouteTree:
+    tree = echo_tree(max_connections=1)()
+    tree.registry.hold("192.0.2.1", tree.route_for("/echo"), 1)
     return tree
 
 
@@ -131,13 +173,7 @@ CASES = {
         upgrade_request("/echo"),
         b"HTTP/1.1 101 ",
     ),
-    "a parameter": (
-        lambda: RouteTree(
-            [Route("/echo", (EchoHandler,), NO_PING), Route("/rooms/{room}", (EchoHandler,))]
-        ),
-        upgrade_request("/rooms/lobby"),
-        b"HTTP/1.1 101 ",
-    ),
+    "an empty parameter": (rooms, upgrade_request("/rooms//log"), b"HTTP/1.1 404 "),
     "a percent-escape": (echo_tree(), upgrade_request("/ec%68o"), b"HTTP/1.1 101 "),
     "a trailing slash": (echo_tree(), upgrade_request("/echo/"), b"HTTP/1.1 404 "),
     "an empty segment": (echo_tree(), upgrade_request("//echo"), b"HTTP/1.1 404 "),
@@ -154,7 +190,7 @@ CASES = {
         b"HTTP/1.1 400 ",
     ),
     "TLS required": (echo_tree(require_tls=True), upgrade_request("/echo"), b"HTTP/1.1 403 "),
-    "the route's cap": (echo_tree(max_connections=1), upgrade_request("/echo"), b"HTTP/1.1 503 "),
+    "the route's cap": (full, upgrade_request("/echo"), b"HTTP/1.1 503 "),
     "draining": (draining, upgrade_request("/echo"), b"HTTP/1.1 503 "),
     "HTTP/1.0": (
         echo_tree(),
@@ -181,7 +217,7 @@ def test_what_user_code_or_a_refusal_decides_takes_the_request(case: str) -> Non
 def test_the_accepts_hook_sees_a_twisted_web_request() -> None:
     Choosy.seen.clear()
     run(CASES["accepts"][0], upgrade_request("/echo"), True)
-    assert [type(r) for r in Choosy.seen] == [WebSocketRequest, WebSocketRequest]
+    assert [type(r) for r in Choosy.seen] == [WebSocketRequest]
 
 
 def test_the_subprotocol_is_chosen_on_the_direct_path() -> None:
@@ -194,7 +230,6 @@ def test_the_subprotocol_is_chosen_on_the_direct_path() -> None:
 def test_the_address_behind_a_trusted_proxy() -> None:
     limits = ServerLimits(trusted_proxies=1)
     tree = RouteTree([Route("/echo", (EchoHandler,), NO_PING)], limits=limits)
-    raw_connect(tree).send(upgrade_request("/echo"))
     with counting_requests() as made:
         raw = raw_connect(tree)
         raw.send(upgrade_request("/echo", "X-Forwarded-For: 203.0.113.9\r\n"))
@@ -204,17 +239,11 @@ def test_the_address_behind_a_trusted_proxy() -> None:
 
 
 class Unmakeable(WebSocketServerProtocol):
-    made = 0
-
     def __init__(self) -> None:
-        type(self).made += 1
-        if type(self).made > 1:
-            raise RuntimeError("no more")
-        super().__init__()
+        raise RuntimeError("cannot be made")
 
 
-def test_a_handler_that_cannot_be_made_gets_a_500(caplog: Any) -> None:
-    Unmakeable.made = 0
+def test_a_handler_that_cannot_be_made_gets_a_500() -> None:
     received, lost, made = run(
         lambda: RouteTree([Route("/echo", (Unmakeable,), NO_PING)]), upgrade_request("/echo"), True
     )
@@ -232,7 +261,6 @@ def test_no_idle_timeout_fires_after_the_upgrade() -> None:
         "wsmux.testing._site",
         lambda resource, clock: WebSocketSite(resource, head_timeout=0, reactor=clock),
     ):
-        raw_connect(tree, clock).send(upgrade_request("/echo"))
         with counting_requests() as made:
             raw = raw_connect(tree, clock)
             raw.send(upgrade_request("/echo"))

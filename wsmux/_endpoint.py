@@ -197,19 +197,27 @@ class WebSocketEndpoint(_UpgradeResource):
                 ), None
         return None, subprotocol
 
-    def take_directly(self, request: DirectUpgrade) -> bool:
+    def take_directly(
+        self, request: DirectUpgrade, params: Optional[Mapping[str, str]] = None
+    ) -> bool:
         """
         Take an upgrade that arrived without a C{twisted.web} request, when
         no user code decides and the route accepts it as it is (what
         L{render} would do for it, without the request).
 
+        @param params: the route's path parameters.
         @return: whether the connection was taken over; if not, nothing has
             changed, and the request must take the full path (which answers
             a refusal, or runs the handler chain).
         """
-        cls = self._single
-        if cls is None or self._choosy or not self.mounted:
+        if self._choosy or not self.mounted:
             return False
+        cls = self._single
+        if cls is None:
+            try:
+                cls = self._single = self.protocol_class(self.route.handlers[0])
+            except Exception:
+                return False  # render logs it and answers 500
         refusal, subprotocol = self._admission(request)
         if refusal is not None:
             return False
@@ -221,7 +229,7 @@ class WebSocketEndpoint(_UpgradeResource):
         )
         if place is None:
             return False
-        tree.upgrade(as_request, self._factory, cls, _NO_PARAMS, subprotocol, place)  # type: ignore[arg-type]
+        tree.upgrade(as_request, self._factory, cls, params or _NO_PARAMS, subprotocol, place)  # type: ignore[arg-type]
         return True
 
     def _choose(

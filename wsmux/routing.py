@@ -271,28 +271,54 @@ class RouteTree(_Node):
         """
         return self.endpoints[canonical_path(path)]
 
-    def endpoint_at(self, path: bytes) -> Optional[WebSocketEndpoint]:
+    def endpoint_at(
+        self, path: bytes
+    ) -> Optional[tuple[WebSocketEndpoint, Optional[dict[str, str]]]]:
         """
-        The mounted route an upgrade to C{path} reaches through literal
-        segments alone, as C{twisted.web}'s traversal of this tree would
-        reach it (a literal segment wins over a parameter beside it when
-        the path leads to a route through it, as here it does).
+        The mounted route an upgrade to C{path} reaches, found as
+        C{twisted.web}'s traversal of this tree finds it (L{_Node}'s steps:
+        a literal segment before a parameter, unless the path leads to a
+        route only through the parameter).
 
         @param path: the request's path, without its query.
-        @return: the route's endpoint; or L{None} when the traversal would
-            go any other way (a parameter, a percent-escape, a resource of
-            the user's own, no route or an unmounted one, a subclass's own
-            traversal), for C{twisted.web} to take.
+        @return: the route's endpoint and its path parameters (L{None} for
+            none); or L{None} when the traversal would end anywhere else (a
+            resource of the user's own, no route or an unmounted one), or
+            when the path has a percent-escape or the tree a traversal of
+            its own, for C{twisted.web} to take.
         """
         if b"%" in path or path[:1] != b"/" or type(self).getChildWithDefault is not _NODE_STEP:
             return None
         node: Any = self
-        for segment in path[1:].split(b"/"):
-            node = node.children.get(segment)
-            if type(node) is not _Node:
+        params: Optional[dict[str, str]] = None
+        segments = path[1:].split(b"/")
+        for at, segment in enumerate(segments):
+            child = node.children.get(segment)
+            if child is not None:
+                if type(child) is not _Node:
+                    return None
+                if node.param is None:
+                    node = child
+                    continue
+                rest = segments[at + 1 :]
+                if child.leads_to(rest, True) or not node.param[1].leads_to(rest, True):
+                    node = child
+                    continue
+            elif not segment or node.param is None:
                 return None
+            name, below = node.param
+            try:
+                value = segment.decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+            if params is None:
+                params = {}
+            params[name] = value
+            node = below
         endpoint = node.endpoint
-        return endpoint if endpoint is not None and endpoint.mounted else None
+        if endpoint is None or not endpoint.mounted:
+            return None
+        return endpoint, params
 
     def no_route(self, request: IRequest, depth: int, consumed: bool = True) -> IResource:
         """

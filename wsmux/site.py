@@ -200,10 +200,10 @@ class GuardedHTTPChannel(HTTPChannel):
         """
         Hand an upgrade read in one pass to its route without making a
         C{twisted.web} request, when the route takes it as it is: a path
-        through literal segments of the site's route tree to a route of one
-        handler without C{accepts} (L{RouteTree.endpoint_at},
+        the site's route tree leads to a route of one handler without
+        C{accepts} (L{RouteTree.endpoint_at},
         L{WebSocketEndpoint.take_directly}).  The request's header steps,
-        C{process}, traversal and C{render} are a fifth of a handshake and
+        C{process}, traversal and C{render} are a sixth of a handshake and
         decide nothing for it.
 
         @return: whether the route took the connection; if not, nothing
@@ -214,15 +214,15 @@ class GuardedHTTPChannel(HTTPChannel):
         if not isinstance(tree, RouteTree):
             return False
         path = target.partition(b"?")[0]
-        endpoint = tree.endpoint_at(path)
-        if endpoint is None:
+        found = tree.endpoint_at(path)
+        if found is None:
             return False
         request = DirectUpgrade(self, target, path, parsed_headers(headers), data[: end + 4])
         if not is_upgrade(request):  # type: ignore[arg-type]
             return False
         # What follows the head goes to the WebSocket protocol.
         self._upgrade_rest = [data[end + 4 :]]
-        if endpoint.take_directly(request):
+        if found[0].take_directly(request, found[1]):
             return True
         self._upgrade_rest = None
         return False
