@@ -52,22 +52,38 @@ def direct(on: bool) -> Iterator[None]:
         yield
 
 
-def run(make_tree: Callable[[], RouteTree], data: bytes, on: bool) -> tuple[bytes, bool, int]:
+def run(
+    make_tree: Callable[[], RouteTree], data: bytes, on: bool, **site_options: Any
+) -> tuple[bytes, bool, int, tuple[int, int, int]]:
     """
     Send C{data} on a new connection to a new tree.
 
     @return: what came back (its Date blanked), whether the connection was
-        closed, and how many C{twisted.web} requests it made.
+        closed, how many C{twisted.web} requests it made, and what is left
+        held: places in the connection caps, the site's open HTTP channels
+        and armed head deadlines.
     """
     tree = make_tree()
-    with direct(on):
+    sites: list[WebSocketSite] = []
+
+    def site(resource: Any, clock: Any) -> WebSocketSite:
+        sites.append(WebSocketSite(resource, reactor=clock, **site_options))
+        return sites[-1]
+
+    with direct(on), mock.patch("wsmux.testing._site", site):
         with counting_requests() as made:
             raw = raw_connect(tree)
             raw.send(data)
             raw.clock.advance(1)
             raw.pump.flush()
     received = re.sub(rb"\r\nDate: [^\r]*", b"\r\nDate: -", raw.received)
-    return received, raw.lost, len(made)
+    deadlines = sites[0].head_deadlines
+    held = (
+        tree.registry.held,
+        len(sites[0].open_channels),
+        len(deadlines._due) if deadlines is not None else 0,
+    )
+    return received, raw.lost, len(made), held
 
 
 def echo_tree(**options: Any) -> Callable[[], RouteTree]:
@@ -76,12 +92,17 @@ def echo_tree(**options: Any) -> Callable[[], RouteTree]:
 
 def test_a_plain_route_is_taken_without_a_request() -> None:
     data = upgrade_request("/echo?room=1") + masked_frame(b"hi")
-    received, lost, made = run(echo_tree(), data, True)
+    received, lost, made, held = run(echo_tree(), data, True)
     assert received.startswith(b"HTTP/1.1 101 ")
     assert received.endswith(b"\x81\x02hi")
     assert not lost
     assert made == 0
-    assert run(echo_tree(), data, False)[:2] == (received, lost)
+    assert held == (1, 0, 0)
+    assert run(echo_tree(), data, False)[:2] + run(echo_tree(), data, False)[3:] == (
+        received,
+        lost,
+        held,
+    )
 
 
 class Choosy(EchoHandler):
@@ -132,12 +153,13 @@ def test_routes_with_parameters_are_taken_as_twisted_web_finds_them(
     path: str, said: bytes | None
 ) -> None:
     data = upgrade_request(path)
-    received, lost, made = run(rooms, data, True)
+    received, lost, made, held = run(rooms, data, True)
     assert received.startswith(b"HTTP/1.1 101 ")
     assert made == (1 if said is None else 0)
     if said:
         assert said in received
-    assert run(rooms, data, False)[:2] == (received, lost)
+    off = run(rooms, data, False)
+    assert (off[0], off[1], off[3]) == (received, lost, held)
 
 
 def with_resource() -> RouteTree:
@@ -165,6 +187,28 @@ def full() -> RouteTree:
     tree = echo_tree(max_connections=1)()
     tree.registry.hold("192.0.2.1", tree.route_for("/echo"), 1)
     return tree
+
+
+class Guard(Resource):
+    isLeaf = True
+
+    def render(self, request: Any) -> bytes:
+        request.setResponseCode(403)
+        return b"guarded"
+
+
+class GuardedTree(RouteTree):
+    def getChild(self, path: bytes, request: Any) -> Any:
+        return Guard() if path == b"admin" else super().getChild(path, request)
+
+
+def guarded() -> RouteTree:
+    return GuardedTree([Route("/{room}", (EchoHandler,), NO_PING)])
+
+
+class Unmakeable(WebSocketServerProtocol):
+    def __init__(self) -> None:
+        raise RuntimeError("cannot be made")
 
 
 CASES = {
@@ -197,6 +241,17 @@ CASES = {
         upgrade_request("/echo").replace(b"HTTP/1.1", b"HTTP/1.0", 1),
         b"HTTP/1.1 505 ",
     ),
+    "Expect: 100-continue": (
+        echo_tree(),
+        upgrade_request("/echo", "Expect: 100-continue\r\n"),
+        b"HTTP/1.1 100 ",
+    ),
+    "a tree with its own traversal": (guarded, upgrade_request("/admin"), b"HTTP/1.1 403 "),
+    "a handler that cannot be made": (
+        lambda: RouteTree([Route("/echo", (Unmakeable,), NO_PING)]),
+        upgrade_request("/echo"),
+        b"HTTP/1.1 500 ",
+    ),
     "no Upgrade header": (
         echo_tree(),
         upgrade_request("/echo").replace(b"Upgrade: websocket\r\n", b""),
@@ -211,7 +266,8 @@ def test_what_user_code_or_a_refusal_decides_takes_the_request(case: str) -> Non
     on = run(make_tree, data, True)
     assert on[0].startswith(status), on[0][:200]
     assert on[2] == 1  # the request was made
-    assert on[:2] == run(make_tree, data, False)[:2]
+    off = run(make_tree, data, False)
+    assert (on[0], on[1], on[3]) == (off[0], off[1], off[3])
 
 
 def test_the_accepts_hook_sees_a_twisted_web_request() -> None:
@@ -222,7 +278,7 @@ def test_the_accepts_hook_sees_a_twisted_web_request() -> None:
 
 def test_the_subprotocol_is_chosen_on_the_direct_path() -> None:
     data = upgrade_request("/echo", "Sec-WebSocket-Protocol: other, chat\r\n")
-    received, _, made = run(echo_tree(subprotocols=("chat",)), data, True)
+    received, _, made, _ = run(echo_tree(subprotocols=("chat",)), data, True)
     assert made == 0
     assert b"\r\nSec-WebSocket-Protocol: chat\r\n" in received
 
@@ -238,18 +294,46 @@ def test_the_address_behind_a_trusted_proxy() -> None:
     assert raw.server.wsmux.address_chain[0] == "203.0.113.9"
 
 
-class Unmakeable(WebSocketServerProtocol):
-    def __init__(self) -> None:
-        raise RuntimeError("cannot be made")
+def test_a_site_with_a_request_of_its_own_makes_it() -> None:
+    class Mine(WebSocketRequest):
+        pass
+
+    received, _, made, _ = run(echo_tree(), upgrade_request("/echo"), True, requestFactory=Mine)
+    assert received.startswith(b"HTTP/1.1 101 ")
+    assert made == 1
 
 
-def test_a_handler_that_cannot_be_made_gets_a_500() -> None:
-    received, lost, made = run(
-        lambda: RouteTree([Route("/echo", (Unmakeable,), NO_PING)]), upgrade_request("/echo"), True
-    )
+def test_a_route_that_requires_tls_is_taken_directly_over_tls() -> None:
+    with mock.patch.object(GuardedHTTPChannel, "isSecure", lambda self: True):
+        received, _, made, _ = run(echo_tree(require_tls=True), upgrade_request("/echo"), True)
+    assert received.startswith(b"HTTP/1.1 101 ")
     assert made == 0
-    assert received.startswith(b"HTTP/1.1 500 ")
-    assert lost
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_a_frame_sent_with_the_head_counts_as_received(on: bool) -> None:
+    tree = echo_tree()()
+    frame = masked_frame(b"hi")
+    with direct(on), counting_requests() as made:
+        raw = raw_connect(tree)
+        raw.send(upgrade_request("/echo") + frame)
+    assert len(made) == (0 if on else 1)
+    assert raw.received.endswith(b"\x81\x02hi")
+    assert raw.server.trafficStats.incomingOctetsWireLevel == len(frame)
+
+
+def test_an_upgrade_that_fails_gets_a_500_and_a_log_line(caplog: Any) -> None:
+    tree = echo_tree()()
+    failures: list[Any] = []
+    with (
+        mock.patch.object(tree, "upgrade", side_effect=RuntimeError("boom")),
+        mock.patch("wsmux.site.log.failure", lambda *a, **k: failures.append(a)),
+    ):
+        raw = raw_connect(tree)
+        raw.send(upgrade_request("/echo"))
+    assert raw.received.startswith(b"HTTP/1.1 500 ")
+    assert raw.lost
+    assert failures
 
 
 def test_no_idle_timeout_fires_after_the_upgrade() -> None:

@@ -429,11 +429,17 @@ class DirectHandshakeMixin(_Hooked):
         me: Any = self
         if me.state != me.STATE_CONNECTING:
             return  # the client left (or timed out) while onConnect thought
+        # Bytes that came with the head: frames, read once the connection
+        # is open, which Autobahn counts as they arrive (they were handed
+        # over with the head instead).
+        early = len(me.data)
         try:
             # Past the route class's guard, which is for Autobahn's path.
             if type(result) is tuple:
                 result = safe_accept(result)
             super(GuardedHandshakeMixin, me).succeedHandshake(result)  # type: ignore[misc]
+            if early and me.state != me.STATE_CONNECTING:
+                me.trafficStats.incomingOctetsWireLevel += early
         except Exception:
             # Autobahn leaves this in a Deferred nobody reads (and the
             # client waiting for the open-handshake timeout).  Before the

@@ -17,6 +17,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from wsmux._paths import Route
 from wsmux._responses import header_pairs
+from wsmux._takeover import NotMade
 from wsmux._upgrades import _PARAMS_ATTR, NO_ROUTE, DirectUpgrade, _peer, _plain, is_upgrade
 from wsmux.factory import ProtocolOptions, RouteFactory
 from wsmux.limits import Place, client_address
@@ -210,7 +211,7 @@ class WebSocketEndpoint(_UpgradeResource):
             changed, and the request must take the full path (which answers
             a refusal, or runs the handler chain).
         """
-        if self._choosy or not self.mounted:
+        if self._choosy or not self.mounted or type(self).render is not WebSocketEndpoint.render:
             return False
         cls = self._single
         if cls is None:
@@ -229,7 +230,10 @@ class WebSocketEndpoint(_UpgradeResource):
         )
         if place is None:
             return False
-        tree.upgrade(as_request, self._factory, cls, params or _NO_PARAMS, subprotocol, place)  # type: ignore[arg-type]
+        try:
+            tree.upgrade(as_request, self._factory, cls, params or _NO_PARAMS, subprotocol, place)  # type: ignore[arg-type]
+        except NotMade:
+            return False
         return True
 
     def _choose(

@@ -22,6 +22,13 @@ from wsmux.logs import log
 _EMPTY: Mapping[str, str] = {}
 
 
+class NotMade(Exception):
+    """
+    The handler of a L{DirectUpgrade} could not be made: the upgrade must
+    take C{twisted.web}'s request.
+    """
+
+
 def upgrade(
     request: IRequest,
     factory: RouteFactory,
@@ -66,6 +73,10 @@ def upgrade(
         # Still twisted.web's connection: it answers 500.
         if place is not None:
             place.release()
+        if isinstance(request, DirectUpgrade):
+            # Nothing has happened yet: twisted.web's request tries again,
+            # and answers (and logs) as it does.
+            raise NotMade() from None
         log.failure(
             "route {route}: the handler could not be made",
             route=getattr(factory, "route_path", "?"),
@@ -78,11 +89,8 @@ def upgrade(
                 "the handler could not be made",
                 _peer(request),
             )
-        if isinstance(request, DirectUpgrade):
-            request.refuse(500, b"Internal Server Error", "the handler could not be made")
-        else:
-            request.write(_plain(request, 500, "Internal Server Error", close=True))
-            request.finish()
+        request.write(_plain(request, 500, "Internal Server Error", close=True))
+        request.finish()
         return None
     protocol.factory = factory
     direct = getattr(request.getClientAddress(), "host", None)

@@ -143,13 +143,6 @@ class DirectUpgrade:
     def isSecure(self) -> bool:
         return bool(self.channel.isSecure())
 
-    def refuse(self, code: int, phrase: bytes, why: str) -> None:
-        """
-        Answer with a bare error status and close (the handler failed
-        before the 101).
-        """
-        self.channel._refuse(code, phrase, why)
-
 
 def is_upgrade(request: IRequest) -> bool:
     """

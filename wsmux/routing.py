@@ -161,8 +161,8 @@ class _Node(Resource):
         return self.tree.no_route(request, self.depth, consumed=False)
 
 
-# The traversal step endpoint_at follows.
-_NODE_STEP = _Node.getChildWithDefault
+# The traversal steps of _Node that endpoint_at follows.
+_STEPS = ("getChildWithDefault", "getChild", "render", "terminal", "leads_to")
 
 
 class RouteTree(_Node):
@@ -212,6 +212,8 @@ class RouteTree(_Node):
         self._adopt_factory: Optional[RouteFactory] = None
         self._adopt_classes: dict[type, type] = {}
         self.endpoints: dict[str, WebSocketEndpoint] = {}
+        # Whether this tree traverses as _Node does (a subclass may not).
+        self._node_steps = all(getattr(type(self), name) is getattr(_Node, name) for name in _STEPS)
         for route in routes:
             self.mount(route)
 
@@ -287,7 +289,7 @@ class RouteTree(_Node):
             when the path has a percent-escape or the tree a traversal of
             its own, for C{twisted.web} to take.
         """
-        if b"%" in path or path[:1] != b"/" or type(self).getChildWithDefault is not _NODE_STEP:
+        if b"%" in path or path[:1] != b"/" or self.isLeaf or not self._node_steps:
             return None
         node: Any = self
         params: Optional[dict[str, str]] = None

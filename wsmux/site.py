@@ -210,22 +210,37 @@ class GuardedHTTPChannel(HTTPChannel):
             has changed, and the head takes C{twisted.web}'s request (which
             refuses it, runs user code, or serves it otherwise).
         """
-        tree = self.site.resource
-        if not isinstance(tree, RouteTree):
-            return False
+        site = self.site
+        tree = site.resource
+        if (
+            not isinstance(tree, RouteTree)
+            or site.requestFactory is not WebSocketRequest
+            or type(site).getResourceFor is not Site.getResourceFor
+        ):
+            return False  # a request of the site's own, or its own traversal
         path = target.partition(b"?")[0]
         found = tree.endpoint_at(path)
         if found is None:
             return False
+        for name, _ in headers:
+            if name == b"Expect":  # twisted.web answers 100 Continue first
+                return False
         request = DirectUpgrade(self, target, path, parsed_headers(headers), data[: end + 4])
         if not is_upgrade(request):  # type: ignore[arg-type]
             return False
         # What follows the head goes to the WebSocket protocol.
         self._upgrade_rest = [data[end + 4 :]]
-        if found[0].take_directly(request, found[1]):
+        try:
+            taken = found[0].take_directly(request, found[1])
+        except Exception:
+            # What twisted.web's request does for a render that raises.
+            log.failure("the upgrade to {path} failed", path=path.decode("ascii", "replace"))
+            if self.transport is not None:
+                self._refuse(500, b"Internal Server Error", "the upgrade failed")
             return True
-        self._upgrade_rest = None
-        return False
+        if not taken:
+            self._upgrade_rest = None
+        return taken
 
     def _arm_deadline(self) -> None:
         deadlines = self.site.head_deadlines
