@@ -309,3 +309,49 @@ def test_ipv4_clients_on_the_default_dual_stack_port_are_counted_apart(tmp_path)
             s.close()
     finally:
         server.stop()
+
+
+def test_upgrades_taken_from_the_head_alone_keep_every_edge(start_server):
+    # A route of one handler takes an upgrade straight from the channel's
+    # one-pass read, without a twisted.web request; its edges, by raw socket.
+    server = start_server("--max-connections-per-ip", "4")
+    # A bad key is refused as before (by Autobahn's own checks).
+    bad = Peer(server.port)
+    bad.send(request("/echo", key="short"))
+    assert bad.status() == 400
+    assert bad.closed()
+    bad.close()
+    # A frame in the same packet as the head, on a literal and a parameter
+    # route: answered after the 101, nothing lost.
+    echo = Peer(server.port)
+    echo.send(request("/echo?x=1") + frame(b"with the head"))
+    assert echo.status() == 101
+    assert echo.read_frame() == (1, b"with the head", False)
+    room = Peer(server.port)
+    room.send(request("/rooms/lobby") + frame(b"hello room"))
+    assert room.status() == 101
+    assert room.read_frame() == (1, b"hello room", False)
+    # Expect: 100-continue is answered as twisted.web answers it.
+    expecting = Peer(server.port)
+    expecting.send(request("/echo", "Expect: 100-continue\r\n"))
+    assert expecting.status() == 100
+    assert expecting.status() == 101
+    # The caps count these connections: the fourth is let in, the fifth is
+    # refused on the full path, with its status.
+    fourth = Peer(server.port)
+    fourth.send(request("/ec%68o"))  # a percent-escape: twisted.web's path
+    assert fourth.status() == 101
+    refused = Peer(server.port)
+    refused.send(request("/echo"))
+    assert refused.status() == 429
+    assert refused.closed()
+    for p in (echo, room, expecting, fourth, refused):
+        p.close()
+    # Garbage right after the head on a direct upgrade is a protocol error
+    # for the WebSocket protocol, not for HTTP.
+    garbage = Peer(server.port)
+    garbage.send(request("/echo") + b"GET / HTTP/1.1\r\n\r\n")
+    assert garbage.status() == 101
+    assert garbage.close_code() == 1002
+    garbage.close()
+    healthy(server)
