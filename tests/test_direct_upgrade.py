@@ -17,6 +17,7 @@ from unittest import mock
 
 import pytest
 from autobahn.twisted.websocket import WebSocketServerProtocol
+from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
 from twisted.web.resource import Resource
 
@@ -322,6 +323,32 @@ def test_a_frame_sent_with_the_head_counts_as_received(on: bool) -> None:
     assert raw.server.trafficStats.incomingOctetsWireLevel == len(frame)
 
 
+class Thinking(EchoHandler):
+    answers: list[Deferred[None]] = []
+
+    def onConnect(self, request: Any) -> Deferred[None]:
+        self.answers.append(Deferred())
+        return self.answers[-1]
+
+
+def test_frames_sent_while_on_connect_thinks_count_once() -> None:
+    # The frame sent with the head counts as received once open; one sent
+    # while onConnect thinks, as Autobahn counts it (before the open).
+    tree = RouteTree([Route("/echo", (Thinking,), NO_PING)])
+    first, second = masked_frame(b"one"), masked_frame(b"two!")
+    with counting_requests() as made:
+        raw = raw_connect(tree)
+        raw.send(upgrade_request("/echo") + first)
+        raw.send(second)
+        Thinking.answers.pop().callback(None)
+        raw.pump.flush()
+    assert made == []
+    assert raw.received.endswith(b"\x81\x03one\x81\x04two!")
+    stats = raw.server.trafficStats
+    assert stats.incomingOctetsWireLevel == len(first)
+    assert stats.preopenIncomingOctetsWireLevel == len(second)
+
+
 def test_an_upgrade_that_fails_gets_a_500_and_a_log_line(caplog: Any) -> None:
     tree = echo_tree()()
     failures: list[Any] = []
@@ -334,6 +361,7 @@ def test_an_upgrade_that_fails_gets_a_500_and_a_log_line(caplog: Any) -> None:
     assert raw.received.startswith(b"HTTP/1.1 500 ")
     assert raw.lost
     assert failures
+    assert tree.registry.held == 0  # its place in the caps given back
 
 
 def test_no_idle_timeout_fires_after_the_upgrade() -> None:

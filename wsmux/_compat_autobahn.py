@@ -265,6 +265,9 @@ class DirectHandshakeMixin(_Hooked):
     Open a connection from the request C{twisted.web} already parsed.
     """
 
+    # Bytes the client sent with the head (handed over with it).
+    _wsmux_early = 0
+
     def _wsmux_handshake_from(self, request: Any, head: bytes, rest: bytes) -> bool:
         """
         Validate C{request} as Autobahn would and, if it passes, carry the
@@ -312,6 +315,8 @@ class DirectHandshakeMixin(_Hooked):
         me.websocket_origin = origin
         me.websocket_extensions = extensions
         me.data = rest
+        if rest:
+            self._wsmux_early = len(rest)
         me._wskey = key
         connection = ConnectionRequest(
             me.peer, headers, host, path, params, version, origin, protocols, extensions
@@ -431,8 +436,9 @@ class DirectHandshakeMixin(_Hooked):
             return  # the client left (or timed out) while onConnect thought
         # Bytes that came with the head: frames, read once the connection
         # is open, which Autobahn counts as they arrive (they were handed
-        # over with the head instead).
-        early = len(me.data)
+        # over with the head instead; what arrives while onConnect thinks,
+        # Autobahn counts itself, as bytes before the open).
+        early = self._wsmux_early
         try:
             # Past the route class's guard, which is for Autobahn's path.
             if type(result) is tuple:

@@ -149,7 +149,11 @@ class WebSocketEndpoint(_UpgradeResource):
                     )
                     return self.reject(request, 500, "Internal Server Error", self.route.path)
             # protocol_class made the factory.
-            tree.upgrade(request, self._factory, cls, params, subprotocol, place)  # type: ignore[arg-type]
+            try:
+                tree.upgrade(request, self._factory, cls, params, subprotocol, place)  # type: ignore[arg-type]
+            except BaseException:
+                place.release()  # (once: a protocol that took it gives it back too)
+                raise
             return NOT_DONE_YET
         pending = PendingUpgrade(
             self.tree,
@@ -233,7 +237,12 @@ class WebSocketEndpoint(_UpgradeResource):
         try:
             tree.upgrade(as_request, self._factory, cls, params or _NO_PARAMS, subprotocol, place)  # type: ignore[arg-type]
         except NotMade:
+            # The handler's constructor raised (and will run again, and
+            # raise again, on the full path, which answers and logs it).
             return False
+        except BaseException:
+            place.release()  # (once: a protocol that took it gives it back too)
+            raise
         return True
 
     def _choose(

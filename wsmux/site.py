@@ -233,7 +233,8 @@ class GuardedHTTPChannel(HTTPChannel):
         try:
             taken = found[0].take_directly(request, found[1])
         except Exception:
-            # What twisted.web's request does for a render that raises.
+            # Logged and answered 500, as a render that raises is (here with
+            # a bare answer, and the connection closed: it is half given away).
             log.failure("the upgrade to {path} failed", path=path.decode("ascii", "replace"))
             if self.transport is not None:
                 self._refuse(500, b"Internal Server Error", "the upgrade failed")
