@@ -17,7 +17,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from wsmux._paths import Route
 from wsmux._responses import header_pairs
-from wsmux._takeover import NotMade
+from wsmux._takeover import NO_PARAMS, NotMade
 from wsmux._upgrades import _PARAMS_ATTR, NO_ROUTE, DirectUpgrade, _peer, _plain, is_upgrade
 from wsmux.factory import ProtocolOptions, RouteFactory
 from wsmux.limits import Place, client_address
@@ -26,9 +26,6 @@ from wsmux.protocol import route_protocol
 
 if TYPE_CHECKING:
     from wsmux.routing import RouteTree
-
-# A route without parameters gets these (never changed).
-_NO_PARAMS: Mapping[str, str] = {}
 
 
 class _UpgradeResource(Resource):
@@ -235,7 +232,7 @@ class WebSocketEndpoint(_UpgradeResource):
         if place is None:
             return False
         try:
-            tree.upgrade(as_request, self._factory, cls, params or _NO_PARAMS, subprotocol, place)  # type: ignore[arg-type]
+            tree.upgrade(as_request, self._factory, cls, params or NO_PARAMS, subprotocol, place)  # type: ignore[arg-type]
         except NotMade:
             # The handler's constructor raised (and will run again, and
             # raise again, on the full path, which answers and logs it).

@@ -14,12 +14,10 @@ from twisted.web.iweb import IRequest
 
 from wsmux._compat_twisted import take_http_buffer
 from wsmux._upgrades import DirectUpgrade, _peer, _plain
-from wsmux.connection import Connection
+from wsmux.connection import NO_PARAMS, Connection
 from wsmux.factory import RouteFactory
 from wsmux.limits import ConnectionRegistry, Place, address_chain
 from wsmux.logs import log
-
-_EMPTY: Mapping[str, str] = {}
 
 
 class NotMade(Exception):
@@ -97,7 +95,7 @@ def upgrade(
     protocol.wsmux = Connection(
         protocol,
         cls._wsmux_policy,  # type: ignore[attr-defined]
-        dict(params) if params else _EMPTY,
+        dict(params) if params else NO_PARAMS,
         address or str(direct),
         subprotocol,
         registry,

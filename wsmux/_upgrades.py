@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from typing import Any, Optional, Sequence
 
+from twisted.web.http import Request
 from twisted.web.iweb import IRequest
 
 from wsmux._responses import header_value, http_phrase, status_reason
@@ -133,9 +134,8 @@ class DirectUpgrade:
         self.requestHeaders = headers
         self.raw_head = raw_head
 
-    def getHeader(self, name: bytes) -> Optional[bytes]:
-        values = self.requestHeaders.getRawHeaders(name)
-        return values[-1] if values else None
+    # twisted.web's own: it reads requestHeaders alone.
+    getHeader = Request.getHeader
 
     def getClientAddress(self) -> Any:
         return self.transport.getPeer()

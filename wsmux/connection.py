@@ -39,7 +39,8 @@ from wsmux._writes import WriteScheduler, scheduler_for
 from wsmux.factory import ProtocolOptions
 from wsmux.logs import log
 
-_EMPTY: Mapping[str, str] = {}
+# The path parameters of a route that has none (never changed).
+NO_PARAMS: Mapping[str, str] = {}
 _OPEN = WebSocketProtocol.STATE_OPEN
 _CONNECTING = WebSocketProtocol.STATE_CONNECTING
 _CLOSING = WebSocketProtocol.STATE_CLOSING
@@ -351,7 +352,7 @@ class Connection:
         self,
         protocol: Any,
         policy: RoutePolicy,
-        path_params: Mapping[str, str] = _EMPTY,
+        path_params: Mapping[str, str] = NO_PARAMS,
         client_address: str = "",
         subprotocol: Optional[str] = None,
         registry: Any = None,
